@@ -1,0 +1,91 @@
+"""Per-architecture component specs: data, not logic.
+
+A spec maps each pyvene component name to a :class:`Component`: the module path
+(relative to the family's base model, ``{layer}`` filled in), the port (the module's
+``input`` or ``output``), how to view it (``split3`` picks a third of a fused QKV
+projection, ``heads`` splits the last dim into heads), and the dimension expression
+pyvene uses for ``embed_dim``. A family lists the model classes it covers and, for each,
+the prefix of the base model inside it (``transformer.`` for ``GPT2LMHeadModel``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Component:
+    module: str  # e.g. "h.{layer}.attn.c_proj"
+    port: str = "output"  # "output" | "input"
+    split3: int | None = None  # slot of a fused qkv output
+    heads: str | None = None  # config attribute giving the head count
+    dim: str | None = None  # pyvene dimension expression ("n_embd", "n_embd/n_head", ...)
+    pattern: str | None = None  # structural pattern inside the module region (e.g. "attention_probs")
+    needs: str | None = None  # requirement checked at locate time (e.g. "eager")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    prefixes: dict  # model class name -> path prefix of the base model
+    components: dict  # component name -> Component
+    n_layers: str  # config attribute giving the layer count
+
+
+def _families():
+    from . import gpt2, llama
+
+    return [gpt2.FAMILY, llama.FAMILY]
+
+
+def family_for(model):
+    """The family spec and path prefix for ``model`` (by class name, following the MRO)."""
+    for cls in type(model).__mro__:
+        for fam in _families():
+            if cls.__name__ in fam.prefixes:
+                return fam, fam.prefixes[cls.__name__]
+    return None, None
+
+
+def supported_model_types():
+    return sorted(n for fam in _families() for n in fam.prefixes)
+
+
+def eval_dim(expr, config):
+    """pyvene's dimension expressions: "attr", "attr*4", "a/b", or a number. First alternative that resolves wins."""
+    if expr is None:
+        return None
+    for alt in expr.split("|"):
+        alt = alt.strip()
+        try:
+            if "*" in alt:
+                a, b = alt.split("*")
+                va = _attr(config, a)
+                if va is None:
+                    continue
+                return int(va) * int(b)
+            if "/" in alt:
+                a, b = alt.split("/")
+                va, vb = _attr(config, a), _attr(config, b)
+                if va is None or vb is None:
+                    continue
+                return int(va) // int(vb)
+            if alt.isdigit():
+                return int(alt)
+            v = _attr(config, alt)
+            if v is not None:
+                return int(v)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _attr(config, name):
+    name = name.strip()
+    if name.isdigit():
+        return int(name)
+    if name == "kv_dim":  # GQA: k/v projections are num_key_value_heads * head_dim wide
+        heads = getattr(config, "num_attention_heads", None)
+        kv = getattr(config, "num_key_value_heads", None) or heads
+        hd = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return kv * hd
+    return getattr(config, name, None)

@@ -1,0 +1,564 @@
+"""IntervenableModel: pyvene 0.1.8's API on a rewritten torch.fx graph.
+
+A call is planned, not hooked: the *structure* of the call (which interventions act, which
+collect, which source groups run) picks a rewritten GraphModule from a cache; the *data*
+(source slices, unit locations) is passed to that graph as inputs. Source groups run a
+truncated graph that stops after the last site they need and returns only gathered units.
+"""
+from __future__ import annotations
+
+import types
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+from transformers.utils import ModelOutput
+
+from fxvene import locations as L
+from fxvene.configuration import IntervenableConfig, RepresentationConfig
+from fxvene.interventions import (
+    CollectIntervention,
+    LambdaIntervention,
+    SkipIntervention,
+    TrainableIntervention,
+)
+from fxvene.passes.locate import module_input
+from fxvene.passes.rewrite import expose, insert_interventions, truncate
+from fxvene.sites import Gather, SiteOp, do_intervention, resolve_site
+from fxvene.tracing import trace
+
+_INPUT_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "token_type_ids", "position_ids")
+
+
+@dataclass
+class IntervenableModelOutput(ModelOutput):
+    original_outputs: Optional[Any] = None
+    intervened_outputs: Optional[Any] = None
+    collected_activations: Optional[Any] = None
+
+
+class _LegacyHandle:
+    """Stands in for the hook handle of pyvene <= 0.1.6's ``(intervention, handle)`` pairs."""
+
+    def remove(self):
+        return None
+
+
+class InterventionDict(nn.ModuleDict):
+    """``nn.ModuleDict`` with pyvene 0.1.8 keys; the dotted pre-0.1.7 key
+    (``layer.6.comp.block_output.unit.pos.nunit.1#0``) returns the legacy ``(intervention, handle)`` pair."""
+
+    def __getitem__(self, key):
+        if isinstance(key, str) and key not in self._modules and "." in key:
+            legacy = getattr(self, "_legacy", {})
+            if key in legacy:
+                return (self._modules[legacy[key]], _LegacyHandle())
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        return key in self._modules or key in getattr(self, "_legacy", {})
+
+
+def _representation_key(rep, counter):
+    unit = rep.unit.replace(".", "_")
+    if isinstance(rep.component, str) and "." in rep.component:
+        base = f"comp_{rep.component.replace('.', '_')}_unit_{unit}_nunit_{rep.max_number_of_units}"
+        legacy = f"comp.{rep.component}.unit.{rep.unit}.nunit.{rep.max_number_of_units}"
+    else:
+        base = f"layer_{rep.layer}_comp_{rep.component}_unit_{unit}_nunit_{rep.max_number_of_units}"
+        legacy = f"layer.{rep.layer}.comp.{rep.component}.unit.{rep.unit}.nunit.{rep.max_number_of_units}"
+    k = counter.get(base, 0)
+    counter[base] = k + 1
+    return f"{base}#{k}", f"{legacy}#{k}"
+
+
+_UNITS = ("pos", "h", "h.pos")
+
+
+class IntervenableModel(nn.Module):
+    """Wrap a Hugging Face model so pyvene configs run on a rewritten fx graph.
+
+    ``tracer``: "auto" (HF's fx tracer where transformers has it, else torch.export),
+    "hf_fx" or "export". The model is traced once per input signature and shared by every
+    IntervenableModel built on it; its parameters are shared, never copied.
+    """
+
+    def __init__(self, config, model, tracer="auto", **kwargs):
+        super().__init__()
+        if isinstance(config, (dict, list)):
+            config = IntervenableConfig(representations=config)
+        if isinstance(config, RepresentationConfig):
+            config = IntervenableConfig(representations=[config])
+        if not isinstance(config, IntervenableConfig):
+            raise TypeError(f"config must be an IntervenableConfig, dict or list, got {type(config).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.config = config
+        self.mode = config.mode
+        self.tracer = tracer
+        self.use_fast = kwargs.get("use_fast", False)
+        self.as_adaptor = kwargs.get("as_adaptor", False)
+        config.model_type = str(type(model))
+        self.model = model
+        self.model_config = model.config
+        self.model_type = type(model)
+        self.disable_model_gradients()
+
+        traced = self._traced(("input_ids", "attention_mask"))
+        types_ = config.intervention_types
+        if isinstance(types_, list) and len(types_) != len(config.representations):
+            raise ValueError(
+                f"intervention_types has {len(types_)} entries for {len(config.representations)} representations"
+            )
+        self.representations = OrderedDict()
+        self.interventions = InterventionDict()
+        self.interventions._legacy = {}
+        self._link_pointers = {}
+        self._intervention_reverse_link = {}
+        counter = {}
+        any_group = False
+        for i, rep in enumerate(config.representations):
+            if rep.unit not in _UNITS:
+                raise ValueError(f"representations[{i}].unit must be one of {_UNITS}, got {rep.unit!r}")
+            if not isinstance(rep.max_number_of_units, int) or rep.max_number_of_units < 1:
+                raise ValueError(f"representations[{i}].max_number_of_units must be a positive int")
+            key, legacy = _representation_key(rep, counter)
+            site = resolve_site(traced, model, rep.component, rep.layer)
+            if site.n_heads is None and rep.unit in ("h", "h.pos"):
+                raise ValueError(
+                    f"representations[{i}]: unit {rep.unit!r} needs a head component (head_*), got {rep.component!r}"
+                )
+            if site.n_heads is not None and rep.unit == "pos":
+                raise ValueError(
+                    f"representations[{i}]: component {rep.component!r} is split into heads; use unit 'h' or 'h.pos' "
+                    "(pyvene 0.1.8 gathers heads for 'pos' here and then crashes)"
+                )
+            if rep.intervention is not None:
+                intervention = rep.intervention
+                if isinstance(intervention, types.FunctionType):
+                    intervention = LambdaIntervention(intervention)
+                elif hasattr(intervention, "use_fast"):
+                    intervention.use_fast = self.use_fast
+            else:
+                itype = types_[i] if isinstance(types_, list) else types_
+                if not (isinstance(itype, type) or callable(itype)):
+                    raise TypeError(f"representations[{i}].intervention_type must be a class, got {itype!r}")
+                meta = rep._asdict()
+                dim = site.dim * int(rep.max_number_of_units) if site.dim is not None else None
+                meta["embed_dim"] = dim
+                meta["use_fast"] = self.use_fast
+                intervention = itype(**meta)
+                if isinstance(intervention, types.FunctionType):
+                    intervention = LambdaIntervention(intervention)
+            link = rep.intervention_link_key
+            if link is not None:
+                if link in self._link_pointers:
+                    intervention = self._link_pointers[link]
+                else:
+                    self._link_pointers[link] = intervention
+                self._intervention_reverse_link[key] = f"link#{link}"
+            self.representations[key] = rep
+            self.interventions[key] = intervention
+            self.interventions._legacy[legacy] = key
+            if rep.group_key is not None:
+                any_group = True
+        self.sorted_keys = list(self.representations)
+        self._groups = OrderedDict()
+        if any_group:
+            order = []
+            for k in self.sorted_keys:
+                g = self.representations[k].group_key
+                if g is None:
+                    raise ValueError("group_key: if any representation has a group_key, all must have one")
+                self._groups.setdefault(g, []).append(k)
+                order.append(g)
+            if any(a > b for a, b in zip(order, order[1:])):
+                raise ValueError("group_key: must be ascending in config order")
+        else:
+            for i, k in enumerate(self.sorted_keys):
+                self._groups[i] = [k]
+        self._graphs = {}
+        self.activations = {}
+        self.full_intervention_outputs = []
+        self.return_collect_activations = any(
+            isinstance(self.interventions[k], CollectIntervention) for k in self.sorted_keys
+        )
+
+    # ------------------------------------------------------------------ model side
+
+    def __str__(self):
+        return f"IntervenableModel(model={type(self.model).__name__}, keys={self.sorted_keys})"
+
+    def _traced(self, signature):
+        return trace(self.model, signature, tracer=self.tracer)
+
+    def disable_model_gradients(self):
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad = False
+        self.model_has_grad = False
+
+    def enable_model_gradients(self):
+        self.model.train()
+        for p in self.model.parameters():
+            p.requires_grad = True
+        self.model_has_grad = True
+
+    def get_device(self):
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ inputs
+
+    def _inputs(self, inputs, what):
+        if isinstance(inputs, Mapping) or hasattr(inputs, "keys"):
+            d = {k: inputs[k] for k in inputs.keys() if inputs[k] is not None}
+        else:
+            raise TypeError(f"{what} must be a dict of model inputs (e.g. a tokenizer's output), got {type(inputs).__name__}")
+        unknown = [k for k in d if k not in _INPUT_KEYS]
+        if unknown:
+            raise ValueError(f"{what}: unsupported model inputs {unknown}; fxvene accepts {_INPUT_KEYS}")
+        lead = "input_ids" if "input_ids" in d else "inputs_embeds" if "inputs_embeds" in d else None
+        if lead is None:
+            raise ValueError(f"{what} needs 'input_ids' or 'inputs_embeds'")
+        t = d[lead]
+        if not isinstance(t, torch.Tensor) or t.dim() < 2:
+            raise ValueError(f"{what}[{lead!r}] must be a batched tensor (batch, seq, ...), got {getattr(t, 'shape', t)!r}")
+        if "attention_mask" not in d:
+            d["attention_mask"] = torch.ones(t.shape[:2], dtype=torch.long, device=t.device)
+        sig = tuple(k for k in _INPUT_KEYS if k in d)
+        return d, sig
+
+    # ------------------------------------------------------------------ graphs
+
+    def _site(self, traced, key, source_side=False):
+        rep = self.representations[key]
+        site = resolve_site(traced, self.model, rep.component, rep.layer)
+        if source_side and isinstance(self.interventions[key], SkipIntervention):
+            # Skip takes the *input* of the module from the source run
+            node = module_input(traced.gm, site.path)
+            site = replace(site, node=node.name, port="input")
+        return site
+
+    def _base_graph(self, sig, active, collect):
+        ck = ("base", sig, tuple(active), tuple(collect))
+        if ck in self._graphs:
+            return self._graphs[ck]
+        traced = self._traced(sig)
+        reqs = []
+        for key in self.sorted_keys:
+            if key not in active and key not in collect:
+                continue
+            i = self.sorted_keys.index(key)
+            site = self._site(traced, key)
+            unit = self.representations[key].unit
+            if key in collect:
+                reqs.append(dict(name=f"fxv_collect_{i}", module=Gather(site, unit, f"unit_locations (base side) of {key}"), node=site.node,
+                                 port=site.port, region=site.path, inputs=[f"fxv_loc_{i}"], collect=True))
+            else:
+                reqs.append(dict(name=f"fxv_site_{i}", module=SiteOp(key, site, unit, self.interventions[key]),
+                                 node=site.node, port=site.port, region=site.path,
+                                 inputs=[f"fxv_src_{i}", f"fxv_loc_{i}"]))
+        gm = insert_interventions(traced.gm, reqs)
+        self._graphs[ck] = (traced, gm)
+        return traced, gm
+
+    def _source_graph(self, sig, keys, prior=()):
+        ck = ("source", sig, tuple(keys), tuple(prior))
+        if ck in self._graphs:
+            return self._graphs[ck]
+        traced = self._traced(sig)
+        gm = traced.gm
+        if prior:  # serial mode: the previous group's setters act on this source run
+            _, gm = self._base_graph(sig, tuple(prior), ())
+        reqs = []
+        for key in keys:
+            i = self.sorted_keys.index(key)
+            site = self._site(traced, key, source_side=True)
+            reqs.append(dict(node=site.node, module=Gather(site, self.representations[key].unit, f"unit_locations (source side) of {key}"),
+                             name=f"fxv_get_{i}", inputs=[f"fxv_sloc_{i}"]))
+        n_out = len(traced.output_keys)
+        gm = expose(gm, reqs)
+        gm = truncate(gm, list(range(n_out, n_out + len(reqs))))
+        self._graphs[ck] = (traced, gm)
+        return traced, gm
+
+    # ------------------------------------------------------------------ forward
+
+    def _needs_source(self, key):
+        iv = self.interventions[key]
+        if isinstance(iv, LambdaIntervention):
+            return False
+        return not getattr(iv, "is_source_constant", False)
+
+    def forward(
+        self,
+        base,
+        sources=None,
+        unit_locations=None,
+        source_representations=None,
+        subspaces=None,
+        labels=None,
+        output_original_output=False,
+        return_dict=None,
+        use_cache=None,
+        intervention_additional_kwargs=None,
+    ):
+        if sources is not None and not isinstance(sources, (list, tuple)):
+            sources = [sources]
+        base_in, sig = self._inputs(base, "base")
+        if sources is None and source_representations is None and unit_locations is None and len(self.interventions) == 0:
+            return self.model(**base_in), None
+        lead = base_in.get("input_ids", base_in.get("inputs_embeds"))
+        batch, seq = lead.shape[0], lead.shape[1]
+        device = lead.device
+        n = len(self.sorted_keys)
+        ngroups = len(self._groups)
+
+        locs = L.broadcast_unit_locations(unit_locations, batch, self.sorted_keys, self.mode)
+        sources = list(sources) if sources is not None else [None] * ngroups
+        if len(sources) == 1 and ngroups > 1:
+            sources = sources * ngroups  # a single source serves every group (the caller's list is not touched)
+        if len(sources) != ngroups:
+            raise ValueError(f"sources: got {len(sources)}, expected {ngroups} (one per intervention group) or 1")
+        srcreps = self._broadcast_source_representations(source_representations)
+        subs = L.broadcast_subspaces(subspaces, batch, n)
+        extra = intervention_additional_kwargs or {}
+
+        original = None
+        if output_original_output:
+            traced = self._traced(sig)
+            original = traced.wrap_outputs(traced.gm(**base_in))
+
+        if self.mode == "parallel":
+            src_locs, base_locs = locs["sources->base"]
+            slices = self._parallel_sources(sources, srcreps, src_locs, base_locs, batch, device)
+        else:
+            slices, src_locs, base_locs = self._serial_sources(sources, srcreps, locs, batch, device)
+
+        active, collect = [], []
+        feeds = {}
+        for i, key in enumerate(self.sorted_keys):
+            iv = self.interventions[key]
+            unit = self.representations[key].unit
+            if isinstance(iv, CollectIntervention):
+                collect.append(key)
+            elif key in slices or not self._needs_source(key):
+                active.append(key)
+            else:
+                continue
+            bl = L.to_index(base_locs[i], unit, batch, device, f"unit_locations (base side, intervention {i})")
+            feeds[f"fxv_loc_{i}"] = bl
+            if key in slices:
+                feeds[f"fxv_src_{i}"] = slices[key]
+        traced, gm = self._base_graph(sig, tuple(active), tuple(collect))
+        self.full_intervention_outputs = []
+        for i, key in enumerate(self.sorted_keys):
+            if key in active:
+                op = gm.get_submodule(f"fxv_site_{i}")
+                op.call = {
+                    "subspaces": subs[i] if subs is not None else None,
+                    "kwargs": extra,
+                    "check_source_shape": True,
+                    "full_outputs": self.full_intervention_outputs,
+                }
+        try:
+            flat = gm(**base_in, **feeds)
+        finally:
+            for i, key in enumerate(self.sorted_keys):
+                if key in active:
+                    gm.get_submodule(f"fxv_site_{i}").call = {}
+        nout = len(traced.output_keys)
+        outputs = traced.wrap_outputs(flat)
+        if labels is not None:
+            outputs = self._with_loss(outputs, labels)
+        collected = []
+        for j, key in enumerate(collect):
+            i = self.sorted_keys.index(key)
+            val = flat[nout + j]
+            res = do_intervention(self.interventions[key], val, None, subs[i] if subs is not None else None)
+            collected.append(res)
+        self.activations = dict(zip(collect, collected))
+
+        if self.return_collect_activations:
+            if return_dict:
+                return IntervenableModelOutput(original_outputs=original, intervened_outputs=outputs,
+                                               collected_activations=collected)
+            if collect and not active:
+                # fxvene extension: an all-Collect call returns ((orig, collected), collected)
+                return (original, collected), collected
+            return (original, collected), outputs
+        if return_dict:
+            return IntervenableModelOutput(original_outputs=original, intervened_outputs=outputs,
+                                           collected_activations=None)
+        return original, outputs
+
+    __call__ = nn.Module.__call__
+
+    def _broadcast_source_representations(self, srcreps):
+        if srcreps is None:
+            return None
+        if isinstance(srcreps, dict):
+            for k in srcreps:
+                if k not in self.representations:
+                    raise ValueError(f"source_representations: unknown intervention key {k!r}; keys: {self.sorted_keys}")
+            return dict(srcreps)
+        if isinstance(srcreps, (list, tuple)):
+            if len(srcreps) != len(self.sorted_keys):
+                raise ValueError(
+                    f"source_representations: got {len(srcreps)} tensors for {len(self.sorted_keys)} interventions"
+                )
+            return {k: v for k, v in zip(self.sorted_keys, srcreps) if v is not None}
+        if isinstance(srcreps, torch.Tensor):
+            return {k: srcreps for k in self.sorted_keys}
+        raise TypeError("source_representations must be a tensor, a list of tensors or a dict keyed by intervention key")
+
+    def _run_source(self, src, keys, src_locs_by_key, batch, device, prior=(), prior_feeds=None):
+        src_in, ssig = self._inputs(src, "sources[i]")
+        slead = src_in.get("input_ids", src_in.get("inputs_embeds"))
+        traced, gm = self._source_graph(ssig, tuple(keys), tuple(prior))
+        feeds = dict(prior_feeds or {})
+        for key in keys:
+            i = self.sorted_keys.index(key)
+            unit = self.representations[key].unit
+            sl = src_locs_by_key[key]
+            if sl is not None:
+                t = L.to_index(sl, unit, slead.shape[0], device, f"unit_locations (source side, intervention {i})")
+                feeds[f"fxv_sloc_{i}"] = t
+        if slead.shape[0] != batch:
+            raise ValueError(f"sources: a source has batch size {slead.shape[0]} but the base has {batch}")
+        ops = []
+        for key in prior:
+            i = self.sorted_keys.index(key)
+            op = gm.get_submodule(f"fxv_site_{i}")
+            ops.append(op)
+            op.call = {"subspaces": None, "kwargs": {}}
+        try:
+            flat = gm(**src_in, **feeds)
+        finally:
+            for op in ops:
+                op.call = {}
+        return dict(zip(keys, flat))
+
+    def _parallel_sources(self, sources, srcreps, src_locs, base_locs, batch, device):
+        slices = {}
+        if srcreps is not None:
+            for k, v in srcreps.items():
+                slices[k] = v
+            return slices
+        for gi, (g, keys) in enumerate(self._groups.items()):
+            src = sources[gi]
+            need = [k for k in keys if self._needs_source(k) and not isinstance(self.interventions[k], CollectIntervention)]
+            if src is None or not need:
+                continue
+            by_key = {}
+            for k in need:
+                i = self.sorted_keys.index(k)
+                if src_locs[i] is None and base_locs[i] is not None:
+                    raise ValueError(
+                        f"unit_locations: intervention {i} ({k}) reads a source but no source-side locations were given"
+                    )
+                by_key[k] = src_locs[i]
+            slices.update(self._run_source(src, need, by_key, batch, device))
+        return slices
+
+    def _serial_sources(self, sources, srcreps, locs, batch, device):
+        groups = list(self._groups.items())
+        n = len(self.sorted_keys)
+        src_locs = [None] * n
+        base_locs = [None] * n
+        # "source_i->X": locations of group i's keys (by position inside the group)
+        for dk, (s_side, b_side) in locs.items():
+            try:
+                gi = int(dk.split("->")[0].replace("source_", ""))
+            except ValueError:
+                raise ValueError(f"unit_locations: bad serial key {dk!r}") from None
+            if not 0 <= gi < len(groups):
+                raise ValueError(f"unit_locations: {dk!r} names group {gi} of {len(groups)}")
+            for j, key in enumerate(groups[gi][1]):
+                i = self.sorted_keys.index(key)
+                src_locs[i] = s_side[j]
+                base_locs[i] = b_side[j]
+        slices = {}
+        if srcreps is not None:
+            return dict(srcreps), src_locs, base_locs
+        prior, prior_feeds = (), {}
+        for gi, (g, keys) in enumerate(groups):
+            src = sources[gi]
+            if src is None:
+                prior, prior_feeds = (), {}
+                continue
+            need = [k for k in keys if self._needs_source(k)]
+            by_key = {k: src_locs[self.sorted_keys.index(k)] for k in need}
+            got = self._run_source(src, need, by_key, batch, device, prior, prior_feeds)
+            # this group's setters act on the next source run (or on the base)
+            prior = tuple(keys)
+            prior_feeds = {}
+            for k in keys:
+                i = self.sorted_keys.index(k)
+                prior_feeds[f"fxv_loc_{i}"] = L.to_index(base_locs[i], self.representations[k].unit, batch, device,
+                                                         f"unit_locations (intervention {i})")
+                if k in got:
+                    prior_feeds[f"fxv_src_{i}"] = got[k]
+            slices = {k: got[k] for k in got}
+        return slices, src_locs, base_locs
+
+    def _with_loss(self, outputs, labels):
+        logits = getattr(outputs, "logits", None)
+        if logits is None:
+            raise ValueError("labels: the model output has no logits to compute a loss from")
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = labels[..., 1:].contiguous().to(logits.device)
+        loss = nn.functional.cross_entropy(
+            shift_logits.view(-1, shift_logits.size(-1)).float(), shift_labels.view(-1), ignore_index=-100
+        )
+        outputs["loss"] = loss
+        return outputs
+
+    # ------------------------------------------------------------------ trainable side
+
+    def get_trainable_parameters(self):
+        params = []
+        for k, iv in self.interventions.items():
+            if isinstance(iv, TrainableIntervention):
+                params += list(iv.parameters())
+        params += [p for p in self.model.parameters() if p.requires_grad]
+        return params
+
+    def count_parameters(self, include_model=False):
+        seen, total = set(), 0
+        for iv in self.interventions.values():
+            if isinstance(iv, TrainableIntervention) and id(iv) not in seen:
+                seen.add(id(iv))
+                total += sum(p.numel() for p in iv.parameters() if p.requires_grad)
+        if include_model:
+            total += sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return total
+
+    def set_temperature(self, temp):
+        for iv in self.interventions.values():
+            if hasattr(iv, "set_temperature"):
+                iv.set_temperature(temp)
+
+    def set_device(self, device, set_model=True):
+        for iv in self.interventions.values():
+            iv.to(device)
+        if set_model:
+            self.model.to(device)
+
+    def train(self, mode=True):
+        for iv in self.interventions.values():
+            iv.train(mode)
+        self.model.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self, set_to_none=True):
+        for iv in self.interventions.values():
+            iv.zero_grad(set_to_none=set_to_none)
+
+    set_zero_grad = zero_grad

@@ -1,0 +1,301 @@
+"""Site resolution and the modules that rewritten graphs call at intervention sites.
+
+A :class:`Site` is where a (component, layer) lives in a traced graph: the fx node, the
+port, the module path, and the view (a third of a fused QKV output, a split into heads).
+:class:`SiteOp` is the ``call_module`` target the insert pass puts after a site node: it
+gathers the units of the live tensor, calls the intervention, and scatters the result back
+(functionally: the traced tensor is never written in place). :class:`Gather` is the
+expose pass's gather (source runs, Collect).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from fxvene.models import eval_dim, family_for
+from fxvene.passes.locate import PATTERNS, LocateError, is_tensor_node, module_input, module_output, normalize_path
+
+
+@dataclass(frozen=True)
+class Site:
+    component: str
+    layer: int
+    node: str  # fx node name in the traced graph
+    port: str  # "input" | "output"
+    path: str  # module path (region)
+    split3: int | None
+    n_heads: int | None
+    dim: int | None  # pyvene's embed_dim for one unit
+    shape: tuple | None
+    dtype: torch.dtype | None
+
+
+def _parse_string_component(component):
+    comp = component.strip()
+    for port in ("output", "input"):
+        if comp.endswith("." + port):
+            return normalize_path(comp[: -len(port) - 1]), port
+    raise ValueError(
+        f"component {component!r}: a string component must be a module path ending in "
+        "'.output' or '.input' (e.g. 'transformer.h[0].mlp.output')"
+    )
+
+
+def resolve_site(traced, model, component, layer, moe_key=None):
+    """Resolve a pyvene component at ``layer`` to a :class:`Site` of ``traced``'s graph."""
+    if not isinstance(component, str):
+        raise TypeError(f"component must be a str, got {type(component).__name__}")
+    gm = traced.gm
+    config = model.config
+    fam, prefix = family_for(model)
+    split3 = n_heads = dim = None
+    if component.endswith(".output") or component.endswith(".input"):
+        path, port = _parse_string_component(component)
+        if "%s" in path:
+            path = path.replace("%s", str(layer), 1)
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            raise ValueError(f"component {component!r}: model {type(model).__name__} has no module {path!r}") from None
+    else:
+        if fam is None:
+            raise ValueError(
+                f"model type {type(model).__name__} has no component map in fxvene.models; "
+                f"use a string component such as 'model.layers[0].mlp.output' instead of {component!r}"
+            )
+        if component not in fam.components:
+            raise ValueError(
+                f"unknown component {component!r} for {type(model).__name__}; "
+                f"known: {sorted(fam.components)}"
+            )
+        n_layers = getattr(config, fam.n_layers)
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise TypeError(f"layer must be an int, got {type(layer).__name__}")
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {layer} is out of range for {type(model).__name__} with {n_layers} layers")
+        spec = fam.components[component]
+        path = prefix + spec.module.format(layer=layer)
+        port = spec.port
+        split3 = spec.split3
+        if spec.heads is not None:
+            n_heads = int(getattr(config, spec.heads, None) or getattr(config, "num_attention_heads"))
+        dim = eval_dim(spec.dim, config)
+        if spec.needs == "eager":
+            impl = getattr(config, "_attn_implementation", "eager")
+            if impl not in (None, "eager"):
+                raise ValueError(
+                    f"component {component!r} needs eager attention; the model uses {impl!r} "
+                    "(load it with attn_implementation='eager')"
+                )
+    pattern = None if fam is None or component not in fam.components else fam.components[component].pattern
+    try:
+        if pattern is not None:
+            node = PATTERNS[pattern](gm, path)
+        else:
+            node = module_output(gm, path) if port == "output" else module_input(gm, path)
+    except LocateError as e:
+        raise ValueError(f"component {component!r} at layer {layer} of {type(model).__name__} ({traced.frontend}): {e}") from None
+    val = node.meta.get("val")
+    shape = tuple(val.shape) if is_tensor_node(node) else None
+    if dim is None and shape is not None:
+        last = shape[-1]
+        dim = int(last) if isinstance(last, int) else None
+    return Site(
+        component=component,
+        layer=layer,
+        node=node.name,
+        port=port,
+        path=path,
+        split3=split3,
+        n_heads=n_heads,
+        dim=dim,
+        shape=shape,
+        dtype=getattr(val, "dtype", None),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# views, gather and scatter (functional, autograd- and compile-friendly)
+
+
+def _head_view(x, site):
+    """(b, s, D) -> (b, H, slots, s, dh) as pyvene's scatter views heads."""
+    b, s, D = x.shape
+    slots = 3 if site.split3 is not None else 1
+    H = site.n_heads
+    return x.reshape(b, s, slots, H, D // (slots * H)).permute(0, 3, 2, 1, 4)
+
+
+def _head_unview(x5, shape):
+    return x5.permute(0, 3, 2, 1, 4).reshape(shape)
+
+
+def _third(x, slot):
+    d = x.shape[-1] // 3
+    return slice(slot * d, (slot + 1) * d)
+
+
+def site_view(x, site):
+    """The tensor pyvene's ``output_to_subcomponent`` gives: a qkv third and/or heads (b, H, s, dh)."""
+    if site.n_heads is not None:
+        return _head_view(x, site)[:, :, site.split3 or 0]
+    if site.split3 is not None:
+        return x[..., _third(x, site.split3)]
+    return x
+
+
+def _bidx(b, device):
+    return torch.arange(b, device=device).unsqueeze(1)
+
+
+def _check(loc, size, what):
+    if torch.compiler.is_compiling() or loc.numel() == 0:
+        return
+    hi, lo = int(loc.max()), int(loc.min())
+    if hi >= size or lo < -size:
+        bad = hi if hi >= size else lo
+        raise ValueError(f"{what}: unit index {bad} is out of range for a dimension of size {size}")
+
+
+def gather(x, site, unit, loc, what="unit_locations"):
+    """Units of ``x`` at ``loc`` (None: the whole view)."""
+    v = site_view(x, site)
+    if loc is None:
+        return v
+    if unit == "h.pos":
+        _check(loc[0], v.shape[1], what + " (heads)")
+        _check(loc[1], v.shape[2], what + " (positions)")
+    else:
+        _check(loc, v.shape[1], what)
+    if unit == "h.pos":
+        hl, pl = loc
+        b = v.shape[0]
+        bi = _bidx(b, v.device).unsqueeze(2)
+        return v[bi, hl.unsqueeze(2), pl.unsqueeze(1)]  # (b, nh, np, dh)
+    bi = _bidx(loc.shape[0], v.device)
+    return v[bi, loc]  # pos: (b, n, d); h: (b, n, s, dh)
+
+
+def scatter(x, site, unit, loc, new):
+    """``x`` with the units at ``loc`` replaced by ``new`` (a new tensor)."""
+    new = new.to(x.dtype)
+    if site.n_heads is not None:
+        x5 = _head_view(x, site).clone()
+        slot = site.split3 or 0
+        if loc is None:
+            x5[:, :, slot] = new
+        elif unit == "h.pos":
+            hl, pl = loc
+            bi = _bidx(x.shape[0], x.device).unsqueeze(2)
+            x5[bi, hl.unsqueeze(2), slot, pl.unsqueeze(1)] = new
+        else:
+            x5[_bidx(loc.shape[0], x.device), loc, slot] = new
+        return _head_unview(x5, x.shape)
+    y = x.clone()
+    cols = _third(x, site.split3) if site.split3 is not None else slice(None)
+    if loc is None:
+        y[..., cols] = new
+    else:
+        y[_bidx(loc.shape[0], x.device), loc, cols] = new
+    return y
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _flatten_mode(intervention, base_slice):
+    from fxvene.interventions import CollectIntervention, LocalistRepresentationIntervention
+
+    if base_slice.dim() == 2 or isinstance(intervention, (LocalistRepresentationIntervention, CollectIntervention)):
+        return None
+    if getattr(intervention, "keep_last_dim", False):
+        return None
+    return base_slice.dim()
+
+
+def do_intervention(intervention, base, source, subspaces, unit_is_whole=False, **kwargs):
+    """pyvene's ``do_intervention``: flatten units for distributed interventions, call, unflatten."""
+    from fxvene.interventions import InterventionOutput, LambdaIntervention
+
+    if isinstance(intervention, LambdaIntervention):
+        if subspaces is None:
+            return intervention(base, source, **kwargs)
+        return intervention(base, source, subspaces, **kwargs)
+    mode = None if unit_is_whole else _flatten_mode(intervention, base)
+    shape = base.shape
+    if mode == 3:  # (b, n, d) -> (b, n*d)
+        fb = base.reshape(shape[0], -1)
+        fs = source.reshape(source.shape[0], -1) if source is not None else None
+    elif mode == 4:  # (b, h, s, d) -> (b, s, h*d)
+        fb = base.permute(0, 2, 1, 3).reshape(shape[0], shape[2], -1)
+        fs = source.permute(0, 2, 1, 3).reshape(source.shape[0], source.shape[2], -1) if source is not None else None
+    else:
+        fb, fs = base, source
+    out = intervention(fb, fs, subspaces, **kwargs)
+    res = out.output if isinstance(out, InterventionOutput) else out
+    if res is None:
+        return None
+    if mode == 3:
+        res = res.reshape(shape[0], shape[1], -1)
+    elif mode == 4:
+        res = res.reshape(shape[0], shape[2], shape[1], -1).permute(0, 2, 1, 3)
+    if isinstance(out, InterventionOutput):
+        out.output = res
+        return out
+    return res
+
+
+class SiteOp(nn.Module):
+    """Gather -> intervene -> scatter at one site. Called as ``op(x, source, loc)``.
+
+    Per-call non-tensor data (subspaces, extra kwargs) is set on ``self.call`` by the runtime
+    before the forward; ``self.call`` is reset after it.
+    """
+
+    def __init__(self, key, site, unit, intervention):
+        super().__init__()
+        self.key = key
+        self.site = site
+        self.unit = unit
+        self.intervention = intervention
+        self.call = {}
+
+    def forward(self, x, source=None, loc=None):
+        from fxvene.interventions import InterventionOutput
+
+        call = self.call
+        if call.get("skip"):
+            return x
+        base = gather(x, self.site, self.unit, loc, f"unit_locations (base side) of {self.key}")
+        if call.get("check_source_shape") and source is not None and loc is None and source.shape != base.shape:
+            raise ValueError(
+                f"intervention {self.key}: unit_locations is None, so the whole activation is replaced, but the "
+                f"source activation has shape {tuple(source.shape)} and the base {tuple(base.shape)}; "
+                "give unit_locations or sources of the same length"
+            )
+        out = do_intervention(
+            self.intervention, base, source, call.get("subspaces"), unit_is_whole=loc is None, **call.get("kwargs", {})
+        )
+        if isinstance(out, InterventionOutput):
+            sink = call.get("full_outputs")
+            if sink is not None:
+                sink.append(out)
+            out = out.output
+        if out is None:
+            return x
+        return scatter(x, self.site, self.unit, loc, out)
+
+
+class Gather(nn.Module):
+    """Expose the units of a site (for source runs and Collect)."""
+
+    def __init__(self, site, unit, what="unit_locations"):
+        super().__init__()
+        self.site = site
+        self.unit = unit
+        self.what = what
+
+    def forward(self, x, loc=None):
+        return gather(x, self.site, self.unit, loc, self.what)

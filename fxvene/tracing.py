@@ -1,0 +1,233 @@
+"""Tracing frontends: turn a Hugging Face model into a plain torch.fx GraphModule.
+
+Both frontends return a :class:`TracedGraph`: a ``GraphModule`` whose placeholders
+are the model's keyword inputs (``input_ids``, ``attention_mask``, ...) and whose
+output is a flat tuple of tensors (``output_keys`` names them). The GraphModule
+shares the model's parameters: nothing is copied.
+
+* ``hf_fx``: ``transformers.utils.fx.symbolic_trace`` (transformers 4.x only).
+* ``export``: ``torch.export.export(..., strict=False)`` with dynamic batch and
+  sequence dimensions, then ``.module()`` with its pytree codegen removed.
+* ``auto``: ``hf_fx`` where transformers has it and supports the model, else ``export``.
+"""
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+import torch._dynamo  # noqa: F401  (import before HF's tracer patches torch.finfo; see DESIGN.md)
+import torch.fx as fx
+
+FRONTENDS = ("auto", "hf_fx", "export")
+
+
+class TracingError(RuntimeError):
+    """Raised when no frontend can trace a model."""
+
+
+@dataclass
+class TracedGraph:
+    gm: fx.GraphModule
+    frontend: str
+    input_names: tuple
+    output_keys: tuple
+    output_cls: type
+    trace_seconds: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    def run(self, gm=None, **inputs):
+        gm = self.gm if gm is None else gm
+        return gm(**{k: inputs.get(k) for k in self.input_names})
+
+    def wrap_outputs(self, flat):
+        values = dict(zip(self.output_keys, flat[: len(self.output_keys)]))
+        return self.output_cls(**values)
+
+
+def hf_fx_available():
+    try:
+        from transformers.utils import fx as hf_fx  # noqa: F401
+
+        return hasattr(hf_fx, "symbolic_trace")
+    except Exception:
+        return False
+
+
+def _example_inputs(model, input_names, batch=2, seq=8):
+    cfg = model.config
+    vocab = getattr(cfg, "vocab_size", 16) or 16
+    g = torch.Generator().manual_seed(0)
+    device = next(model.parameters()).device
+    ex = {}
+    for name in input_names:
+        if name == "input_ids":
+            ex[name] = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
+        elif name in ("attention_mask", "token_type_ids"):
+            ex[name] = torch.ones(batch, seq, dtype=torch.long, device=device)
+        elif name == "position_ids":
+            ex[name] = torch.arange(seq, device=device).unsqueeze(0).expand(batch, seq).contiguous()
+        elif name == "inputs_embeds":
+            hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+            dtype = next(model.parameters()).dtype
+            ex[name] = torch.randn(batch, seq, hidden, generator=g).to(device=device, dtype=dtype)
+        else:
+            raise ValueError(f"fxvene cannot build an example for model input {name!r}")
+    return ex
+
+
+def _reference_output(model, example):
+    with torch.no_grad():
+        out = model(**example, use_cache=False, return_dict=True)
+    keys = tuple(k for k, v in out.items() if isinstance(v, torch.Tensor))
+    return type(out), keys, out
+
+
+def _shape_prop(gm, example, input_names):
+    """Record ``meta['val']`` (a real tensor's meta copy) on every node of an fx graph."""
+
+    class _Prop(fx.Interpreter):
+        def run_node(self, n):
+            result = super().run_node(n)
+            if isinstance(result, torch.Tensor):
+                n.meta["val"] = result.detach().to("meta")
+            elif isinstance(result, (tuple, list)):
+                n.meta["val"] = type(result)(
+                    r.detach().to("meta") if isinstance(r, torch.Tensor) else r for r in result
+                )
+            else:
+                n.meta["val"] = result
+            return result
+
+    with torch.no_grad():
+        _Prop(gm).run(*[example[k] for k in input_names])
+
+
+def _trace_hf_fx(model, input_names, example, out_keys):
+    from transformers.utils.fx import symbolic_trace
+
+    use_cache = getattr(model.config, "use_cache", None)
+    try:
+        gm = symbolic_trace(model, input_names=list(input_names))
+    finally:  # HF's tracer switches the user's config to use_cache=False; put it back
+        if use_cache is not None:
+            model.config.use_cache = use_cache
+    graph = gm.graph
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    ret = out_node.args[0]
+    if not isinstance(ret, dict):
+        raise TracingError(f"hf_fx: unexpected traced output structure {type(ret)}")
+    flat = []
+    for k in out_keys:
+        if k not in ret:
+            raise TracingError(f"hf_fx: traced graph has no output {k!r}")
+        flat.append(ret[k])
+    out_node.args = (tuple(flat),)
+    graph.eliminate_dead_code()
+    gm = fx.GraphModule(model, graph, class_name="FxveneTraced")
+    _shape_prop(gm, example, input_names)
+    return gm
+
+
+def _trace_export(model, input_names, example, out_keys):
+    from torch.export import Dim
+
+    dyn = {}
+    for k in input_names:
+        v = example[k]
+        dyn[k] = {0: Dim.AUTO, 1: Dim.AUTO} if v.dim() >= 2 else None
+    kwargs = dict(example)
+    kwargs["use_cache"] = False
+    dyn["use_cache"] = None
+    # under no_grad, `@torch.no_grad()` helpers (rotary embeddings) trace as plain ops instead of
+    # set_grad_enabled higher-order submodules; the aten graph is the same and still differentiable
+    with torch.no_grad():
+        ep = torch.export.export(model, (), kwargs, dynamic_shapes=dyn, strict=False)
+    gm = ep.module()
+    graph = gm.graph
+    graph._codegen = fx.graph.CodeGen()
+    for n in list(graph.nodes):
+        if n.op == "call_module" and str(n.target).startswith("_guards_fn"):
+            graph.erase_node(n)
+        elif n.op == "call_function" and not n.users and _is_assert(n.target):
+            # export's runtime metadata asserts: they pin dtypes/devices and clutter patterns
+            graph.erase_node(n)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for n in placeholders:
+        if n.name not in input_names and n.target not in input_names:
+            if n.users:
+                raise TracingError(f"export: graph reads the non-tensor input {n.target!r}")
+            graph.erase_node(n)
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    flat = list(out_node.args[0])
+    if len(flat) < len(out_keys):
+        raise TracingError(f"export: {len(flat)} outputs, expected {len(out_keys)}")
+    out_node.args = (tuple(flat[: len(out_keys)]),)
+    graph.eliminate_dead_code()
+    new_gm = fx.GraphModule(gm, graph, class_name="FxveneTraced")
+    return new_gm
+
+
+def _is_assert(target):
+    name = str(getattr(target, "__name__", target))
+    return name.startswith("_assert") or "sym_constrain_range" in name or "_assert_tensor_metadata" in str(target)
+
+
+def _tensor_equal(a, b):
+    return a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", check=True):
+    """Trace ``model`` once per (frontend, input names); later calls reuse the graph."""
+    if tracer not in FRONTENDS:
+        raise ValueError(f"tracer must be one of {FRONTENDS}, got {tracer!r}")
+    input_names = tuple(input_names)
+    per_model = _CACHE.setdefault(model, {})
+    key = (tracer, input_names)
+    if key in per_model:
+        return per_model[key]
+
+    order = {"auto": ("hf_fx", "export"), "hf_fx": ("hf_fx",), "export": ("export",)}[tracer]
+    example = _example_inputs(model, input_names)
+    out_cls, out_keys, ref = _reference_output(model, example)
+    errors = {}
+    for frontend in order:
+        if frontend == "hf_fx" and not hf_fx_available():
+            errors[frontend] = "transformers.utils.fx.symbolic_trace is not available in this transformers version"
+            continue
+        t0 = time.perf_counter()
+        try:
+            fn = _trace_hf_fx if frontend == "hf_fx" else _trace_export
+            gm = fn(model, input_names, example, out_keys)
+            with torch.no_grad():
+                got = gm(**example)
+            for k, g in zip(out_keys, got):
+                if not _tensor_equal(g, getattr(ref, k)):
+                    raise TracingError(f"traced output {k!r} differs from the model's")
+        except Exception as e:  # noqa: BLE001 - we report every frontend's failure together
+            errors[frontend] = f"{type(e).__name__}: {e}".split("\n")[0][:500]
+            continue
+        tg = TracedGraph(
+            gm=gm,
+            frontend=frontend,
+            input_names=input_names,
+            output_keys=out_keys,
+            output_cls=out_cls,
+            trace_seconds=time.perf_counter() - t0,
+        )
+        per_model[key] = tg
+        if tracer == "auto":
+            per_model[(frontend, input_names)] = tg
+        return tg
+    detail = "; ".join(f"{k}: {v}" for k, v in errors.items())
+    raise TracingError(f"fxvene could not trace {type(model).__name__} (tracer={tracer!r}). {detail}")
+
+
+def shares_parameters(gm, model):
+    """True if every parameter of ``gm`` is (by storage) a parameter or buffer of ``model``."""
+    ptrs = {p.data_ptr() for p in model.parameters()} | {b.data_ptr() for b in model.buffers()}
+    return all(p.data_ptr() in ptrs for p in gm.parameters())

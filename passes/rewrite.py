@@ -1,0 +1,147 @@
+"""Rewrite passes: each takes a GraphModule and returns a new one (the input is not modified).
+
+* :func:`insert_interventions` puts a ``call_module`` node after a site node and rewires
+  its users to the new value; per-call data (source slices, unit locations) arrive as new
+  placeholders, so the rewritten graph is reusable across calls.
+* :func:`expose` adds site values (through an optional gather module) as extra outputs.
+* :func:`truncate` keeps only the outputs asked for and removes everything they do not need.
+
+A *site* here is ``(node_name, port, region_path)``: the node found by ``locate``; for an
+``input`` port only the users inside ``region_path`` are rewired (a forward pre-hook changes
+only what the module sees), for an ``output`` port every user is.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch.fx as fx
+
+from .locate import module_paths, normalize_path
+
+
+def _copy(gm):
+    graph = copy.deepcopy(gm.graph)
+    new = fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+    new.meta = dict(getattr(gm, "meta", {}))
+    return new
+
+
+def _last_placeholder(graph):
+    last = None
+    for n in graph.nodes:
+        if n.op == "placeholder":
+            last = n
+    return last
+
+
+def _nodes_by_name(graph):
+    return {n.name: n for n in graph.nodes}
+
+
+def _in_region(node, path):
+    return path in module_paths(node)
+
+
+def insert_interventions(gm, requests):
+    """Insert one ``call_module`` node per request.
+
+    ``requests`` is a list of dicts with keys ``name`` (submodule name to register),
+    ``module`` (an nn.Module called as ``module(x, *inputs)``), ``node`` (site node name),
+    ``port`` ("input"/"output"), ``region`` (module path) and ``inputs`` (placeholder names
+    for per-call data). Requests at the same node chain in list order. A request with
+    ``collect=True`` is a tap: its node's value is appended to the outputs and no user is
+    rewired.
+    """
+    new = _copy(gm)
+    graph = new.graph
+    by_name = _nodes_by_name(graph)
+    current = {}
+    inserted = []
+    collected = []
+    for req in requests:
+        site = by_name[req["node"]]
+        cur = current.get(req["node"], site)
+        phs = []
+        for ph_name in req.get("inputs", ()):
+            if ph_name in by_name:
+                phs.append(by_name[ph_name])
+                continue
+            with graph.inserting_after(_last_placeholder(graph)):
+                ph = graph.placeholder(ph_name, default_value=None)
+            ph.meta["fxvene"] = "input"
+            by_name[ph_name] = ph
+            phs.append(ph)
+        new.add_submodule(req["name"], req["module"])
+        with graph.inserting_after(cur):
+            node = graph.call_module(req["name"], (cur, *phs))
+        node.meta["nn_module_stack"] = {}
+        if req.get("collect"):
+            # a read-only tap: sees every earlier intervention at this site, changes nothing
+            node.meta["fxvene"] = "collect"
+            collected.append(node)
+            continue
+        node.meta["fxvene"] = "intervention"
+        node.meta["val"] = site.meta.get("val")
+        region = normalize_path(req["region"]) if req["port"] == "input" else None
+        for u in list(cur.users):
+            if u is node:
+                continue
+            if region is not None and not _in_region(u, region):
+                continue
+            u.replace_input_with(cur, node)
+        current[req["node"]] = node
+        inserted.append(node)
+    if collected:
+        out = next(n for n in graph.nodes if n.op == "output")
+        out.args = (tuple(out.args[0]) + tuple(collected),)
+    graph.lint()
+    new.recompile()
+    return new
+
+
+def expose(gm, requests):
+    """Append values to the graph's output tuple.
+
+    ``requests``: list of dicts with ``node`` (site node name), optional ``module`` + ``name``
+    (a gather applied to the value, called as ``module(x, *inputs)``), optional ``inputs``
+    (placeholder names). Returns the new GraphModule; new outputs follow the old ones, in order.
+    """
+    new = _copy(gm)
+    graph = new.graph
+    by_name = _nodes_by_name(graph)
+    out = next(n for n in graph.nodes if n.op == "output")
+    values = list(out.args[0])
+    for req in requests:
+        val = by_name[req["node"]]
+        if req.get("module") is not None:
+            phs = []
+            for ph_name in req.get("inputs", ()):
+                if ph_name not in by_name:
+                    with graph.inserting_after(_last_placeholder(graph)):
+                        by_name[ph_name] = graph.placeholder(ph_name, default_value=None)
+                    by_name[ph_name].meta["fxvene"] = "input"
+                phs.append(by_name[ph_name])
+            new.add_submodule(req["name"], req["module"])
+            with graph.inserting_before(out):
+                val = graph.call_module(req["name"], (val, *phs))
+            val.meta["fxvene"] = "expose"
+        values.append(val)
+    out.args = (tuple(values),)
+    graph.lint()
+    new.recompile()
+    return new
+
+
+def truncate(gm, keep):
+    """Keep only the outputs at indices ``keep`` and drop every node they do not need."""
+    new = _copy(gm)
+    graph = new.graph
+    out = next(n for n in graph.nodes if n.op == "output")
+    values = list(out.args[0])
+    out.args = (tuple(values[i] for i in keep),)
+    graph.eliminate_dead_code()
+    # placeholders stay (the call signature is stable); unused submodules are dropped
+    new.delete_all_unused_submodules()
+    graph.lint()
+    new.recompile()
+    return new
