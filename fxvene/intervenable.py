@@ -418,6 +418,8 @@ class IntervenableModel(nn.Module):
     def _run_source(self, src, keys, src_locs_by_key, batch, device, prior=(), prior_feeds=None):
         src_in, ssig = self._inputs(src, "sources[i]")
         slead = src_in.get("input_ids", src_in.get("inputs_embeds"))
+        if slead.shape[0] != batch:
+            raise ValueError(f"sources: a source has batch size {slead.shape[0]} but the base has {batch}")
         traced, gm = self._source_graph(ssig, tuple(keys), tuple(prior))
         feeds = dict(prior_feeds or {})
         for key in keys:
@@ -427,8 +429,6 @@ class IntervenableModel(nn.Module):
             if sl is not None:
                 t = L.to_index(sl, unit, slead.shape[0], device, f"unit_locations (source side, intervention {i})")
                 feeds[f"fxv_sloc_{i}"] = t
-        if slead.shape[0] != batch:
-            raise ValueError(f"sources: a source has batch size {slead.shape[0]} but the base has {batch}")
         ops = []
         for key in prior:
             i = self.sorted_keys.index(key)
@@ -520,11 +520,16 @@ class IntervenableModel(nn.Module):
     # ------------------------------------------------------------------ trainable side
 
     def get_trainable_parameters(self):
-        params = []
+        # Each parameter once: pyvene 0.1.8 lists a linked (shared) intervention's parameters once per
+        # key, so an optimizer built from its list updates shared weights twice per step.
+        params, seen = [], set()
         for k, iv in self.interventions.items():
             if isinstance(iv, TrainableIntervention):
-                params += list(iv.parameters())
-        params += [p for p in self.model.parameters() if p.requires_grad]
+                for p in iv.parameters():
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        params.append(p)
+        params += [p for p in self.model.parameters() if p.requires_grad and id(p) not in seen]
         return params
 
     def count_parameters(self, include_model=False):
@@ -562,3 +567,89 @@ class IntervenableModel(nn.Module):
             iv.zero_grad(set_to_none=set_to_none)
 
     set_zero_grad = zero_grad
+
+    # ------------------------------------------------------------------ inspection (fxvene.inspection, fxvene.graphdiff)
+
+    def sites(self, signature=("input_ids", "attention_mask")):
+        """Where each intervention acts: a list of :class:`fxvene.inspection.SiteInfo` (node, module, shape, ...)."""
+        from fxvene.inspection import sites
+
+        return sites(self, signature=signature)
+
+    def print_sites(self, file=None, signature=("input_ids", "attention_mask")):
+        """Print the site table (before a run, to check what will be changed); returns the rows."""
+        from fxvene.inspection import print_sites
+
+        return print_sites(self, file=file, signature=signature)
+
+    def rewritten_graph(self, plan="base", group=0, signature=("input_ids", "attention_mask"), active=None, collect=None):
+        """``(traced, gm)``: the rewritten GraphModule a call runs; see :func:`fxvene.graphdiff.rewritten_graph`."""
+        from fxvene.graphdiff import rewritten_graph
+
+        return rewritten_graph(self, plan=plan, group=group, signature=signature, active=active, collect=collect)
+
+    def graph_diff(self, plan="base", group=0, signature=("input_ids", "attention_mask"), active=None, collect=None):
+        """The :class:`fxvene.graphdiff.GraphDiff` from the traced model graph to :meth:`rewritten_graph`'s."""
+        from fxvene.graphdiff import intervenable_diff
+
+        return intervenable_diff(self, plan=plan, group=group, signature=signature, active=active, collect=collect)
+
+    # ---------------------------------------------------------------- generation (fxvene/generation.py)
+    def generate(self, base, sources=None, unit_locations=None, source_representations=None,
+                 intervene_on_prompt=False, subspaces=None, output_original_output=False,
+                 intervention_additional_kwargs=None, intervene_on=None, decode_steps=None, **generate_kwargs):
+        """pyvene 0.1.8's ``generate`` on a KV-cached rewritten graph; returns ``(original_or_None, sequences)``,
+        or ``((original_or_None, collected), sequences)`` with a CollectIntervention (one tensor per forward).
+
+        Default semantics are pyvene's (reference section 5.3): ``intervene_on_prompt=False`` acts on every
+        decode step at the new token (``{"base": 0}``), never on the prompt; ``intervene_on_prompt=True`` with
+        locations acts on the prompt only; with ``unit_locations=None`` on every forward.
+        fxvene extension: ``intervene_on="prompt" | "decode" | "all"`` ("all" = the prompt at
+        ``unit_locations`` and every generated token in one call) and ``decode_steps=[k, ...]`` (only these
+        decode forwards; step k reads the k-th generated token). ``generate_kwargs``: max_new_tokens,
+        max_length, do_sample, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
+        no_repeat_ngram_size, min_new_tokens, min_length, eos_token_id, pad_token_id, logits_processor,
+        stopping_criteria, generation_config, return_dict_in_generate, output_scores, output_logits.
+        See :mod:`fxvene.generation`.
+        """
+        from fxvene.generation import generate
+
+        return generate(self, base, sources=sources, unit_locations=unit_locations,
+                        source_representations=source_representations, intervene_on_prompt=intervene_on_prompt,
+                        subspaces=subspaces, output_original_output=output_original_output,
+                        intervention_additional_kwargs=intervention_additional_kwargs,
+                        intervene_on=intervene_on, decode_steps=decode_steps, **generate_kwargs)
+
+    # ---------------------------------------------------------------- save / load (fxvene/serialization.py)
+    def save(self, save_directory, save_to_hf_hub=False, hf_repo_name="my-awesome-model", include_model=False):
+        """Write ``config.json`` (pyvene 0.1.8's layout) and safetensors weights. Never pickle.
+        See :mod:`fxvene.serialization`."""
+        from fxvene.serialization import save
+
+        return save(self, save_directory, save_to_hf_hub=save_to_hf_hub, hf_repo_name=hf_repo_name,
+                    include_model=include_model)
+
+    @staticmethod
+    def load(load_directory, model, local_directory=None, from_huggingface_hub=False, include_model=False,
+             custom_types=None, **kwargs):
+        """Rebuild from a directory saved by fxvene or pyvene 0.1.8 (``.bin`` files are read with
+        ``torch.load(weights_only=True)``). ``custom_types``: user intervention classes the config may
+        name. See :mod:`fxvene.serialization`."""
+        from fxvene.serialization import load
+
+        return load(load_directory, model, local_directory=local_directory,
+                    from_huggingface_hub=from_huggingface_hub, include_model=include_model,
+                    custom_types=custom_types, **kwargs)
+
+    def save_intervention(self, save_directory, include_model=True):
+        """Weights only (safetensors), no config. See :mod:`fxvene.serialization`."""
+        from fxvene.serialization import save_intervention
+
+        return save_intervention(self, save_directory, include_model=include_model)
+
+    def load_intervention(self, load_directory, include_model=True):
+        """Load weights into the existing interventions in place (maps to the CPU, then to where each
+        intervention lives; never a hard-coded device). See :mod:`fxvene.serialization`."""
+        from fxvene.serialization import load_intervention
+
+        return load_intervention(self, load_directory, include_model=include_model)

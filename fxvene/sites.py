@@ -51,7 +51,7 @@ def resolve_site(traced, model, component, layer, moe_key=None):
     config = model.config
     fam, prefix = family_for(model)
     split3 = n_heads = dim = None
-    if component.endswith(".output") or component.endswith(".input"):
+    if "." in component or "[" in component:
         path, port = _parse_string_component(component)
         if "%s" in path:
             path = path.replace("%s", str(layer), 1)

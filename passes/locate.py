@@ -15,7 +15,15 @@ import torch.fx as fx
 
 
 class LocateError(ValueError):
-    """A component did not resolve to exactly one node."""
+    """A component did not resolve to exactly one node.
+
+    ``candidates`` lists the names of the nodes it resolved to (empty when none), so that
+    tools (``fxvene.inspection``) can report them without parsing the message.
+    """
+
+    def __init__(self, message, candidates=()):
+        super().__init__(message)
+        self.candidates = tuple(candidates)
 
 
 def module_paths(node):
@@ -60,18 +68,26 @@ def _is_param(node):
     return node.op == "get_attr"
 
 
+def _escaping(nodes):
+    inside = set(nodes)
+    return [n for n in nodes if is_tensor_node(n) and not _is_param(n) and any(u not in inside for u in n.users)]
+
+
+def output_candidates(gm, path):
+    """Tensor-valued nodes of module ``path``'s region used outside it (``module_output`` wants one)."""
+    return _escaping(region(gm, path))
+
+
 def module_output(gm, path):
     nodes = region(gm, path)
     if not nodes:
         raise LocateError(f"module {path!r} has no nodes in the traced graph")
-    inside = set(nodes)
-    escaping = [
-        n for n in nodes if is_tensor_node(n) and not _is_param(n) and any(u not in inside for u in n.users)
-    ]
+    escaping = _escaping(nodes)
     if len(escaping) != 1:
         raise LocateError(
             f"output of module {path!r} resolves to {len(escaping)} nodes "
-            f"(candidates: {[n.name for n in escaping]}); expected exactly one"
+            f"(candidates: {[n.name for n in escaping]}); expected exactly one",
+            candidates=[n.name for n in escaping],
         )
     return escaping[0]
 
@@ -167,7 +183,8 @@ def attention_probs(gm, path):
     if len(found) != 1:
         raise LocateError(
             f"attention probabilities of {path!r}: found {len(found)} softmax->matmul chains; "
-            "attention_weight needs eager attention (attn_implementation='eager')"
+            "attention_weight needs eager attention (attn_implementation='eager')",
+            candidates=[c[-1] for c in found],
         )
     chain = found[0]
     # pyvene hooks the *input* of attn_dropout: the node before a dropout in the chain, else the last

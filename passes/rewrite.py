@@ -132,6 +132,14 @@ def expose(gm, requests):
     return new
 
 
+def _impure(node):
+    """Side effects DCE must keep: in-place ops, asserts. Eval-mode dropout (export keeps
+    ``aten.dropout(x, p, train=False)``, which fx flags as nondeterministic) is pure."""
+    if node.op == "call_function" and "dropout" in str(node.target):
+        return False
+    return node.is_impure()
+
+
 def truncate(gm, keep):
     """Keep only the outputs at indices ``keep`` and drop every node they do not need."""
     new = _copy(gm)
@@ -139,7 +147,7 @@ def truncate(gm, keep):
     out = next(n for n in graph.nodes if n.op == "output")
     values = list(out.args[0])
     out.args = (tuple(values[i] for i in keep),)
-    graph.eliminate_dead_code()
+    graph.eliminate_dead_code(is_impure_node=_impure)
     # placeholders stay (the call signature is stable); unused submodules are dropped
     new.delete_all_unused_submodules()
     graph.lint()

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: threads only add overhead (and contention in CI)
 
 
 def make_gpt2(n_layer=4, n_embd=24, n_head=4, vocab=50, seed=0):

@@ -1,0 +1,119 @@
+"""Sweep passes (pure GraphModule -> GraphModule).
+
+* :func:`readout` makes an output compute only what a metric reads: the unembedding of the
+  last position (``(b, vocab)`` instead of ``(b, seq, vocab)``), or only the logits of a
+  few token ids given at call time (placeholder ``fxv_tokens``: ``(b, k)``).
+* :func:`insert_selectors` puts a per-row selector op after site nodes: the op is called as
+  ``op(x, src, loc, on)`` with tensors fed through placeholders ``<name>_src``, ``<name>_loc``,
+  ``<name>_on``, so row b of one batched forward applies sweep cell b (or nothing).
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .rewrite import _copy
+
+
+class ReadoutError(ValueError):
+    pass
+
+
+def _linear_parts(gm, node):
+    """(hidden_arg, weight_node_or_tensor_name, bias) of an unembedding node, or None."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, nn.Linear):
+            return node.args[0], f"{node.target}.weight", (f"{node.target}.bias" if mod.bias is not None else None)
+        return None
+    if node.op == "call_function":
+        t = node.target
+        if t in (torch.nn.functional.linear, torch.ops.aten.linear.default):
+            w = node.args[1]
+            b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+            return node.args[0], w, b
+    return None
+
+
+def readout(gm, output_index=0, position=-1, tokens=False):
+    """Replace output ``output_index`` (the logits of an LM head) by the logits at ``position``
+    only: ``(b, vocab)``; with ``tokens=True`` by the logits of the token ids fed as
+    ``fxv_tokens`` (a LongTensor ``(k,)``): ``(b, k)``. The full unembedding is removed."""
+    new = _copy(gm)
+    graph = new.graph
+    out = next(n for n in graph.nodes if n.op == "output")
+    values = list(out.args[0])
+    head = values[output_index]
+    parts = _linear_parts(new, head) if isinstance(head, fx.Node) else None
+    if parts is None:
+        raise ReadoutError(
+            f"readout: output {output_index} is not produced by a linear unembedding (got {getattr(head, 'op', head)!r} "
+            f"{getattr(head, 'target', '')}); this model has no LM head fxvene can slice"
+        )
+    hidden, weight, bias = parts
+    with graph.inserting_before(head):
+        sel = graph.call_function(torch.select, (hidden, 1, position))
+        if not tokens:
+            if head.op == "call_module":
+                logits = graph.call_module(head.target, (sel,))
+            else:
+                logits = graph.call_function(head.target, (sel, *head.args[1:]), dict(head.kwargs))
+        else:
+            last_ph = [n for n in graph.nodes if n.op == "placeholder"][-1]
+            with graph.inserting_after(last_ph):
+                tok = graph.placeholder("fxv_tokens")
+            tok.meta["fxvene"] = "input"
+            w = graph.get_attr(weight) if isinstance(weight, str) else weight
+            w_sel = graph.call_function(torch.index_select, (w, 0, tok))
+            b_sel = None
+            if bias is not None:
+                b = graph.get_attr(bias) if isinstance(bias, str) else bias
+                b_sel = graph.call_function(torch.index_select, (b, 0, tok))
+            logits = graph.call_function(torch.nn.functional.linear, (sel, w_sel, b_sel))
+    logits.meta["fxvene"] = "readout"
+    values[output_index] = logits
+    out.args = (tuple(values),)
+    graph.eliminate_dead_code()
+    new.delete_all_unused_submodules()
+    graph.lint()
+    new.recompile()
+    return new
+
+
+def insert_selectors(gm, requests):
+    """Insert per-row selector ops. ``requests``: dicts with ``name`` (submodule name),
+    ``module`` (called as ``module(x, src, loc, on)``) and ``node`` (the site node name; a
+    placeholder is fine). Ops at the same node chain in list order; every user of the node
+    (except the chain) is rewired to the last op."""
+    new = _copy(gm)
+    graph = new.graph
+    by_name = {n.name: n for n in graph.nodes}
+    current = {}
+    for req in requests:
+        site = by_name[req["node"]]
+        cur = current.get(req["node"], site)
+        phs = []
+        last_ph = [n for n in graph.nodes if n.op == "placeholder"][-1]
+        for suffix in ("src", "loc", "on"):
+            with graph.inserting_after(last_ph):
+                ph = graph.placeholder(f"{req['name']}_{suffix}")
+            ph.meta["fxvene"] = "input"
+            phs.append(ph)
+            last_ph = ph
+        new.add_submodule(req["name"], req["module"])
+        anchor = cur if cur.op != "placeholder" else [n for n in graph.nodes if n.op == "placeholder"][-1]
+        with graph.inserting_after(anchor):
+            node = graph.call_module(req["name"], (cur, *phs))
+        node.meta["fxvene"] = "intervention"
+        node.meta["val"] = site.meta.get("val")
+        for u in list(cur.users):
+            if u is not node:
+                u.replace_input_with(cur, node)
+        current[req["node"]] = node
+    graph.lint()
+    new.recompile()
+    return new
+
+
+__all__ = ["readout", "insert_selectors", "ReadoutError"]
