@@ -50,3 +50,38 @@ def frontends():
     from fxvene.tracing import hf_fx_available
 
     return ["hf_fx", "export"] if hf_fx_available() else ["export"]
+
+
+TUTORIAL_WORDS = (
+    "The Eiffel Tower Space Needle is in the city of downtown Rome Paris Seattle capital Italy France "
+    "John and Mary went to store Alice Bob gave a drink Hello world I am very happy sad Today feel . , !"
+).split()
+
+
+def build_offline_tokenizer():
+    """A WordPiece tokenizer made from a hand-written vocabulary (no download). "Colosseum" splits
+    into two pieces, so the two prompts of seed tutorial 1 have the same length, as with GPT-2's BPE."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1, "Col": 2, "##osseum": 3}
+    for w in TUTORIAL_WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="[UNK]")
+
+
+@pytest.fixture(scope="session")
+def tutorial_model_dir(tmp_path_factory):
+    """A local random-weight 12-layer GPT-2 plus an offline tokenizer, saved like a hub checkpoint."""
+    tok = build_offline_tokenizer()
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=12, n_embd=64, n_head=4, vocab_size=len(tok), n_positions=64,
+                     bos_token_id=0, eos_token_id=0)
+    d = tmp_path_factory.mktemp("gpt2-local")
+    GPT2LMHeadModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)

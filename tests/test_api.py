@@ -6,6 +6,15 @@ import fxvene as pv
 from conftest import frontends
 
 
+def _first(o):
+    """A block's output: a tuple in transformers 4.x, a tensor in 5.x."""
+    return o[0] if isinstance(o, tuple) else o
+
+
+def _rewrap(o, h):
+    return (h,) + tuple(o[1:]) if isinstance(o, tuple) else h
+
+
 def _vanilla(layer=2, comp="block_output", **kw):
     return pv.IntervenableConfig(representations=[
         pv.RepresentationConfig(layer=layer, component=comp, intervention_type=pv.VanillaIntervention, **kw)])
@@ -17,11 +26,10 @@ def _manual_patch(model, base, src, layer, src_pos, base_pos):
     store = {}
 
     def hook(mod, args, out):
-        h = out[0] if isinstance(out, tuple) else out
-        h = h.clone()
+        h = _first(out).clone()
         for b in range(h.shape[0]):
             h[b, base_pos[b]] = hs[b, src_pos[b]]
-        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+        return _rewrap(out, h)
 
     handle = model.transformer.h[layer].register_forward_hook(hook)
     try:
@@ -167,10 +175,10 @@ def test_per_example_subspaces(gpt2, batch):
     hs = gpt2(**src, output_hidden_states=True).hidden_states[3]
 
     def hook(mod, args, o):
-        h = o[0].clone()
+        h = _first(o).clone()
         h[0, 4, [0, 1, 2]] = hs[0, 4, [0, 1, 2]]
         h[1, 4, [10, 11]] = hs[1, 4, [10, 11]]
-        return (h,) + tuple(o[1:])
+        return _rewrap(o, h)
 
     handle = gpt2.transformer.h[2].register_forward_hook(hook)
     try:
@@ -278,9 +286,9 @@ def test_gqa_key_output_noise_and_skip_by_hand(llama):
     pre.remove()
 
     def put(m, a, o):
-        y = o[0].clone()
+        y = _first(o).clone()
         y[:, 2] = seen["x"][:, 2]
-        return (y,) + tuple(o[1:])
+        return _rewrap(o, y)
 
     h = llama.model.layers[1].self_attn.register_forward_hook(put)
     try:
@@ -288,3 +296,19 @@ def test_gqa_key_output_noise_and_skip_by_hand(llama):
     finally:
         h.remove()
     torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("frontend", frontends())
+def test_attention_weight_by_hand(gpt2, batch, frontend):
+    base, _ = batch
+    cfg = pv.IntervenableConfig(representations=[
+        pv.RepresentationConfig(layer=2, component="attention_weight", intervention_type=pv.CollectIntervention)])
+    im = pv.IntervenableModel(cfg, gpt2, tracer=frontend)
+    _, collected = im(base=base, unit_locations={"base": [[[0, 3], [1, 2]]]})  # 'pos' indexes heads here
+    att = gpt2(**base, output_attentions=True).attentions[2]
+    torch.testing.assert_close(collected[0], torch.stack([att[0, [0, 3]], att[1, [1, 2]]]), atol=1e-6, rtol=1e-5)
+    zero = pv.IntervenableModel(pv.IntervenableConfig(representations=[
+        pv.RepresentationConfig(layer=2, component="attention_weight", intervention_type=pv.ZeroIntervention)]),
+        gpt2, tracer=frontend)
+    _, out = zero(base=base, unit_locations={"base": [[[1], [1]]]})
+    assert not torch.allclose(out.logits, gpt2(**base).logits)

@@ -6,6 +6,7 @@ this transformers line has.
 """
 import pytest
 import torch
+import transformers
 
 import fxvene as fv
 from conftest import frontends, make_gpt2, make_llama
@@ -32,7 +33,9 @@ def cases():
     out = []
     for model in MODELS:
         comps = [(c, "pos") for c in PLAIN] + [(c, u) for c in HEADS for u in ("h", "h.pos")]
-        if model == "gpt2":
+        if model == "gpt2" and transformers.__version__.startswith("4."):
+            # on transformers 5 GPT-2 calls attn_dropout functionally: pyvene's hook never fires and its
+            # interventions there are silent no-ops (reference §10.7); test_api checks fxvene by hand
             comps.append(("attention_weight", "pos"))
         for comp, unit in comps:
             types = ["Vanilla", "Addition", "Subtraction", "Zero", "Collect"]
