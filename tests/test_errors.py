@@ -142,3 +142,19 @@ def test_attention_weight_needs_eager():
     m = GPT2LMHeadModel(cfg).eval()
     with pytest.raises(ValueError, match="needs eager attention"):
         pv.IntervenableModel(_cfg(layer=0, component="attention_weight", intervention_type=pv.CollectIntervention), m)
+
+
+def test_site_resolving_to_several_nodes(llama):
+    # Llama's rotary embedding module returns (cos, sin): two tensors leave its region
+    with pytest.raises(ValueError, match=r"resolves to 2 nodes \(candidates: \["):
+        pv.IntervenableModel(_cfg(component="model.rotary_emb.output"), llama)
+
+
+def test_site_resolving_to_no_node():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=32)
+    cfg._attn_implementation = "sdpa"  # sdpa never calls attn_dropout
+    m = GPT2LMHeadModel(cfg).eval()
+    with pytest.raises(ValueError, match="has no nodes in the traced graph"):
+        pv.IntervenableModel(_cfg(component="transformer.h[0].attn.attn_dropout.input"), m)

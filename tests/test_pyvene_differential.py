@@ -182,3 +182,25 @@ def test_string_component_and_lambda(gpt2, frontend):
         res.append(im(base=base, unit_locations={"base": 2})[1].logits)
     torch.testing.assert_close(res[2], res[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(res[3], res[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("frontend", frontends())
+def test_constant_source_labels_and_max_units(gpt2, frontend):
+    g = torch.Generator().manual_seed(9)
+    base = {"input_ids": torch.randint(0, 50, (2, 7), generator=g)}
+    src = {"input_ids": torch.randint(0, 50, (2, 7), generator=g)}
+    const = torch.randn(24, generator=g)
+    res = []
+    for lib, kw in ((pv, {}), (fv, {"tracer": frontend})):
+        cfg = lib.IntervenableConfig(representations=[lib.RepresentationConfig(
+            layer=1, component="mlp_output", intervention_type=lib.AdditionIntervention, source_representation=const)])
+        im = lib.IntervenableModel(cfg, gpt2, **kw)
+        res.append(im(base=base, unit_locations={"base": [1, 3]})[1].logits)
+        cfg = lib.IntervenableConfig(representations=[lib.RepresentationConfig(
+            layer=2, component="block_output", max_number_of_units=3, intervention_type=lib.VanillaIntervention)])
+        im = lib.IntervenableModel(cfg, gpt2, **kw)
+        out = im(base=base, sources=[src], labels=base["input_ids"],
+                 unit_locations={"sources->base": ([[[0, 1, 2], [3, 4, 5]]], [[[4, 5, 6], [0, 1, 2]]])})[1]
+        res += [out.logits, out.loss]
+    for a, b in zip(res[:3], res[3:]):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

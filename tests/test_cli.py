@@ -1,0 +1,186 @@
+"""The ``fxvene`` command, called in-process (``fxvene.cli.main``) on built-in tiny models."""
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from fxvene import cli
+from fxvene.demo import demo_model_path
+from conftest import frontends, make_gpt2
+
+GPT2_COMPONENTS = [
+    "block_input", "block_output", "mlp_activation", "mlp_output", "mlp_input", "attention_value_output",
+    "head_attention_value_output", "attention_weight", "attention_output", "attention_input", "query_output",
+    "key_output", "value_output", "head_query_output", "head_key_output", "head_value_output",
+]
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["components", "--help"], ["diff", "--help"], ["trace", "--help"]])
+def test_help_exits_zero(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: fxvene")
+    if argv[0] != "--help":
+        assert "gpt2-tiny" in out and "--tracer" in out
+
+
+def test_components(capsys):
+    code, out, err = run(capsys, "components", "gpt2-tiny", "--layer", "2")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "GPT2LMHeadModel" in lines[0] and "family gpt2, 4 layers" in lines[0]
+    assert lines[1].split()[:3] == ["component", "layer", "node"]
+    body = [ln.split() for ln in lines[3:] if ln.strip()]
+    assert [b[0] for b in body] == GPT2_COMPONENTS and all(b[1] == "2" for b in body)
+    assert {b[3] for b in body} >= {"transformer.h.2", "transformer.h.2.attn.c_attn", "transformer.h.2.mlp.act"}
+    row = next(ln for ln in lines if ln.startswith("head_query_output"))
+    assert "(2, 8, 72)" in row and "(2, 4, 8, 6)" in row  # fused qkv node; 4 heads of 6
+
+
+def test_components_json_all_layers(capsys):
+    code, out, err = run(capsys, "components", "gpt2-tiny", "--json", "--component", "block_output",
+                         "--component", "head_key_output")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [(r["component"], r["layer"]) for r in rows] == [
+        (c, l) for c in ("block_output", "head_key_output") for l in range(4)
+    ]
+    assert all(r["shape"][-1] in (24, 72) and r["error"] is None for r in rows)
+    assert all(r["frontend"] in frontends() for r in rows)
+
+
+def test_trace(capsys):
+    code, out, err = run(capsys, "trace", "gpt2-tiny")
+    assert code == 0, err
+    fields = dict(re.findall(r"^(\w[\w ]*):\s+(.*)$", out, re.M))
+    assert fields["frontend"].split()[0] == frontends()[0]  # auto: hf_fx where transformers has it
+    n = int(fields["nodes"].split()[0])
+    counts = dict((k, int(v)) for k, v in re.findall(r"(\w+) (\d+)", fields["nodes"].split("(", 1)[1]))
+    assert n == sum(counts.values()) and counts["placeholder"] == 2 and counts["output"] == 1
+    assert re.search(r"\d+\.\d+ s", fields["trace time"])
+    assert "GPT2LMHeadModel (gpt2-tiny), 4 layers" in fields["model"]
+
+
+def test_diff_with_dot(capsys, tmp_path):
+    config = {
+        "representations": [
+            {"layer": 1, "component": "block_output", "intervention_type": "VanillaIntervention"},
+            {"layer": 2, "component": "mlp_output", "intervention_type": "pyvene.models.interventions.CollectIntervention"},
+        ],
+        "mode": "parallel",
+    }
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(config))
+    dot = tmp_path / "diff.dot"
+    argv = ["diff", "gpt2-tiny", "--config", str(cfg), "--dot", str(dot)]
+    if shutil.which("dot"):
+        argv += ["--render", "svg"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "VanillaIntervention" in out and "CollectIntervention" in out  # the sites table
+    assert "intervened base forward" in out and "source run of group 0 (truncated)" in out
+    assert re.search(r"^\+fxv_site_0 = self\.fxv_site_0\(\w+, fxv_src_0, fxv_loc_0\)", out, re.M)
+    assert re.search(r"^\+return \(\w+, fxv_collect_1\)$", out, re.M)
+    assert re.search(r"^- \.\.\. \d+ more removed lines", out, re.M)  # the truncated source run, shortened
+    assert "outputs added: fxv_collect_1" in out
+    text = dot.read_text()
+    assert text.startswith("digraph") and "subgraph cluster_" in text and '"fxv_site_0"' in text
+    src = tmp_path / "diff.source0.dot"
+    assert src.exists() and "removed::" in src.read_text()
+    if shutil.which("dot"):
+        assert "<svg" in (tmp_path / "diff.svg").read_text()
+    # only the base graph, as generated code
+    code, out, err = run(capsys, "diff", "gpt2-tiny", "--config", str(cfg), "--graph", "base", "--code")
+    assert code == 0, err
+    assert "+    fxv_site_0 = self.fxv_site_0(" in out and "source run" not in out
+
+
+def test_local_model_directory(capsys, tmp_path):
+    model = make_gpt2(n_layer=2)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    code, out, err = run(capsys, "components", str(tmp_path), "--layer", "1", "--component", "block_output",
+                         "--tracer", frontends()[0])
+    assert code == 0, err
+    assert "family gpt2, 2 layers" in out and re.search(r"^block_output\s+1\s+\w+\s+transformer\.h\.1\s", out, re.M)
+
+
+def test_demo_model(capsys):
+    have = os.path.isfile(os.path.join(demo_model_path(), "config.json"))
+    code, out, err = run(capsys, "components", "demo", "--layer", "0", "--component", "block_output")
+    if have:
+        assert code == 0, err
+        assert "block_output" in out
+    else:
+        assert code == 1
+        assert "demo model is not installed" in one_line_error(err)
+
+
+def test_builtin_shapes(capsys):
+    small = cli.builtin_config("gpt2-small-shape")
+    assert (small.n_layer, small.n_embd, small.n_head, small.vocab_size) == (12, 768, 12, 50257)
+    llama = cli.builtin_config("llama-tiny")
+    assert llama.num_key_value_heads < llama.num_attention_heads
+    assert set(cli.BUILTINS) >= {"gpt2-tiny", "llama-tiny", "gpt2-small-shape", "demo"}
+    code, out, err = run(capsys, "components", "llama-tiny", "--layer", "0", "--component", "head_value_output")
+    assert code == 0, err
+    assert re.search(r"^head_value_output\s+0\s+\S+\s+model\.layers\.0\.self_attn\.v_proj\s+output\s+"
+                     r"\(2, 8, 16\)\s+\(2, 2, 8, 8\)", out, re.M)  # GQA: 2 key/value heads of 8
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["components", "no-such-model"], "neither a local model directory nor a built-in name"),
+        (["trace", "no-such-model"], "gpt2-tiny"),
+        (["components", "gpt2-tiny", "--layer", "9"], "layer 9 is out of range"),
+        (["diff", "gpt2-tiny", "--config", "/nonexistent/config.json"], "no such file"),
+    ],
+)
+def test_errors_are_one_line(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 1
+    line = one_line_error(err)
+    assert line.startswith(f"fxvene {argv[0]}: error: ") and needle in line
+
+
+@pytest.mark.parametrize(
+    "config,needle",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"representations": [{"layer": 1, "intervention_type": "os.system"}]}', "unknown intervention type"),
+        ('{"representations": [{"layer": 1, "component": "nope"}]}', "unknown component 'nope'"),
+        ('{"representations": [{"layr": 1}]}', "unknown keys ['layr']"),
+        ('{"reps": []}', "unknown keys"),
+    ],
+)
+def test_bad_configs(capsys, tmp_path, config, needle):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(config)
+    code, out, err = run(capsys, "diff", "gpt2-tiny", "--config", str(cfg))
+    assert code == 1
+    assert needle in one_line_error(err)
+
+
+@pytest.mark.parametrize("argv", [["components", "gpt2-tiny", "--tracer", "jit"], ["diff", "gpt2-tiny"], []])
+def test_usage_errors_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    one_line_error(capsys.readouterr().err)
