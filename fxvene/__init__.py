@@ -33,6 +33,7 @@ from fxvene.interventions import (
     ZeroIntervention,
     _do_intervention_by_swap,
 )
+from fxvene.demo import demo_model_path, load_demo
 from fxvene.tracing import TracingError, trace
 
 __version__ = "0.1.0"

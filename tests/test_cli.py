@@ -151,6 +151,7 @@ def test_builtin_shapes(capsys):
         (["trace", "no-such-model"], "gpt2-tiny"),
         (["components", "gpt2-tiny", "--layer", "9"], "layer 9 is out of range"),
         (["diff", "gpt2-tiny", "--config", "/nonexistent/config.json"], "no such file"),
+        (["diff", "gpt2-tiny", "--config", "c.json", "--render", "svg"], "--render needs --dot"),
     ],
 )
 def test_errors_are_one_line(capsys, argv, needle):
@@ -184,3 +185,18 @@ def test_usage_errors_exit_2(capsys, argv):
         cli.main(argv)
     assert e.value.code == 2
     one_line_error(capsys.readouterr().err)
+
+
+def test_demo_name_loads_the_shipped_directory(capsys, tmp_path, monkeypatch):
+    """'demo' loads whatever fxvene.demo.demo_model_path() holds (here a stand-in saved GPT-2)."""
+    import fxvene.demo
+
+    make_gpt2(n_layer=2).save_pretrained(tmp_path, safe_serialization=True)
+    monkeypatch.setattr(fxvene.demo, "demo_model_path", lambda: str(tmp_path))
+    cli.builtin_model.cache_clear()
+    try:
+        code, out, err = run(capsys, "trace", "demo", "--tracer", frontends()[0])
+    finally:
+        cli.builtin_model.cache_clear()
+    assert code == 0, err
+    assert "GPT2LMHeadModel (demo), 2 layers" in out

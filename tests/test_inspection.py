@@ -163,11 +163,6 @@ def test_collect_adds_an_output(request, family, frontend):
 @pytest.mark.parametrize("frontend", frontends())
 @pytest.mark.parametrize("family,path", [("gpt2", "transformer.h.1"), ("llama", "model.layers.1")])
 def test_source_graph_truncation(request, family, path, frontend):
-    if family == "llama" and frontend == "export":
-        request.applymarker(pytest.mark.xfail(
-            reason="passes/rewrite.py truncate keeps aten.scaled_dot_product_attention (fx flags it as random), "
-            "so an sdpa Llama's source run under export still computes later layers", strict=False,
-        ))
     model = _model(request, family)
     iv = pv.IntervenableModel({"layer": 1, "component": "block_output"}, model, tracer=frontend)
     d = iv.graph_diff(plan="source")

@@ -1,0 +1,427 @@
+"""The ``fxvene`` command: component maps, graph diffs and tracing reports.
+
+    fxvene components MODEL [--layer N] [--component NAME ...] [--tracer T] [--json]
+    fxvene diff MODEL --config CONFIG.json [--graph base|source|all] [--dot out.dot] [--render svg]
+    fxvene trace MODEL [--tracer T]
+
+MODEL is a local model directory (loaded with ``AutoModelForCausalLM.from_pretrained``,
+offline) or a built-in name: ``gpt2-tiny``, ``llama-tiny``, ``gpt2-small-shape`` (GPT-2
+small's shape, random weights) or ``demo`` (the model shipped in ``fxvene/demo/model``).
+
+Errors print one line on stderr (``-v`` shows the traceback) and exit with status 1;
+usage errors exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+
+BUILTINS = {
+    "gpt2-tiny": "GPT-2, 4 layers, width 24, 4 heads, vocabulary 50 (random weights)",
+    "llama-tiny": "Llama, 3 layers, width 32, 4 heads, 2 key/value heads (GQA), vocabulary 50 (random weights)",
+    "gpt2-small-shape": "GPT-2 small's shape: 12 layers, width 768, 12 heads, vocabulary 50257 (random weights)",
+    "demo": "the demo GPT-2 shipped with fxvene (fxvene/demo/model)",
+}
+TRACERS = ("auto", "hf_fx", "export")
+
+
+class CLIError(Exception):
+    """An error reported as one line, without a traceback."""
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+def _gpt2_config(**kw):
+    from transformers import GPT2Config
+
+    cfg = GPT2Config(attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, **kw)
+    cfg._attn_implementation = "eager"  # attention_weight needs eager attention
+    return cfg
+
+
+def builtin_config(name):
+    """The config of a random-weight built-in model (``demo`` has none: it is loaded from disk)."""
+    if name == "gpt2-tiny":
+        return _gpt2_config(n_layer=4, n_embd=24, n_head=4, vocab_size=50, n_positions=64, bos_token_id=0, eos_token_id=0)
+    if name == "gpt2-small-shape":
+        return _gpt2_config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
+    if name == "llama-tiny":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=48, vocab_size=50, max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
+            pad_token_id=0,
+        )
+    raise CLIError(f"unknown built-in model {name!r}; built-ins: {', '.join(BUILTINS)}")
+
+
+@functools.lru_cache(maxsize=2)
+def builtin_model(name):
+    """Build a built-in model by name (random weights, seed 0, except ``demo``); cached per process."""
+    if name == "demo":
+        from fxvene.demo import demo_model_path
+
+        path = demo_model_path()
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise CLIError(f"built-in model 'demo': the demo model is not installed (no config.json in {path})")
+        return load_model_dir(path)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = builtin_config(name)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def load_model_dir(path):
+    """``AutoModelForCausalLM.from_pretrained(path)``, offline, eager attention where supported."""
+    from transformers import AutoModelForCausalLM
+
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise CLIError(f"model directory {path!r} has no config.json")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation="eager")
+    except (TypeError, ValueError):
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    return model.eval()
+
+
+def load_model(spec):
+    """A model from a local directory or a built-in name."""
+    if os.path.isdir(spec):
+        return load_model_dir(spec)
+    if spec in BUILTINS:
+        return builtin_model(spec)
+    raise CLIError(
+        f"model {spec!r} is neither a local model directory nor a built-in name ({', '.join(BUILTINS)})"
+    )
+
+
+# ---------------------------------------------------------------------------------- configs
+
+
+def resolve_intervention_type(name, where="intervention_type"):
+    """An intervention class from a JSON string: a bare class name or a pyvene/fxvene type string."""
+    from fxvene.basic_utils import get_type_from_string
+
+    if not isinstance(name, str):
+        raise CLIError(f"{where} must be a string naming an intervention class, got {name!r}")
+    s = name.strip()
+    try:
+        if "." in s or s.startswith("<class"):
+            return get_type_from_string(s)
+        return get_type_from_string(f"fxvene.interventions.{s}")
+    except ValueError:
+        from fxvene.basic_utils import _ALLOWED_TYPE_NAMES
+
+        raise CLIError(f"{where}: unknown intervention type {name!r}; known: {', '.join(sorted(_ALLOWED_TYPE_NAMES))}") from None
+
+
+def load_config(path):
+    """An :class:`~fxvene.IntervenableConfig` from pyvene-style JSON.
+
+    ``{"representations": [{"layer": 3, "component": "block_output", "intervention_type":
+    "VanillaIntervention"}, ...], "mode": "parallel", "intervention_types": ...}``; a bare list
+    is taken as the representations.
+    """
+    from fxvene.configuration import IntervenableConfig, RepresentationConfig
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CLIError(f"--config: no such file {path!r}") from None
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--config: {path!r} is not valid JSON ({e})") from None
+    if isinstance(data, list):
+        data = {"representations": data}
+    if not isinstance(data, dict):
+        raise CLIError("--config: expected a JSON object with 'representations' (or a list of representations)")
+    unknown = sorted(set(data) - {"representations", "mode", "intervention_types"})
+    if unknown:
+        raise CLIError(f"--config: unknown keys {unknown}; expected representations, mode, intervention_types")
+    reps = data.get("representations")
+    if isinstance(reps, dict):
+        reps = [reps]
+    if not isinstance(reps, list) or not reps:
+        raise CLIError("--config: 'representations' must be a non-empty list of objects")
+    fields = set(RepresentationConfig._fields)
+    out = []
+    for i, r in enumerate(reps):
+        if not isinstance(r, dict):
+            raise CLIError(f"--config: representations[{i}] must be an object, got {type(r).__name__}")
+        bad = sorted(set(r) - fields)
+        if bad:
+            raise CLIError(f"--config: representations[{i}] has unknown keys {bad}")
+        if "intervention" in r:
+            raise CLIError(f"--config: representations[{i}]: use 'intervention_type' (a class name), not 'intervention'")
+        r = dict(r)
+        if r.get("intervention_type") is not None:
+            r["intervention_type"] = resolve_intervention_type(r["intervention_type"], f"representations[{i}].intervention_type")
+        out.append(RepresentationConfig(**r))
+    kwargs = {}
+    if "mode" in data:
+        kwargs["mode"] = data["mode"]
+    types_ = data.get("intervention_types")
+    if types_ is not None:
+        if isinstance(types_, list):
+            kwargs["intervention_types"] = [resolve_intervention_type(t, "intervention_types") for t in types_]
+        else:
+            kwargs["intervention_types"] = resolve_intervention_type(types_, "intervention_types")
+    return IntervenableConfig(representations=out, **kwargs)
+
+
+# ---------------------------------------------------------------------------------- commands
+
+
+def cmd_components(args, out):
+    from fxvene.inspection import component_table, describe, format_table
+    from fxvene.tracing import trace
+
+    model = load_model(args.model)
+    rows = component_table(model, tracer=args.tracer, layer=args.layer, components=args.component or None)
+    if args.json:
+        print(json.dumps([_jsonable(r.as_dict()) for r in rows], indent=1), file=out)
+        return 0
+    traced = trace(model, ("input_ids", "attention_mask"), tracer=args.tracer)
+    print(describe(model, traced) + " | shapes on an example input of batch 2, sequence 8", file=out)
+    print(format_table(rows), file=out)
+    return 0
+
+
+def _jsonable(d):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def cmd_trace(args, out):
+    from fxvene.models import family_for
+    from fxvene.tracing import trace
+
+    from fxvene import tracing
+
+    model = load_model(args.model)
+    sig = ("input_ids", "attention_mask")
+    cached = (args.tracer, sig) in tracing._CACHE.get(model, {})
+    t0 = time.perf_counter()
+    traced = trace(model, sig, tracer=args.tracer)
+    total = time.perf_counter() - t0
+    ops = {}
+    for n in traced.gm.graph.nodes:
+        ops[n.op] = ops.get(n.op, 0) + 1
+    fam, _ = family_for(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    layers = f", {getattr(model.config, fam.n_layers)} layers" if fam is not None else ""
+    print(f"model:      {type(model).__name__} ({args.model}){layers}, {n_params / 1e6:.2f}M parameters", file=out)
+    print(f"family:     {fam.name if fam is not None else '(none: use string components)'}", file=out)
+    print(f"frontend:   {traced.frontend} (tracer={args.tracer})", file=out)
+    print(f"nodes:      {len(traced.gm.graph.nodes)} (" + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())) + ")", file=out)
+    print(f"inputs:     {', '.join(traced.input_names)} -> outputs: {', '.join(traced.output_keys)}", file=out)
+    if cached:
+        print(f"trace time: {traced.trace_seconds:.2f} s in the frontend (measured when first traced in this "
+              "process; this call reused the cached graph)", file=out)
+    else:
+        print(f"trace time: {traced.trace_seconds:.2f} s in the frontend (trace + output check), "
+              f"{total:.2f} s in all (with the reference forward)", file=out)
+    return 0
+
+
+def _dot_paths(base, names):
+    stem, ext = os.path.splitext(base)
+    ext = ext or ".dot"
+    return [base if i == 0 else f"{stem}.{nm}{ext}" for i, nm in enumerate(names)]
+
+
+def cmd_diff(args, out):
+    from fxvene.graphdiff import dot_available, intervenable_diff, render_dot
+    from fxvene.inspection import describe, format_table, sites
+    from fxvene.intervenable import IntervenableModel
+
+    if args.render and not args.dot:
+        raise CLIError("--render needs --dot PATH")
+    if args.render and not dot_available():
+        raise CLIError("--render: Graphviz's 'dot' program is not installed (the --dot file itself needs nothing)")
+    for opt in ("context", "neighbourhood", "cluster_depth"):
+        if getattr(args, opt) < 0:
+            raise CLIError(f"--{opt.replace('_', '-')} must be >= 0")
+    config = load_config(args.config)
+    model = load_model(args.model)
+    iv = IntervenableModel(config, model, tracer=args.tracer)
+    traced = iv._traced(("input_ids", "attention_mask"))
+    print(describe(model, traced), file=out)
+    print(format_table(sites(iv)), file=out)
+
+    plans = []
+    if args.graph in ("base", "all"):
+        plans.append(("base", 0, "base"))
+    if args.graph in ("source", "all"):
+        groups = list(iv._groups)
+        if args.group is not None:
+            if not 0 <= args.group < len(groups):
+                raise CLIError(f"--group: {args.group} is out of range for {len(groups)} source groups")
+            picked = [args.group]
+        else:
+            picked = range(len(groups))
+        for g in picked:
+            try:
+                iv.rewritten_graph("source", g)
+            except ValueError:
+                if args.graph == "source" and args.group is not None:
+                    raise
+                continue  # a group without a source run (source-less or Collect interventions)
+            plans.append(("source", g, f"source{g}"))
+    if not plans:
+        raise CLIError("--graph source: no intervention reads a source, so there is no source run to show")
+    dot_files = _dot_paths(args.dot, [p[2] for p in plans]) if args.dot else []
+    neighbourhood = None if args.whole_graph else args.neighbourhood
+    for i, (plan, g, _) in enumerate(plans):
+        d = intervenable_diff(iv, plan=plan, group=g)
+        print("", file=out)
+        print("======== " + d.summary(), file=out)
+        print("", file=out)
+        if args.code:
+            print(d.code_diff(context=args.context), file=out)
+        else:
+            print(d.text(context=args.context, max_run=None if args.full else 20), file=out)
+        if dot_files:
+            d.write_dot(dot_files[i], neighbourhood=neighbourhood, cluster_depth=args.cluster_depth,
+                        collapse_removed=not args.expand_removed)
+            msg = f"wrote {dot_files[i]}"
+            if args.render:
+                img = os.path.splitext(dot_files[i])[0] + "." + args.render
+                with open(dot_files[i], encoding="utf-8") as f:
+                    render_dot(f.read(), img, args.render)
+                msg += f" and {img}"
+            print(msg, file=out)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit status 2
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser():
+    models_help = "; ".join(f"{k}: {v}" for k, v in BUILTINS.items())
+    p = _Parser(
+        prog="fxvene",
+        description="Inspect what fxvene changes in a model: component maps, graph diffs, tracing.",
+        epilog=f"MODEL: a local model directory or a built-in name ({models_help}).",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def common(sp):
+        sp.add_argument("model", metavar="MODEL", help="local model directory or built-in name: " + ", ".join(BUILTINS))
+        sp.add_argument("--tracer", choices=TRACERS, default="auto", help="tracing frontend (default: auto)")
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show library warnings and tracebacks")
+
+    sp = sub.add_parser("components", help="every component at every layer: node, module, shape, dtype",
+                        description="List every component of the model's family at every layer (or one) with the "
+                                    "fx node it resolves to, its module path, port, shape and dtype.")
+    common(sp)
+    sp.add_argument("--layer", type=int, default=None, help="only this layer")
+    sp.add_argument("--component", action="append", metavar="NAME", help="only this component (repeatable)")
+    sp.add_argument("--json", action="store_true", help="print the rows as JSON")
+    sp.set_defaults(func=cmd_components)
+
+    sp = sub.add_parser("diff", help="graph diff between the traced model and the rewritten graphs of a config",
+                        description="Show the sites of a pyvene-style config and the graph diff between the traced "
+                                    "model and the rewritten graphs (the intervened base forward and the truncated "
+                                    "source runs).",
+                        epilog='CONFIG.json: {"representations": [{"layer": 3, "component": "block_output", '
+                               '"intervention_type": "VanillaIntervention"}], "mode": "parallel"}')
+    common(sp)
+    sp.add_argument("--config", required=True, metavar="CONFIG.json", help="pyvene-style intervenable config (JSON)")
+    sp.add_argument("--graph", choices=("base", "source", "all"), default="all",
+                    help="which rewritten graph(s): the intervened base forward, the source runs, or all (default)")
+    sp.add_argument("--group", type=int, default=None, help="only this source group (with --graph source/all)")
+    sp.add_argument("--context", type=int, default=3, help="unchanged lines around each change (default 3)")
+    sp.add_argument("--full", action="store_true", help="do not shorten long runs of added/removed lines")
+    sp.add_argument("--code", action="store_true", help="diff the generated Python code (gm.code) instead")
+    sp.add_argument("--dot", metavar="PATH", help="write Graphviz DOT (one file per graph: PATH, PATH-stem.sourceG.dot)")
+    sp.add_argument("--render", metavar="FMT", help="also render each DOT file with Graphviz 'dot' (svg, png, pdf)")
+    sp.add_argument("--neighbourhood", type=int, default=2,
+                    help="DOT: keep nodes within N hops of a change (default 2)")
+    sp.add_argument("--whole-graph", action="store_true", help="DOT: keep every node")
+    sp.add_argument("--expand-removed", action="store_true",
+                    help="DOT: draw every removed node (default: one node per module for removed nodes)")
+    sp.add_argument("--cluster-depth", type=int, default=3, help="DOT: module levels grouped as clusters (default 3)")
+    sp.set_defaults(func=cmd_diff)
+
+    sp = sub.add_parser("trace", help="trace the model: node count, frontend, time to trace",
+                        description="Trace the model once and report the frontend, node counts and time to trace.")
+    common(sp)
+    sp.set_defaults(func=cmd_trace)
+    return p
+
+
+_NOISY_LOGGERS = ("torch.fx", "torch.export", "torch._export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")
+
+
+@contextlib.contextmanager
+def _quiet(enabled):
+    if not enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    old_hf = hf_logging.get_verbosity()
+    old_levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    hf_logging.set_verbosity_error()
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(old_hf)
+        for name, lvl in old_levels.items():
+            logging.getLogger(name).setLevel(lvl)
+
+
+def _one_line(e):
+    msg = str(e).strip().splitlines()
+    msg = msg[0] if msg else type(e).__name__
+    if isinstance(e, CLIError):
+        return msg
+    return f"{type(e).__name__}: {msg}"
+
+
+def main(argv=None):
+    """Entry point of the ``fxvene`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error("missing COMMAND (components, diff or trace)")
+    prog = f"fxvene {args.command}"
+    try:
+        with _quiet(not args.verbose):
+            return args.func(args, sys.stdout)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure is one line unless --verbose
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
