@@ -37,3 +37,5 @@ from fxvene.demo import demo_model_path, load_demo
 from fxvene.tracing import TracingError, trace
 
 __version__ = "0.1.0"
+# issue 4: batched sweeps and ROME causal tracing (fxvene/sweep.py)
+from fxvene.sweep import causal_trace, patching_sweep, plot_causal_trace  # noqa: E402

@@ -78,6 +78,20 @@ def _representation_key(rep, counter):
 _UNITS = ("pos", "h", "h.pos")
 
 
+def _construction_signature(model):
+    """The inputs the constructor traces with to resolve sites: ``input_ids`` where the model's
+    forward takes them, else ``inputs_embeds`` (a model fed only embeddings, e.g. an MLP)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "input_ids" not in params and "inputs_embeds" in params:
+        return ("inputs_embeds", "attention_mask")
+    return ("input_ids", "attention_mask")
+
+
 class IntervenableModel(nn.Module):
     """Wrap a Hugging Face model so pyvene configs run on a rewritten fx graph.
 
@@ -101,13 +115,19 @@ class IntervenableModel(nn.Module):
         self.tracer = tracer
         self.use_fast = kwargs.get("use_fast", False)
         self.as_adaptor = kwargs.get("as_adaptor", False)
+        # fxvene extension (issue 4): torch.compile the rewritten graphs (fxvene/compile.py)
+        self._compile_options = None
+        if kwargs.get("compile"):
+            from fxvene.compile import compile_options
+
+            self._compile_options = compile_options(kwargs["compile"])
         config.model_type = str(type(model))
         self.model = model
         self.model_config = model.config
         self.model_type = type(model)
         self.disable_model_gradients()
 
-        traced = self._traced(("input_ids", "attention_mask"))
+        traced = self._traced(_construction_signature(model))
         types_ = config.intervention_types
         if isinstance(types_, list) and len(types_) != len(config.representations):
             raise ValueError(
@@ -365,7 +385,7 @@ class IntervenableModel(nn.Module):
                     "full_outputs": self.full_intervention_outputs,
                 }
         try:
-            flat = gm(**base_in, **feeds)
+            flat = self._run_graph(gm, {**base_in, **feeds})
         finally:
             for i, key in enumerate(self.sorted_keys):
                 if key in active:
@@ -396,6 +416,21 @@ class IntervenableModel(nn.Module):
         return original, outputs
 
     __call__ = nn.Module.__call__
+
+    # fxvene extension (issue 4): compile once. Delegates to fxvene/compile.py.
+    def compile(self, **options):
+        """``torch.compile`` every rewritten graph this model runs (lazily, once per call
+        structure; batch/sequence dims dynamic). ``options`` go to ``torch.compile``."""
+        from fxvene.compile import compile_options
+
+        self._compile_options = compile_options(options)
+        self.__dict__.pop("_compiled_graphs", None)
+        return self
+
+    def _run_graph(self, gm, kwargs):
+        from fxvene.compile import run
+
+        return run(self, gm, kwargs)
 
     def _broadcast_source_representations(self, srcreps):
         if srcreps is None:
@@ -436,7 +471,7 @@ class IntervenableModel(nn.Module):
             ops.append(op)
             op.call = {"subspaces": None, "kwargs": {}}
         try:
-            flat = gm(**src_in, **feeds)
+            flat = self._run_graph(gm, {**src_in, **feeds})
         finally:
             for op in ops:
                 op.call = {}

@@ -54,9 +54,13 @@ def _is_tensor(n):
     return isinstance(n.meta.get("val"), torch.Tensor)
 
 
-def frontier(gm, at, heavy=None):
-    """Heavy tensor values computed before node index ``at`` and used at or after it (graph order)."""
+def frontier(gm, at, heavy=None, with_shapes=False):
+    """Heavy tensor values computed before node index ``at`` and used at or after it (graph order).
+
+    With ``with_shapes=True`` also returns the heavy *non-tensor* values crossing the boundary
+    (sizes read off heavy tensors), which :func:`segment` recomputes from shape stand-ins."""
     order = node_order(gm)
+    shapes = []
     heavy = heavy_nodes(gm) if heavy is None else heavy
     out = []
     for n in gm.graph.nodes:
@@ -67,17 +71,62 @@ def frontier(gm, at, heavy=None):
             continue
         if any(order[u.name] >= at for u in n.users):
             if not _is_tensor(n):
-                raise SliceError(
-                    f"boundary at node #{at}: the non-tensor value {n.name!r} depends on the model's parameters "
-                    "and is used after the boundary; the graph cannot be cut there"
-                )
+                shapes.append(n.name)
+                continue
             out.append(n.name)
-    return out
+    return (out, shapes) if with_shapes else out
+
+
+_SHAPE_METHODS = {"size", "dim"}
+
+
+def _shape_query(n):
+    """The tensor argument of a node that reads only a tensor's shape, else None."""
+    if n.op == "call_method" and n.target in _SHAPE_METHODS:
+        return n.args[0]
+    if n.op == "call_function":
+        if n.target is getattr and len(n.args) > 1 and n.args[1] in ("shape", "ndim", "dtype", "device"):
+            return n.args[0]
+        if n.target in (torch.ops.aten.sym_size.int, torch.ops.aten.sym_size.default):
+            return n.args[0]
+    return None
 
 
 def boundary_after(gm, node_name):
     """The boundary right after ``node_name``."""
     return node_order(gm)[node_name] + 1
+
+
+def _drop_before(graph, order, start, heavy):
+    """Erase every node before ``start`` the rest of the graph does not need, impure or not,
+    keeping light in-place edits (mask fills) of values that are still needed."""
+    nodes = list(graph.nodes)
+    needed = set()
+
+    def close(n):
+        stack = [n]
+        while stack:
+            m = stack.pop()
+            if m in needed:
+                continue
+            needed.add(m)
+            stack.extend(m.all_input_nodes)
+
+    for n in nodes:
+        if n.op == "output" or (n.op != "placeholder" and order.get(n.name, start) >= start):
+            close(n)
+    changed = True
+    while changed:
+        changed = False
+        for n in nodes:
+            if n in needed or n.op in ("placeholder", "get_attr") or order.get(n.name, start) >= start:
+                continue
+            if n.is_impure() and n.name not in heavy and any(a in needed for a in n.all_input_nodes):
+                close(n)
+                changed = True
+    for n in reversed(nodes):
+        if n not in needed and n.op not in ("placeholder", "output") and order.get(n.name, start) < start:
+            graph.erase_node(n)
 
 
 def segment(gm, start=None, stop=None, prefix="fxv_in_"):
@@ -90,7 +139,7 @@ def segment(gm, start=None, stop=None, prefix="fxv_in_"):
     None (the segment returns the graph's own outputs).
     """
     heavy = heavy_nodes(gm)
-    ins = frontier(gm, start, heavy) if start else []
+    ins, shape_vals = frontier(gm, start, heavy, with_shapes=True) if start else ([], [])
     outs = frontier(gm, stop, heavy) if stop is not None else None
     new = _copy(gm)
     graph = new.graph
@@ -108,8 +157,39 @@ def segment(gm, start=None, stop=None, prefix="fxv_in_"):
         ph.meta = {k: v for k, v in node.meta.items() if k in ("val", "tensor_meta")}
         ph.meta["fxvene"] = "input"
         last_ph = ph
-        node.replace_all_uses_with(ph)
+        # only the uses at or after the cut read the placeholder; what mutated the value before
+        # the cut (in-place mask edits) is already in the cached value
+        node.replace_all_uses_with(ph, delete_user_cb=lambda u: u.op == "output" or order.get(u.name, start) >= start)
         repl[name] = ph
+    # sizes read off heavy tensors before the cut (GPT-2's ``input_shape + (hidden.size(-1),)``):
+    # the shape query is pointed at a stand-in placeholder ``fxv_shape_<tensor>`` (fed with a
+    # zero-stride tensor of the right shape at run time), so nothing heavy is recomputed
+    shape_ins = []
+    todo = [by_name[v] for v in shape_vals]
+    seen = set()
+    while todo:
+        n = todo.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        t = _shape_query(n)
+        if t is not None and isinstance(t, fx.Node) and t.name in heavy and t.op != "placeholder":
+            ph_name = "fxv_shape_" + t.name
+            if ph_name not in by_name:
+                with graph.inserting_after(last_ph):
+                    ph = graph.placeholder(ph_name)
+                ph.meta = {k: v for k, v in t.meta.items() if k in ("val", "tensor_meta")}
+                ph.meta["fxvene"] = "input"
+                last_ph = ph
+                by_name[ph_name] = ph
+                shape_ins.append(t.name)
+            n.replace_input_with(t, by_name[ph_name])
+            continue
+        for a in n.all_input_nodes:
+            if a.name in heavy and a.op not in ("get_attr", "placeholder"):
+                if _is_tensor(a) and _shape_query(n) is None:
+                    raise SliceError(f"segment from node #{start}: the size {n.name!r} needs the tensor {a.name!r}")
+                todo.append(a)
     out_node = next(n for n in graph.nodes if n.op == "output")
     if outs is not None:
         out_node.args = (tuple(repl.get(o, by_name[o]) for o in outs),)
@@ -117,10 +197,13 @@ def segment(gm, start=None, stop=None, prefix="fxv_in_"):
         for n in reversed(list(graph.nodes)):
             if n.op != "output" and order.get(n.name, -1) >= stop and not n.users:
                 graph.erase_node(n)
+    if start:
+        _drop_before(graph, order, start, heavy)
     graph.eliminate_dead_code()
     if start:
         left = [n.name for n in graph.nodes
-                if n.op not in ("placeholder", "get_attr") and n.name in heavy and order.get(n.name, start) < start]
+                if n.op not in ("placeholder", "get_attr") and n.name in heavy and _is_tensor(n)
+                and order.get(n.name, start) < start]
         if left:
             raise SliceError(f"segment from node #{start}: {left[:5]} before the cut are still needed (impure ops?)")
     if outs is not None:
@@ -130,4 +213,5 @@ def segment(gm, start=None, stop=None, prefix="fxv_in_"):
     new.delete_all_unused_submodules()
     graph.lint()
     new.recompile()
+    new.meta["fxvene_shape_inputs"] = shape_ins
     return new, ins, outs

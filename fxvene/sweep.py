@@ -1,0 +1,656 @@
+"""Sweeps as batches: patching grids and ROME causal tracing on sliced graphs.
+
+A sweep is a grid of single-site interventions (components x layers x positions (x heads)).
+fxvene runs it as rows of batched forwards, and computes less than one forward per row:
+
+* **readout** (pass ``passes.sweep.readout``): the LM head is applied to the last position
+  only (or to a few token ids only), never the full-vocabulary unembedding at every position;
+* **layer-start reuse** (pass ``passes.slice.segment``): the traced graph is cut into
+  segments at the boundary right after every sweep site. The base (corrupted) run is run
+  once through all segments and its values at every boundary are cached; a row that first
+  changes site X joins the batch at the boundary after X, fed the cached base values there,
+  so nothing below its first site is recomputed. Batches grow along the pipeline;
+* **position-wise tail**: after the last layer's attention mixes positions, only the last
+  position matters for the readout, so the rest of the last block runs on that position;
+* **per-row selectors** (pass ``passes.sweep.insert_selectors``): every site gets an op fed
+  with ``(src, loc, on)`` tensors, so row b applies cell b (restore the source/clean value
+  of site X at position p) or nothing.
+
+Source (clean) activations are computed once per sweep (they are the source run's values at
+the same boundaries). Rows are chunked to ``max_rows``; a tqdm bar shows on long sweeps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from fxvene.models import family_for
+from fxvene.passes.slice import boundary_after, node_order, segment
+from fxvene.passes.sweep import insert_selectors, readout
+from fxvene.sites import gather, resolve_site, scatter
+from fxvene.tracing import trace
+
+PYVENE_NOISE_LEVEL = 0.13462981581687927
+STREAMS = ("block_output", "mlp_activation", "attention_output")
+_PREFIX = "fxv_in_"
+
+
+class SweepSite(nn.Module):
+    """Per-row selector at a site: ``op(x, src, loc, on)``; row b's unit at ``loc[b]`` becomes
+    ``src[b]`` where ``on[b]``, else stays. ``loc`` is ``(b, 1)`` positions (unit ``pos``) or
+    ``(b, 2)`` (head, position) (unit ``h.pos``)."""
+
+    def __init__(self, site, unit):
+        super().__init__()
+        self.site = site
+        self.unit = unit
+
+    def forward(self, x, src=None, loc=None, on=None):
+        if src is None:
+            return x
+        if not torch.compiler.is_compiling() and not torch.is_grad_enabled() and self.site.n_heads is None:
+            # eager fast path: write only the active rows, in place (the runtime owns ``x``:
+            # it is a fresh batch built for this call, never a cached or user tensor)
+            rows = torch.nonzero(on).flatten()
+            if len(rows):
+                cols = slice(None) if self.site.split3 is None else _third_cols(x, self.site.split3)
+                x[rows, loc[rows, 0], cols] = src[rows, 0].to(x.dtype)
+            return x
+        idx = (loc[:, :1], loc[:, 1:]) if self.unit == "h.pos" else loc
+        cur = gather(x, self.site, self.unit, idx, "sweep positions")
+        mask = on.reshape((-1,) + (1,) * (cur.dim() - 1))
+        new = torch.where(mask, src.to(cur.dtype), cur)
+        return scatter(x, self.site, self.unit, idx, new)
+
+
+def _third_cols(x, slot):
+    d = x.shape[-1] // 3
+    return slice(slot * d, (slot + 1) * d)
+
+
+@dataclass
+class _Segment:
+    gm: object
+    ins: list
+    outs: Optional[list]
+    ops: list = field(default_factory=list)  # site indices whose selector sits at this segment's entry
+    tail: bool = False
+    fn: object = None
+
+
+def _last_placeholder_names(gm):
+    return [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+class SweepEngine:
+    """Segments of one model's traced graph for a set of sweep sites (built once, reused).
+
+    ``sites``: list of ``(component, layer)``. ``tokens``: readout only the logits of token ids
+    given at run time (``(b, k)``); else the full vocabulary at the last position (``(b, V)``).
+    """
+
+    def __init__(self, model, sites, tracer="auto", tokens=False, tail=True, compile=False):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        fam, _ = family_for(model)
+        if fam is None:
+            raise ValueError(f"sweeps need a model family fxvene knows (GPT-2, Llama, ...); got {type(model).__name__}")
+        self.model = model
+        self.n_layers = int(getattr(model.config, fam.n_layers))
+        traced = trace(model, ("input_ids", "attention_mask"), tracer=tracer)
+        self.traced = traced
+        gm = readout(traced.gm, 0, -1, tokens=tokens)
+        self.tokens = tokens
+        self.sites = [resolve_site(traced, model, c, l) for c, l in sites]
+        self.site_keys = list(sites)
+        start = resolve_site(traced, model, "block_input", 0)
+        self.start_node = start.node
+        order = node_order(gm)
+        b0 = boundary_after(gm, start.node)
+        bounds = {b0}
+        for (c, l), s in zip(sites, self.sites):
+            if order[s.node] < order[start.node]:
+                raise ValueError(f"sweep site {c} at layer {l} lies before the first block's input")
+            bounds.add(boundary_after(gm, s.node))
+        self.tail_bound = None
+        if tail:
+            try:
+                last = resolve_site(traced, model, "attention_value_output", self.n_layers - 1)
+                self.tail_bound = boundary_after(gm, last.node)
+                bounds.add(self.tail_bound)
+            except ValueError:
+                self.tail_bound = None
+        bounds = sorted(bounds)
+        self.bounds = bounds
+        pre, _, pre_outs = segment(gm, None, bounds[0], _PREFIX)
+        if pre_outs != [start.node]:
+            raise ValueError(f"sweep: the first block's input is not a clean cut of this graph ({pre_outs})")
+        self.pre = _Segment(pre, [], pre_outs)
+        segs = []
+        for i, b in enumerate(bounds):
+            stop = bounds[i + 1] if i + 1 < len(bounds) else None
+            sg, ins, outs = segment(gm, b, stop, _PREFIX)
+            seg = _Segment(sg, ins, outs, tail=self.tail_bound is not None and b >= self.tail_bound)
+            reqs = []
+            for j, s in enumerate(self.sites):
+                if boundary_after(gm, s.node) == b:
+                    if s.node not in ins:
+                        raise ValueError(f"sweep site {self.site_keys[j]} is not a cut value of the graph")
+                    unit = "h.pos" if s.n_heads is not None else "pos"
+                    reqs.append(dict(name=f"fxv_sel_{j}", module=SweepSite(s, unit), node=_PREFIX + s.node))
+                    seg.ops.append(j)
+            if reqs:
+                seg.gm = insert_selectors(sg, reqs)
+            segs.append(seg)
+        self.segments = segs
+        self.seg_of_site = {}
+        for i, seg in enumerate(segs):
+            for j in seg.ops:
+                self.seg_of_site[j] = i
+        self._shapes = {}
+        self.compiled = bool(compile)
+        for seg in [self.pre] + segs:
+            seg.fn = torch.compile(seg.gm, dynamic=True) if compile else seg.gm
+
+    # -------------------------------------------------------------------------------- runs
+
+    def _call(self, seg, ids, mask, values, sel, tokens):
+        kw = {"input_ids": ids, "attention_mask": mask}
+        for name in seg.ins:
+            kw[_PREFIX + name] = values[name]
+        for name in seg.gm.meta.get("fxvene_shape_inputs", ()):
+            kw["fxv_shape_" + name] = self._stand_in(name, ids.shape[0], ids.shape[1])
+        for j in seg.ops:
+            src, loc, on = sel.get(j, (None, None, None))
+            kw[f"fxv_sel_{j}_src"] = src
+            kw[f"fxv_sel_{j}_loc"] = loc
+            kw[f"fxv_sel_{j}_on"] = on
+        if self.tokens:  # every segment keeps the readout's placeholder (unused before the head)
+            kw["fxv_tokens"] = tokens
+        return seg.fn(**kw)
+
+    def _stand_in(self, name, rows, seq):
+        """A zero-stride tensor with the shape ``name`` has in a run of ``rows`` x ``seq``."""
+        rec = self._shapes.get(name)
+        if rec is None:
+            raise ValueError(f"sweep: no recorded shape for the stand-in of {name!r}")
+        dtype, rest = rec
+        return torch.empty((), dtype=dtype).expand((rows, seq) + rest)
+
+    @torch.no_grad()
+    def cache(self, input_ids, attention_mask, perturb=None, tokens=None):
+        """Run the plain model through every segment; returns (values per segment, readout).
+        ``perturb(x)`` edits the first block's input (noise) before the blocks run."""
+        kw = {"fxv_tokens": tokens} if self.tokens else {}
+        out = self.pre.fn(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        values = {self.start_node: out[0]}
+        self._record(values)
+        if perturb is not None:
+            values[self.start_node] = perturb(values[self.start_node])
+        per_seg = []
+        final = None
+        for seg in self.segments:
+            per_seg.append({k: values[k] for k in seg.ins})
+            res = self._call(seg, input_ids, attention_mask, values, {}, tokens)
+            if seg.outs is None:
+                final = res[0]
+            else:
+                values = dict(zip(seg.outs, res))
+                self._record(values)
+        return per_seg, final
+
+    def _record(self, values):
+        for k, v in values.items():
+            if isinstance(v, torch.Tensor) and v.dim() >= 2:
+                self._shapes[k] = (v.dtype, tuple(v.shape[2:]))
+
+    @torch.no_grad()
+    def run_rows(self, base, source, rows, tokens=None, max_rows=None, progress=None):
+        """Run sweep rows. ``base``/``source``: dicts from :meth:`prepare` (ids, mask, cached
+        values, batch). ``rows``: dict of int64 arrays ``sample`` (R,) (the base/source example
+        of the row), ``loc`` (R, n_sites) (positions; -1: site off), ``head`` (R, n_sites).
+        Returns the readout for every row, in row order."""
+        sample = torch.as_tensor(rows["sample"], dtype=torch.long)
+        loc = torch.as_tensor(rows["loc"], dtype=torch.long)
+        head = torch.as_tensor(rows["head"], dtype=torch.long) if rows.get("head") is not None else None
+        R = sample.shape[0]
+        if R == 0:
+            raise ValueError("sweep: no cells to run")
+        entry = torch.full((R,), len(self.segments), dtype=torch.long)
+        for j in range(loc.shape[1]):
+            on = loc[:, j] >= 0
+            entry = torch.where(on, torch.minimum(entry, torch.full_like(entry, self.seg_of_site[j])), entry)
+        if bool((entry >= len(self.segments)).any()):
+            raise ValueError("sweep: a row has no active site")
+        order = torch.argsort(entry, stable=True)
+        max_rows = R if max_rows is None else int(max_rows)
+        chunks = [order[i:i + max_rows] for i in range(0, R, max_rows)]
+        results = [None] * len(chunks)
+        bar = None
+        if progress is not False:
+            try:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=sum(len(self.segments) - int(entry[c].min()) for c in chunks), desc="fxvene sweep",
+                           delay=0 if progress else 3.0, leave=False)
+            except ImportError:  # pragma: no cover - tqdm is a dependency
+                bar = None
+        try:
+            for ci, idx in enumerate(chunks):
+                results[ci] = self._run_chunk(base, source, sample[idx], loc[idx], None if head is None else head[idx],
+                                              entry[idx], tokens, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        out = torch.cat(results, 0)
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(R)
+        return out[inv]
+
+    def _run_chunk(self, base, source, sample, loc, head, entry, tokens, bar):
+        seq = base["ids"].shape[1]
+        carried = None
+        n = 0
+        first = int(entry.min())
+        final = None
+        sliced = False
+        for i in range(first, len(self.segments)):
+            seg = self.segments[i]
+            tail = seg.tail and self._tail_ok
+            if tail and not sliced and carried is not None:
+                carried = {k: v[:, -1:] for k, v in carried.items()}
+            sliced = sliced or tail
+            new = torch.nonzero(entry == i).flatten()
+            if len(new):
+                vals = {}
+                for name in seg.ins:
+                    v = base["cache"][i][name].index_select(0, sample[new])
+                    vals[name] = v[:, -1:] if tail else v
+                if carried is None:
+                    carried = vals
+                else:  # values a segment broadcasts (leading dim 1: rotary tables) are expanded to the rows
+                    carried = {k: torch.cat([_rows(carried[k], n), vals[k]], 0) for k in seg.ins}
+                n += len(new)
+            rs = sample[:n]
+            ids = base["ids"].index_select(0, rs)
+            mask = base["mask"].index_select(0, rs)
+            if tail:
+                ids, mask = ids[:, -1:], mask[:, -1:]
+            sel = {}
+            for j in seg.ops:
+                s = self.sites[j]
+                lj = loc[:n, j]
+                on = lj >= 0
+                pos = lj.clamp(min=0).unsqueeze(1)
+                full = source["cache"][i][s.node]
+                if full.shape[0] > 1:
+                    fsrc = full.index_select(0, rs)
+                else:
+                    fsrc = full.expand((n,) + tuple(full.shape[1:]))
+                if s.n_heads is not None:
+                    hj = head[:n, j].clamp(min=0).unsqueeze(1)
+                    src = gather(fsrc, s, "h.pos", (hj, pos), "sweep positions")
+                else:
+                    src = gather(fsrc, s, "pos", pos, "sweep positions")
+                if tail:
+                    on = on & (pos[:, 0] == seq - 1)
+                    pos = torch.zeros_like(pos)
+                lt = torch.cat([hj, pos], 1) if s.n_heads is not None else pos
+                sel[j] = (src, lt, on)
+            res = self._call(seg, ids, mask, carried, sel, tokens)
+            if bar is not None:
+                bar.update(1)
+            if seg.outs is None:
+                final = res[0]
+            else:
+                carried = dict(zip(seg.outs, res))
+        return final
+
+    def prepare(self, inputs, perturb=None, tokens=None):
+        ids, mask = _ids_mask(inputs, "inputs")
+        cache, final = self.cache(ids, mask, perturb, tokens)
+        self._check_batched(cache, ids.shape[0])
+        self._tail_ok = self.tail_bound is not None and self._check_tail(cache, ids.shape[1])
+        return {"ids": ids, "mask": mask, "cache": cache, "final": final, "batch": ids.shape[0]}
+
+    def _check_tail(self, cache, seq):
+        for seg, vals in zip(self.segments, cache):
+            if seg.tail:
+                for v in vals.values():
+                    if v.dim() < 2 or v.shape[1] != seq:
+                        return False
+        return True
+
+    def _check_batched(self, cache, batch):
+        for vals in cache:
+            for k, v in vals.items():
+                if v.shape[0] not in (1, batch):
+                    raise ValueError(f"sweep: the cut value {k!r} has leading dim {v.shape[0]}, not the batch {batch}; "
+                                     "this graph cannot be sliced for sweeps")
+
+    _tail_ok = False
+
+
+def _rows(v, n):
+    return v.expand((n,) + tuple(v.shape[1:])) if v.shape[0] == 1 and n > 1 else v
+
+
+def _ids_mask(inputs, what):
+    if not (isinstance(inputs, dict) or hasattr(inputs, "keys")):
+        raise TypeError(f"{what} must be a dict with 'input_ids' (a tokenizer's output), got {type(inputs).__name__}")
+    if "input_ids" not in inputs:
+        raise ValueError(f"{what} needs 'input_ids'")
+    ids = inputs["input_ids"]
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        raise ValueError(f"{what}['input_ids'] must be a (batch, seq) tensor, got {getattr(ids, 'shape', ids)!r}")
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    return ids, mask
+
+
+_ENGINES = {}
+
+
+def _engine(model, sites, tracer, tokens, compile):
+    import weakref
+
+    key = (id(model), tuple(sites), tracer, tokens, compile)
+    hit = _ENGINES.get(key)
+    if hit is not None and hit[0]() is model:
+        return hit[1]
+    eng = SweepEngine(model, sites, tracer=tracer, tokens=tokens, compile=compile)
+    _ENGINES[key] = (weakref.ref(model), eng)
+    return eng
+
+
+def _check_positions(positions, seq, what):
+    if positions is None:
+        return list(range(seq))
+    positions = [positions] if isinstance(positions, int) else list(positions)
+    if not positions:
+        raise ValueError(f"{what} must not be empty")
+    for p in positions:
+        if not isinstance(p, (int, np.integer)) or isinstance(p, bool) or not 0 <= p < seq:
+            raise ValueError(f"{what}: {p!r} is not a position of a {seq}-token input")
+    return [int(p) for p in positions]
+
+
+def _check_layers(layers, n_layers, what="layers"):
+    if layers is None:
+        return list(range(n_layers))
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    if not layers:
+        raise ValueError(f"{what} must not be empty")
+    for l in layers:
+        if not isinstance(l, (int, np.integer)) or isinstance(l, bool) or not 0 <= l < n_layers:
+            raise ValueError(f"{what}: {l!r} is out of range for a model with {n_layers} layers")
+    return [int(l) for l in layers]
+
+
+# ------------------------------------------------------------------------------------ patching
+
+
+@dataclass
+class SweepResult:
+    """``values[component, layer, position, (head,) example, k]``: the readout of every cell
+    (last-position logits over the vocabulary, or over ``tokens``; probabilities with
+    ``metric="prob"``). ``base`` is the unpatched readout ``[example, k]``."""
+
+    values: torch.Tensor
+    base: torch.Tensor
+    components: list
+    layers: list
+    positions: list
+    heads: Optional[list] = None
+
+
+def patching_sweep(model, base, source, components=("block_output",), layers=None, positions=None, heads=None,
+                   tokens=None, metric="logits", max_rows=None, progress=None, compile=False, tracer="auto"):
+    """Activation patching over a grid: for every component x layer x position (x head) cell,
+    the base run with that site's unit replaced by the source run's unit at the same position.
+
+    Equivalent to one ``IntervenableModel`` (Vanilla at ``component``/``layer``) call per cell
+    with ``unit_locations={"sources->base": position}``, reading the last position's logits.
+    ``tokens``: token ids to read (returns only their logits, computed without the full
+    unembedding); ``metric="prob"``: softmax probabilities (over the full vocabulary) of
+    ``tokens`` (or of every token when None).
+    """
+    if isinstance(components, str):
+        components = (components,)
+    if metric not in ("logits", "prob"):
+        raise ValueError(f"metric must be 'logits' or 'prob', got {metric!r}")
+    b_ids, _ = _ids_mask(base, "base")
+    s_ids, _ = _ids_mask(source, "source")
+    if s_ids.shape[1] != b_ids.shape[1]:
+        raise ValueError(f"source has {s_ids.shape[1]} tokens and base {b_ids.shape[1]}: sweeps patch position p of "
+                         "the source into position p of the base, so they must have the same length")
+    if s_ids.shape[0] not in (1, b_ids.shape[0]):
+        raise ValueError(f"source batch {s_ids.shape[0]} must be 1 or the base batch {b_ids.shape[0]}")
+    fam, _ = family_for(model)
+    n_layers = int(getattr(model.config, fam.n_layers)) if fam is not None else 0
+    layers = _check_layers(layers, n_layers)
+    positions = _check_positions(positions, b_ids.shape[1], "positions")
+    tok = _tokens(tokens, model)
+    readout_tokens = tok is not None and metric == "logits"
+    sites = [(c, l) for c in components for l in layers]
+    eng = _engine(model, sites, tracer, readout_tokens, compile)
+    head_comp = [eng.sites[i].n_heads is not None for i in range(len(sites))]
+    if any(head_comp) and not all(head_comp):
+        raise ValueError("components: mix head components (head_*) and whole components in separate sweeps")
+    if any(head_comp):
+        nh = eng.sites[0].n_heads
+        heads = list(range(nh)) if heads is None else list(heads)
+        for h in heads:
+            if not isinstance(h, int) or not 0 <= h < nh:
+                raise ValueError(f"heads: {h!r} is out of range for {nh} heads")
+    elif heads is not None:
+        raise ValueError("heads: only for head components (head_attention_value_output, head_query_output, ...)")
+    B = b_ids.shape[0]
+    b = eng.prepare(base, tokens=tok if readout_tokens else None)
+    s = eng.prepare(source, tokens=tok if readout_tokens else None)
+    hs = heads if heads is not None else [0]
+    grid = [(ci, li, p, h, e) for ci in range(len(components)) for li in range(len(layers)) for p in positions
+            for h in hs for e in range(B)]
+    n_sites = len(sites)
+    loc = np.full((len(grid), n_sites), -1, dtype=np.int64)
+    head = np.zeros((len(grid), n_sites), dtype=np.int64)
+    sample = np.empty(len(grid), dtype=np.int64)
+    for r, (ci, li, p, h, e) in enumerate(grid):
+        j = ci * len(layers) + li
+        loc[r, j] = p
+        head[r, j] = h
+        sample[r] = e
+    out = eng.run_rows(b, s, {"sample": sample, "loc": loc, "head": head},
+                       tokens=tok if readout_tokens else None, max_rows=max_rows, progress=progress)
+    base_out = b["final"]
+    out, base_out = _metric(out, tok, metric, readout_tokens), _metric(base_out, tok, metric, readout_tokens)
+    shape = [len(components), len(layers), len(positions)] + ([len(hs)] if heads is not None else []) + [B, -1]
+    return SweepResult(out.reshape(shape), base_out, list(components), layers, positions, heads)
+
+
+def _tokens(tokens, model):
+    if tokens is None:
+        return None
+    if isinstance(tokens, int):
+        tokens = [tokens]
+    t = torch.as_tensor(list(tokens), dtype=torch.long)
+    V = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else None
+    if t.dim() != 1 or len(t) == 0:
+        raise ValueError(f"tokens must be a non-empty list of token ids, got {tokens!r}")
+    if V is not None and (int(t.max()) >= V or int(t.min()) < 0):
+        raise ValueError(f"tokens: ids must be in [0, {V}), got {tokens!r}")
+    return t
+
+
+def _metric(logits, tok, metric, already_selected):
+    if metric == "prob":
+        p = torch.softmax(logits.float(), -1)
+        return p if tok is None else p[:, tok]
+    if tok is not None and not already_selected:
+        return logits[:, tok]
+    return logits
+
+
+# ------------------------------------------------------------------------------------ causal tracing
+
+
+@dataclass
+class CausalTraceResult:
+    """``probs[stream, position, layer]``: p(target) with the subject corrupted and the clean
+    state restored at (position, layer) (a window of layers centred on ``layer`` for the
+    windowed streams), averaged over the noise samples."""
+
+    probs: torch.Tensor
+    clean_prob: float
+    corrupted_prob: float
+    streams: list
+    positions: list
+    layers: list
+    window: int
+    subject_positions: list
+    target_token: int
+    noise_level: float
+    n_samples: int
+
+
+def window_layers(layer, window, n_layers):
+    """ROME's (and pyvene's tutorial's) window: ``[max(0, l - w//2), min(L, l - (-w//2)))``."""
+    return list(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
+
+
+def trace_noise(n_samples, n_subject, dim, seed=1):
+    """Noise ``(n_samples, n_subject, dim)`` float64: ``RandomState(seed).randn`` in C order, so
+    sample 0 with 4 subject tokens and seed 1 is pyvene's NoiseIntervention noise."""
+    return torch.from_numpy(np.random.RandomState(seed).randn(n_samples, n_subject, dim))
+
+
+def causal_trace(model, inputs, subject_positions, target_token, noise_level=None, n_samples=10,
+                 streams=STREAMS, window=10, seed=1, positions=None, layers=None, max_rows=None, progress=None,
+                 compile=False, tracer="auto"):
+    """ROME causal tracing (Meng et al. 2022; pyvene's Causal_Tracing tutorial), batched.
+
+    The subject tokens' embeddings (the input of block 0) get Gaussian noise
+    ``noise_level * N(0, 1)`` (``n_samples`` draws, ``RandomState(seed)``); for every stream,
+    position and layer the clean state is restored: ``block_output`` at that layer,
+    ``mlp_activation``/``attention_output`` at the window of ``window`` layers around it
+    (``window_layers``). ``noise_level`` defaults to 3 x the standard deviation of the input
+    embedding matrix. With ``n_samples=1, seed=1, noise_level=PYVENE_NOISE_LEVEL`` and 4 subject
+    tokens this is exactly pyvene's tutorial loop.
+    """
+    ids, mask = _ids_mask(inputs, "inputs")
+    if ids.shape[0] != 1:
+        raise ValueError(f"inputs: causal tracing takes one prompt (batch 1), got batch {ids.shape[0]}")
+    seq = ids.shape[1]
+    if isinstance(streams, str):
+        streams = (streams,)
+    streams = list(streams)
+    if not streams:
+        raise ValueError("streams must not be empty")
+    fam, _ = family_for(model)
+    if fam is None:
+        raise ValueError(f"causal_trace needs a model family fxvene knows; got {type(model).__name__}")
+    for st in streams:
+        if st not in fam.components:
+            raise ValueError(f"streams: unknown component {st!r}; known: {sorted(fam.components)}")
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive int, got {window!r}")
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    subj = _check_positions(subject_positions, seq, "subject_positions")
+    n_layers = int(getattr(model.config, fam.n_layers))
+    layers = _check_layers(layers, n_layers)
+    positions = _check_positions(positions, seq, "positions")
+    V = model.get_output_embeddings().weight.shape[0]
+    if not isinstance(target_token, (int, np.integer)) or not 0 <= int(target_token) < V:
+        raise ValueError(f"target_token must be a token id in [0, {V}), got {target_token!r}")
+    target_token = int(target_token)
+    emb = model.get_input_embeddings().weight
+    if noise_level is None:
+        noise_level = 3 * float(emb.detach().float().std())
+    noise_level = float(noise_level)
+
+    sites, site_index = [], {}
+    for st in streams:
+        for l in range(n_layers):
+            site_index[(st, l)] = len(sites)
+            sites.append((st, l))
+    eng = _engine(model, sites, tracer, False, compile)
+    noise = trace_noise(n_samples, len(subj), emb.shape[1], seed)
+    subj_t = torch.tensor(subj)
+
+    def perturb(x):
+        x = x.clone()
+        part = x[:, subj_t].double() + noise.to(x.device) * noise_level
+        x[:, subj_t] = part.to(x.dtype)
+        return x
+
+    base = eng.prepare({"input_ids": ids.expand(n_samples, seq), "attention_mask": mask.expand(n_samples, seq)},
+                       perturb=perturb)
+    clean = eng.prepare({"input_ids": ids, "attention_mask": mask})
+    cells = [(si, pi, li) for si in range(len(streams)) for pi in range(len(positions)) for li in range(len(layers))]
+    R = len(cells) * n_samples
+    loc = np.full((R, len(sites)), -1, dtype=np.int64)
+    sample = np.tile(np.arange(n_samples), len(cells))
+    for c, (si, pi, li) in enumerate(cells):
+        st = streams[si]
+        lays = [layers[li]] if st == "block_output" else window_layers(layers[li], window, n_layers)
+        for l in lays:
+            loc[c * n_samples:(c + 1) * n_samples, site_index[(st, l)]] = positions[pi]
+    out = eng.run_rows(base, clean, {"sample": sample, "loc": loc, "head": None}, max_rows=max_rows,
+                       progress=progress)
+    probs = torch.softmax(out.float(), -1)[:, target_token].reshape(len(cells), n_samples).mean(1)
+    probs = probs.reshape(len(streams), len(positions), len(layers))
+    clean_p = float(torch.softmax(clean["final"].float(), -1)[0, target_token])
+    corrupt_p = float(torch.softmax(base["final"].float(), -1)[:, target_token].mean())
+    return CausalTraceResult(probs, clean_p, corrupt_p, streams, positions, layers, window, subj, target_token,
+                             noise_level, n_samples)
+
+
+def plot_causal_trace(result, tokens=None, path=None, title=None):
+    """Draw the heatmaps of a :class:`CausalTraceResult` (one per stream; matplotlib needed:
+    ``pip install fxvene[plot]``). ``tokens``: labels for the positions (the subject ones get
+    a ``*``). Saves to ``path`` when given; returns the figure."""
+    try:
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("plot_causal_trace needs matplotlib: pip install matplotlib (or fxvene[plot])") from e
+    if not isinstance(result, CausalTraceResult):
+        raise TypeError(f"result must be a CausalTraceResult, got {type(result).__name__}")
+    labels = [str(p) for p in result.positions] if tokens is None else [str(t) for t in tokens]
+    if tokens is not None and len(labels) != len(result.positions):
+        if len(labels) >= max(result.positions) + 1:
+            labels = [labels[p] for p in result.positions]
+        else:
+            raise ValueError(f"tokens: {len(labels)} labels for {len(result.positions)} positions")
+    labels = [l + "*" if p in result.subject_positions else l for l, p in zip(labels, result.positions)]
+    cmaps = {"block_output": "Purples", "mlp_activation": "Greens", "attention_output": "Reds"}
+    n = len(result.streams)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 0.35 * len(labels) + 1.6), squeeze=False)
+    for ax, st, mat in zip(axes[0], result.streams, result.probs):
+        im = ax.imshow(mat.numpy(), cmap=cmaps.get(st, "Blues"), aspect="auto", vmin=0)
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels)
+        ax.set_xticks(range(len(result.layers)))
+        ax.set_xticklabels([str(l) for l in result.layers], fontsize=7)
+        w = "" if st == "block_output" else f" (window {result.window})"
+        ax.set_title(f"{st}{w}", fontsize=9)
+        ax.set_xlabel("layer")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(title or f"p(target) clean {result.clean_prob:.3f}, corrupted {result.corrupted_prob:.3f}", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+__all__ = ["causal_trace", "plot_causal_trace", "patching_sweep", "CausalTraceResult", "SweepResult", "SweepEngine",
+           "trace_noise", "window_layers", "PYVENE_NOISE_LEVEL"]
