@@ -19,6 +19,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 B = 2
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # tiny tensors: intra-op threads only add latency (and spin badly on a loaded 2-core machine)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def pyvene():
     return pytest.importorskip("pyvene")
