@@ -13,7 +13,8 @@ CPU. Workloads:
   (e) a 12 x 16 layer x position block_output patching sweep (16 tokens).
 Every ratio is measured in the same run. pyvene's loops over sweep cells are timed on a
 subset of cells and extrapolated (the table says so). ``--quick`` uses a 6-layer model and
-fewer repetitions (same widths). nnsight has no code path here yet: its column reads n/a.
+fewer repetitions (same widths). nnsight (optional; benchmarks/nnsight_bench.py) is timed on
+(b) and (e) in its fastest idiomatic form when it is installed.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import sys
 import time
 
 import torch
+
+sys.path.insert(0, __import__('os').path.dirname(__file__))
 
 
 def _best(fn, reps):
@@ -164,7 +167,18 @@ def main(argv=None):
     t_py = sum(per_stream) * 10 * L
     big = _ids(1, 10, 3).expand(n_cells, 10)
     t_B = _best(lambda: plain(big), reps)
-    rows.append((f"(b) causal tracing, {L}x10x3 cells", t_fx, None, t_py, None, t_B,
+    t_nn = None
+    if has_nn:
+        import nnsight_bench as nb
+        from fxvene.sweep import trace_noise
+
+        nnm = nb._wrap(model)
+        cells_b = [(st, l, p) for st in streams for p in range(10) for l in range(L)]
+        noise_b = trace_noise(1, 4, 768)[0].float() * PYVENE_NOISE_LEVEL
+        with torch.no_grad():
+            t_nn = _best(lambda: nb.causal_trace(nnm, prompt["input_ids"], subj, target, noise_b, cells_b,
+                                                 lambda l: window_layers(l, 10, L), L), reps)
+    rows.append((f"(b) causal tracing, {L}x10x3 cells", t_fx, None, t_py, t_nn, t_B,
                  f"pyvene: {len(sample_layers) * len(sample_pos)} cells/stream timed, x{10 * L // (len(sample_layers) * len(sample_pos))} "
                  f"extrapolated; floor B = plain batched forward of {n_cells} rows with full logits; "
                  f"fxvene first call (tracing + slicing) {t_first:.1f} s; compiled: n/a (segments run eager)"))
@@ -242,7 +256,12 @@ def main(argv=None):
         py_e(l, p)
     t_py = (time.perf_counter() - t0) / len(cells) * n_e
     t_B = _best(lambda: plain(eb["input_ids"].expand(n_e, 16)), reps)
-    rows.append((f"(e) patching sweep {L}x16, block_output", t_fx, None, t_py, None, t_B,
+    t_nn = None
+    if has_nn:
+        cells_e = [(l, p) for l in range(L) for p in range(16)]
+        with torch.no_grad():
+            t_nn = _best(lambda: nb.patching_sweep(nnm, eb["input_ids"], es["input_ids"], cells_e, target), reps)
+    rows.append((f"(e) patching sweep {L}x16, block_output", t_fx, None, t_py, t_nn, t_B,
                  f"pyvene: {len(cells)} cells timed, extrapolated; floor B = plain batched forward of {n_e} rows"))
 
     # ---------------------------------------------------------------- table
@@ -257,14 +276,14 @@ def main(argv=None):
         f"(os.cpu_count={__import__('os').cpu_count()}), Python {sys.version.split()[0]}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}, pyvene {getattr(pyvene, '__version__', '0.1.8')}; "
         f"GPT-2 shape {L} layers x 768, fp32, random weights{' (--quick)' if args.quick else ''}. "
-        f"nnsight: {'installed but not timed (no code path yet)' if has_nn else nn_note}.",
+        f"nnsight: {__import__('nnsight').__version__ + ' (one trace: clean invoke + patched rows, logits_to_keep=1)' if has_nn else nn_note}.",
         "",
-        "| workload | fxvene eager | fxvene compiled | pyvene 0.1.8 | nnsight | plain HF floor | fxvene / floor | pyvene / fxvene | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| workload | fxvene eager | fxvene compiled | pyvene 0.1.8 | nnsight | plain HF floor | fxvene / floor | pyvene / fxvene | nnsight / fxvene | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, fx, fxc, py, nns, floor, note in rows:
-        lines.append(f"| {name} | {fmt(fx)} | {fmt(fxc)} | {fmt(py)} | n/a | {fmt(floor)} | "
-                     f"{ratio(fx, floor)} | {ratio(py, fx)} | {note} |")
+        lines.append(f"| {name} | {fmt(fx)} | {fmt(fxc)} | {fmt(py)} | {fmt(nns)} | {fmt(floor)} | "
+                     f"{ratio(fx, floor)} | {ratio(py, fx)} | {ratio(nns, fx)} | {note} |")
     text = "\n".join(lines)
     print(text)
     if args.out:
