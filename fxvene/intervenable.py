@@ -381,7 +381,9 @@ class IntervenableModel(nn.Module):
                 op.call = {
                     "subspaces": subs[i] if subs is not None else None,
                     "kwargs": extra,
-                    "check_source_shape": True,
+                    # a source *run* must match the base when whole tensors are swapped; a given
+                    # source_representations tensor broadcasts (a steering vector)
+                    "check_source_shape": key not in (srcreps or {}),
                     "full_outputs": self.full_intervention_outputs,
                 }
         try:
