@@ -26,6 +26,17 @@ def make_llama(n_layer=3, hidden=32, heads=4, kv_heads=2, vocab=50, seed=0):
     return LlamaForCausalLM(cfg).eval()
 
 
+def batch_ids(seed, vocab=50, n=8, b=2):
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, vocab, (b, n), generator=g)}
+
+
+@pytest.fixture(scope="module")
+def pyvene():
+    """The differential-test oracle (optional extra)."""
+    return pytest.importorskip("pyvene")
+
+
 @pytest.fixture(scope="session")
 def gpt2():
     return make_gpt2()

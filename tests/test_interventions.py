@@ -30,13 +30,6 @@ L = 6  # latent_dim
 NOISE_LEVEL = 0.13462981581687927
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny tensors: intra-op threading only adds latency (matrix_exp backward: 0.3 s -> 1 ms)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

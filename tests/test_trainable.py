@@ -15,30 +15,18 @@ import pytest
 import torch
 
 import fxvene as pv
-from conftest import frontends, make_gpt2
+from conftest import batch_ids, frontends, make_gpt2
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
 B = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny tensors: intra-op threads only add latency (and spin badly on a loaded 2-core machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
-
-@pytest.fixture(scope="module")
-def pyvene():
-    return pytest.importorskip("pyvene")
 
 
 def _ids(seed, vocab=50, n=8):
-    g = torch.Generator().manual_seed(seed)
-    return {"input_ids": torch.randint(0, vocab, (B, n), generator=g)}
+    return batch_ids(seed, vocab, n, B)
 
 
 def _P(src, base):
