@@ -46,6 +46,10 @@ fxvene extension (per-step control, pyvene issues #15 and #193):
   and predicts token ``k+1``: ``decode_steps=[0, 1, 2]`` steers the representations of the first
   three generated tokens.
 
+The step graphs are always traced with ``torch.export`` (on both transformers lines), whatever
+``tracer`` the IntervenableModel uses for ``forward``; tracing costs a few seconds once per model
+(cached, shared by every IntervenableModel on it).
+
 Return values are pyvene's: ``(original_or_None, sequences)``, or ``((original_or_None, collected),
 sequences)`` when the config has a ``CollectIntervention``; ``collected`` holds one tensor per forward
 the collector acted on (per key, in ``sorted_keys`` order).
@@ -581,7 +585,8 @@ def decode(prefill, dec, input_ids, mask, st, on_collect=None):
             break
         step += 1
         mask = torch.cat([mask, mask.new_ones(b, 1)], dim=-1)
-        pos = pos[:, -1:] + 1
+        # as each line's generate: transformers 4 recounts the mask, 5 continues from the last position
+        pos = mask.long().sum(-1, keepdim=True) - 1 if TF_MAJOR < 5 else pos[:, -1:] + 1
         _set_calls(dec, step)
         try:
             flat = dec.gm(nxt[:, None], mask, pos, *past, **dec.feeds)
@@ -780,6 +785,12 @@ def generate(
     if decode_steps is not None and not (plan["decode"][0] or plan["decode"][1]):
         raise ValueError("decode_steps was given but no intervention acts on decode steps "
                          "(use intervene_on='decode' or 'all', or pyvene's default intervene_on_prompt=False)")
+    if decode_steps is not None and max(decode_steps, default=-1) >= st.max_new_tokens - 1:
+        raise ValueError(
+            f"decode_steps {sorted(s for s in decode_steps if s >= st.max_new_tokens - 1)} never run: with "
+            f"max_new_tokens={st.max_new_tokens} the decode steps are 0..{st.max_new_tokens - 2} (step k reads the "
+            "k-th generated token; the last generated token is never fed back)"
+        )
 
     with torch.no_grad():
         pre_sg = step_graph(im.model, "prefill")

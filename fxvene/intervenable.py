@@ -338,6 +338,15 @@ class IntervenableModel(nn.Module):
         ngroups = len(self._groups)
 
         locs = L.broadcast_unit_locations(unit_locations, batch, self.sorted_keys, self.mode)
+        if sources is None and source_representations is None:
+            starving = [k for k in self.sorted_keys
+                        if self._needs_source(k) and not isinstance(self.interventions[k], CollectIntervention)]
+            if starving:
+                # pyvene silently skips these; fxvene says so (sources=[None, ...] still skips on purpose)
+                raise ValueError(
+                    f"intervention {starving[0]} ({type(self.interventions[starving[0]]).__name__}) needs a source: "
+                    "pass sources=[...] or source_representations=..., or sources=[None] to skip it explicitly"
+                )
         sources = list(sources) if sources is not None else [None] * ngroups
         if len(sources) == 1 and ngroups > 1:
             sources = sources * ngroups  # a single source serves every group (the caller's list is not touched)

@@ -158,3 +158,12 @@ def test_site_resolving_to_no_node():
     m = GPT2LMHeadModel(cfg).eval()
     with pytest.raises(ValueError, match="has no nodes in the traced graph"):
         pv.IntervenableModel(_cfg(component="transformer.h[0].attn.attn_dropout.input"), m)
+
+
+def test_intervention_without_any_source_is_an_error(im, batch):
+    base, _ = batch
+    with pytest.raises(ValueError, match="needs a source: pass sources"):
+        im(base=base, unit_locations={"base": 1})
+    # an explicit None source still skips it, as in pyvene
+    _, out = im(base=base, sources=[None], unit_locations={"sources->base": 1})
+    assert out.logits.shape[0] == 2
