@@ -35,7 +35,10 @@ def main(argv=None):
     path = args.model or demo_model_path()
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    try:  # eager attention: transformers 4.x's fx tracer mis-traces sdpa GPT-2 (fxvene then falls back to export)
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    except (TypeError, ValueError):
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
     inputs = tok(args.prompt, return_tensors="pt")
     subject = _subject_positions(tok, args.prompt, args.subject)
     target = tok(args.target)["input_ids"][0]
