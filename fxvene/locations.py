@@ -116,20 +116,6 @@ def to_index(locs, unit, batch_size, device, what):
     return t
 
 
-def check_bounds(loc, size, what):
-    if loc is None:
-        return
-    if isinstance(loc, tuple):
-        for t in loc:
-            check_bounds(t, size, what)
-        return
-    if loc.numel() == 0:
-        return
-    hi, lo = int(loc.max()), int(loc.min())
-    if hi >= size or lo < -size:
-        raise ValueError(f"{what}: unit index {hi if hi >= size else lo} is out of range for a dimension of size {size}")
-
-
 def broadcast_subspaces(subspaces, batch_size, n):
     if subspaces is None:
         return None
