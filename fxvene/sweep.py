@@ -613,7 +613,7 @@ def causal_trace(model, inputs, subject_positions, target_token, noise_level=Non
 
 def plot_causal_trace(result, tokens=None, path=None, title=None):
     """Draw the heatmaps of a :class:`CausalTraceResult` (one per stream; matplotlib needed:
-    ``pip install fxvene[plot]``). ``tokens``: labels for the positions (the subject ones get
+    ``pip install fxvene[plots]``). ``tokens``: labels for the positions (the subject ones get
     a ``*``). Saves to ``path`` when given; returns the figure."""
     try:
         import matplotlib
@@ -622,7 +622,7 @@ def plot_causal_trace(result, tokens=None, path=None, title=None):
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("plot_causal_trace needs matplotlib: pip install matplotlib (or fxvene[plot])") from e
+        raise ImportError("plot_causal_trace needs matplotlib: pip install matplotlib (or fxvene[plots])") from e
     if not isinstance(result, CausalTraceResult):
         raise TypeError(f"result must be a CausalTraceResult, got {type(result).__name__}")
     labels = [str(p) for p in result.positions] if tokens is None else [str(t) for t in tokens]
