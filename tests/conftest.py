@@ -43,6 +43,13 @@ def gpt2():
 
 
 @pytest.fixture(scope="session")
+def pv_gpt2():
+    """The same tiny GPT-2 as ``gpt2``, for tests that wrap it with pyvene: pyvene 0.1.8 removes every
+    forward hook of a model it wraps, including those transformers 5 uses for output_hidden_states."""
+    return make_gpt2()
+
+
+@pytest.fixture(scope="session")
 def llama():
     return make_llama()
 

@@ -216,7 +216,8 @@ def test_pyvene_vanilla_source(model, iop, ul):
     assert not torch.equal(fout, forig)
 
 
-def test_pyvene_eos_collect_count(gpt2):
+def test_pyvene_eos_collect_count(pv_gpt2):
+    gpt2 = pv_gpt2  # pyvene wraps this one (see conftest)
     base = _base(True)
     plain = _plain(gpt2, base, **KW)
     eos = int(plain[0, base["input_ids"].shape[1] + 1])
@@ -332,7 +333,8 @@ def _demo_or_none():
     return load_demo()
 
 
-def test_tutorial6_flow_matches_pyvene_sampling(gpt2):
+def test_tutorial6_flow_matches_pyvene_sampling(pv_gpt2):
+    gpt2 = pv_gpt2  # pyvene wraps this one (see conftest)
     """Seed tutorial 6 on the tiny GPT-2: collect a direction with forward, steer a *sampled* generation with
     it. (pyvene 0.1.8's own Collect truncates a whole-sequence (1, S, d) collect, reference section 1.8, so
     the direction comes from fxvene, checked against a hook, and only the steering is compared.)"""

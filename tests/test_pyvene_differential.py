@@ -101,7 +101,8 @@ def test_matches_pyvene(model, comp, unit, t, frontend):
 
 
 @pytest.mark.parametrize("frontend", frontends())
-def test_multi_site_groups_and_source_representations(gpt2, frontend):
+def test_multi_site_groups_and_source_representations(pv_gpt2, frontend):
+    gpt2 = pv_gpt2  # pyvene wraps this one (see conftest)
     g = torch.Generator().manual_seed(3)
     base = {"input_ids": torch.randint(0, 50, (3, 7), generator=g)}
     src = {"input_ids": torch.randint(0, 50, (3, 7), generator=g)}
@@ -125,7 +126,8 @@ def test_multi_site_groups_and_source_representations(gpt2, frontend):
 
 
 @pytest.mark.parametrize("frontend", frontends())
-def test_shorthand_locations_and_subspaces(gpt2, frontend):
+def test_shorthand_locations_and_subspaces(pv_gpt2, frontend):
+    gpt2 = pv_gpt2  # pyvene wraps this one (see conftest)
     g = torch.Generator().manual_seed(4)
     base = {"input_ids": torch.randint(0, 50, (2, 6), generator=g)}
     src = {"input_ids": torch.randint(0, 50, (2, 6), generator=g)}
@@ -148,7 +150,8 @@ def test_shorthand_locations_and_subspaces(gpt2, frontend):
 
 
 @pytest.mark.parametrize("frontend", frontends())
-def test_serial_mode(gpt2, frontend):
+def test_serial_mode(pv_gpt2, frontend):
+    gpt2 = pv_gpt2  # pyvene wraps this one (see conftest)
     g = torch.Generator().manual_seed(6)
     base = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
     s0 = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
@@ -166,7 +169,8 @@ def test_serial_mode(gpt2, frontend):
 
 
 @pytest.mark.parametrize("frontend", frontends())
-def test_string_component_and_lambda(gpt2, frontend):
+def test_string_component_and_lambda(pv_gpt2, frontend):
+    gpt2 = pv_gpt2  # pyvene wraps this one (see conftest)
     g = torch.Generator().manual_seed(7)
     base = {"input_ids": torch.randint(0, 50, (2, 6), generator=g)}
     src = {"input_ids": torch.randint(0, 50, (2, 6), generator=g)}
@@ -185,7 +189,8 @@ def test_string_component_and_lambda(gpt2, frontend):
 
 
 @pytest.mark.parametrize("frontend", frontends())
-def test_constant_source_labels_and_max_units(gpt2, frontend):
+def test_constant_source_labels_and_max_units(pv_gpt2, frontend):
+    gpt2 = pv_gpt2  # pyvene wraps this one (see conftest)
     g = torch.Generator().manual_seed(9)
     base = {"input_ids": torch.randint(0, 50, (2, 7), generator=g)}
     src = {"input_ids": torch.randint(0, 50, (2, 7), generator=g)}

@@ -166,10 +166,10 @@ def test_tutorial_4_position_specific(tutorial_model_dir, capsys):
     # (there are none) and the hidden state at layer 5 changes exactly at positions 0 and 2.
     hs_src = model(**src, output_hidden_states=True).hidden_states[6]
 
-    def hook(mod, args, out):
-        h = out[0].clone()
+    def hook(mod, args, out):  # a block returns a tuple in transformers 4.x, a tensor in 5.x
+        h = (out[0] if isinstance(out, tuple) else out).clone()
         h[:, [0, 2]] = hs_src[:, [0, 2]]
-        return (h,) + tuple(out[1:])
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
 
     handle = model.transformer.h[5].register_forward_hook(hook)
     try:
