@@ -105,7 +105,16 @@ def test_expose_and_truncate(gpt2, frontend):
     ids = torch.randint(0, 50, (2, 5))
     mask = torch.ones(2, 5, dtype=torch.long)
     logits, h0 = exposed(input_ids=ids, attention_mask=mask)
-    hs = gpt2(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    # block 0's output by a forward hook (not output_hidden_states: transformers 5 computes those with
+    # hooks that a pyvene wrap elsewhere in the session may have removed from this shared model)
+    seen = {}
+    handle = gpt2.transformer.h[0].register_forward_hook(
+        lambda m, a, o: seen.__setitem__("h0", o[0] if isinstance(o, tuple) else o))
+    try:
+        gpt2(input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
+    hs = {1: seen["h0"]}
     torch.testing.assert_close(h0, hs[1], atol=1e-5, rtol=1e-5)
     cut = truncate(exposed, [1])
     (h0b,) = cut(input_ids=ids, attention_mask=mask)
