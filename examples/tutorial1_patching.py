@@ -46,7 +46,8 @@ def main(argv=None):
                 row.append(probs(out))
             rows.append(row)
             print(f"{layer:>5} | {row[0][0]:>12.4f} {row[0][1]:>12.4f}  | {row[1][0]:>12.4f} {row[1][1]:>12.4f}")
-    moved = [l for l, r in zip(layers, rows) if max(r[0][1], r[1][1]) > max(r[0][0], r[1][0])]
+    # a layer counts when patching either position alone makes Paris more likely than Rome
+    moved = [l for l, r in zip(layers, rows) if any(p_paris > p_rome for p_rome, p_paris in r)]
     print(f"\nlayers where patching moves the prediction from Rome to Paris: {moved}")
     return rows
 

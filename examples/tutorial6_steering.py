@@ -20,7 +20,7 @@ from _common import load, parser
 
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--scale", type=float, default=4.0, help="multiplier of the steering direction")
+    p.add_argument("--scale", type=float, default=2.0, help="multiplier of the steering direction")
     p.add_argument("--component", default="block_output", help="where to steer (the seed uses mlp_output)")
     args = p.parse_args(argv)
     model, tok = load(args.model)

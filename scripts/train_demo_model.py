@@ -25,8 +25,11 @@ Usage::
     python scripts/train_demo_model.py                 # writes fxvene/demo/model
     python scripts/train_demo_model.py --out /tmp/m --steps 300
 
-Everything (corpus, initialisation, batch order) is seeded; a rerun on the same
-torch build reproduces the same weights.
+Everything (corpus, initialisation, batch order) is seeded; a rerun with the
+same torch build and the same ``--threads`` (default 2) reproduces the shipped
+weights bit for bit (checked with torch 2.13.0+cpu).  A different thread count
+gives different, equally good weights.  Defaults: 1600 steps of 32 x 48 tokens,
+about 5 minutes on two free cores.
 """
 
 from __future__ import annotations
@@ -39,9 +42,13 @@ import random
 import sys
 import time
 
-# Idle OpenMP threads sleep instead of spinning: on a busy machine spinning
-# threads make a 2-thread run ten times slower.  (Must be set before torch.)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads spin while they wait.  On two free cores that is fastest, but
+# when other processes compete for the cores, spinning makes a 2-thread run ten
+# times slower; then let idle threads sleep.  This changes timing only, never
+# the numbers.  (Must be decided before torch is imported.)
+if "OMP_WAIT_POLICY" not in os.environ and hasattr(os, "getloadavg") \
+        and os.getloadavg()[0] >= 1.0:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
 
@@ -291,9 +298,11 @@ def sample_doc(rng: random.Random, facts: list[str]) -> str:
 
 def vocabulary_texts() -> list[str]:
     """Texts that together contain every word the corpus can produce."""
-    texts = list(fact_docs()) + HELLO_TEMPLATES + IOI_TEMPLATES
+    fill = dict(A="John", B="Mary", S="John", IO="Mary", P="store", O="drink",
+                N="John", L="John, Mary and Tom")
+    texts = list(fact_docs())
+    texts += [t.format(**fill) for t in HELLO_TEMPLATES + IOI_TEMPLATES + NAMES_TEMPLATES]
     texts += [" ".join(NAMES), " ".join(PLACES), " ".join(OBJECTS)]
-    texts += NAMES_TEMPLATES + ["John, Mary"]
     texts += [" ".join(HAPPY_WORDS), " ".join(SAD_WORDS)]
     texts += HAPPY_CONT + SAD_CONT
     texts += [c[0].upper() + c[1:] for c in HAPPY_CONT + SAD_CONT]
@@ -322,8 +331,7 @@ def build_tokenizer(texts: list[str]):
     forms = set()
     for w in words:
         base = w[1:] if w.startswith("Ġ") else w
-        if base.replace("{", "").replace("}", "") != base:
-            continue  # template placeholder
+        assert "{" not in base and "}" not in base, w  # unfilled template
         forms.add(base)
         forms.add("Ġ" + base)
     forms.update({"Ġ", "Ċ", "ĠĊ"})
@@ -353,13 +361,12 @@ def build_tokenizer(texts: list[str]):
 
 def make_batch(rng, facts, tok_cache, tokenizer, batch_size, seq_len, eos_id):
     """Each row starts with a fresh document at position 0 and is filled with
-    further documents separated by <|endoftext|>; the remainder is padding
-    (label -100)."""
-    ids = torch.full((batch_size, seq_len), eos_id, dtype=torch.long)
-    labels = torch.full((batch_size, seq_len), -100, dtype=torch.long)
+    further documents, each followed by <|endoftext|>; the last one is cut
+    off at the end of the row."""
+    ids = torch.empty((batch_size, seq_len), dtype=torch.long)
     for b in range(batch_size):
         row = []
-        while True:
+        while len(row) < seq_len:
             doc = sample_doc(rng, facts)
             enc = tok_cache.get(doc)
             if enc is None:
@@ -368,15 +375,9 @@ def make_batch(rng, facts, tok_cache, tokenizer, batch_size, seq_len, eos_id):
                     raise ValueError(f"word missing from the vocabulary in {doc!r}")
                 enc = enc + [eos_id]
                 tok_cache[doc] = enc
-            if row and len(row) + len(enc) > seq_len:
-                break
             row.extend(enc[: seq_len - len(row)])
-            if len(row) >= seq_len:
-                break
-        n = len(row)
-        ids[b, :n] = torch.tensor(row)
-        labels[b, :n] = ids[b, :n]
-    return ids, labels
+        ids[b] = torch.tensor(row)
+    return ids, ids.clone()
 
 
 @torch.no_grad()
@@ -424,7 +425,7 @@ def main(argv=None):
     default_out = os.path.join(os.path.dirname(here), "fxvene", "demo", "model")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=default_out, help="output directory")
-    ap.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    ap.add_argument("--steps", type=int, default=1600, help="optimizer steps")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -448,7 +449,8 @@ def main(argv=None):
 
     tokenizer = build_tokenizer(vocabulary_texts())
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    print(f"vocab size: {len(tokenizer)}")
+    print(f"vocab size: {len(tokenizer)}; {args.threads} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}")
 
     config = GPT2Config(
         vocab_size=len(tokenizer),
@@ -509,10 +511,9 @@ def main(argv=None):
     report(model, tokenizer)
 
     os.makedirs(args.out, exist_ok=True)
-    for f in os.listdir(args.out):  # stale files from an earlier run
-        p = os.path.join(args.out, f)
-        if os.path.isfile(p):
-            os.remove(p)
+    for f in ("pytorch_model.bin", "model.safetensors.index.json", "vocab.json", "merges.txt"):
+        if os.path.exists(os.path.join(args.out, f)):  # never ship pickles / stale files
+            os.remove(os.path.join(args.out, f))
     model.generation_config = GenerationConfig(
         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
     model.save_pretrained(args.out, safe_serialization=True)
@@ -534,6 +535,8 @@ def main(argv=None):
                             for p, a in EVAL},
         }, fh, indent=2)
         fh.write("\n")
+    for f in os.listdir(args.out):
+        os.chmod(os.path.join(args.out, f), 0o644)
     print(f"saved to {args.out}")
     return 0
 
