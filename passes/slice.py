@@ -17,6 +17,8 @@ Pure functions: the input GraphModule is not modified.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 
@@ -34,6 +36,8 @@ def node_order(gm):
 def heavy_nodes(gm):
     """Names of the nodes whose value depends (transitively) on a parameter of ``gm``."""
     params = {name for name, _ in gm.named_parameters(remove_duplicate=False)}
+    # graphs that hold their weights as plain attributes name them (generation's step graphs)
+    params |= set(getattr(gm, "meta", {}).get("fxvene_param_attrs", ()))
     heavy = set()
     for n in gm.graph.nodes:
         if n.op == "get_attr":
@@ -97,6 +101,25 @@ def boundary_after(gm, node_name):
     return node_order(gm)[node_name] + 1
 
 
+_VIEW_METHODS = {"view", "expand", "transpose", "permute", "unsqueeze", "squeeze", "narrow", "select", "t"}
+
+
+def _is_view(n):
+    if n.op == "call_function":
+        return bool(getattr(n.target, "is_view", False)) or n.target is operator.getitem
+    return n.op == "call_method" and n.target in _VIEW_METHODS
+
+
+def _view_bases(nodes):
+    """``nodes`` and every tensor they are views of (an in-place fill of ``mask[..., :n]`` mutates ``mask``)."""
+    out = []
+    for n in nodes:
+        while isinstance(n, fx.Node):
+            out.append(n)
+            n = n.args[0] if _is_view(n) and n.args else None
+    return out
+
+
 def _drop_before(graph, order, start, heavy):
     """Erase every node before ``start`` the rest of the graph does not need, impure or not,
     keeping light in-place edits (mask fills) of values that are still needed."""
@@ -121,7 +144,7 @@ def _drop_before(graph, order, start, heavy):
         for n in nodes:
             if n in needed or n.op in ("placeholder", "get_attr") or order.get(n.name, start) >= start:
                 continue
-            if n.is_impure() and n.name not in heavy and any(a in needed for a in n.all_input_nodes):
+            if n.is_impure() and n.name not in heavy and any(a in needed for a in _view_bases(n.all_input_nodes)):
                 close(n)
                 changed = True
     for n in reversed(nodes):
