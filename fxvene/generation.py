@@ -9,6 +9,10 @@ the Hugging Face model, on transformers 4.x and 5.x alike) and cached per model:
 * **decode**: ``(input_ids (b, 1), attention_mask (b, P+1), position_ids (b, 1), past_0 ... past_2L-1)
   -> (logits, updated keys/values)``; the past keys/values are plain tensor inputs and outputs.
 
+(A third step graph, **chunk**, is the decode step with an ``S``-token input: ``(input_ids (b, S),
+attention_mask (b, P+S), position_ids (b, S), past ...)``; sweeps use it to recompute only the
+positions after a patched one, attending over the cached keys/values of the unchanged prefix.)
+
 Interventions are inserted into these graphs with the same passes and site ops as
 :meth:`IntervenableModel.forward` (``passes.rewrite.insert_interventions``, ``sites.SiteOp``), so each
 new token costs **one single-token forward of the rewritten decode graph**, never a forward over the
@@ -261,6 +265,18 @@ def _examples(model, wrapper, phase):
     pos = position_ids_from_mask(mask)
     if phase == "prefill":
         return (ids, mask, pos, []), ({0: _auto(), 1: _auto()},) * 3 + ([],)
+    if phase == "chunk":
+        # a 3-token chunk after a 2-token past, batch 4: every size distinct, so none is unified with another
+        b, P = 4, 2
+        ids = torch.randint(0, vocab, (b, s), generator=g).to(device)
+        mask = torch.ones(b, s, dtype=torch.long, device=device)
+        mask[1, :1] = 0
+        pos = position_ids_from_mask(mask)
+        with torch.no_grad():
+            past = list(wrapper(ids[:, :P], mask[:, :P], pos[:, :P], [])[1:])
+        dyn = ({0: _auto(), 1: _auto()}, {0: _auto(), 1: _auto()}, {0: _auto(), 1: _auto()},
+               [{0: _auto(), 2: _auto()}] * len(past))
+        return (ids[:, P:], mask, pos[:, P:], past), dyn
     with torch.no_grad():
         past = list(wrapper(ids, mask, pos, [])[1:])
     ids1 = torch.randint(0, vocab, (b, 1), generator=g).to(device)
@@ -270,11 +286,12 @@ def _examples(model, wrapper, phase):
     return (ids1, mask1, pos1, past), dyn
 
 
-def _flat_attrs(gm, graph):
+def _flat_attrs(gm, graph, params):
     """Give every weight a flat attribute name on the step graph, bound to a detached alias of the
     model's tensor (same storage: nothing is copied). The generated code then reads
     ``self.fxw_3`` instead of walking ``self.model.transformer.h[3]...`` through ``nn.Module.__getattr__``
-    on every decode step (about a millisecond per token on a 12-layer model)."""
+    on every decode step (about a millisecond per token on a 12-layer model). The aliases are buffers
+    of the new GraphModule; ``params`` (a set) receives the names that alias parameters."""
     root = {}
     for i, n in enumerate(n for n in graph.nodes if n.op == "get_attr"):
         obj = gm
@@ -282,6 +299,8 @@ def _flat_attrs(gm, graph):
             obj = getattr(obj, part)
         flat = f"fxw_{i}_" + "".join(c if c.isalnum() else "_" for c in str(n.target))[-60:]
         root[flat] = obj.detach() if isinstance(obj, torch.Tensor) else obj
+        if isinstance(obj, nn.Parameter):
+            params.add(flat)
         n.target = flat
     return root
 
@@ -315,7 +334,9 @@ def _export_step(model, phase):
             graph.erase_node(n)
     _strip_prefix(graph)
     graph.eliminate_dead_code()
-    gm = fx.GraphModule(_flat_attrs(gm, graph), graph, class_name=f"FxveneStep_{phase}")
+    params = set()
+    gm = fx.GraphModule(_flat_attrs(gm, graph, params), graph, class_name=f"FxveneStep_{phase}")
+    gm.meta["fxvene_param_attrs"] = frozenset(params)  # weights, for the slice passes (heavy values)
     with torch.no_grad():
         got = gm(*args[:3], *args[3])
     if len(got) != len(ref) or not all(a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=1e-4)
@@ -323,6 +344,8 @@ def _export_step(model, phase):
         raise TracingError(f"the traced {phase} step of {type(model).__name__} does not reproduce the model")
     names = tuple(n.target for n in graph.nodes if n.op == "placeholder")
     _check_dynamic(graph, phase, model)
+    if phase == "chunk":
+        _check_chunk_edges(gm, wrapper, model)
     n_kv = len(ref) - 1
     out_keys = ("logits",) + tuple(f"past_{i}" for i in range(n_kv))
     traced = TracedGraph(gm=gm, frontend="export", input_names=names, output_keys=out_keys, output_cls=tuple)
@@ -331,14 +354,40 @@ def _export_step(model, phase):
     return StepGraph(phase=phase, traced=traced, locate=locate, n_kv=n_kv)
 
 
+def _check_chunk_edges(gm, wrapper, model):
+    """The chunk graph is traced at a 3-token chunk after a 2-token past; sweeps also run it with no
+    past (the whole prompt), a one-token past and one-token chunks. torch.export specialises sizes 0
+    and 1 of an example, so those edges are checked against the model itself (the runtime asserts
+    of the exported program are stripped, so a specialised graph would otherwise run silently)."""
+    vocab = int(getattr(model.config, "vocab_size", 16) or 16)
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(1)
+    b = 3
+    for past_len, new_len in ((0, 3), (0, 1), (1, 3), (4, 1)):
+        ids = torch.randint(0, vocab, (b, past_len + new_len), generator=g).to(device)
+        mask = torch.ones_like(ids)
+        pos = torch.arange(ids.shape[1], device=device).expand(b, -1)
+        with torch.no_grad():
+            if past_len:
+                past = list(wrapper(ids[:, :past_len], mask[:, :past_len], pos[:, :past_len], [])[1:])
+            else:
+                past = [t[:, :, :0] for t in wrapper(ids[:, :1], mask[:, :1], pos[:, :1], [])[1:]]
+            ref = wrapper(ids[:, past_len:], mask, pos[:, past_len:], past if past_len else [])
+            got = gm(ids[:, past_len:], mask, pos[:, past_len:], *past)
+        if len(got) != len(ref) or not all(
+                a.shape == r.shape and torch.allclose(a, r, atol=1e-4, rtol=1e-4) for a, r in zip(got, ref)):
+            raise TracingError(f"the traced chunk step of {type(model).__name__} does not reproduce the model with a "
+                               f"{past_len}-token past and a {new_len}-token chunk")
+
+
 def _check_dynamic(graph, phase, model):
     """The batch (and prompt / past length) must stay symbolic: a model whose code turns them into
     constants would otherwise give a graph that silently only runs at the example's shape."""
     phs = {n.target: n for n in graph.nodes if n.op == "placeholder"}
     want = [("input_ids", 0, "batch size"), ("attention_mask", 1, "sequence length")]
-    if phase == "prefill":
+    if phase in ("prefill", "chunk"):
         want.append(("input_ids", 1, "prompt length"))
-    else:
+    if phase in ("decode", "chunk"):
         want.append(("past_0", 2, "past length"))
     for name, dim, what in want:
         val = phs[name].meta.get("val") if name in phs else None
@@ -354,8 +403,8 @@ _STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def step_graph(model, phase):
     """The (cached) prefill or decode graph of ``model``; retraced if its parameters moved."""
-    if phase not in ("prefill", "decode"):
-        raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
+    if phase not in ("prefill", "decode", "chunk"):
+        raise ValueError(f"phase must be 'prefill', 'decode' or 'chunk', got {phase!r}")
     p = next(model.parameters())
     key = (phase, p.device, p.dtype, p.data_ptr())
     per = _STEPS.setdefault(model, {})

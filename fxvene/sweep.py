@@ -10,6 +10,12 @@ fxvene runs it as rows of batched forwards, and computes less than one forward p
   once through all segments and its values at every boundary are cached; a row that first
   changes site X joins the batch at the boundary after X, fed the cached base values there,
   so nothing below its first site is recomputed. Batches grow along the pipeline;
+* **causal prefix** (``prefix="auto"``, the default where the model exports with a KV cache): a
+  cell that patches position p changes nothing before p, at any layer. Sweeps run the model's
+  *chunk* step graph (``generation.step_graph(model, "chunk")``: an S-token input after P cached
+  positions), so a row starts at its first patched position and attends over the base run's
+  cached keys/values of the positions before it. Rows are grouped by start position (at most 8
+  groups; a group starts at the first position of its rows);
 * **position-wise tail**: after the last layer's attention mixes positions, only the last
   position matters for the readout, so the rest of the last block runs on that position;
 * **per-row selectors** (pass ``passes.sweep.insert_selectors``): every site gets an op fed
@@ -29,10 +35,11 @@ import torch
 import torch.nn as nn
 
 from fxvene.models import family_for
+from fxvene.passes.rewrite import expose
 from fxvene.passes.slice import boundary_after, node_order, segment
 from fxvene.passes.sweep import insert_selectors, readout
 from fxvene.sites import gather, resolve_site, scatter
-from fxvene.tracing import trace
+from fxvene.tracing import TracingError, trace
 
 PYVENE_NOISE_LEVEL = 0.13462981581687927
 STREAMS = ("block_output", "mlp_activation", "attention_output")
@@ -80,6 +87,7 @@ class _Segment:
     ops: list = field(default_factory=list)  # site indices whose selector sits at this segment's entry
     tail: bool = False
     fn: object = None
+    used: set = field(default_factory=set)  # the placeholders the segment reads
 
 
 def _last_placeholder_names(gm):
@@ -93,16 +101,42 @@ class SweepEngine:
     given at run time (``(b, k)``); else the full vocabulary at the last position (``(b, V)``).
     """
 
-    def __init__(self, model, sites, tracer="auto", tokens=False, tail=True, compile=False):
+    def __init__(self, model, sites, tracer="auto", tokens=False, tail=True, compile=False, prefix="auto"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if prefix not in ("auto", True, False):
+            raise ValueError(f"prefix must be 'auto', True or False, got {prefix!r}")
         fam, _ = family_for(model)
         if fam is None:
             raise ValueError(f"sweeps need a model family fxvene knows (GPT-2, Llama, ...); got {type(model).__name__}")
         self.model = model
         self.n_layers = int(getattr(model.config, fam.n_layers))
-        traced = trace(model, ("input_ids", "attention_mask"), tracer=tracer)
+        # the causal prefix needs the chunk step graph (export, with past keys/values as inputs)
+        step = None
+        self.prefix_note = None
+        if prefix is True and compile:
+            raise ValueError("prefix=True with compile=True: inductor (torch 2.13) fails to build kernels for the chunk "
+                             "graph's segments; use one or the other (compiled sweeps run full-length rows)")
+        if prefix == "auto" and compile:
+            prefix = False
+            self.prefix_note = "compile=True: compiled sweeps run full-length rows"
+        if prefix is not False and tracer == "hf_fx":
+            if prefix is True:
+                raise ValueError("prefix=True needs the chunk step graph, which is traced with torch.export: "
+                                 "use tracer='auto' or 'export'")
+            self.prefix_note = "tracer='hf_fx': the causal prefix needs the export chunk graph"
+        elif prefix is not False:
+            from fxvene.generation import step_graph
+
+            try:
+                step = step_graph(model, "chunk")
+            except TracingError as e:
+                if prefix is True:
+                    raise ValueError(f"prefix=True: {e}") from e
+                self.prefix_note = str(e)
+        traced = step.locate if step is not None else trace(model, ("input_ids", "attention_mask"), tracer=tracer)
         self.traced = traced
+        self.step = step
         gm = readout(traced.gm, 0, -1, tokens=tokens)
         self.tokens = tokens
         self.sites = [resolve_site(traced, model, c, l) for c, l in sites]
@@ -153,15 +187,89 @@ class SweepEngine:
                 self.seg_of_site[j] = i
         self._shapes = {}
         self.compiled = bool(compile)
-        for seg in [self.pre] + segs:
+        self.cache_seg = None
+        self.prefix = False
+        if step is not None:
+            self._build_step_cache(step, gm, tokens)
+            why = self._prefix_blocker(gm)
+            if why is None:
+                self.prefix = True
+            elif prefix is True:
+                raise ValueError(f"prefix=True: {why}")
+            else:
+                self.prefix_note = why
+        for seg in [self.pre] + segs + ([self.cache_seg] if self.cache_seg is not None else []):
             seg.fn = torch.compile(seg.gm, dynamic=True) if compile else seg.gm
+            seg.used = {n.target for n in seg.gm.graph.nodes if n.op == "placeholder" and n.users}
+
+    def _build_step_cache(self, step, gm, tokens):
+        """The cache run of a chunk-graph engine: the step graph from the first block's input to the
+        end, with the keys/values of every layer and every segment boundary's value as outputs (one
+        call instead of one per segment)."""
+        full = readout(step.gm, 0, -1, tokens=tokens)
+        b0 = boundary_after(full, self.start_node)
+        cg, ins, _ = segment(full, b0, None, _PREFIX)
+        if ins != [self.start_node]:
+            raise ValueError(f"sweep: the first block's input is not a clean cut of the step graph ({ins})")
+        names = []
+        for seg in self.segments:
+            for k in seg.ins:
+                if k != self.start_node and k not in names:
+                    names.append(k)
+        cg = expose(cg, [{"node": k} for k in names])
+        self.cache_seg = _Segment(cg, ins, names)
+        self.n_kv = step.n_kv
+        phs = {n.target: n for n in step.gm.graph.nodes if n.op == "placeholder"}
+        self._past = []
+        for i in range(step.n_kv):
+            val = phs[f"past_{i}"].meta["val"]
+            self._past.append((val.dtype, int(val.shape[1]), int(val.shape[3])))
+
+    def _prefix_blocker(self, gm):
+        """Why rows cannot start at their first patched position (None: they can). Every value cut
+        at a segment boundary must be sequence-major ((batch, seq, ...)), so that the rows' cached
+        base values can be sliced to the positions they recompute."""
+        phs = {n.target: n for n in gm.graph.nodes if n.op == "placeholder"}
+        seq = phs["input_ids"].meta.get("val")
+        if seq is None:
+            return "the chunk graph has no shape metadata"
+        seq = str(seq.shape[1])
+        by_name = {n.name: n for n in gm.graph.nodes}
+        for seg in self.segments:
+            for k in seg.ins:
+                val = by_name[k].meta.get("val") if k in by_name else None
+                if not isinstance(val, torch.Tensor) or val.dim() < 2 or str(val.shape[1]) != seq:
+                    shape = None if not isinstance(val, torch.Tensor) else tuple(val.shape)
+                    return f"the cut value {k!r} (shape {shape}) is not (batch, seq, ...)"
+        return None
 
     # -------------------------------------------------------------------------------- runs
 
-    def _call(self, seg, ids, mask, values, sel, tokens):
+    def _feeds(self, seg, ids, mask, start, kv, tokens):
+        """The graph inputs of one segment call on ``ids`` (the positions ``start`` ...). A step graph
+        also takes position ids and the keys/values of positions ``< start`` (``kv``: the rows' cached
+        keys/values, or None for an empty past)."""
         kw = {"input_ids": ids, "attention_mask": mask}
+        if self.step is not None:
+            n, s = ids.shape
+            kw["position_ids"] = torch.arange(start, start + s, device=ids.device).expand(n, s)
+            for i, (dtype, h, hd) in enumerate(self._past):
+                name = f"past_{i}"
+                if name not in seg.used:
+                    kw[name] = None
+                elif kv is None:
+                    kw[name] = torch.zeros((n, h, 0, hd), dtype=dtype, device=ids.device)
+                else:
+                    kw[name] = kv[i][:n, :, :start]
+        if self.tokens:  # every segment keeps the readout's placeholder (unused before the head)
+            kw["fxv_tokens"] = tokens
+        return kw
+
+    def _call(self, seg, feeds, values, sel):
+        kw = dict(feeds)
         for name in seg.ins:
             kw[_PREFIX + name] = values[name]
+        ids = feeds["input_ids"]
         for name in seg.gm.meta.get("fxvene_shape_inputs", ()):
             kw["fxv_shape_" + name] = self._stand_in(name, ids.shape[0], ids.shape[1])
         for j in seg.ops:
@@ -169,8 +277,6 @@ class SweepEngine:
             kw[f"fxv_sel_{j}_src"] = src
             kw[f"fxv_sel_{j}_loc"] = loc
             kw[f"fxv_sel_{j}_on"] = on
-        if self.tokens:  # every segment keeps the readout's placeholder (unused before the head)
-            kw["fxv_tokens"] = tokens
         return seg.fn(**kw)
 
     def _stand_in(self, name, rows, seq):
@@ -183,25 +289,32 @@ class SweepEngine:
 
     @torch.no_grad()
     def cache(self, input_ids, attention_mask, perturb=None, tokens=None):
-        """Run the plain model through every segment; returns (values per segment, readout).
-        ``perturb(x)`` edits the first block's input (noise) before the blocks run."""
-        kw = {"fxv_tokens": tokens} if self.tokens else {}
-        out = self.pre.fn(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        """Run the plain model through every segment; returns (values per segment, readout, keys/values
+        per layer (step graphs; else None)). ``perturb(x)`` edits the first block's input (noise)
+        before the blocks run."""
+        out = self.pre.fn(**self._feeds(self.pre, input_ids, attention_mask, 0, None, tokens))
         values = {self.start_node: out[0]}
         self._record(values)
         if perturb is not None:
             values[self.start_node] = perturb(values[self.start_node])
+        if self.cache_seg is not None:
+            res = self._call(self.cache_seg, self._feeds(self.cache_seg, input_ids, attention_mask, 0, None, tokens),
+                             values, {})
+            final, kv = res[0], list(res[1:1 + self.n_kv])
+            values.update(zip(self.cache_seg.outs, res[1 + self.n_kv:]))
+            self._record(values)
+            return [{k: values[k] for k in seg.ins} for seg in self.segments], final, kv
         per_seg = []
         final = None
         for seg in self.segments:
             per_seg.append({k: values[k] for k in seg.ins})
-            res = self._call(seg, input_ids, attention_mask, values, {}, tokens)
+            res = self._call(seg, self._feeds(seg, input_ids, attention_mask, 0, None, tokens), values, {})
             if seg.outs is None:
                 final = res[0]
             else:
                 values = dict(zip(seg.outs, res))
                 self._record(values)
-        return per_seg, final
+        return per_seg, final, None
 
     def _record(self, values):
         for k, v in values.items():
@@ -213,7 +326,12 @@ class SweepEngine:
         """Run sweep rows. ``base``/``source``: dicts from :meth:`prepare` (ids, mask, cached
         values, batch). ``rows``: dict of int64 arrays ``sample`` (R,) (the base/source example
         of the row), ``loc`` (R, n_sites) (positions; -1: site off), ``head`` (R, n_sites).
-        Returns the readout for every row, in row order."""
+        Returns the readout for every row, in row order.
+
+        With the causal prefix (``self.prefix``) a row whose first patched position is ``p`` runs
+        only positions ``p ...``, attending over the base run's cached keys/values of ``0 .. p-1``
+        (positions before ``p`` are the base run's at every layer: nothing there changes); rows
+        are grouped by ``p``."""
         sample = torch.as_tensor(rows["sample"], dtype=torch.long)
         loc = torch.as_tensor(rows["loc"], dtype=torch.long)
         head = torch.as_tensor(rows["head"], dtype=torch.long) if rows.get("head") is not None else None
@@ -226,50 +344,70 @@ class SweepEngine:
             entry = torch.where(on, torch.minimum(entry, torch.full_like(entry, self.seg_of_site[j])), entry)
         if bool((entry >= len(self.segments)).any()):
             raise ValueError("sweep: a row has no active site")
-        order = torch.argsort(entry, stable=True)
+        seq = base["ids"].shape[1]
+        if self.prefix and base.get("kv") is not None:
+            offset = torch.where(loc >= 0, loc, torch.full_like(loc, seq)).min(1).values.clamp(max=seq - 1)
+            # at most 8 groups (one per ``q`` positions): a group starts at the first position of its
+            # rows, the rest recompute a few unchanged positions (exact either way); smaller groups cost
+            # more in per-call overhead and thin matmuls than they save (measured, GPT-2 small on CPU)
+            q = self.offset_quantum or -(-seq // 8)
+            if q > 1:
+                offset = offset // q * q
+        else:
+            offset = torch.zeros(R, dtype=torch.long)
+        order = torch.from_numpy(np.lexsort((entry.numpy(), offset.numpy()))).long()
         max_rows = R if max_rows is None else int(max_rows)
-        chunks = [order[i:i + max_rows] for i in range(0, R, max_rows)]
+        chunks = []
+        for off in torch.unique(offset).tolist():
+            grp = order[offset[order] == off]
+            chunks += [(grp[i:i + max_rows], off) for i in range(0, len(grp), max_rows)]
         results = [None] * len(chunks)
         bar = None
         if progress is not False:
             try:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=sum(len(self.segments) - int(entry[c].min()) for c in chunks), desc="fxvene sweep",
+                bar = tqdm(total=sum(len(self.segments) - int(entry[c].min()) for c, _ in chunks), desc="fxvene sweep",
                            delay=0 if progress else 3.0, leave=False)
             except ImportError:  # pragma: no cover - tqdm is a dependency
                 bar = None
         try:
-            for ci, idx in enumerate(chunks):
+            for ci, (idx, off) in enumerate(chunks):
                 results[ci] = self._run_chunk(base, source, sample[idx], loc[idx], None if head is None else head[idx],
-                                              entry[idx], tokens, bar)
+                                              entry[idx], tokens, bar, off)
         finally:
             if bar is not None:
                 bar.close()
         out = torch.cat(results, 0)
-        inv = torch.empty_like(order)
-        inv[order] = torch.arange(R)
+        done = torch.cat([idx for idx, _ in chunks])
+        inv = torch.empty_like(done)
+        inv[done] = torch.arange(R)
         return out[inv]
 
-    def _run_chunk(self, base, source, sample, loc, head, entry, tokens, bar):
+    def _run_chunk(self, base, source, sample, loc, head, entry, tokens, bar, off=0):
         seq = base["ids"].shape[1]
         carried = None
         n = 0
         first = int(entry.min())
         final = None
         sliced = False
+        kv = self._kv_rows(base, sample)  # the chunk's rows' cached keys/values (step graphs), once per chunk
         for i in range(first, len(self.segments)):
             seg = self.segments[i]
             tail = seg.tail and self._tail_ok
             if tail and not sliced and carried is not None:
-                carried = {k: v[:, -1:] for k, v in carried.items()}
+                carried = {k: v[:, -1:].contiguous() for k, v in carried.items()}
             sliced = sliced or tail
+            start = seq - 1 if tail else off
             new = torch.nonzero(entry == i).flatten()
             if len(new):
                 vals = {}
                 for name in seg.ins:
-                    v = base["cache"][i][name].index_select(0, sample[new])
-                    vals[name] = v[:, -1:] if tail else v
+                    # always a fresh, contiguous copy (index_select): selectors write rows in place, graphs
+                    # view() their inputs; a value the graph broadcasts (leading dim 1) is repeated
+                    v = base["cache"][i][name]
+                    rows = sample[new] if v.shape[0] > 1 else torch.zeros_like(sample[new])
+                    vals[name] = (v[:, start:] if start else v).index_select(0, rows)
                 if carried is None:
                     carried = vals
                 else:  # values a segment broadcasts (leading dim 1: rotary tables) are expanded to the rows
@@ -278,30 +416,28 @@ class SweepEngine:
             rs = sample[:n]
             ids = base["ids"].index_select(0, rs)
             mask = base["mask"].index_select(0, rs)
-            if tail:
-                ids, mask = ids[:, -1:], mask[:, -1:]
+            if start:
+                ids = ids[:, start:]
+                if self.step is None:  # the plain graph sees the tail alone; a step graph masks the past too
+                    mask = mask[:, start:]
             sel = {}
             for j in seg.ops:
                 s = self.sites[j]
                 lj = loc[:n, j]
                 on = lj >= 0
                 pos = lj.clamp(min=0).unsqueeze(1)
-                full = source["cache"][i][s.node]
-                if full.shape[0] > 1:
-                    fsrc = full.index_select(0, rs)
-                else:
-                    fsrc = full.expand((n,) + tuple(full.shape[1:]))
+                fsrc = _take(source["cache"][i][s.node], rs)
                 if s.n_heads is not None:
                     hj = head[:n, j].clamp(min=0).unsqueeze(1)
                     src = gather(fsrc, s, "h.pos", (hj, pos), "sweep positions")
                 else:
                     src = gather(fsrc, s, "pos", pos, "sweep positions")
-                if tail:
-                    on = on & (pos[:, 0] == seq - 1)
-                    pos = torch.zeros_like(pos)
+                on = on & (pos[:, 0] >= start)
+                pos = (pos - start).clamp(min=0)
                 lt = torch.cat([hj, pos], 1) if s.n_heads is not None else pos
                 sel[j] = (src, lt, on)
-            res = self._call(seg, ids, mask, carried, sel, tokens)
+            feeds = self._feeds(seg, ids, mask, start, kv if start else None, tokens)
+            res = self._call(seg, feeds, carried, sel)
             if bar is not None:
                 bar.update(1)
             if seg.outs is None:
@@ -310,12 +446,15 @@ class SweepEngine:
                 carried = dict(zip(seg.outs, res))
         return final
 
+    def _kv_rows(self, base, rs):
+        return None if base.get("kv") is None else [_take(t, rs) for t in base["kv"]]
+
     def prepare(self, inputs, perturb=None, tokens=None):
         ids, mask = _ids_mask(inputs, "inputs")
-        cache, final = self.cache(ids, mask, perturb, tokens)
+        cache, final, kv = self.cache(ids, mask, perturb, tokens)
         self._check_batched(cache, ids.shape[0])
         self._tail_ok = self.tail_bound is not None and self._check_tail(cache, ids.shape[1])
-        return {"ids": ids, "mask": mask, "cache": cache, "final": final, "batch": ids.shape[0]}
+        return {"ids": ids, "mask": mask, "cache": cache, "final": final, "batch": ids.shape[0], "kv": kv}
 
     def _check_tail(self, cache, seq):
         for seg, vals in zip(self.segments, cache):
@@ -333,6 +472,13 @@ class SweepEngine:
                                      "this graph cannot be sliced for sweeps")
 
     _tail_ok = False
+    offset_quantum = None  # positions per row group (None: ceil(seq / 8))
+
+
+def _take(v, rows):
+    """Rows ``rows`` of a cached value; a value the graph broadcasts over the batch (leading dim 1:
+    rotary tables) is expanded instead."""
+    return v.index_select(0, rows) if v.shape[0] > 1 else v.expand((len(rows),) + tuple(v.shape[1:]))
 
 
 def _rows(v, n):
@@ -356,14 +502,14 @@ def _ids_mask(inputs, what):
 _ENGINES = {}
 
 
-def _engine(model, sites, tracer, tokens, compile):
+def _engine(model, sites, tracer, tokens, compile, prefix="auto"):
     import weakref
 
-    key = (id(model), tuple(sites), tracer, tokens, compile)
+    key = (id(model), tuple(sites), tracer, tokens, compile, prefix)
     hit = _ENGINES.get(key)
     if hit is not None and hit[0]() is model:
         return hit[1]
-    eng = SweepEngine(model, sites, tracer=tracer, tokens=tokens, compile=compile)
+    eng = SweepEngine(model, sites, tracer=tracer, tokens=tokens, compile=compile, prefix=prefix)
     _ENGINES[key] = (weakref.ref(model), eng)
     return eng
 
@@ -410,7 +556,8 @@ class SweepResult:
 
 
 def patching_sweep(model, base, source, components=("block_output",), layers=None, positions=None, heads=None,
-                   tokens=None, metric="logits", max_rows=None, progress=None, compile=False, tracer="auto"):
+                   tokens=None, metric="logits", max_rows=None, progress=None, compile=False, tracer="auto",
+                   prefix="auto"):
     """Activation patching over a grid: for every component x layer x position (x head) cell,
     the base run with that site's unit replaced by the source run's unit at the same position.
 
@@ -419,6 +566,11 @@ def patching_sweep(model, base, source, components=("block_output",), layers=Non
     ``tokens``: token ids to read (returns only their logits, computed without the full
     unembedding); ``metric="prob"``: softmax probabilities (over the full vocabulary) of
     ``tokens`` (or of every token when None).
+
+    ``prefix``: reuse the causal prefix (rows recompute only the positions from their patched one
+    on, over cached keys/values). ``"auto"`` uses it where the model's chunk step graph exports
+    and passes its checks (else full-length rows: same numbers); ``True`` insists (ValueError
+    otherwise); ``False`` runs full-length rows. ``compile=True`` runs full-length rows.
     """
     if isinstance(components, str):
         components = (components,)
@@ -438,7 +590,7 @@ def patching_sweep(model, base, source, components=("block_output",), layers=Non
     tok = _tokens(tokens, model)
     readout_tokens = tok is not None and metric == "logits"
     sites = [(c, l) for c in components for l in layers]
-    eng = _engine(model, sites, tracer, readout_tokens, compile)
+    eng = _engine(model, sites, tracer, readout_tokens, compile, prefix)
     head_comp = [eng.sites[i].n_heads is not None for i in range(len(sites))]
     if any(head_comp) and not all(head_comp):
         raise ValueError("components: mix head components (head_*) and whole components in separate sweeps")
@@ -531,7 +683,7 @@ def trace_noise(n_samples, n_subject, dim, seed=1):
 
 def causal_trace(model, inputs, subject_positions, target_token, noise_level=None, n_samples=10,
                  streams=STREAMS, window=10, seed=1, positions=None, layers=None, max_rows=None, progress=None,
-                 compile=False, tracer="auto"):
+                 compile=False, tracer="auto", prefix="auto"):
     """ROME causal tracing (Meng et al. 2022; pyvene's Causal_Tracing tutorial), batched.
 
     The subject tokens' embeddings (the input of block 0) get Gaussian noise
@@ -540,7 +692,8 @@ def causal_trace(model, inputs, subject_positions, target_token, noise_level=Non
     ``mlp_activation``/``attention_output`` at the window of ``window`` layers around it
     (``window_layers``). ``noise_level`` defaults to 3 x the standard deviation of the input
     embedding matrix. With ``n_samples=1, seed=1, noise_level=PYVENE_NOISE_LEVEL`` and 4 subject
-    tokens this is exactly pyvene's tutorial loop.
+    tokens this is exactly pyvene's tutorial loop. ``prefix``, ``compile``, ``max_rows``: as in
+    :func:`patching_sweep`.
     """
     ids, mask = _ids_mask(inputs, "inputs")
     if ids.shape[0] != 1:
@@ -579,7 +732,7 @@ def causal_trace(model, inputs, subject_positions, target_token, noise_level=Non
         for l in range(n_layers):
             site_index[(st, l)] = len(sites)
             sites.append((st, l))
-    eng = _engine(model, sites, tracer, False, compile)
+    eng = _engine(model, sites, tracer, False, compile, prefix)
     noise = trace_noise(n_samples, len(subj), emb.shape[1], seed)
     subj_t = torch.tensor(subj)
 

@@ -36,16 +36,35 @@ def _linear_parts(gm, node):
     return None
 
 
+_LAST_POSITION_OPS = {torch.ops.aten.select.int, torch.ops.aten.slice.Tensor}
+
+
+def _last_position_head(gm, node):
+    """A step graph's output is ``select(slice(lm_head(...)), 1, -1)``: the linear behind such
+    last-position indexing, or None."""
+    x = node
+    while isinstance(x, fx.Node) and x.op == "call_function" and x.target in _LAST_POSITION_OPS:
+        x = x.args[0]
+    return x if x is not node and isinstance(x, fx.Node) and _linear_parts(gm, x) is not None else None
+
+
 def readout(gm, output_index=0, position=-1, tokens=False):
     """Replace output ``output_index`` (the logits of an LM head) by the logits at ``position``
     only: ``(b, vocab)``; with ``tokens=True`` by the logits of the token ids fed as
-    ``fxv_tokens`` (a LongTensor ``(k,)``): ``(b, k)``. The full unembedding is removed."""
+    ``fxv_tokens`` (a LongTensor ``(k,)``): ``(b, k)``. The full unembedding is removed.
+    An output that already is the last position's logits (a step graph's) is accepted with
+    ``position=-1``."""
     new = _copy(gm)
     graph = new.graph
     out = next(n for n in graph.nodes if n.op == "output")
     values = list(out.args[0])
     head = values[output_index]
     parts = _linear_parts(new, head) if isinstance(head, fx.Node) else None
+    if parts is None and position == -1 and isinstance(head, fx.Node):
+        lin = _last_position_head(new, head)
+        if lin is not None:
+            head = lin
+            parts = _linear_parts(new, head)
     if parts is None:
         raise ReadoutError(
             f"readout: output {output_index} is not produced by a linear unembedding (got {getattr(head, 'op', head)!r} "

@@ -60,6 +60,37 @@ def test_segment_pass_reproduces_forward_and_drops_lower_blocks(gpt2, frontend):
     assert len(list(gm.graph.nodes)) == len(list(trace(gpt2, tracer=frontend).gm.graph.nodes))
 
 
+def test_segment_pass_keeps_in_place_fills_of_light_views():
+    """A light value filled in place through a view (``mask[:, :2] = m``, export: slice + copy_) is
+    recomputed in full by a segment that starts after it."""
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x, m):
+            mask = torch.zeros(x.shape[0], 4)
+            mask[:, :2] = m[:, :2]  # before the cut: the segment must redo it
+            h = self.lin(x)
+            return (self.lin(h) + mask,)
+
+    toy = Toy()
+    x, m = torch.randn(3, 4), torch.randn(3, 4)
+    gm = torch.export.export(toy, (x, m)).module()
+    gm.graph._codegen = torch.fx.graph.CodeGen()  # plain positional signature, as fxvene's tracer leaves it
+    for n in list(gm.graph.nodes):
+        if n.op == "call_module" and str(n.target).startswith("_guards_fn"):
+            gm.graph.erase_node(n)
+    gm.recompile()
+    first = next(n for n in gm.graph.nodes if n.op == "call_function" and "linear" in str(n.target))
+    seg, ins, _ = segment(gm, boundary_after(gm, first.name), None)
+    assert ins == [first.name]
+    with torch.no_grad():
+        out = seg(x, m, **{f"fxv_in_{first.name}": toy.lin(x)})
+        torch.testing.assert_close(out[0], toy(x, m)[0])
+
+
 @pytest.mark.parametrize("frontend", frontends())
 def test_readout_pass_last_position_and_tokens(gpt2, frontend):
     gm = trace(gpt2, tracer=frontend).gm
@@ -154,7 +185,7 @@ def test_chunking_gives_the_same_results(gpt4):
 # ------------------------------------------------------------------------------- causal tracing
 
 
-def _pyvene_trace_cell(model, stream, layer, pos, window, n_layers):
+def _pyvene_trace_cell(model, stream, layer, pos, window, n_layers, prompt=PROMPT):
     lays = [layer] if stream == "block_output" else window_layers(layer, window, n_layers)
     reps = [pyvene.RepresentationConfig(0, "block_input")] + [pyvene.RepresentationConfig(i, stream) for i in lays]
     cfg = pyvene.IntervenableConfig(
@@ -162,7 +193,7 @@ def _pyvene_trace_cell(model, stream, layer, pos, window, n_layers):
     )
     iv = pyvene.IntervenableModel(cfg, model)
     n = len(lays)
-    base = {"input_ids": PROMPT}
+    base = {"input_ids": prompt}
     _, out = iv(base, [None] + [base] * n,
                 {"sources->base": ([None] + [[[pos]]] * n, [[[0, 1, 2, 3]]] + [[[pos]]] * n)})
     return torch.softmax(out.logits[0, -1], -1)[TARGET].item()
@@ -243,6 +274,105 @@ def test_plot_causal_trace(gpt4, tmp_path):
     assert path.stat().st_size > 1000
 
 
+# ------------------------------------------------------------------------------- causal prefix
+
+
+def test_chunk_step_graph_matches_hf_with_a_cached_past(llama):
+    """The graph prefix-reusing sweeps run: an S-token chunk after P cached positions gives the
+    logits of the whole sequence (HF's own forward); also with no past (P=0) and one-token chunks."""
+    from fxvene.generation import _flat_cache, step_graph
+
+    sg = step_graph(llama, "chunk")
+    ids = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(8))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        ref = _hf_logits(llama, ids)[:, -1]
+        for p in (0, 1, 4, 6):
+            if p:
+                pkv = llama(input_ids=ids[:, :p], use_cache=True).past_key_values
+                past = [t for kv in pkv for t in kv] if isinstance(pkv, tuple) else _flat_cache(pkv)
+            else:
+                past = [torch.zeros(2, 2, 0, 8)] * sg.n_kv
+            got = sg.gm(ids[:, p:], mask, torch.arange(p, 7).expand(2, -1), *past)[0]
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_rows_run_only_the_positions_from_the_patched_one(gpt4):
+    """A cell restoring block_output of layer 1 at position 2 recomputes nothing below layer 1 and
+    only positions 2.. above it (the last block's tail: only the last position); same number as pyvene."""
+    from fxvene.sweep import SweepEngine
+
+    g = torch.Generator().manual_seed(9)
+    base = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
+    src = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
+    eng = SweepEngine(gpt4, [("block_output", l) for l in range(4)], prefix=True)
+    assert eng.prefix
+    seen = []
+    for i, seg in enumerate(eng.segments):
+        seg.fn = (lambda fn, i: lambda **kw: (seen.append((i, kw["input_ids"].shape[1])), fn(**kw))[1])(seg.fn, i)
+    b, s = eng.prepare(base), eng.prepare(src)
+    seen.clear()
+    loc = np.full((1, 4), -1)
+    loc[0, 1] = 2
+    out = eng.run_rows(b, s, {"sample": np.array([0]), "loc": loc, "head": None}, progress=False)
+    assert seen[0][0] == eng.seg_of_site[1]
+    assert {n for i, n in seen if not eng.segments[i].tail} == {4}
+    assert {n for i, n in seen if eng.segments[i].tail} == {1}
+    torch.testing.assert_close(out, _pyvene_patch(gpt4, "block_output", 1, 2, base, src), atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_causal_trace_llama_equals_pyvene_loop(llama):
+    """Rotary positions: rows that start at position p must rotate positions p.. (not 0..)."""
+    prompt = torch.tensor([[5, 9, 13, 2, 44, 7]])
+    r = causal_trace(llama, {"input_ids": prompt}, [0, 1, 2, 3], TARGET, noise_level=PYVENE_NOISE_LEVEL,
+                     n_samples=1, seed=1, window=3, prefix=True, progress=False)
+    ref = np.zeros((3, 6, 3))
+    for si, st in enumerate(r.streams):
+        for p in range(6):
+            for l in range(3):
+                ref[si, p, l] = _pyvene_trace_cell(llama, st, l, p, 3, 3, prompt)
+    np.testing.assert_allclose(r.probs.numpy(), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("quantum", [3, 8])
+def test_prefix_row_groups_starting_before_the_patched_position_equal_pyvene(gpt4, monkeypatch, quantum):
+    """Rows are grouped by first patched position rounded down to a multiple of ``offset_quantum``: a
+    row may recompute a few unchanged positions before its patch (8: every row starts at 0)."""
+    from fxvene.sweep import SweepEngine
+
+    monkeypatch.setattr(SweepEngine, "offset_quantum", quantum)
+    g = torch.Generator().manual_seed(11)
+    base = {"input_ids": torch.randint(0, 50, (1, 8), generator=g)}
+    src = {"input_ids": torch.randint(0, 50, (1, 8), generator=g)}
+    comps = ["block_output", "mlp_activation"]
+    r = patching_sweep(gpt4, base, src, components=comps, layers=[1, 2], prefix=True, progress=False)
+    for ci, comp in enumerate(comps):
+        for li, layer in enumerate([1, 2]):
+            for pos in range(8):
+                ref = _pyvene_patch(gpt4, comp, layer, pos, base, src)
+                torch.testing.assert_close(r.values[ci, li, pos], ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prefix", [True, False])
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_sweep_left_padded_batch_equals_pyvene(which, prefix, gpt4, llama):
+    """Padding masks are light values every segment recomputes, in-place fills included (transformers
+    4.47 fills a slice of the causal mask in place)."""
+    model = gpt4 if which == "gpt2" else llama
+    g = torch.Generator().manual_seed(10)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    base = {"input_ids": torch.randint(0, 50, (2, 6), generator=g), "attention_mask": mask}
+    src = {"input_ids": torch.randint(0, 50, (2, 6), generator=g), "attention_mask": mask.flip(0)}
+    comps = ["block_output", "attention_output"]
+    r = patching_sweep(model, base, src, components=comps, layers=[0, 2], prefix=prefix, tracer="export",
+                       progress=False)
+    for ci, comp in enumerate(comps):
+        for li, layer in enumerate([0, 2]):
+            for pos in range(6):
+                ref = _pyvene_patch(model, comp, layer, pos, base, src)
+                torch.testing.assert_close(r.values[ci, li, pos], ref, atol=1e-5, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------- errors
 
 
@@ -281,3 +411,9 @@ def test_bad_inputs_raise(gpt4):
         patching_sweep(gpt4, x, x, heads=[0])
     with pytest.raises(TypeError, match="plot_causal_trace|CausalTraceResult"):
         plot_causal_trace(object())
+    with pytest.raises(ValueError, match="prefix"):
+        patching_sweep(gpt4, x, x, prefix="yes")
+    with pytest.raises(ValueError, match="prefix=True with compile=True"):
+        patching_sweep(gpt4, x, x, prefix=True, compile=True)
+    with pytest.raises(ValueError, match="prefix=True.*export"):
+        causal_trace(gpt4, x, [0], TARGET, tracer="hf_fx", prefix=True)
