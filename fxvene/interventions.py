@@ -217,6 +217,7 @@ class Intervention(torch.nn.Module):
         if "embed_dim" in kwargs and kwargs["embed_dim"] is not None:
             self.register_buffer("embed_dim", torch.tensor(kwargs["embed_dim"]))
             self.register_buffer("interchange_dim", torch.tensor(kwargs["embed_dim"]))
+            self.__dict__["_fxv_dim"] = int(kwargs["embed_dim"])
         else:
             self.embed_dim = None
             self.interchange_dim = None
@@ -246,6 +247,21 @@ class Intervention(torch.nn.Module):
             self.interchange_dim = torch.tensor(interchange_dim)
         else:
             self.interchange_dim = interchange_dim
+        d = self.interchange_dim
+        self.__dict__["_fxv_dim"] = int(d) if isinstance(d, torch.Tensor) and d.dim() == 0 else None
+
+    def _swap_dim(self):
+        """``interchange_dim`` for the swap: a Python int where it is a scalar. Slicing with a tensor
+        bound calls ``.item()``, a graph break under ``torch.compile``; the int is refreshed on every
+        eager call and by ``set_interchange_dim``."""
+        d = self.interchange_dim
+        if isinstance(d, torch.Tensor) and d.dim() == 0:
+            if torch.compiler.is_compiling():
+                cached = self.__dict__.get("_fxv_dim")
+                return d if cached is None else cached
+            self.__dict__["_fxv_dim"] = int(d)
+            return self.__dict__["_fxv_dim"]
+        return d
 
     @abstractmethod
     def forward(self, base, source, subspaces=None):
@@ -322,7 +338,7 @@ class ZeroIntervention(ConstantSourceIntervention, LocalistRepresentationInterve
             base,
             torch.zeros_like(base),
             "interchange",
-            self.interchange_dim,
+            self._swap_dim(),
             subspaces,
             subspace_partition=self.subspace_partition,
             use_fast=self.use_fast,
@@ -343,7 +359,7 @@ class CollectIntervention(ConstantSourceIntervention):
             base,
             source,
             "collect",
-            self.interchange_dim,
+            self._swap_dim(),
             subspaces,
             subspace_partition=self.subspace_partition,
             use_fast=self.use_fast,
@@ -364,7 +380,7 @@ class SkipIntervention(BasisAgnosticIntervention, LocalistRepresentationInterven
             base,
             source,
             "interchange",
-            self.interchange_dim,
+            self._swap_dim(),
             subspaces,
             subspace_partition=self.subspace_partition,
             use_fast=self.use_fast,
@@ -385,7 +401,7 @@ class VanillaIntervention(Intervention, LocalistRepresentationIntervention):
             base,
             source if self.source_representation is None else self.source_representation,
             "interchange",
-            self.interchange_dim,
+            self._swap_dim(),
             subspaces,
             subspace_partition=self.subspace_partition,
             use_fast=self.use_fast,
@@ -406,7 +422,7 @@ class AdditionIntervention(BasisAgnosticIntervention, LocalistRepresentationInte
             base,
             source if self.source_representation is None else self.source_representation,
             "add",
-            self.interchange_dim,
+            self._swap_dim(),
             subspaces,
             subspace_partition=self.subspace_partition,
             use_fast=self.use_fast,
@@ -427,7 +443,7 @@ class SubtractionIntervention(BasisAgnosticIntervention, LocalistRepresentationI
             base,
             source if self.source_representation is None else self.source_representation,
             "subtract",
-            self.interchange_dim,
+            self._swap_dim(),
             subspaces,
             subspace_partition=self.subspace_partition,
             use_fast=self.use_fast,
@@ -455,7 +471,7 @@ class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationI
             rotated_base,
             rotated_source,
             "interchange",
-            self.interchange_dim,
+            self._swap_dim(),
             subspaces,
             subspace_partition=self.subspace_partition,
             use_fast=self.use_fast,
@@ -659,7 +675,7 @@ class PCARotatedSpaceIntervention(BasisAgnosticIntervention, DistributedRepresen
             rotated_base,
             rotated_source,
             "interchange",
-            self.interchange_dim,
+            self._swap_dim(),
             subspaces,
             subspace_partition=self.subspace_partition,
         )
@@ -720,7 +736,7 @@ class NoiseIntervention(ConstantSourceIntervention, LocalistRepresentationInterv
         return torch.cat([self.noise, extra], dim=1)
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
-        k = self.interchange_dim
+        k = self._swap_dim()
         if base.dim() >= 3:
             noise = self._noise_rows(base.shape[-2])
         else:
@@ -792,7 +808,7 @@ class JumpReLUAutoencoderIntervention(TrainableIntervention):
             base_latent,
             source_latent,
             "interchange",
-            self.interchange_dim,
+            self._swap_dim(),
             subspaces,
             subspace_partition=self.subspace_partition,
             use_fast=self.use_fast,

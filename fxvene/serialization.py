@@ -172,6 +172,8 @@ def load_intervention_state(intervention, state, what="intervention"):
         missing, unexpected = intervention.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise ValueError(f"{what}: stored tensors do not fit: {e}") from None
+    if isinstance(getattr(intervention, "interchange_dim", None), torch.Tensor) and hasattr(intervention, "_swap_dim"):
+        intervention.set_interchange_dim(intervention.interchange_dim)  # refresh its int mirror
     assigned = tuple(p for p, done in internal if done)
     missing = [k for k in missing if not k.startswith(assigned)] if assigned else list(missing)
     if missing or unexpected:

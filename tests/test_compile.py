@@ -22,6 +22,7 @@ def _pyvene(model, comp, layer, base, src, pos):
 
 def test_zero_recompiles_across_values_locations_batch_and_length(gpt2):
     torch._dynamo.reset()
+    counters.clear()
     cnt = CompileCounter()
     iv = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output"), gpt2).compile(backend=cnt)
     g = torch.Generator().manual_seed(0)
@@ -36,6 +37,8 @@ def test_zero_recompiles_across_values_locations_batch_and_length(gpt2):
             graphs = counters["stats"]["unique_graphs"]
             assert frames >= 2  # the source graph and the base graph were compiled
     assert cnt.frame_count == frames, "a call that changed only data or sizes recompiled"
+    # no graph breaks either (the swap slices with interchange_dim as a Python int, not a tensor's .item())
+    assert not counters["graph_break"], dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] == graphs
 
 
