@@ -73,7 +73,7 @@ from fxvene import locations as L
 from fxvene.interventions import CollectIntervention
 from fxvene.passes.rewrite import insert_interventions, truncate
 from fxvene.sites import Gather, SiteOp, do_intervention, resolve_site
-from fxvene.tracing import TracedGraph, TracingError, _is_assert
+from fxvene.tracing import TracedGraph, TracingError, export_graph
 
 TF_MAJOR = int(transformers.__version__.split(".")[0])
 INTERVENE_ON = ("prompt", "decode", "all")
@@ -325,13 +325,7 @@ def _export_step(model, phase):
             ) from e
         ref = wrapper(*args)
     gm = ep.module()
-    graph = gm.graph
-    graph._codegen = fx.graph.CodeGen()
-    for n in list(graph.nodes):
-        if n.op == "call_module" and str(n.target).startswith("_guards_fn"):
-            graph.erase_node(n)
-        elif n.op == "call_function" and not n.users and _is_assert(n.target):
-            graph.erase_node(n)
+    graph = export_graph(gm)
     _strip_prefix(graph)
     graph.eliminate_dead_code()
     params = set()

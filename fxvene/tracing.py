@@ -145,14 +145,7 @@ def _trace_export(model, input_names, example, out_keys):
     with torch.no_grad():
         ep = torch.export.export(model, (), kwargs, dynamic_shapes=dyn, strict=False)
     gm = ep.module()
-    graph = gm.graph
-    graph._codegen = fx.graph.CodeGen()
-    for n in list(graph.nodes):
-        if n.op == "call_module" and str(n.target).startswith("_guards_fn"):
-            graph.erase_node(n)
-        elif n.op == "call_function" and not n.users and _is_assert(n.target):
-            # export's runtime metadata asserts: they pin dtypes/devices and clutter patterns
-            graph.erase_node(n)
+    graph = export_graph(gm)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     for n in placeholders:
         if n.name not in input_names and n.target not in input_names:
@@ -167,6 +160,20 @@ def _trace_export(model, input_names, example, out_keys):
     graph.eliminate_dead_code()
     new_gm = fx.GraphModule(gm, graph, class_name="FxveneTraced")
     return new_gm
+
+
+def export_graph(gm):
+    """The graph of an exported program's module (``ep.module()``) as fxvene runs it, edited in
+    place: a plain positional signature (no pytree codegen), no guard module, and no runtime
+    asserts (export's metadata asserts pin dtypes/devices and clutter patterns)."""
+    graph = gm.graph
+    graph._codegen = fx.graph.CodeGen()
+    for n in list(graph.nodes):
+        if n.op == "call_module" and str(n.target).startswith("_guards_fn"):
+            graph.erase_node(n)
+        elif n.op == "call_function" and not n.users and _is_assert(n.target):
+            graph.erase_node(n)
+    return graph
 
 
 def _is_assert(target):
