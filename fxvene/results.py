@@ -39,6 +39,7 @@ class CausalTraceResult:
     target_token: int
     noise_level: float
     n_samples: int
+    input_ids: Optional[list] = None  # the prompt's token ids (for labels: plot_causal_trace(tokenizer=...))
 
 
 def plot_causal_trace(result, tokens=None, path=None, title=None):
