@@ -20,6 +20,8 @@ class SweepResult:
     layers: list
     positions: list
     heads: Optional[list] = None
+    tokens: Optional[list] = None  # the token ids of the last axis (None: the whole vocabulary)
+    metric: str = "logits"  # "logits" or "prob"
 
 
 @dataclass

@@ -609,7 +609,8 @@ def patching_sweep(model, base, source, components=("block_output",), layers=Non
     base_out = b["final"]
     out, base_out = _metric(out, tok, metric, readout_tokens), _metric(base_out, tok, metric, readout_tokens)
     shape = [len(components), len(layers), len(positions)] + ([len(hs)] if heads is not None else []) + [B, -1]
-    return SweepResult(out.reshape(shape), base_out, list(components), layers, positions, heads)
+    return SweepResult(out.reshape(shape), base_out, list(components), layers, positions, heads,
+                       tokens=None if tok is None else tok.tolist(), metric=metric)
 
 
 def _tokens(tokens, model):
