@@ -730,7 +730,7 @@ def causal_trace(model, inputs, subject_positions, target_token, noise_level=Non
     clean_p = float(torch.softmax(clean["final"].float(), -1)[0, target_token])
     corrupt_p = float(torch.softmax(base["final"].float(), -1)[:, target_token].mean())
     return CausalTraceResult(probs, clean_p, corrupt_p, streams, positions, layers, window, subj, target_token,
-                             noise_level, n_samples, input_ids=ids[0].tolist())
+                             noise_level, n_samples, input_ids=ids[0].tolist(), n_layers=n_layers)
 
 
 __all__ = ["causal_trace", "plot_causal_trace", "patching_sweep", "CausalTraceResult", "SweepResult", "SweepEngine",
