@@ -51,14 +51,17 @@ def main(argv=None):
     subject_positions = list(range(start, start + len(subject)))
     with torch.no_grad():
         res = pv.causal_trace(model, clean_inputs, subject_positions, seattle, n_samples=3 if args.quick else 10)
-    print(f"P(Seattle): clean {res.clean_prob:.4f}, subject corrupted {res.corrupted_prob:.4f}")
-    tokens = [tok.decode([i]).strip() for i in ids]
+    res.decode(tok)  # token strings for the summary, the records and the figure
+    print(res)       # clean / corrupted p(Seattle), the axes, the strongest restore per stream
     for s, stream in enumerate(res.streams):
         best = res.probs[s].max(dim=1).values
-        print(f"{stream:>17}: best restore per token " + ", ".join(f"{t}={v:.2f}" for t, v in zip(tokens, best.tolist())))
+        print(f"{stream:>17}: best restore per token " + ", ".join(
+            f"{res.token_label(p)}={v:.2f}" for p, v in zip(res.positions, best.tolist())))
     critical = np.argsort(res.probs[0, subject_positions[-1]].numpy())[-5:]
     print(f"most critical layers at the last subject token (block_output): {sorted(critical.tolist())}")
-    pv.plot_causal_trace(res, tokens=tokens, path=args.out, title=clean_prompt)
+    print("the five strongest MLP restores:", [(r["token"], r["layer"], round(r["prob"], 3))
+                                                for r in res.top(5, stream="mlp_activation")])
+    pv.plot_causal_trace(res, tokenizer=tok, path=args.out)  # ROME's three panels, labelled
     print(f"wrote {args.out}")
     return res
 

@@ -1,41 +1,63 @@
 """fxvene: pyvene's API with a compiler engine (torch.fx graph rewriting).
 
 ``import fxvene as pv`` and run pyvene 0.1.8 code unchanged.
+
+Importing the package is cheap: torch, transformers and the engine load on first use of a
+name (PEP 562 module ``__getattr__``), so ``fxvene --help`` and ``from fxvene.demo import
+demo_model_path`` never pay for them. ``pv.IntervenableModel``, ``from fxvene import X`` and
+``dir(fxvene)`` behave as with eager imports.
 """
-from fxvene.basic_utils import *  # noqa: F401,F403  (pyvene exports these at top level)
-from fxvene.configuration import IntervenableConfig, RepresentationConfig
-from fxvene.intervenable import IntervenableModel, IntervenableModelOutput
-from fxvene.interventions import (
-    AdditionIntervention,
-    AutoencoderIntervention,
-    BasisAgnosticIntervention,
-    BoundlessRotatedSpaceIntervention,
-    CollectIntervention,
-    ConstantSourceIntervention,
-    DistributedRepresentationIntervention,
-    Intervention,
-    InterventionOutput,
-    JumpReLUAutoencoderIntervention,
-    LambdaIntervention,
-    LocalistRepresentationIntervention,
-    LowRankRotatedSpaceIntervention,
-    NoiseIntervention,
-    PCARotatedSpaceIntervention,
-    RotatedSpaceIntervention,
-    SharedWeightsTrainableIntervention,
-    SigmoidMaskIntervention,
-    SigmoidMaskRotatedSpaceIntervention,
-    SkipIntervention,
-    SourcelessIntervention,
-    SubtractionIntervention,
-    TrainableIntervention,
-    VanillaIntervention,
-    ZeroIntervention,
-    _do_intervention_by_swap,
-)
-from fxvene.demo import demo_model_path, load_demo
-from fxvene.tracing import TracingError, trace
+from importlib import import_module as _import_module  # bound here: tests may patch importlib.import_module
 
 __version__ = "0.1.0"
-# issue 4: batched sweeps and ROME causal tracing (fxvene/sweep.py)
-from fxvene.sweep import causal_trace, patching_sweep, plot_causal_trace  # noqa: E402
+
+# public name -> the submodule that defines it (loaded on first access)
+_BASIC_UTILS = (
+    "lsm", "sm", "get_type_from_string", "create_directory", "embed_to_distrib", "set_seed",
+    "sigmoid_boundary", "harmonic_sigmoid_boundary", "count_parameters",
+    "random_permutation_matrix", "closeness_to_permutation_loss", "format_token", "top_vals",
+    "get_list_depth", "get_batch_size", "GET_LOC",
+)  # pyvene exports its basic_utils at top level (fxvene.basic_utils.__all__; a test keeps them equal)
+_INTERVENTIONS = (
+    "AdditionIntervention", "AutoencoderIntervention", "BasisAgnosticIntervention",
+    "BoundlessRotatedSpaceIntervention", "CollectIntervention", "ConstantSourceIntervention",
+    "DistributedRepresentationIntervention", "Intervention", "InterventionOutput",
+    "JumpReLUAutoencoderIntervention", "LambdaIntervention", "LocalistRepresentationIntervention",
+    "LowRankRotatedSpaceIntervention", "NoiseIntervention", "PCARotatedSpaceIntervention",
+    "RotatedSpaceIntervention", "SharedWeightsTrainableIntervention", "SigmoidMaskIntervention",
+    "SigmoidMaskRotatedSpaceIntervention", "SkipIntervention", "SourcelessIntervention",
+    "SubtractionIntervention", "TrainableIntervention", "VanillaIntervention", "ZeroIntervention",
+    "_do_intervention_by_swap",
+)
+_LAZY = {
+    **{name: "fxvene.basic_utils" for name in _BASIC_UTILS},
+    **{name: "fxvene.interventions" for name in _INTERVENTIONS},
+    "IntervenableConfig": "fxvene.configuration",
+    "RepresentationConfig": "fxvene.configuration",
+    "IntervenableModel": "fxvene.intervenable",
+    "IntervenableModelOutput": "fxvene.intervenable",
+    "demo_model_path": "fxvene.demo",
+    "load_demo": "fxvene.demo",
+    "TracingError": "fxvene.tracing",
+    "trace": "fxvene.tracing",
+    "causal_trace": "fxvene.sweep",
+    "patching_sweep": "fxvene.sweep",
+    "plot_causal_trace": "fxvene.results",
+    "SweepResult": "fxvene.results",
+    "CausalTraceResult": "fxvene.results",
+}
+
+__all__ = sorted(n for n in _LAZY if not n.startswith("_")) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fxvene' has no attribute {name!r}")
+    value = getattr(_import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

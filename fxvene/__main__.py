@@ -3,8 +3,11 @@ written to ``causal_trace.png`` — fxvene working within a minute of installing
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+
+PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def _subject_positions(tokenizer, prompt, subject):
@@ -13,7 +16,31 @@ def _subject_positions(tokenizer, prompt, subject):
     for i in range(len(ids) - len(sub) + 1):
         if ids[i:i + len(sub)] == sub:
             return list(range(i, i + len(sub)))
-    raise ValueError(f"subject {subject!r} is not a token span of the prompt {prompt!r}")
+    raise ValueError(f"--subject {subject!r} is not a token span of --prompt {prompt!r}")
+
+
+def _check(p, args):
+    """Argument errors, before torch, transformers or the model load."""
+    if args.model is not None and not os.path.isfile(os.path.join(args.model, "config.json")):
+        p.error(f"--model {args.model!r} is not a model directory (no config.json there)")
+    if args.samples < 1:
+        p.error(f"--samples must be >= 1, got {args.samples}")
+    if args.window < 1:
+        p.error(f"--window must be >= 1, got {args.window}")
+    if args.subject not in args.prompt:
+        p.error(f"--subject {args.subject!r} does not occur in --prompt {args.prompt!r}")
+    if not args.target.strip():
+        p.error("--target must be a word (e.g. ' Seattle', with its leading space)")
+    ext = os.path.splitext(args.out)[1].lower()
+    if ext not in PLOT_FORMATS:
+        p.error(f"--out {args.out!r}: expected a file ending in {', '.join(PLOT_FORMATS)}")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+        p.error(f"--out {args.out!r}: directory {parent!r} does not exist")
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        p.error("the figure needs matplotlib: pip install matplotlib (or fxvene[plots])")
 
 
 def main(argv=None):
@@ -21,39 +48,49 @@ def main(argv=None):
     p.add_argument("--model", default=None, help="local model directory (default: the shipped demo model)")
     p.add_argument("--prompt", default="The Space Needle is in downtown")
     p.add_argument("--subject", default="Space Needle")
-    p.add_argument("--target", default=" Seattle")
-    p.add_argument("--samples", type=int, default=10, help="noise samples per cell")
-    p.add_argument("--out", default="causal_trace.png")
+    p.add_argument("--target", default=" Seattle", help="the answer whose probability is traced (its first token)")
+    p.add_argument("--samples", type=int, default=10, help="noise samples per cell (default 10)")
+    p.add_argument("--window", type=int, default=10, help="layers restored together for MLP and attention (default 10)")
+    p.add_argument("--out", default="causal_trace.png", help="the figure (.png, .pdf, .svg)")
     args = p.parse_args(argv)
+    _check(p, args)
 
+    t0 = time.perf_counter()
+    print("loading torch, transformers and the model ...", flush=True)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fxvene.demo import demo_model_path
-    from fxvene.sweep import causal_trace, plot_causal_trace
+    from fxvene.results import plot_causal_trace
+    from fxvene.sweep import causal_trace
 
     path = args.model or demo_model_path()
-    t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(path)
+    inputs = tok(args.prompt, return_tensors="pt")
+    try:
+        subject = _subject_positions(tok, args.prompt, args.subject)
+    except ValueError as e:
+        p.error(str(e))
+    target_ids = tok(args.target)["input_ids"]
+    target = target_ids[0]
     try:  # eager attention: transformers 4.x's fx tracer mis-traces sdpa GPT-2 (fxvene then falls back to export)
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     except (TypeError, ValueError):
         model = AutoModelForCausalLM.from_pretrained(path).eval()
-    inputs = tok(args.prompt, return_tensors="pt")
-    subject = _subject_positions(tok, args.prompt, args.subject)
-    target = tok(args.target)["input_ids"][0]
-    with torch.no_grad():
-        res = causal_trace(model, inputs, subject, target, n_samples=args.samples)
-    tokens = [tok.decode([i]).strip() or repr(tok.decode([i])) for i in inputs["input_ids"][0].tolist()]
     print(f"model: {path}")
-    print(f"prompt: {args.prompt!r}  subject: {args.subject!r} (positions {subject})  target: {args.target!r}")
-    print(f"P(target) clean {res.clean_prob:.4f}   subject corrupted {res.corrupted_prob:.4f}")
-    for s, stream in enumerate(res.streams):
-        flat = res.probs[s]
-        pos, layer = divmod(int(flat.argmax()), flat.shape[1])
-        print(f"{stream:>17}: strongest restore at token {tokens[res.positions[pos]]!r} layer "
-              f"{res.layers[layer]} (P={float(flat.max()):.4f})")
-    plot_causal_trace(res, tokens=tokens, path=args.out, title=args.prompt)
+    print(f"prompt: {args.prompt!r}  subject: {args.subject!r} (positions {subject})  target: {args.target!r}"
+          + (f" (its first token {tok.decode([target])!r} of {len(target_ids)})" if len(target_ids) > 1 else ""))
+    print(f"causal tracing: {args.samples} noise samples per cell (the first call traces the model) ...", flush=True)
+    with torch.no_grad():
+        res = causal_trace(model, inputs, subject, target, n_samples=args.samples, window=args.window)
+    res.decode(tok)
+    print(f"P(target) clean {res.clean_prob:.4f}, subject corrupted {res.corrupted_prob:.4f}")
+    print(res)
+    print("strongest restore at a subject token:")
+    for stream in res.streams:
+        r = max((r for r in res.top(res.probs[0].numel(), stream=stream) if r["subject"]), key=lambda r: r["prob"])
+        print(f"  {stream:>16}: token {r['token']!r}, layer {r['layer']} (p = {r['prob']:.4f})")
+    plot_causal_trace(res, tokenizer=tok, path=args.out)
     print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0
 

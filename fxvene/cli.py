@@ -9,7 +9,9 @@ offline) or a built-in name: ``gpt2-tiny``, ``llama-tiny``, ``gpt2-small-shape``
 small's shape, random weights) or ``demo`` (the model shipped in ``fxvene/demo/model``).
 
 Errors print one line on stderr (``-v`` shows the traceback) and exit with status 1;
-usage errors exit with status 2.
+usage errors exit with status 2. Arguments are checked before torch, transformers or the model
+load (:func:`check_args`: the model path, layer and component names, the config's JSON), so
+``--help`` and most mistakes answer at once.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -30,6 +33,9 @@ BUILTINS = {
     "demo": "the demo GPT-2 shipped with fxvene (fxvene/demo/model)",
 }
 TRACERS = ("auto", "hf_fx", "export")
+# what the checks need to know of a random-weight built-in without building it: (class, layers)
+_BUILTIN_SHAPES = {"gpt2-tiny": ("GPT2LMHeadModel", 4), "llama-tiny": ("LlamaForCausalLM", 3),
+                   "gpt2-small-shape": ("GPT2LMHeadModel", 12)}
 
 
 class CLIError(Exception):
@@ -104,6 +110,130 @@ def load_model(spec):
     raise CLIError(
         f"model {spec!r} is neither a local model directory nor a built-in name ({', '.join(BUILTINS)})"
     )
+
+
+# ---------------------------------------------------------------------------------- checks
+# Everything here reads JSON and the component maps in fxvene.models only (no torch, no
+# transformers): argument errors are reported before anything heavy loads.
+
+
+def _read_config_json(path, what):
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        raise CLIError(f"{what} has no config.json") from None
+    except (OSError, ValueError) as e:
+        raise CLIError(f"{what}: cannot read {os.path.join(path, 'config.json')!r} ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CLIError(f"{what}: {os.path.join(path, 'config.json')!r} is not a JSON object")
+    return cfg
+
+
+def model_shape(spec):
+    """``(family, n_layers)`` of a model argument, from its config.json or the built-in table,
+    without loading it (either may be None when unknown). Raises CLIError for a model that
+    does not exist."""
+    from fxvene.models import _families
+
+    if spec in BUILTINS and not os.path.isdir(spec):
+        if spec == "demo":
+            from fxvene.demo import demo_model_path
+
+            path = demo_model_path()
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise CLIError(f"built-in model 'demo': the demo model is not installed (no config.json in {path})")
+            cfg = _read_config_json(path, "built-in model 'demo'")
+            archs = cfg.get("architectures") or []
+        else:
+            arch, n = _BUILTIN_SHAPES[spec]
+            archs, cfg = [arch], None
+    elif os.path.isdir(spec):
+        cfg = _read_config_json(spec, f"model directory {spec!r}")
+        archs = cfg.get("architectures") or []
+    elif os.sep in spec or spec.startswith(".") or (os.altsep and os.altsep in spec):
+        raise CLIError(f"model directory {spec!r} does not exist")
+    else:
+        raise CLIError(
+            f"model {spec!r} is neither a local model directory nor a built-in name ({', '.join(BUILTINS)})"
+        )
+    fam = next((f for f in _families() for a in archs if a in f.prefixes), None)
+    if fam is None:
+        return None, None
+    if cfg is None:
+        return fam, n
+    n = cfg.get(fam.n_layers)
+    return fam, n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def _check_layer(layer, n_layers, model, what):
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        raise CLIError(f"{what} must be an integer, got {layer!r}")
+    if layer < 0 or (n_layers is not None and layer >= n_layers):
+        known = f" with {n_layers} layers" if n_layers is not None else ""
+        raise CLIError(f"{what}: layer {layer} is out of range for {model}{known}")
+
+
+def _check_component(name, fam, what):
+    if not isinstance(name, str):
+        raise CLIError(f"{what} must be a string, got {name!r}")
+    # pyvene's string components ("transformer.h[0].mlp.output") are resolved on the model
+    if fam is not None and "." not in name and name not in fam.components:
+        raise CLIError(f"{what}: unknown component {name!r} for the {fam.name} family; known: "
+                       f"{', '.join(fam.components)}")
+
+
+def precheck_config(path, fam, n_layers, model):
+    """The parts of a ``--config`` file checkable without torch: JSON, its layout, component
+    names and layers (field names and intervention types are checked by :func:`load_config`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CLIError(f"--config: no such file {path!r}") from None
+    except IsADirectoryError:
+        raise CLIError(f"--config: {path!r} is a directory, expected a JSON file") from None
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--config: {path!r} is not valid JSON ({e})") from None
+    if isinstance(data, list):
+        data = {"representations": data}
+    if not isinstance(data, dict):
+        raise CLIError("--config: expected a JSON object with 'representations' (or a list of representations)")
+    unknown = sorted(set(data) - {"representations", "mode", "intervention_types"})
+    if unknown:
+        raise CLIError(f"--config: unknown keys {unknown}; expected representations, mode, intervention_types")
+    reps = data.get("representations")
+    if isinstance(reps, dict):
+        reps = [reps]
+    if not isinstance(reps, list) or not reps:
+        raise CLIError("--config: 'representations' must be a non-empty list of objects")
+    for i, r in enumerate(reps):
+        if not isinstance(r, dict):
+            raise CLIError(f"--config: representations[{i}] must be an object, got {type(r).__name__}")
+        if "component" in r:
+            _check_component(r["component"], fam, f"--config: representations[{i}].component")
+        if "layer" in r:
+            _check_layer(r["layer"], n_layers, model, f"--config: representations[{i}].layer")
+    return data
+
+
+def check_args(args):
+    """Every check that needs neither torch nor the model; raises CLIError."""
+    fam, n_layers = model_shape(args.model)
+    if getattr(args, "layer", None) is not None:
+        _check_layer(args.layer, n_layers, args.model, "--layer")
+    for c in getattr(args, "component", None) or ():
+        _check_component(c, fam, "--component")
+    if args.command == "diff":
+        if args.render and not args.dot:
+            raise CLIError("--render needs --dot PATH")
+        if args.render and shutil.which("dot") is None:
+            raise CLIError("--render: Graphviz's 'dot' program is not installed (the --dot file itself needs nothing)")
+        for opt in ("context", "neighbourhood", "cluster_depth", "group"):
+            v = getattr(args, opt)
+            if v is not None and v < 0:
+                raise CLIError(f"--{opt.replace('_', '-')} must be >= 0, got {v}")
+        precheck_config(args.config, fam, n_layers, args.model)
 
 
 # ---------------------------------------------------------------------------------- configs
@@ -241,18 +371,11 @@ def _dot_paths(base, names):
 
 
 def cmd_diff(args, out):
-    from fxvene.graphdiff import dot_available, intervenable_diff, render_dot
+    from fxvene.graphdiff import intervenable_diff, render_dot
     from fxvene.inspection import describe, format_table, sites
     from fxvene.intervenable import IntervenableModel
 
-    if args.render and not args.dot:
-        raise CLIError("--render needs --dot PATH")
-    if args.render and not dot_available():
-        raise CLIError("--render: Graphviz's 'dot' program is not installed (the --dot file itself needs nothing)")
-    for opt in ("context", "neighbourhood", "cluster_depth"):
-        if getattr(args, opt) < 0:
-            raise CLIError(f"--{opt.replace('_', '-')} must be >= 0")
-    config = load_config(args.config)
+    config = load_config(args.config)  # field names, intervention types (check_args did the rest)
     model = load_model(args.model)
     iv = IntervenableModel(config, model, tracer=args.tracer)
     traced = iv._traced(("input_ids", "attention_mask"))
@@ -409,6 +532,7 @@ def main(argv=None):
         parser.error("missing COMMAND (components, diff or trace)")
     prog = f"fxvene {args.command}"
     try:
+        check_args(args)  # before torch, transformers and the model load
         with _quiet(not args.verbose):
             return args.func(args, sys.stdout)
     except KeyboardInterrupt:

@@ -348,7 +348,7 @@ def plot_causal_trace(result, tokens=None, path=None, title=None, tokenizer=None
         fig = plt.figure(figsize=size)
     else:  # a file: no pyplot state, no backend change
         fig = Figure(figsize=size)
-    axes = fig.subplots(1, n, squeeze=False, sharey=True)[0]
+    axes = fig.subplots(1, n, squeeze=False)[0]
     step = max(1, -(-len(result.layers) // 12))
     for i, (ax, st, mat) in enumerate(zip(axes, result.streams, result.probs)):
         name = STREAM_TITLES.get(st, st)
@@ -356,16 +356,17 @@ def plot_causal_trace(result, tokens=None, path=None, title=None, tokenizer=None
         im = ax.imshow(vals, cmap=STREAM_CMAPS.get(name, "Blues"), aspect="auto", interpolation="nearest",
                        vmin=min(result.corrupted_prob, float(vals.min())), vmax=max(float(vals.max()), 1e-12))
         ax.set_yticks(range(len(labels)))
-        ax.set_yticklabels(labels if i == 0 else [], fontsize=8)
-        if i == 0:
-            for lab, p in zip(ax.get_yticklabels(), result.positions):
-                if p in result.subject_positions:
-                    lab.set_fontweight("bold")
+        ax.set_yticklabels(labels, fontsize=8)
+        for lab, p in zip(ax.get_yticklabels(), result.positions):
+            if p in result.subject_positions:
+                lab.set_fontweight("bold")
+        if i > 0:  # the tokens once, on the left
+            ax.tick_params(labelleft=False)
         ticks = list(range(0, len(result.layers), step))
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(result.layers[t]) for t in ticks], fontsize=7)
         ax.tick_params(length=2)
-        ax.set_title(f"restoring {name}" if st in STREAM_TITLES else st, fontsize=9)
+        ax.set_title(name, fontsize=10)
         if st == "block_output":
             ax.set_xlabel("single restored layer", fontsize=8)
         else:
@@ -375,7 +376,7 @@ def plot_causal_trace(result, tokens=None, path=None, title=None, tokenizer=None
         cbar.ax.tick_params(labelsize=7)
     prompt = title if title is not None else _prompt(result, tokenizer)
     stats = (f"{quantity}: clean {result.clean_prob:.3f}, subject corrupted {result.corrupted_prob:.3f} "
-             f"(* subject; noise {result.noise_level:.3g}, {result.n_samples} sample{'s' if result.n_samples != 1 else ''})")
+             f"(subject tokens marked *; noise {result.noise_level:.3g}, {result.n_samples} sample{'s' if result.n_samples != 1 else ''})")
     fig.suptitle((f'"{prompt}"\n' if prompt else "") + stats, fontsize=9)
     fig.tight_layout()
     if path is not None:
