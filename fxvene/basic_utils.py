@@ -1,7 +1,14 @@
-# Ported from pyvene 0.1.8 (pyvene/models/basic_utils.py, Apache-2.0, Stanford NLP); get_type_from_string is allow-listed.
-"""Basic utilities (same behaviour as pyvene's ``basic_utils``)."""
+"""Helpers pyvene exports at the top level (``pv.set_seed``, ``pv.GET_LOC``, ...).
+
+Same names, signatures and results as pyvene 0.1.8's, except that ``get_type_from_string``
+resolves only fxvene's own intervention classes (it never imports a module named in a
+file) and ``embed_to_distrib`` raises for a model that is not GPT-2 (pyvene returns None).
+"""
+from __future__ import annotations
+
 import os
 import random
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -14,19 +21,15 @@ __all__ = [
     "get_list_depth", "get_batch_size", "GET_LOC",
 ]
 
+# (log-)softmax over the vocabulary axis of a (batch, positions, vocab) tensor
 lsm = nn.LogSoftmax(dim=2)
 sm = nn.Softmax(dim=2)
 
-# Module paths under which a saved intervention type string may name a class.
-# Everything resolves to the class of the same name in ``fxvene.interventions``.
+# ---------------------------------------------------------------- saved type strings
+
+# Modules a saved intervention type may name; each name resolves to fxvene.interventions.X.
 _ALLOWED_TYPE_MODULES = frozenset(
-    {
-        "pyvene",
-        "pyvene.models.interventions",
-        "pyvene.models.modeling_utils",
-        "fxvene",
-        "fxvene.interventions",
-    }
+    {"pyvene", "pyvene.models.interventions", "pyvene.models.modeling_utils", "fxvene", "fxvene.interventions"}
 )
 _ALLOWED_TYPE_NAMES = frozenset(
     {
@@ -58,151 +61,146 @@ _ALLOWED_TYPE_NAMES = frozenset(
 )
 
 
-def get_type_from_string(type_str):
-    """Convert a saved type string to an fxvene intervention class.
+def get_type_from_string(type_str: str) -> type:
+    """The fxvene class a saved type string names.
 
     Accepts ``"<class 'pyvene.models.interventions.X'>"``, ``"pyvene.models.interventions.X"``,
-    ``"fxvene.interventions.X"`` (and ``pyvene.X`` / ``fxvene.X``) for X in a fixed allow-list
-    of intervention class names, and returns fxvene's ``X``. Unlike pyvene, this never imports
-    an arbitrary module: anything else raises ``ValueError``.
+    ``"fxvene.interventions.X"``, ``"pyvene.X"`` or ``"fxvene.X"`` for a built-in intervention
+    class ``X``; anything else is a ``ValueError``.
     """
     if not isinstance(type_str, str):
         raise ValueError(f"intervention type must be a string, got {type(type_str).__name__}")
-    s = type_str.strip()
-    if s.startswith("<class '") and s.endswith("'>"):
-        s = s[len("<class '"):-len("'>")]
-    if "." not in s:
+    dotted = type_str.strip()
+    if dotted.startswith("<class '") and dotted.endswith("'>"):
+        dotted = dotted[len("<class '"):-len("'>")]
+    module_name, _, class_name = dotted.rpartition(".")
+    if not module_name:
         raise ValueError(f"unsupported intervention type string: {type_str!r}")
-    module_name, class_name = s.rsplit(".", 1)
     if module_name not in _ALLOWED_TYPE_MODULES or class_name not in _ALLOWED_TYPE_NAMES:
         raise ValueError(
             f"unsupported intervention type string: {type_str!r} "
             "(only fxvene/pyvene built-in intervention classes can be loaded by name)"
         )
-    from . import interventions as _interventions  # fixed module; lazy to avoid an import cycle
+    from . import interventions  # imported here: interventions imports this module
 
-    return getattr(_interventions, class_name)
+    return getattr(interventions, class_name)
 
 
-def create_directory(path):
-    """Create directory if not exist"""
-    if not os.path.exists(path):
-        os.makedirs(path)
-        print(f"Directory '{path}' created successfully.")
-    else:
+# ---------------------------------------------------------------- files, seeds, counting
+
+
+def create_directory(path: str) -> None:
+    """Make ``path`` (and its parents) unless it exists; say which happened."""
+    if os.path.exists(path):
         print(f"Directory '{path}' already exists.")
+        return
+    os.makedirs(path)
+    print(f"Directory '{path}' created.")
 
 
-def embed_to_distrib(model, embed, log=False, logits=False):
-    """Convert an embedding to a distribution over the vocabulary"""
-    if "gpt2" in model.config.architectures[0].lower():
-        with torch.inference_mode():
-            vocab = torch.matmul(embed, model.wte.weight.t())
-            if logits:
-                return vocab
-            return lsm(vocab) if log else sm(vocab)
-    elif "llama" in model.config.architectures[0].lower():
-        assert False, "Support for LLaMA is not here yet"
-
-
-def set_seed(seed: int):
-    """Set seed. Deprecate soon since it is in the huggingface library"""
+def set_seed(seed: int) -> None:
+    """Seed Python's, numpy's and torch's (CPU and CUDA) random generators."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
 
 
-def sigmoid_boundary(_input, boundary_x, boundary_y, temperature):
-    """Generate sigmoid mask"""
-    return torch.sigmoid((_input - boundary_x) / temperature) * torch.sigmoid(
-        (boundary_y - _input) / temperature
-    )
-
-
-def harmonic_sigmoid_boundary(_input, boundary_x, boundary_y, temperature):
-    """Generate harmonic sigmoid mask"""
-    return (
-        (_input <= boundary_x) * torch.sigmoid((_input - boundary_x) / temperature)
-        + (_input >= boundary_y) * torch.sigmoid((boundary_y - _input) / temperature)
-        + ((_input > boundary_x) & (_input < boundary_y))
-        * torch.sigmoid(
-            (
-                0.5
-                * (
-                    torch.abs(_input - boundary_x) ** (-1)
-                    + torch.abs(_input - boundary_y) ** (-1)
-                )
-            )
-            ** (-1)
-            / temperature
-        )
-    )
-
-
-def count_parameters(model):
-    """Count parameters of a model that require gradients"""
+def count_parameters(model: nn.Module) -> int:
+    """How many scalars ``model`` trains (parameters with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def random_permutation_matrix(n):
-    """Generate a random permutation matrix"""
-    _p = torch.eye(n)
-    perm = torch.randperm(n)
-    return _p[perm]
+# ---------------------------------------------------------------- soft masks and permutations
 
 
-def closeness_to_permutation_loss(rotation):
-    """Measure how close a rotation m is close to a permutation m"""
-    row_sum_diff = torch.abs(rotation.sum(dim=1) - 1.0).mean()
-    col_sum_diff = torch.abs(rotation.sum(dim=0) - 1.0).mean()
-    entry_diff = (rotation * (1 - rotation)).mean()
-    return 0.5 * (row_sum_diff + col_sum_diff) + entry_diff
+def sigmoid_boundary(_input: torch.Tensor, boundary_x, boundary_y, temperature) -> torch.Tensor:
+    """A soft window: close to 1 for ``boundary_x < x < boundary_y``, close to 0 outside;
+    ``temperature`` sets how soft the edges are."""
+    rises = torch.sigmoid((_input - boundary_x) / temperature)
+    falls = torch.sigmoid((boundary_y - _input) / temperature)
+    return rises * falls
 
 
-def format_token(tokenizer, tok):
-    """Format the token for some path patching experiment to show decoding diff"""
+def harmonic_sigmoid_boundary(_input: torch.Tensor, boundary_x, boundary_y, temperature) -> torch.Tensor:
+    """A soft window whose inside value is the sigmoid of half the harmonic mean of the
+    distances to both edges; outside it falls off with a sigmoid of the distance to the edge."""
+    x, lo, hi = _input, boundary_x, boundary_y
+    inside = (x > lo) & (x < hi)
+    half_harmonic = 1.0 / (0.5 * (1.0 / torch.abs(x - lo) + 1.0 / torch.abs(x - hi)))
+    below = (x <= lo) * torch.sigmoid((x - lo) / temperature)
+    above = (x >= hi) * torch.sigmoid((hi - x) / temperature)
+    return below + above + inside * torch.sigmoid(half_harmonic / temperature)
+
+
+def random_permutation_matrix(n: int) -> torch.Tensor:
+    """An ``n x n`` permutation matrix drawn with ``torch.randperm``."""
+    return torch.eye(n)[torch.randperm(n)]
+
+
+def closeness_to_permutation_loss(rotation: torch.Tensor) -> torch.Tensor:
+    """0 for a permutation matrix: the mean distance of row and column sums from 1, plus the
+    mean of ``r (1 - r)`` over the entries (0 only for entries 0 or 1)."""
+    rows_off = torch.abs(rotation.sum(dim=1) - 1.0).mean()
+    cols_off = torch.abs(rotation.sum(dim=0) - 1.0).mean()
+    not_binary = (rotation * (1 - rotation)).mean()
+    return 0.5 * (rows_off + cols_off) + not_binary
+
+
+# ---------------------------------------------------------------- reading a model's predictions
+
+
+def embed_to_distrib(model: nn.Module, embed: torch.Tensor, log: bool = False, logits: bool = False) -> torch.Tensor:
+    """Project a GPT-2 hidden state onto the vocabulary through the tied embedding ``wte``:
+    the logits, or their (log-)softmax over the last axis of a 3-D input."""
+    architecture = model.config.architectures[0]
+    if "gpt2" not in architecture.lower():
+        raise NotImplementedError(f"embed_to_distrib supports GPT-2 models only, got {architecture}")
+    with torch.inference_mode():
+        scores = torch.matmul(embed, model.wte.weight.t())
+        if logits:
+            return scores
+        return (lsm if log else sm)(scores)
+
+
+def format_token(tokenizer: Any, tok: Union[int, torch.Tensor]) -> str:
+    """The decoded token with spaces shown as ``_`` and newlines as ``\\n``."""
     return tokenizer.decode(tok).replace(" ", "_").replace("\n", "\\n")
 
 
-def top_vals(tokenizer, res, n=10, return_results=False):
-    """Pretty print the top n values of a distribution over the vocabulary"""
-    top_values, top_indices = torch.topk(res, n)
-    ret = []
-    for i, _ in enumerate(top_values):
-        tok = format_token(tokenizer, top_indices[i].item())
-        ret += [(tok, top_values[i].item())]
-        if not return_results:
-            print(f"{tok:<20} {top_values[i].item()}")
+def top_vals(tokenizer: Any, res: torch.Tensor, n: int = 10, return_results: bool = False):
+    """The ``n`` largest entries of a vocabulary distribution as (token, value) pairs:
+    returned with ``return_results``, printed one a line otherwise."""
+    values, indices = torch.topk(res, n)
+    pairs = [(format_token(tokenizer, i.item()), v.item()) for v, i in zip(values, indices)]
     if return_results:
-        return ret
+        return pairs
+    for token, value in pairs:
+        print(f"{token:<20} {value}")
 
 
-def get_list_depth(lst):
-    """Return the max depth of the input list"""
-    if isinstance(lst, list):
-        return 1 + max((get_list_depth(item) for item in lst), default=0)
-    return 0
+# ---------------------------------------------------------------- nested inputs
 
 
-def get_batch_size(model_input):
-    """Get batch size based on the input"""
+def get_list_depth(lst: Any) -> int:
+    """How deeply lists nest in ``lst`` (0 for a non-list, 1 for a flat or empty list)."""
+    if not isinstance(lst, list):
+        return 0
+    return 1 + max(map(get_list_depth, lst), default=0)
+
+
+def get_batch_size(model_input: Union[torch.Tensor, Mapping[str, torch.Tensor]]) -> int:
+    """The first dimension of a tensor, or of the first tensor in a dict of inputs."""
     if isinstance(model_input, torch.Tensor):
-        batch_size = model_input.shape[0]
-    else:
-        for _, v in model_input.items():
-            batch_size = v.shape[0]
-            break
-    return batch_size
+        return model_input.shape[0]
+    first = next(iter(model_input.values()))
+    return first.shape[0]
 
 
-def GET_LOC(
-    LOC,
-    unit="h.pos",
-    batch_size=1,
-):
-    """From simple locale to nested one."""
-    if unit == "h.pos":
-        return [[[[LOC[0]]] * batch_size, [[LOC[1]]] * batch_size]]
-    else:
-        raise NotImplementedError(f"{unit} is not supported.")
+def GET_LOC(LOC: Sequence[int], unit: str = "h.pos", batch_size: int = 1) -> list:
+    """``unit_locations`` for one (head, position) pair on every example:
+    ``[[[[head]] * batch_size, [[position]] * batch_size]]``."""
+    if unit != "h.pos":
+        raise NotImplementedError(f"GET_LOC builds h.pos locations only, got unit={unit!r}")
+    head, position = LOC[0], LOC[1]
+    return [[[[head]] * batch_size, [[position]] * batch_size]]

@@ -1,11 +1,16 @@
-"""pyvene 0.1.8's configuration objects (same fields, same defaults, same validation)."""
+"""The configuration objects of pyvene 0.1.8's API: ``RepresentationConfig`` (where and
+what to intervene on) and ``IntervenableConfig`` (a list of them plus the run mode)."""
 from __future__ import annotations
 
 import json
 from collections import namedtuple
+from typing import Any, Optional, Union
 
 from transformers.configuration_utils import PretrainedConfig
 
+from fxvene.interventions import VanillaIntervention
+
+# Field order and defaults are part of the API: configs are also given as positional lists.
 RepresentationConfig = namedtuple(
     "RepresentationConfig",
     "layer component unit "
@@ -16,18 +21,47 @@ RepresentationConfig = namedtuple(
     defaults=(0, "block_output", "pos", 1, None, None, None, None, None, None, None, None, None, None),
 )
 
+RepresentationLike = Union[RepresentationConfig, list, tuple, dict]
 
-def _cast(reprs):
-    if isinstance(reprs, RepresentationConfig):
-        return reprs
-    if isinstance(reprs, (list, tuple)):
-        return RepresentationConfig(*reprs)
-    if isinstance(reprs, dict):
-        return RepresentationConfig(**reprs)
-    raise ValueError(f"representations: {reprs!r} is not a RepresentationConfig, list or dict")
+
+def _as_representation(item: RepresentationLike) -> RepresentationConfig:
+    """A ``RepresentationConfig`` from itself, its fields in order, or a dict of fields."""
+    if isinstance(item, RepresentationConfig):
+        return item
+    if isinstance(item, dict):
+        return RepresentationConfig(**item)
+    if isinstance(item, (list, tuple)):
+        return RepresentationConfig(*item)
+    raise ValueError(f"representations: {item!r} is not a RepresentationConfig, list or dict")
+
+
+def _type_of(rep: RepresentationConfig) -> Optional[type]:
+    """The intervention class a representation names itself, or None."""
+    if rep.intervention_type is not None and rep.intervention is not None:
+        raise ValueError("Only one of the field should be provided: intervention_type, intervention")
+    if rep.intervention_type is not None:
+        return rep.intervention_type
+    return None if rep.intervention is None else type(rep.intervention)
+
+
+def _shown(value: Any) -> Any:
+    """``value`` for the JSON repr; objects that JSON cannot show become ``"PLACEHOLDER"``."""
+    if value is None or type(value) in (str, int, list, tuple, dict):
+        return value
+    return "PLACEHOLDER"
 
 
 class IntervenableConfig(PretrainedConfig):
+    """Which representations to intervene on, with which intervention classes, and how.
+
+    ``representations``: one or a list of ``RepresentationConfig`` (or lists / dicts of its
+    fields). ``intervention_types``: one class for all of them, or one per representation;
+    a representation's own ``intervention_type`` / ``intervention`` takes precedence, and
+    then every representation must name one. ``mode``: "parallel" (every source patches
+    the base) or "serial" (each source run feeds the next). ``sorted_keys``,
+    ``intervention_dimensions`` and ``intervention_constant_sources`` are written by ``save``.
+    """
+
     model_type = "fxvene_intervenable"
 
     def __init__(
@@ -41,67 +75,53 @@ class IntervenableConfig(PretrainedConfig):
         intervention_constant_sources=None,
         **kwargs,
     ):
-        from fxvene.interventions import VanillaIntervention
-
         if representations is None:
             representations = [RepresentationConfig()]
-        if intervention_types is None:
-            intervention_types = VanillaIntervention
-        if not isinstance(representations, list):
+        elif not isinstance(representations, list):
             representations = [representations]
-        self.representations = [_cast(r) for r in representations]
-        self.intervention_types = intervention_types
-        overwrite = False
-        types = []
-        for reprs in self.representations:
-            if overwrite and reprs.intervention_type is None and reprs.intervention is None:
-                raise ValueError("intervention_type if used should be specified for all")
-            if reprs.intervention_type is not None and reprs.intervention is not None:
-                raise ValueError("Only one of the field should be provided: intervention_type, intervention")
-            if reprs.intervention_type is not None:
-                overwrite = True
-                types.append(reprs.intervention_type)
-            elif reprs.intervention is not None:
-                overwrite = True
-                types.append(type(reprs.intervention))
-        if overwrite:
-            self.intervention_types = types
+        self.representations = [_as_representation(r) for r in representations]
+        own_types = [_type_of(r) for r in self.representations]
+        named = [t is not None for t in own_types]
+        if any(named) and not all(named):
+            raise ValueError("intervention_type if used should be specified for all")
+        if any(named):
+            self.intervention_types = own_types
+        elif intervention_types is None:
+            self.intervention_types = VanillaIntervention
+        else:
+            self.intervention_types = intervention_types
+        self.intervention_dimensions = intervention_dimensions
+        self.intervention_constant_sources = intervention_constant_sources
         if mode not in ("parallel", "serial"):
             raise ValueError(f"mode must be 'parallel' or 'serial', got {mode!r}")
         self.mode = mode
         self.sorted_keys = sorted_keys
-        self.intervention_dimensions = intervention_dimensions
-        self.intervention_constant_sources = intervention_constant_sources
         self.model_type = model_type
         super().__init__(**kwargs)
 
-    def add_intervention(self, representations):
+    def add_intervention(self, representations: Union[RepresentationLike, list]) -> None:
+        """Append representations; each must name its ``intervention_type``."""
         if not isinstance(representations, list):
             representations = [representations]
-        for reprs in representations:
-            reprs = _cast(reprs)
-            if reprs.intervention_type is None:
+        for item in representations:
+            rep = _as_representation(item)
+            if rep.intervention_type is None:
                 raise ValueError("intervention_type should be provided.")
-            self.representations.append(reprs)
             if not isinstance(self.intervention_types, list):
-                self.intervention_types = [self.intervention_types] * (len(self.representations) - 1)
-            self.intervention_types.append(reprs.intervention_type)
+                # one class for all so far: spell it out per representation
+                self.intervention_types = [self.intervention_types] * len(self.representations)
+            self.representations.append(rep)
+            self.intervention_types.append(rep.intervention_type)
 
-    def __repr__(self):
-        reps = []
-        for reprs in self.representations:
-            d = {}
-            for k, v in reprs._asdict().items():
-                d[k] = "PLACEHOLDER" if (type(v) not in {str, int, list, tuple, dict} and v is not None) else v
-            reps.append(d)
-        r = {
+    def __repr__(self) -> str:
+        summary = {
             "model_type": str(self.model_type),
-            "representations": tuple(reps),
+            "representations": tuple({k: _shown(v) for k, v in r._asdict().items()} for r in self.representations),
             "intervention_types": str(self.intervention_types),
             "mode": self.mode,
-            "sorted_keys": tuple(self.sorted_keys) if self.sorted_keys is not None else str(self.sorted_keys),
+            "sorted_keys": str(None) if self.sorted_keys is None else tuple(self.sorted_keys),
             "intervention_dimensions": str(self.intervention_dimensions),
         }
-        return "IntervenableConfig\n" + json.dumps(r, indent=4)
+        return "IntervenableConfig\n" + json.dumps(summary, indent=4)
 
     __str__ = __repr__

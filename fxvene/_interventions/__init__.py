@@ -1,0 +1,1 @@
+"""Implementation of ``fxvene.interventions`` (import the classes from there)."""

@@ -1,0 +1,144 @@
+"""The subspace swap every coordinate-wise intervention goes through.
+
+An intervention picks coordinates of the last dimension of ``base`` and either writes
+``source`` over them ("interchange"), adds or subtracts ``source`` there ("add",
+"subtract"), or reads them out ("collect"). Which coordinates:
+
+* no ``subspaces``: the first ``interchange_dim`` coordinates;
+* ``subspaces``: one list per example of column indices, or of partition ids when a
+  ``subspace_partition`` (a list of column lists) is given. When every example lists the
+  same thing, or ``use_fast`` is set (then example 0's list is used), one index set serves
+  the whole batch; otherwise each example gets exactly its own list.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+Subspaces = Sequence[Sequence[int]]
+Partition = Sequence[Sequence[int]]
+Index = tuple
+
+MODES = ("interchange", "add", "subtract", "collect")
+
+
+class CollectSourceError(ValueError, AssertionError):
+    """A source was given to "collect", which only reads ``base``.
+
+    Also an ``AssertionError``: pyvene asserts here, and code that catches that keeps working.
+    """
+
+
+def expand_partition(partition: Optional[Sequence[Sequence[int]]]) -> Optional[list]:
+    """``[start, end]`` pairs become ``list(range(start, end))``; explicit index lists stay."""
+    if partition is None:
+        return None
+    return [
+        list(range(part[0], part[1])) if len(part) == 2 and isinstance(part[0], int) else part
+        for part in partition
+    ]
+
+
+def subspace_columns(subspace: Sequence[int], partition: Optional[Partition]) -> Sequence[int]:
+    """The last-dim columns that one example's ``subspace`` names."""
+    if partition is None:
+        return subspace
+    return [column for part_id in subspace for column in partition[part_id]]
+
+
+def broadcast_tensor_v1(x: torch.Tensor, target_shape: Sequence[int]) -> torch.Tensor:
+    """A view of ``x`` (one vector of size d, any leading 1s) expanded to ``target_shape``."""
+    if target_shape[-1] != x.shape[-1]:
+        raise ValueError(
+            f"cannot broadcast a tensor with last dimension {x.shape[-1]} to shape "
+            f"{tuple(target_shape)}: the last dimensions differ"
+        )
+    ones = [1] * (len(target_shape) - 1)
+    return x.view(*ones, x.shape[-1]).expand(*target_shape)
+
+
+def broadcast_tensor_v2(x: torch.Tensor, target_shape: Sequence[int]) -> torch.Tensor:
+    """``x`` expanded over ``target_shape``'s leading dimensions, keeping its own last one."""
+    if len(target_shape) == 0:
+        raise ValueError("target_shape is empty; it needs at least the last dimension")
+    return x.expand(*target_shape[:-1], x.shape[-1])
+
+
+def _as_tensor(subspaces: Any) -> Optional[torch.Tensor]:
+    try:
+        return torch.tensor(subspaces)
+    except Exception:  # ragged, non-numeric, ...: not a rectangular table
+        return None
+
+
+def _can_cast_tensor(subspaces: Any) -> bool:
+    """True when ``subspaces`` is a rectangular table of numbers."""
+    return _as_tensor(subspaces) is not None
+
+
+def _can_use_fast(subspaces: Any) -> bool:
+    """True when ``subspaces`` is a rectangular table (2 levels or more) whose rows are all alike."""
+    table = _as_tensor(subspaces)
+    if table is None or table.dim() < 2:
+        return False
+    return bool((table == table[0]).all())
+
+
+def _regions(
+    interchange_dim: Union[int, torch.Tensor, None],
+    subspaces: Any,
+    partition: Optional[Partition],
+    use_fast: bool,
+) -> tuple[list[Index], bool]:
+    """Index tuples into ``base`` for the swap, and whether there is one per example."""
+    if subspaces is None:
+        return [(Ellipsis, slice(None, interchange_dim))], False
+    if use_fast or _can_use_fast(subspaces):
+        return [(Ellipsis, subspace_columns(subspaces[0], partition))], False
+    per_example = [
+        (row, Ellipsis, subspace_columns(subspace, partition)) for row, subspace in enumerate(subspaces)
+    ]
+    return per_example, True
+
+
+def _do_intervention_by_swap(
+    base: torch.Tensor,
+    source: Optional[torch.Tensor],
+    mode: str = "interchange",
+    interchange_dim: Union[int, torch.Tensor, None] = None,
+    subspaces: Any = None,
+    subspace_partition: Optional[Partition] = None,
+    use_fast: bool = False,
+) -> torch.Tensor:
+    """Apply ``mode`` to the chosen coordinates (see the module docstring).
+
+    "interchange", "add" and "subtract" write into ``base`` in place and return it; a
+    ``(d,)`` source is broadcast over ``base``. "collect" returns the chosen coordinates of
+    ``base`` and leaves it untouched (stacked over examples when each has its own list).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "collect":
+        if source is not None:
+            raise CollectSourceError("source: collecting reads base only, so source must be None")
+    elif source.shape != base.shape:
+        try:
+            source = broadcast_tensor_v1(source, base.shape)
+        except Exception:
+            raise ValueError(
+                f"source has shape {tuple(source.shape)}, which does not broadcast to the base "
+                f"shape {tuple(base.shape)}"
+            ) from None
+    regions, per_example = _regions(interchange_dim, subspaces, subspace_partition, use_fast)
+    if mode == "collect":
+        picked = [base[region] for region in regions]
+        return torch.stack(picked, dim=0) if per_example else picked[0]
+    for region in regions:
+        if mode == "interchange":
+            base[region] = source[region]
+        elif mode == "add":
+            base[region] += source[region]
+        else:
+            base[region] -= source[region]
+    return base
