@@ -92,10 +92,10 @@ def get_type_from_string(type_str: str) -> type:
 def create_directory(path: str) -> None:
     """Make ``path`` (and its parents) unless it exists; say which happened."""
     if os.path.exists(path):
-        print(f"Directory '{path}' already exists.")
+        print(f"{path}: already exists")
         return
     os.makedirs(path)
-    print(f"Directory '{path}' created.")
+    print(f"{path}: created")
 
 
 def set_seed(seed: int) -> None:

@@ -35,10 +35,13 @@ def _as_representation(item: RepresentationLike) -> RepresentationConfig:
     raise ValueError(f"representations: {item!r} is not a RepresentationConfig, list or dict")
 
 
-def _type_of(rep: RepresentationConfig) -> Optional[type]:
+def _type_of(rep: RepresentationConfig, where: str) -> Optional[type]:
     """The intervention class a representation names itself, or None."""
     if rep.intervention_type is not None and rep.intervention is not None:
-        raise ValueError("Only one of the field should be provided: intervention_type, intervention")
+        raise ValueError(
+            f"{where} gives both intervention_type ({rep.intervention_type!r}) and intervention "
+            f"({rep.intervention!r}); give one of them"
+        )
     if rep.intervention_type is not None:
         return rep.intervention_type
     return None if rep.intervention is None else type(rep.intervention)
@@ -80,10 +83,13 @@ class IntervenableConfig(PretrainedConfig):
         elif not isinstance(representations, list):
             representations = [representations]
         self.representations = [_as_representation(r) for r in representations]
-        own_types = [_type_of(r) for r in self.representations]
+        own_types = [_type_of(r, f"representations[{i}]") for i, r in enumerate(self.representations)]
         named = [t is not None for t in own_types]
         if any(named) and not all(named):
-            raise ValueError("intervention_type if used should be specified for all")
+            raise ValueError(
+                f"representations[{named.index(True)}] names its intervention_type, representations"
+                f"[{named.index(False)}] does not: once used, it must be specified for all representations"
+            )
         if any(named):
             self.intervention_types = own_types
         elif intervention_types is None:
@@ -103,10 +109,10 @@ class IntervenableConfig(PretrainedConfig):
         """Append representations; each must name its ``intervention_type``."""
         if not isinstance(representations, list):
             representations = [representations]
-        for item in representations:
+        for i, item in enumerate(representations):
             rep = _as_representation(item)
             if rep.intervention_type is None:
-                raise ValueError("intervention_type should be provided.")
+                raise ValueError(f"add_intervention: representations[{i}] has no intervention_type; give one")
             if not isinstance(self.intervention_types, list):
                 # one class for all so far: spell it out per representation
                 self.intervention_types = [self.intervention_types] * len(self.representations)
