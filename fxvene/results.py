@@ -374,10 +374,11 @@ def plot_causal_trace(result, tokens=None, path=None, title=None, tokenizer=None
         cbar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
         cbar.set_label(quantity, fontsize=8)
         cbar.ax.tick_params(labelsize=7)
-    prompt = title if title is not None else _prompt(result, tokenizer)
+    prompt = _prompt(result, tokenizer)
+    first = title if title is not None else (f'"{prompt}"' if prompt else None)
     stats = (f"{quantity}: clean {result.clean_prob:.3f}, subject corrupted {result.corrupted_prob:.3f} "
              f"(subject tokens marked *; noise {result.noise_level:.3g}, {result.n_samples} sample{'s' if result.n_samples != 1 else ''})")
-    fig.suptitle((f'"{prompt}"\n' if prompt else "") + stats, fontsize=9)
+    fig.suptitle((f"{first}\n" if first else "") + stats, fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=dpi, bbox_inches="tight")

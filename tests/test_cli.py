@@ -200,3 +200,184 @@ def test_demo_name_loads_the_shipped_directory(capsys, tmp_path, monkeypatch):
         cli.builtin_model.cache_clear()
     assert code == 0, err
     assert "GPT2LMHeadModel (demo), 2 layers" in out
+
+
+# ---------------------------------------------------------------------------------- cheap start-up
+# `import fxvene`, `fxvene --help` and argument errors must not load torch, transformers or the
+# engine (asserted on the modules a fresh interpreter loaded, not on time).
+
+HEAVY = ("torch", "transformers", "fxvene.intervenable", "fxvene.sweep", "fxvene.tracing")
+
+
+def loaded_after(code):
+    """The modules a fresh interpreter has loaded after running ``code`` (SystemExit is caught)."""
+    import subprocess
+    import sys
+
+    prog = ("import sys, json\ntry:\n" + "".join(f"    {ln}\n" for ln in code.splitlines())
+            + "except SystemExit as e:\n    sys.stderr.write(f'exit {e.code}\\n')\n"
+            "sys.stdout.write('\\nMODULES ' + json.dumps(sorted(sys.modules)))\n")
+    r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out, mods = r.stdout.rsplit("\nMODULES ", 1)
+    return out, r.stderr, set(json.loads(mods))
+
+
+def assert_light(mods):
+    heavy = [m for m in HEAVY if m in mods]
+    assert not heavy, f"loaded {heavy}"
+
+
+def test_import_fxvene_is_light():
+    _, _, mods = loaded_after("import fxvene\nfrom fxvene.demo import demo_model_path\ndir(fxvene)")
+    assert "fxvene" in mods
+    assert_light(mods)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["components", "--help"], ["diff", "--help"]])
+def test_help_loads_nothing_heavy(argv):
+    out, err, mods = loaded_after(f"from fxvene.cli import main\nmain({argv!r})")
+    assert out.startswith("usage: fxvene") and "exit 0" in err
+    assert_light(mods)
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["components", "no-such-model"], "neither a local model directory nor a built-in name"),
+        (["trace", "./no/such/dir"], "model directory './no/such/dir' does not exist"),
+        (["components", "gpt2-tiny", "--layer", "4"], "layer 4 is out of range for gpt2-tiny with 4 layers"),
+        (["components", "gpt2-tiny", "--layer", "-1"], "layer -1 is out of range"),
+        (["components", "llama-tiny", "--component", "block_outptu"], "unknown component 'block_outptu'"),
+        (["components", "demo", "--layer", "12"], "with 12 layers"),
+        (["diff", "gpt2-tiny", "--config", "/nonexistent/config.json"], "no such file"),
+        (["diff", "gpt2-tiny", "--config", "c.json", "--render", "svg"], "--render needs --dot"),
+        (["diff", "gpt2-tiny", "--config", "c.json", "--group", "-2"], "--group must be >= 0"),
+    ],
+)
+def test_argument_errors_before_anything_loads(argv, needle):
+    """Argument errors are one line, exit status 1, and come before torch or the model load."""
+    out, err, mods = loaded_after(f"import sys\nfrom fxvene.cli import main\nsys.exit(main({argv!r}))")
+    line = one_line_error(err.replace("exit 1\n", ""))
+    assert "exit 1" in err and line.startswith(f"fxvene {argv[0]}: error: ") and needle in line, err
+    assert_light(mods)
+
+
+@pytest.mark.parametrize(
+    "config,needle",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"representations": [{"layer": 1, "component": "nope"}]}', "unknown component 'nope'"),
+        ('{"representations": [{"layer": 7, "component": "block_output"}]}', "representations[0].layer: layer 7"),
+        ('{"reps": []}', "unknown keys"),
+        ('{"representations": []}', "non-empty list"),
+    ],
+)
+def test_config_errors_before_anything_loads(tmp_path, config, needle):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(config)
+    argv = ["diff", "gpt2-tiny", "--config", str(cfg)]
+    out, err, mods = loaded_after(f"import sys\nfrom fxvene.cli import main\nsys.exit(main({argv!r}))")
+    assert "exit 1" in err and needle in err, err
+    assert_light(mods)
+
+
+def test_usage_error_loads_nothing_heavy():
+    out, err, mods = loaded_after("from fxvene.cli import main\nmain(['components', 'gpt2-tiny', '--tracer', 'jit'])")
+    assert "exit 2" in err and "invalid choice: 'jit'" in err
+    assert_light(mods)
+
+
+def test_field_and_type_errors_come_before_the_model(capsys, tmp_path, monkeypatch):
+    """What needs torch (intervention types, field names) is still checked before the model loads."""
+    def no_model(spec):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "load_model", no_model)
+    for config, needle in [('{"representations": [{"layer": 1, "intervention_type": "os.system"}]}',
+                            "unknown intervention type"),
+                           ('{"representations": [{"layr": 1}]}', "unknown keys ['layr']")]:
+        cfg = tmp_path / "c.json"
+        cfg.write_text(config)
+        code, out, err = run(capsys, "diff", "gpt2-tiny", "--config", str(cfg))
+        assert code == 1 and needle in one_line_error(err)
+
+
+def test_python_m_fxvene_help_and_errors_load_nothing_heavy(tmp_path):
+    out, err, mods = loaded_after("import runpy, sys\nsys.argv = ['fxvene', '--help']\n"
+                                  "runpy.run_module('fxvene', run_name='__main__')")
+    assert out.startswith("usage: python -m fxvene") and "exit 0" in err
+    assert_light(mods)
+    for argv, needle in [(["--samples", "0"], "--samples must be >= 1"),
+                         (["--subject", "Eiffel Tower"], "does not occur in --prompt"),
+                         (["--model", str(tmp_path)], "is not a model directory"),
+                         (["--out", str(tmp_path / "no" / "ct.png")], "does not exist")]:
+        out, err, mods = loaded_after(f"import runpy, sys\nsys.argv = ['fxvene'] + {argv!r}\n"
+                                      "runpy.run_module('fxvene', run_name='__main__')")
+        assert "exit 2" in err and needle in err, err
+        assert_light(mods)
+
+
+# ---------------------------------------------------------------------------------- the public names
+
+# every name `import fxvene as pv` offered when it imported eagerly (pyvene 0.1.8's top level, plus ours)
+PUBLIC = [
+    "IntervenableConfig", "RepresentationConfig", "IntervenableModel", "IntervenableModelOutput",
+    "AdditionIntervention", "AutoencoderIntervention", "BasisAgnosticIntervention", "BoundlessRotatedSpaceIntervention",
+    "CollectIntervention", "ConstantSourceIntervention", "DistributedRepresentationIntervention", "Intervention",
+    "InterventionOutput", "JumpReLUAutoencoderIntervention", "LambdaIntervention", "LocalistRepresentationIntervention",
+    "LowRankRotatedSpaceIntervention", "NoiseIntervention", "PCARotatedSpaceIntervention", "RotatedSpaceIntervention",
+    "SharedWeightsTrainableIntervention", "SigmoidMaskIntervention", "SigmoidMaskRotatedSpaceIntervention",
+    "SkipIntervention", "SourcelessIntervention", "SubtractionIntervention", "TrainableIntervention",
+    "VanillaIntervention", "ZeroIntervention", "_do_intervention_by_swap",
+    "demo_model_path", "load_demo", "TracingError", "trace", "causal_trace", "patching_sweep", "plot_causal_trace",
+]
+
+
+def test_lazy_names_are_the_real_objects():
+    import fxvene as pv
+    from fxvene import basic_utils, configuration, interventions, intervenable, results, sweep, tracing
+
+    import fxvene.demo
+
+    where = {"IntervenableConfig": configuration, "RepresentationConfig": configuration,
+             "IntervenableModel": intervenable, "IntervenableModelOutput": intervenable,
+             "demo_model_path": fxvene.demo, "load_demo": fxvene.demo, "TracingError": tracing, "trace": tracing,
+             "causal_trace": sweep, "patching_sweep": sweep, "plot_causal_trace": results}
+    for name in PUBLIC + list(basic_utils.__all__):
+        mod = where.get(name, basic_utils if name in basic_utils.__all__ else interventions)
+        assert getattr(pv, name) is getattr(mod, name), name
+        assert name in dir(pv), name
+    assert pv.SweepResult is results.SweepResult and pv.CausalTraceResult is results.CausalTraceResult
+    assert isinstance(pv.__version__, str) and "__version__" in pv.__all__
+    assert set(basic_utils.__all__) <= set(pv.__all__)
+    ns = {}
+    exec("from fxvene import IntervenableModel, VanillaIntervention, RepresentationConfig, set_seed, GET_LOC", ns)
+    assert ns["IntervenableModel"] is intervenable.IntervenableModel and ns["GET_LOC"] is basic_utils.GET_LOC
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchThing'"):
+        pv.NoSuchThing  # noqa: B018
+    with pytest.raises(ImportError):
+        exec("from fxvene import NoSuchThing", {})
+
+
+def test_star_import_matches_all():
+    import fxvene
+
+    ns = {}
+    exec("from fxvene import *", ns)
+    assert {n for n in ns if not n.startswith("__")} == {n for n in fxvene.__all__ if not n.startswith("__")}
+    assert ns["VanillaIntervention"] is fxvene.VanillaIntervention
+
+
+def test_console_script_help():
+    """The installed ``fxvene`` command (when this interpreter's environment has it)."""
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "fxvene")
+    if not os.path.exists(exe):
+        pytest.skip("no fxvene console script next to this interpreter")
+    r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("usage: fxvene") and "components" in r.stdout
+    r = subprocess.run([exe, "components", "no-such-model"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "neither a local model directory" in one_line_error(r.stderr)
