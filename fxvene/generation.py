@@ -761,6 +761,7 @@ def generate(
         raise ValueError(f"sources: got {len(sources)}, expected {ngroups} (one per intervention group) or 1")
     srcreps = im._broadcast_source_representations(source_representations)
     subs = L.broadcast_subspaces(subspaces, batch, n)
+    im._check_call(base_in, sources, locs, subs, srcreps)  # sources, locations, subspaces: before any forward
     extra = intervention_additional_kwargs or {}
 
     needs = [k for k in im.sorted_keys

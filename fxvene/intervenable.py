@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import types
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
@@ -18,6 +17,7 @@ import torch.nn as nn
 from transformers.utils import ModelOutput
 
 from fxvene import locations as L
+from fxvene import validation as V
 from fxvene.configuration import IntervenableConfig, RepresentationConfig
 from fxvene.interventions import (
     CollectIntervention,
@@ -28,9 +28,7 @@ from fxvene.interventions import (
 from fxvene.passes.locate import module_input
 from fxvene.passes.rewrite import expose, insert_interventions, truncate
 from fxvene.sites import Gather, SiteOp, do_intervention, resolve_site
-from fxvene.tracing import trace
-
-_INPUT_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "token_type_ids", "position_ids")
+from fxvene.tracing import TracingError, trace
 
 
 @dataclass
@@ -108,8 +106,8 @@ class IntervenableModel(nn.Module):
             config = IntervenableConfig(representations=[config])
         if not isinstance(config, IntervenableConfig):
             raise TypeError(f"config must be an IntervenableConfig, dict or list, got {type(config).__name__}")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        # everything is checked before the model or the config is touched
+        V.check_model(model, config.representations)
         self.config = config
         self.mode = config.mode
         self.tracer = tracer
@@ -121,13 +119,14 @@ class IntervenableModel(nn.Module):
             from fxvene.compile import compile_options
 
             self._compile_options = compile_options(kwargs["compile"])
-        config.model_type = str(type(model))
         self.model = model
         self.model_config = model.config
         self.model_type = type(model)
-        self.disable_model_gradients()
 
-        traced = self._traced(_construction_signature(model))
+        try:
+            traced = self._traced(_construction_signature(model))
+        except TracingError as e:
+            raise V.unsupported(model, e) from None
         types_ = config.intervention_types
         if isinstance(types_, list) and len(types_) != len(config.representations):
             raise ValueError(
@@ -138,6 +137,7 @@ class IntervenableModel(nn.Module):
         self.interventions._legacy = {}
         self._link_pointers = {}
         self._intervention_reverse_link = {}
+        self._axes = {}
         counter = {}
         any_group = False
         for i, rep in enumerate(config.representations):
@@ -157,20 +157,19 @@ class IntervenableModel(nn.Module):
                     "(pyvene 0.1.8 gathers heads for 'pos' here and then crashes)"
                 )
             if rep.intervention is not None:
-                intervention = rep.intervention
+                intervention = V.check_intervention(rep.intervention, f"representations[{i}].intervention")
                 if isinstance(intervention, types.FunctionType):
                     intervention = LambdaIntervention(intervention)
                 elif hasattr(intervention, "use_fast"):
                     intervention.use_fast = self.use_fast
             else:
                 itype = types_[i] if isinstance(types_, list) else types_
-                if not (isinstance(itype, type) or callable(itype)):
-                    raise TypeError(f"representations[{i}].intervention_type must be a class, got {itype!r}")
+                itype = V.check_intervention_type(itype, f"representations[{i}].intervention_type")
                 meta = rep._asdict()
                 dim = site.dim * int(rep.max_number_of_units) if site.dim is not None else None
                 meta["embed_dim"] = dim
                 meta["use_fast"] = self.use_fast
-                intervention = itype(**meta)
+                intervention = V.check_built(itype(**meta), itype, f"representations[{i}].intervention_type")
                 if isinstance(intervention, types.FunctionType):
                     intervention = LambdaIntervention(intervention)
             link = rep.intervention_link_key
@@ -182,6 +181,7 @@ class IntervenableModel(nn.Module):
                 self._intervention_reverse_link[key] = f"link#{link}"
             self.representations[key] = rep
             self.interventions[key] = intervention
+            self._axes[key] = V.site_axes(site, traced, model)
             self.interventions._legacy[legacy] = key
             if rep.group_key is not None:
                 any_group = True
@@ -206,6 +206,8 @@ class IntervenableModel(nn.Module):
         self.return_collect_activations = any(
             isinstance(self.interventions[k], CollectIntervention) for k in self.sorted_keys
         )
+        config.model_type = str(type(model))
+        self.disable_model_gradients()
 
     # ------------------------------------------------------------------ model side
 
@@ -232,24 +234,18 @@ class IntervenableModel(nn.Module):
 
     # ------------------------------------------------------------------ inputs
 
+    def _vocab_size(self):
+        get = getattr(self.model, "get_input_embeddings", None)
+        emb = get() if callable(get) else None
+        return getattr(emb, "num_embeddings", None)
+
     def _inputs(self, inputs, what):
-        if isinstance(inputs, Mapping) or hasattr(inputs, "keys"):
-            d = {k: inputs[k] for k in inputs.keys() if inputs[k] is not None}
-        else:
-            raise TypeError(f"{what} must be a dict of model inputs (e.g. a tokenizer's output), got {type(inputs).__name__}")
-        unknown = [k for k in d if k not in _INPUT_KEYS]
-        if unknown:
-            raise ValueError(f"{what}: unsupported model inputs {unknown}; fxvene accepts {_INPUT_KEYS}")
-        lead = "input_ids" if "input_ids" in d else "inputs_embeds" if "inputs_embeds" in d else None
-        if lead is None:
-            raise ValueError(f"{what} needs 'input_ids' or 'inputs_embeds'")
-        t = d[lead]
-        if not isinstance(t, torch.Tensor) or t.dim() < 2:
-            raise ValueError(f"{what}[{lead!r}] must be a batched tensor (batch, seq, ...), got {getattr(t, 'shape', t)!r}")
-        if "attention_mask" not in d:
-            d["attention_mask"] = torch.ones(t.shape[:2], dtype=torch.long, device=t.device)
-        sig = tuple(k for k in _INPUT_KEYS if k in d)
-        return d, sig
+        """Checked model inputs (see :func:`fxvene.validation.check_inputs`) and their signature."""
+        return V.check_inputs(inputs, what, self._vocab_size())
+
+    def _check_call(self, base_in, sources, locs, subs, srcreps):
+        """Check a whole call (sources, unit locations, subspaces) before anything runs."""
+        return V.check_call(self, base_in, sources, locs, subs, srcreps)
 
     # ------------------------------------------------------------------ graphs
 
@@ -354,6 +350,7 @@ class IntervenableModel(nn.Module):
             raise ValueError(f"sources: got {len(sources)}, expected {ngroups} (one per intervention group) or 1")
         srcreps = self._broadcast_source_representations(source_representations)
         subs = L.broadcast_subspaces(subspaces, batch, n)
+        self._check_call(base_in, sources, locs, subs, srcreps)
         extra = intervention_additional_kwargs or {}
 
         original = None
@@ -462,7 +459,7 @@ class IntervenableModel(nn.Module):
         raise TypeError("source_representations must be a tensor, a list of tensors or a dict keyed by intervention key")
 
     def _run_source(self, src, keys, src_locs_by_key, batch, device, prior=(), prior_feeds=None):
-        src_in, ssig = self._inputs(src, "sources[i]")
+        src_in, ssig = self._inputs(src, "sources")
         slead = src_in.get("input_ids", src_in.get("inputs_embeds"))
         if slead.shape[0] != batch:
             raise ValueError(f"sources: a source has batch size {slead.shape[0]} but the base has {batch}")
@@ -512,21 +509,7 @@ class IntervenableModel(nn.Module):
 
     def _serial_sources(self, sources, srcreps, locs, batch, device):
         groups = list(self._groups.items())
-        n = len(self.sorted_keys)
-        src_locs = [None] * n
-        base_locs = [None] * n
-        # "source_i->X": locations of group i's keys (by position inside the group)
-        for dk, (s_side, b_side) in locs.items():
-            try:
-                gi = int(dk.split("->")[0].replace("source_", ""))
-            except ValueError:
-                raise ValueError(f"unit_locations: bad serial key {dk!r}") from None
-            if not 0 <= gi < len(groups):
-                raise ValueError(f"unit_locations: {dk!r} names group {gi} of {len(groups)}")
-            for j, key in enumerate(groups[gi][1]):
-                i = self.sorted_keys.index(key)
-                src_locs[i] = s_side[j]
-                base_locs[i] = b_side[j]
+        src_locs, base_locs, _ = V.serial_locations(locs, groups, self.sorted_keys)
         slices = {}
         if srcreps is not None:
             return dict(srcreps), src_locs, base_locs

@@ -53,6 +53,11 @@ __all__ = [
     "MODEL_WEIGHTS_NAME",
 ]
 
+class MissingFileError(FileNotFoundError, ValueError):
+    """A directory or weights file the call needs is not there (a ``FileNotFoundError`` and,
+    like every other bad argument, a ``ValueError``)."""
+
+
 CONFIG_NAME = "config.json"
 MODEL_WEIGHTS_NAME = "pytorch_model.safetensors"
 _PYVENE_MODEL_WEIGHTS_NAME = "pytorch_model.bin"
@@ -373,7 +378,7 @@ def _load_model_params(model, directory):
     if not os.path.isfile(path):
         path = os.path.join(directory, _PYVENE_MODEL_WEIGHTS_NAME)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"include_model=True but {directory!r} has neither {MODEL_WEIGHTS_NAME} nor {_PYVENE_MODEL_WEIGHTS_NAME}"
         )
     sd = read_weights(path)
@@ -381,10 +386,11 @@ def _load_model_params(model, directory):
     unknown = [k for k in sd if k not in own]
     if unknown:
         raise ValueError(f"{path}: parameters {unknown[:5]} are not parameters of {type(model).__name__}")
+    for k, v in sd.items():  # every shape first: a bad file changes nothing
+        if own[k].shape != v.shape:
+            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}")
     with torch.no_grad():
         for k, v in sd.items():
-            if own[k].shape != v.shape:
-                raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}")
             own[k].copy_(v.to(dtype=own[k].dtype))
 
 
@@ -419,8 +425,11 @@ def _custom_map(custom_types):
 
 def _read_config(load_directory):
     path = os.path.join(load_directory, CONFIG_NAME)
+    if not os.path.isdir(load_directory):
+        raise MissingFileError(f"load_directory {load_directory!r} is not a directory")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{load_directory!r} has no {CONFIG_NAME}")
+        raise MissingFileError(f"load_directory {load_directory!r} has no {CONFIG_NAME}; expected a directory "
+                               "written by IntervenableModel.save (fxvene or pyvene)")
     with open(path) as f:
         try:
             cfg = json.load(f)
@@ -466,6 +475,8 @@ def load(load_directory, model, local_directory=None, from_huggingface_hub=False
     if not isinstance(load_directory, (str, os.PathLike)):
         raise TypeError(f"load_directory must be a path, got {type(load_directory).__name__}")
     load_directory = os.fspath(load_directory)
+    if not from_huggingface_hub and not os.path.exists(load_directory) and not _hub_like(load_directory):
+        raise MissingFileError(f"load_directory {load_directory!r} does not exist (and is not a hub repo id)")
     if from_huggingface_hub or not os.path.exists(load_directory):
         try:
             from huggingface_hub import snapshot_download
@@ -475,7 +486,7 @@ def load(load_directory, model, local_directory=None, from_huggingface_hub=False
                 allow_patterns=[CONFIG_NAME, "*.safetensors", "*.bin"],
             )
         except Exception as e:  # noqa: BLE001
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"load_directory {load_directory!r} is not a local directory and could not be fetched "
                 f"from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
             ) from None
@@ -510,7 +521,7 @@ def load(load_directory, model, local_directory=None, from_huggingface_hub=False
         )
         if isinstance(iv, TrainableIntervention) or wants_source:
             if path is None:
-                raise FileNotFoundError(f"{load_directory!r}: no weights for intervention {key!r} (intkey_{key}.safetensors)")
+                raise MissingFileError(f"{load_directory!r}: no weights for intervention {key!r} (intkey_{key}.safetensors)")
             state = read_weights(path)
             if wants_source and not isinstance(iv, TrainableIntervention):
                 if "source_representation" not in state:
@@ -547,16 +558,43 @@ def load_intervention(intervenable, load_directory, include_model=True):
     existing interventions, in place (Parameter objects are kept, so optimizers stay valid)."""
     from fxvene.interventions import TrainableIntervention
 
+    if not isinstance(load_directory, (str, os.PathLike)):
+        raise TypeError(f"load_directory must be a path, got {type(load_directory).__name__}")
     load_directory = os.fspath(load_directory)
     if not os.path.isdir(load_directory):
-        raise FileNotFoundError(f"load_directory {load_directory!r} is not a directory")
-    for k in intervenable.sorted_keys:
+        raise MissingFileError(f"load_directory {load_directory!r} is not a directory")
+    states = []
+    for k in intervenable.sorted_keys:  # read every file first
         iv = intervenable.interventions[k]
         if isinstance(iv, TrainableIntervention):
             path = _find_intkey_file(load_directory, k)
             if path is None:
-                raise FileNotFoundError(f"{load_directory!r}: no weights for intervention {k!r} (intkey_{k}.safetensors)")
-            load_intervention_state(iv, read_weights(path), what=path)
-    if include_model:
-        _load_model_params(intervenable.model, load_directory)
+                raise MissingFileError(f"{load_directory!r}: no weights for intervention {k!r} (intkey_{k}.safetensors)")
+            states.append((iv, read_weights(path), path))
+    backups = [(iv, {n: t.detach().clone() for n, t in iv.state_dict().items()}) for iv, _, _ in states]
+    try:
+        for iv, state, path in states:
+            load_intervention_state(iv, state, what=path)
+        if include_model:
+            _load_model_params(intervenable.model, load_directory)
+    except Exception:
+        for iv, snap in backups:  # a file that does not fit leaves every intervention as it was
+            _restore(iv, snap)
+        raise
+
+
+def _restore(intervention, snapshot):
+    own = intervention.state_dict()
+    if "interchange_dim" in snapshot and "interchange_dim" in own and own["interchange_dim"].shape != snapshot["interchange_dim"].shape:
+        intervention.set_interchange_dim(snapshot["interchange_dim"])
+    intervention.load_state_dict(snapshot, strict=False)
+    if hasattr(intervention, "set_interchange_dim") and isinstance(getattr(intervention, "interchange_dim", None), torch.Tensor):
+        intervention.set_interchange_dim(intervention.interchange_dim)
+
+
+def _hub_like(name):
+    """Whether ``name`` could be a Hugging Face hub repo id (``user/name`` or ``name``)."""
+    import re
+
+    return not os.path.isabs(name) and re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name) is not None
 

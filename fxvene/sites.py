@@ -154,9 +154,9 @@ def _check(loc, size, what):
     if torch.compiler.is_compiling() or loc.numel() == 0:
         return
     hi, lo = int(loc.max()), int(loc.min())
-    if hi >= size or lo < -size:
+    if hi >= size or lo < 0:
         bad = hi if hi >= size else lo
-        raise ValueError(f"{what}: unit index {bad} is out of range for a dimension of size {size}")
+        raise ValueError(f"{what}: unit index {bad} is out of range for a dimension of size {size} (valid: 0..{size - 1})")
 
 
 def gather(x, site, unit, loc, what="unit_locations"):
@@ -205,12 +205,18 @@ def scatter(x, site, unit, loc, new):
 # ---------------------------------------------------------------------------------------
 
 
-def _flatten_mode(intervention, base_slice):
+def flattens(intervention):
+    """Whether ``intervention`` sees its units flattened into the last dim (pyvene's distributed
+    interventions: ``(b, n, d) -> (b, n*d)``, ``(b, h, s, d) -> (b, s, h*d)``)."""
     from fxvene.interventions import CollectIntervention, LocalistRepresentationIntervention
 
-    if base_slice.dim() == 2 or isinstance(intervention, (LocalistRepresentationIntervention, CollectIntervention)):
-        return None
-    if getattr(intervention, "keep_last_dim", False):
+    if isinstance(intervention, (LocalistRepresentationIntervention, CollectIntervention)):
+        return False
+    return not getattr(intervention, "keep_last_dim", False)
+
+
+def _flatten_mode(intervention, base_slice):
+    if base_slice.dim() == 2 or not flattens(intervention):
         return None
     return base_slice.dim()
 

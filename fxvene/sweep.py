@@ -487,17 +487,10 @@ def _rows(v, n):
 
 
 def _ids_mask(inputs, what):
-    if not (isinstance(inputs, dict) or hasattr(inputs, "keys")):
-        raise TypeError(f"{what} must be a dict with 'input_ids' (a tokenizer's output), got {type(inputs).__name__}")
-    if "input_ids" not in inputs:
-        raise ValueError(f"{what} needs 'input_ids'")
-    ids = inputs["input_ids"]
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-        raise ValueError(f"{what}['input_ids'] must be a (batch, seq) tensor, got {getattr(ids, 'shape', ids)!r}")
-    mask = inputs.get("attention_mask")
-    if mask is None:
-        mask = torch.ones_like(ids)
-    return ids, mask
+    from fxvene.validation import check_inputs  # one input check for forward, generate and sweeps
+
+    d, _ = check_inputs(inputs, what, need="input_ids")
+    return d["input_ids"], d["attention_mask"]
 
 
 _ENGINES = {}

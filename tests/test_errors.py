@@ -58,9 +58,9 @@ def test_bad_tracer(gpt2):
 
 def test_position_past_sequence(im, batch):
     base, src = batch
-    with pytest.raises(ValueError, match=r"unit_locations \(base side\).*index 8 is out of range.*size 8"):
+    with pytest.raises(ValueError, match=r"unit_locations \(base side\).*position 8 is out of range: the base has 8 positions"):
         im(base=base, sources=[src], unit_locations={"sources->base": (0, 8)})
-    with pytest.raises(ValueError, match=r"unit_locations \(source side\).*index 9 is out of range"):
+    with pytest.raises(ValueError, match=r"unit_locations \(source side\).*position 9 is out of range: sources\[0\] has 8"):
         im(base=base, sources=[src], unit_locations={"sources->base": (9, 0)})
 
 
