@@ -93,6 +93,7 @@ class SweepResult:
         return int(self.tokens[k]) if self.tokens is not None else int(k)
 
     def _record(self, index):
+        index = tuple(int(i) for i in index)
         idx = dict(zip(self.axes, index))
         rec = {"component": self.components[idx["component"]], "layer": self.layers[idx["layer"]],
                "position": self.positions[idx["position"]]}
@@ -100,7 +101,7 @@ class SweepResult:
             rec["head"] = self.heads[idx["head"]]
         rec["example"] = idx["example"]
         rec["token"] = self._token_of_column(idx["token"])
-        rec["value"] = float(self.values[tuple(index)])
+        rec["value"] = float(self.values[index])
         rec["base"] = float(self.base[idx["example"], idx["token"]])
         rec["effect"] = rec["value"] - rec["base"]
         return rec

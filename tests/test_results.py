@@ -74,6 +74,7 @@ def test_sweep_top_k_against_the_tensor(heads, by):
         [{k: r[k] for k in r if k not in ("value", "base", "effect")} for r in expected]
     for g, e in zip(got, expected):
         assert g["value"] == pytest.approx(e["value"]) and g["effect"] == pytest.approx(e["effect"])
+        assert all(type(v) in (str, int, float) for v in g.values()), g  # plain Python values, no tensors
     assert [key(r) for r in got] == sorted((key(r) for r in got), reverse=True)
     assert len(res.top(10_000)) == res.values.numel()
 
@@ -191,6 +192,7 @@ def test_trace_top_k_against_the_tensor():
     assert [r["prob"] for r in got] == pytest.approx([v for v, *_ in expected])
     assert all(r["effect"] == pytest.approx(r["prob"] - 0.02) for r in got)
     assert all(r["subject"] == (r["position"] in (1, 2)) for r in got)
+    assert all(type(v) in (str, int, float, bool, list) for r in got for v in r.values())
     for r in got:  # ROME's window, clipped to the model's layers
         lo, hi = max(0, r["layer"] - 5), min(12, r["layer"] + 5)
         assert r["restored_layers"] == ([r["layer"]] if r["stream"] == "block_output" else list(range(lo, hi)))
