@@ -364,6 +364,12 @@ def cmd_trace(args, out):
     return 0
 
 
+def cmd_cache(args, out):
+    from fxvene.graph_cache import cli
+
+    return cli(args.action, out)
+
+
 def _dot_paths(base, names):
     stem, ext = os.path.splitext(base)
     ext = ext or ".dot"
@@ -488,6 +494,12 @@ def build_parser():
                         description="Trace the model once and report the frontend, node counts and time to trace.")
     common(sp)
     sp.set_defaults(func=cmd_trace)
+
+    sp = sub.add_parser("cache", help="the on-disk graph cache: info (where, what) or clear",
+                        description="Exported graphs are cached on disk ($FXVENE_CACHE_DIR, default ~/.cache/fxvene; "
+                                    "FXVENE_CACHE=0 turns it off). 'info' lists them, 'clear' deletes them.")
+    sp.add_argument("action", choices=("info", "clear"))
+    sp.set_defaults(func=cmd_cache)
     return p
 
 
@@ -532,7 +544,8 @@ def main(argv=None):
         parser.error("missing COMMAND (components, diff or trace)")
     prog = f"fxvene {args.command}"
     try:
-        check_args(args)  # before torch, transformers and the model load
+        if args.command != "cache":
+            check_args(args)  # before torch, transformers and the model load
         with _quiet(not args.verbose):
             return args.func(args, sys.stdout)
     except KeyboardInterrupt:

@@ -2,16 +2,13 @@
 
 How it runs
 -----------
-A model gets two *step graphs*, traced once (``torch.export`` of a small wrapper module around
-the Hugging Face model, on transformers 4.x and 5.x alike) and cached per model:
-
-* **prefill**: ``(input_ids, attention_mask, position_ids) -> (last logits, k_0, v_0, ..., k_L-1, v_L-1)``
-* **decode**: ``(input_ids (b, 1), attention_mask (b, P+1), position_ids (b, 1), past_0 ... past_2L-1)
-  -> (logits, updated keys/values)``; the past keys/values are plain tensor inputs and outputs.
-
-(A third step graph, **chunk**, is the decode step with an ``S``-token input: ``(input_ids (b, S),
-attention_mask (b, P+S), position_ids (b, S), past ...)``; sweeps use it to recompute only the
-positions after a patched one, attending over the cached keys/values of the unchanged prefix.)
+Generation runs one KV-cache *step graph* per model (:mod:`fxvene.step_graphs`: ``torch.export`` of
+a small wrapper module around the Hugging Face model, on transformers 4.x and 5.x alike, cached
+per model and on disk): the **chunk** graph, ``(input_ids (b, S), attention_mask (b, P+S),
+position_ids (b, S), past_0 ... past_2L-1) -> (last logits, updated keys/values)``, with the past
+keys/values as plain tensor inputs and outputs. The prompt forward runs it with an empty past
+(``P = 0``), each decode step with a one-token input (``S = 1``); sweeps use the same graph. (A
+model whose chunk graph fails its checks gets separate prefill and decode exports.)
 
 Interventions are inserted into these graphs with the same passes and site ops as
 :meth:`IntervenableModel.forward` (``passes.rewrite.insert_interventions``, ``sites.SiteOp``), so each
@@ -51,8 +48,8 @@ fxvene extension (per-step control, pyvene issues #15 and #193):
   three generated tokens.
 
 The step graphs are always traced with ``torch.export`` (on both transformers lines), whatever
-``tracer`` the IntervenableModel uses for ``forward``; tracing costs a few seconds once per model
-(cached, shared by every IntervenableModel on it).
+``tracer`` the IntervenableModel uses for ``forward``; the export costs a few seconds once per
+model and machine (kept in the on-disk graph cache, shared by every IntervenableModel on the model).
 
 Return values are pyvene's: ``(original_or_None, sequences)``, or ``((original_or_None, collected),
 sequences)`` when the config has a ``CollectIntervention``; ``collected`` holds one tensor per forward
@@ -61,361 +58,21 @@ the collector acted on (per key, in ``sorted_keys`` order).
 from __future__ import annotations
 
 import inspect
-import weakref
 from dataclasses import dataclass, field
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
-import transformers
 
 from fxvene import locations as L
 from fxvene.interventions import CollectIntervention
-from fxvene.passes.rewrite import insert_interventions, truncate
+from fxvene.passes.rewrite import insert_interventions
 from fxvene.sites import Gather, SiteOp, do_intervention, resolve_site
-from fxvene.tracing import TracedGraph, TracingError, export_graph
+# the KV-cache step graphs live in step_graphs; these names stay importable from here
+from fxvene.step_graphs import (  # noqa: F401
+    TF_MAJOR, CacheStep, StepGraph, _flat_cache, _make_cache, position_ids_from_mask, step_graph,
+)
 
-TF_MAJOR = int(transformers.__version__.split(".")[0])
 INTERVENE_ON = ("prompt", "decode", "all")
-
-# ---------------------------------------------------------------------------------------------
-# cache-graph tracing
-
-
-def _cache_mode(model):
-    """How the wrapped model wants its past keys/values: a DynamicCache or legacy tuples."""
-    if TF_MAJOR >= 5:
-        return "dynamic"
-    return "legacy_cache" if getattr(model, "_supports_cache_class", False) else "tuple"
-
-
-_EXPORT_CACHE = None
-
-
-def _export_cache_cls():
-    """transformers 4.x's DynamicCache calls ``len(tensor)`` in ``update``/``get_seq_length``, which makes
-    torch.export specialise the batch size; this subclass does the same thing with shapes only."""
-    global _EXPORT_CACHE
-    if _EXPORT_CACHE is None:
-        from transformers import DynamicCache
-
-        class ExportDynamicCache(DynamicCache):
-            def __init__(self, pairs=()):
-                super().__init__()
-                for k, v in pairs:
-                    self.key_cache.append(k)
-                    self.value_cache.append(v)
-                self._seen_tokens = pairs[0][0].shape[-2] if pairs else 0
-
-            def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
-                if layer_idx == 0:
-                    self._seen_tokens += key_states.shape[-2]
-                if layer_idx < len(self.key_cache):
-                    self.key_cache[layer_idx] = torch.cat([self.key_cache[layer_idx], key_states], dim=-2)
-                    self.value_cache[layer_idx] = torch.cat([self.value_cache[layer_idx], value_states], dim=-2)
-                elif layer_idx == len(self.key_cache):
-                    self.key_cache.append(key_states)
-                    self.value_cache.append(value_states)
-                else:
-                    raise RuntimeError(f"cache layer {layer_idx} updated before layer {len(self.key_cache)}")
-                return self.key_cache[layer_idx], self.value_cache[layer_idx]
-
-            def get_seq_length(self, layer_idx=0):
-                if layer_idx is None:
-                    layer_idx = 0
-                if len(self.key_cache) <= layer_idx:
-                    return 0
-                return self.key_cache[layer_idx].shape[-2]
-
-        _EXPORT_CACHE = ExportDynamicCache
-    return _EXPORT_CACHE
-
-
-def _make_cache(past, mode):
-    pairs = tuple((past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2))
-    if mode == "tuple":
-        return pairs if pairs else None
-    if mode == "legacy_cache":
-        return _export_cache_cls()(pairs)
-    if not pairs:
-        return None
-    return _v5_cache(pairs)
-
-
-_LAYER_ATTRS = None
-
-
-def _v5_cache(pairs):
-    """A transformers-5 DynamicCache holding ``pairs`` *as is*. ``DynamicCache(pairs)`` would fill each
-    layer through ``update`` (``cat([empty, k])``), i.e. copy the whole cache once more on every decode
-    step inside the traced graph. Falls back to it if DynamicLayer has state this code does not know."""
-    global _LAYER_ATTRS
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    if _LAYER_ATTRS is None:
-        ref = DynamicLayer()
-        z = torch.zeros(1, 1, 1, 1)
-        ref.update(z, z)
-        _LAYER_ATTRS = set(vars(ref))
-    if _LAYER_ATTRS != {"keys", "values", "dtype", "device", "is_initialized"}:
-        return DynamicCache(pairs)
-    cache = DynamicCache()
-    layers = []
-    for k, v in pairs:
-        layer = DynamicLayer()
-        layer.dtype, layer.device = k.dtype, k.device
-        layer.keys, layer.values = k, v
-        layer.is_initialized = True
-        layers.append(layer)
-    cache.layers = layers
-    return cache
-
-
-def _flat_cache(pkv):
-    if pkv is None:
-        raise TracingError("the model returned no past_key_values with use_cache=True")
-    if isinstance(pkv, (tuple, list)):
-        return [t for kv in pkv for t in kv[:2]]
-    if hasattr(pkv, "layers"):  # transformers 5
-        return [t for layer in pkv.layers for t in (layer.keys, layer.values)]
-    return [t for kv in zip(pkv.key_cache, pkv.value_cache) for t in kv]
-
-
-class CacheStep(nn.Module):
-    """The module that is exported: flat past tensors in, last-position logits and flat updated
-    past tensors out. The HF model is its attribute ``model``; the traced graph's module paths are
-    stripped of that prefix so that component specs resolve as on the plain model."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self._mode = _cache_mode(model)
-        params = inspect.signature(model.forward).parameters
-        # what HF generate passes: compute the unembedding only for the last position
-        self._keep = {}
-        for name in ("logits_to_keep", "num_logits_to_keep"):
-            if name in params:
-                self._keep = {name: 1}
-                break
-
-    def forward(self, input_ids, attention_mask, position_ids, past):
-        pkv = _make_cache(past, self._mode)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=pkv,
-            use_cache=True,
-            return_dict=True,
-            **self._keep,
-        )
-        return (out.logits[:, -1, :], *_flat_cache(out.past_key_values))
-
-
-@dataclass
-class StepGraph:
-    """A traced prefill or decode graph. ``traced.gm`` runs; ``locate`` is the same graph truncated
-    to the logits (same node names), where sites resolve: the cache outputs would otherwise make
-    attention/block regions have several escaping values."""
-
-    phase: str
-    traced: TracedGraph
-    locate: TracedGraph
-    n_kv: int
-    key: tuple = field(default=())
-
-    @property
-    def gm(self):
-        return self.traced.gm
-
-
-def _strip_prefix(graph, prefix="model"):
-    for n in graph.nodes:
-        stack = n.meta.get("nn_module_stack")
-        if not stack:
-            continue
-        new = {}
-        for k, v in stack.items():
-            path, cls = (v if isinstance(v, tuple) else (k, None))
-            path = str(path)
-            if path == "" and cls is not None and str(getattr(cls, "__name__", cls)).endswith("CacheStep"):
-                continue  # the wrapper itself
-            if path == prefix:
-                path = ""
-            elif path.startswith(prefix + "."):
-                path = path[len(prefix) + 1:]
-            elif path.startswith(f"L['self'].{prefix}"):
-                path = path[len(f"L['self'].{prefix}"):].lstrip(".")
-            else:
-                continue  # anything outside the HF model (cache plumbing of the wrapper)
-            new[k] = (path, cls)
-        n.meta["nn_module_stack"] = new
-
-
-def _examples(model, wrapper, phase):
-    cfg = model.config
-    vocab = int(getattr(cfg, "vocab_size", 16) or 16)
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(0)
-    b, s = 2, 5
-    ids = torch.randint(0, vocab, (b, s), generator=g).to(device)
-    mask = torch.ones(b, s, dtype=torch.long, device=device)
-    mask[1, :2] = 0  # left padding in the example (values do not specialise the trace)
-    pos = position_ids_from_mask(mask)
-    if phase == "prefill":
-        return (ids, mask, pos, []), ({0: _auto(), 1: _auto()},) * 3 + ([],)
-    if phase == "chunk":
-        # a 3-token chunk after a 2-token past, batch 4: every size distinct, so none is unified with another
-        b, P = 4, 2
-        ids = torch.randint(0, vocab, (b, s), generator=g).to(device)
-        mask = torch.ones(b, s, dtype=torch.long, device=device)
-        mask[1, :1] = 0
-        pos = position_ids_from_mask(mask)
-        with torch.no_grad():
-            past = list(wrapper(ids[:, :P], mask[:, :P], pos[:, :P], [])[1:])
-        dyn = ({0: _auto(), 1: _auto()}, {0: _auto(), 1: _auto()}, {0: _auto(), 1: _auto()},
-               [{0: _auto(), 2: _auto()}] * len(past))
-        return (ids[:, P:], mask, pos[:, P:], past), dyn
-    with torch.no_grad():
-        past = list(wrapper(ids, mask, pos, [])[1:])
-    ids1 = torch.randint(0, vocab, (b, 1), generator=g).to(device)
-    mask1 = torch.cat([mask, torch.ones(b, 1, dtype=torch.long, device=device)], dim=1)
-    pos1 = pos[:, -1:] + 1
-    dyn = ({0: _auto()}, {0: _auto(), 1: _auto()}, {0: _auto()}, [{0: _auto(), 2: _auto()}] * len(past))
-    return (ids1, mask1, pos1, past), dyn
-
-
-def _flat_attrs(gm, graph, params):
-    """Give every weight a flat attribute name on the step graph, bound to a detached alias of the
-    model's tensor (same storage: nothing is copied). The generated code then reads
-    ``self.fxw_3`` instead of walking ``self.model.transformer.h[3]...`` through ``nn.Module.__getattr__``
-    on every decode step (about a millisecond per token on a 12-layer model). The aliases are buffers
-    of the new GraphModule; ``params`` (a set) receives the names that alias parameters."""
-    root = {}
-    for i, n in enumerate(n for n in graph.nodes if n.op == "get_attr"):
-        obj = gm
-        for part in str(n.target).split("."):
-            obj = getattr(obj, part)
-        flat = f"fxw_{i}_" + "".join(c if c.isalnum() else "_" for c in str(n.target))[-60:]
-        root[flat] = obj.detach() if isinstance(obj, torch.Tensor) else obj
-        if isinstance(obj, nn.Parameter):
-            params.add(flat)
-        n.target = flat
-    return root
-
-
-def _auto():
-    from torch.export import Dim
-
-    return Dim.AUTO
-
-
-def _export_step(model, phase):
-    wrapper = CacheStep(model)
-    args, dyn = _examples(model, wrapper, phase)
-    with torch.no_grad():
-        try:
-            ep = torch.export.export(wrapper, args, dynamic_shapes=dyn, strict=False)
-        except Exception as e:  # noqa: BLE001
-            msg = f"{type(e).__name__}: {e}".split("\n")[0][:500]
-            raise TracingError(
-                f"fxvene could not trace the {phase} step of {type(model).__name__} with a KV cache "
-                f"(torch.export of the model with past_key_values): {msg}"
-            ) from e
-        ref = wrapper(*args)
-    gm = ep.module()
-    graph = export_graph(gm)
-    _strip_prefix(graph)
-    graph.eliminate_dead_code()
-    params = set()
-    gm = fx.GraphModule(_flat_attrs(gm, graph, params), graph, class_name=f"FxveneStep_{phase}")
-    gm.meta["fxvene_param_attrs"] = frozenset(params)  # weights, for the slice passes (heavy values)
-    with torch.no_grad():
-        got = gm(*args[:3], *args[3])
-    if len(got) != len(ref) or not all(a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=1e-4)
-                                       for a, b in zip(got, ref)):
-        raise TracingError(f"the traced {phase} step of {type(model).__name__} does not reproduce the model")
-    names = tuple(n.target for n in graph.nodes if n.op == "placeholder")
-    _check_dynamic(graph, phase, model)
-    if phase == "chunk":
-        _check_chunk_edges(gm, wrapper, model)
-    n_kv = len(ref) - 1
-    out_keys = ("logits",) + tuple(f"past_{i}" for i in range(n_kv))
-    traced = TracedGraph(gm=gm, frontend="export", input_names=names, output_keys=out_keys, output_cls=tuple)
-    locate = TracedGraph(gm=truncate(gm, [0]), frontend="export", input_names=names, output_keys=("logits",),
-                         output_cls=tuple)
-    return StepGraph(phase=phase, traced=traced, locate=locate, n_kv=n_kv)
-
-
-def _check_chunk_edges(gm, wrapper, model):
-    """The chunk graph is traced at a 3-token chunk after a 2-token past; sweeps also run it with no
-    past (the whole prompt), a one-token past and one-token chunks. torch.export specialises sizes 0
-    and 1 of an example, so those edges are checked against the model itself (the runtime asserts
-    of the exported program are stripped, so a specialised graph would otherwise run silently)."""
-    vocab = int(getattr(model.config, "vocab_size", 16) or 16)
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(1)
-    b = 3
-    for past_len, new_len in ((0, 3), (0, 1), (1, 3), (4, 1)):
-        ids = torch.randint(0, vocab, (b, past_len + new_len), generator=g).to(device)
-        mask = torch.ones_like(ids)
-        pos = torch.arange(ids.shape[1], device=device).expand(b, -1)
-        with torch.no_grad():
-            if past_len:
-                past = list(wrapper(ids[:, :past_len], mask[:, :past_len], pos[:, :past_len], [])[1:])
-            else:
-                past = [t[:, :, :0] for t in wrapper(ids[:, :1], mask[:, :1], pos[:, :1], [])[1:]]
-            ref = wrapper(ids[:, past_len:], mask, pos[:, past_len:], past if past_len else [])
-            got = gm(ids[:, past_len:], mask, pos[:, past_len:], *past)
-        if len(got) != len(ref) or not all(
-                a.shape == r.shape and torch.allclose(a, r, atol=1e-4, rtol=1e-4) for a, r in zip(got, ref)):
-            raise TracingError(f"the traced chunk step of {type(model).__name__} does not reproduce the model with a "
-                               f"{past_len}-token past and a {new_len}-token chunk")
-
-
-def _check_dynamic(graph, phase, model):
-    """The batch (and prompt / past length) must stay symbolic: a model whose code turns them into
-    constants would otherwise give a graph that silently only runs at the example's shape."""
-    phs = {n.target: n for n in graph.nodes if n.op == "placeholder"}
-    want = [("input_ids", 0, "batch size"), ("attention_mask", 1, "sequence length")]
-    if phase in ("prefill", "chunk"):
-        want.append(("input_ids", 1, "prompt length"))
-    if phase in ("decode", "chunk"):
-        want.append(("past_0", 2, "past length"))
-    for name, dim, what in want:
-        val = phs[name].meta.get("val") if name in phs else None
-        if val is None or isinstance(val.shape[dim], int):
-            raise TracingError(
-                f"tracing the {phase} step of {type(model).__name__}: its code fixed the {what} to a constant, "
-                "so the KV-cache graph cannot serve other shapes"
-            )
-
-
-_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def step_graph(model, phase):
-    """The (cached) prefill or decode graph of ``model``; retraced if its parameters moved."""
-    if phase not in ("prefill", "decode", "chunk"):
-        raise ValueError(f"phase must be 'prefill', 'decode' or 'chunk', got {phase!r}")
-    p = next(model.parameters())
-    key = (phase, p.device, p.dtype, p.data_ptr())
-    per = _STEPS.setdefault(model, {})
-    sg = per.get(phase)
-    if sg is None or sg.key != key:
-        sg = _export_step(model, phase)
-        sg.key = key
-        per[phase] = sg
-    return sg
-
-
-def position_ids_from_mask(mask):
-    """HF generate's positions for (left-)padded prompts: cumsum of the mask minus one; pad
-    positions get 1 (transformers 4) or 0 (transformers 5), as each line's generate does."""
-    pos = mask.long().cumsum(-1) - 1
-    return pos.masked_fill(mask == 0, 1 if TF_MAJOR < 5 else 0)
-
 
 # ---------------------------------------------------------------------------------------------
 # generation settings (HF generate's options that make sense here)
@@ -574,6 +231,7 @@ class Phase:
     ops: dict  # submodule name -> call dict
     collect: list  # keys, in output order
     steps: object = None  # decode only: None (every step) or a set of decode-step indices
+    past: list = field(default_factory=list)  # prefill only: the empty past of the chunk graph
 
 
 def decode(prefill, dec, input_ids, mask, st, on_collect=None):
@@ -591,7 +249,7 @@ def decode(prefill, dec, input_ids, mask, st, on_collect=None):
     # prompt forward
     _set_calls(prefill, None)
     try:
-        flat = prefill.gm(input_ids, mask, pos, **prefill.feeds)
+        flat = prefill.gm(input_ids, mask, pos, *prefill.past, **prefill.feeds)
     finally:
         _clear_calls(prefill)
     step = -1  # the prompt forward
@@ -839,10 +497,11 @@ def generate(
     with torch.no_grad():
         pre_sg = step_graph(im.model, "prefill")
         dec_sg = step_graph(im.model, "decode")
+        empty = pre_sg.empty(batch, device) if pre_sg.empty_past else []
 
         original = None
         if output_original_output:
-            plain = (Phase(pre_sg.gm, {}, {}, []), Phase(dec_sg.gm, {}, {}, []))
+            plain = (Phase(pre_sg.gm, {}, {}, [], past=empty), Phase(dec_sg.gm, {}, {}, []))
             seq0, sc0, lg0 = decode(*plain, input_ids, mask, st)
             original = _wrap(seq0, sc0, lg0, st)
 
@@ -856,7 +515,8 @@ def generate(
                 call = dict(call)
                 call["full_outputs"] = im.full_intervention_outputs
                 ops[name] = call
-            phases.append(Phase(gm, feeds, ops, list(collect), decode_steps if phase == "decode" else None))
+            phases.append(Phase(gm, feeds, ops, list(collect), decode_steps if phase == "decode" else None,
+                                past=empty if phase == "prefill" else []))
         collected = {k: [] for k in im.sorted_keys if isinstance(im.interventions[k], CollectIntervention)}
 
         def on_collect(phase, step, values):

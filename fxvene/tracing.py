@@ -8,19 +8,32 @@ shares the model's parameters: nothing is copied.
 * ``hf_fx``: ``transformers.utils.fx.symbolic_trace`` (transformers 4.x only).
 * ``export``: ``torch.export.export(..., strict=False)`` with dynamic batch and
   sequence dimensions, then ``.module()`` with its pytree codegen removed.
-* ``auto``: ``hf_fx`` where transformers has it and supports the model, else ``export``.
+* ``auto``: decided up front from the model (:func:`choose_frontend`): ``hf_fx`` where transformers
+  has it, supports the model family and the model uses eager attention (HF's fx tracer gives wrong
+  outputs for SDPA attention on transformers 4.47, e.g. GPT-2), else ``export``. Every traced graph
+  is still checked against the model's own outputs; should the chosen frontend fail, the other one
+  is tried, quietly.
+
+Exported graphs are kept in the on-disk graph cache (:mod:`fxvene.graph_cache`); a loaded graph
+passes the same output check as a fresh one. Slow steps say what they do on stderr
+(:mod:`fxvene.progress`); the tracers' own log chatter is kept from the user.
 """
 from __future__ import annotations
 
+import logging
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch._dynamo  # noqa: F401  (import before HF's tracer patches torch.finfo; see DESIGN.md)
 import torch.fx as fx
 
+from fxvene.progress import progress
+
 FRONTENDS = ("auto", "hf_fx", "export")
+log = logging.getLogger("fxvene.tracing")
 
 
 class TracingError(RuntimeError):
@@ -109,8 +122,11 @@ def _trace_hf_fx(model, input_names, example, out_keys):
 
     use_cache = getattr(model.config, "use_cache", None)
     try:
-        gm = symbolic_trace(model, input_names=list(input_names))
-    finally:  # HF's tracer switches the user's config to use_cache=False; put it back
+        if use_cache is not None:  # else HF's tracer logs a warning and switches it off itself
+            model.config.use_cache = False
+        with _quiet_logs():
+            gm = symbolic_trace(model, input_names=list(input_names))
+    finally:  # leave the user's config as it was
         if use_cache is not None:
             model.config.use_cache = use_cache
     graph = gm.graph
@@ -130,7 +146,23 @@ def _trace_hf_fx(model, input_names, example, out_keys):
     return gm
 
 
-def _trace_export(model, input_names, example, out_keys):
+@contextmanager
+def _quiet_logs():
+    """HF's and torch's tracers log warnings meant for their own developers (``is_fx_tracing`` ...)."""
+    names = ("torch.fx._symbolic_trace", "transformers.utils.fx", "torch.export", "torch._export",
+             "torch.fx.experimental.symbolic_shapes")
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, old):
+            lg.setLevel(lv)
+
+
+def _export_program(model, input_names, example):
     from torch.export import Dim
 
     dyn = {}
@@ -142,8 +174,13 @@ def _trace_export(model, input_names, example, out_keys):
     dyn["use_cache"] = None
     # under no_grad, `@torch.no_grad()` helpers (rotary embeddings) trace as plain ops instead of
     # set_grad_enabled higher-order submodules; the aten graph is the same and still differentiable
-    with torch.no_grad():
-        ep = torch.export.export(model, (), kwargs, dynamic_shapes=dyn, strict=False)
+    with torch.no_grad(), _quiet_logs():
+        return torch.export.export(model, (), kwargs, dynamic_shapes=dyn, strict=False)
+
+
+def _trace_export(model, input_names, example, out_keys, ep=None):
+    if ep is None:
+        ep = _export_program(model, input_names, example)
     gm = ep.module()
     graph = export_graph(gm)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -188,6 +225,62 @@ def _tensor_equal(a, b):
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def choose_frontend(model):
+    """``(frontend, reason)``: the frontend ``tracer="auto"`` uses for ``model``, decided from its
+    config before any tracing. ``hf_fx`` needs transformers 4.x, a model family HF's fx tracer
+    supports and eager attention (with SDPA it traces GPT-2 to wrong outputs on transformers 4.47)."""
+    if not hf_fx_available():
+        return "export", "transformers.utils.fx.symbolic_trace is not available in this transformers version"
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+    if impl != "eager":
+        return "export", f"attn_implementation={impl!r}: HF's fx tracer is exact for eager attention only"
+    try:
+        from transformers.utils.fx import check_if_model_is_supported
+
+        check_if_model_is_supported(model)
+    except Exception as e:  # noqa: BLE001 - NotImplementedError for unsupported families
+        return "export", f"HF's fx tracer does not support {type(model).__name__} ({type(e).__name__})"
+    return "hf_fx", "eager attention, a model family HF's fx tracer supports"
+
+
+def _attempt(model, frontend, input_names, example, out_keys, ref):
+    """One frontend's graph, checked against the model's outputs ``ref`` (raises on mismatch).
+    Export: from the graph cache when it holds this graph and it passes the check."""
+    name = type(model).__name__
+    if frontend == "hf_fx":
+        with progress(f"tracing {name} with HF's fx tracer"):
+            gm = _trace_hf_fx(model, input_names, example, out_keys)
+            _check(gm, example, out_keys, ref)
+        return gm, False
+    from fxvene import graph_cache
+
+    key, about = graph_cache.key_for(model, "forward", {"inputs": list(input_names)})
+    if graph_cache.has(key):
+        with progress(f"loading the graph of {name} from the graph cache"):
+            ep = graph_cache.load(key, about, model)
+            if ep is not None:
+                try:
+                    gm = _trace_export(model, input_names, example, out_keys, ep=ep)
+                    _check(gm, example, out_keys, ref)
+                    return gm, True
+                except Exception as e:  # noqa: BLE001 - a stale entry: export afresh
+                    graph_cache.discard(key, f"failed its check: {type(e).__name__}: {e}"[:200])
+    with progress(f"exporting {name} with torch.export (first use; cached for next time)"):
+        ep = _export_program(model, input_names, example)
+        gm = _trace_export(model, input_names, example, out_keys, ep=ep)
+        _check(gm, example, out_keys, ref)
+        graph_cache.save(key, about, ep, model)
+    return gm, False
+
+
+def _check(gm, example, out_keys, ref):
+    with torch.no_grad():
+        got = gm(**example)
+    for k, g in zip(out_keys, got):
+        if not _tensor_equal(g, getattr(ref, k)):
+            raise TracingError(f"traced output {k!r} differs from the model's")
+
+
 def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", check=True):
     """Trace ``model`` once per (frontend, input names); later calls reuse the graph."""
     if tracer not in FRONTENDS:
@@ -198,7 +291,11 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
     if key in per_model:
         return per_model[key]
 
-    order = {"auto": ("hf_fx", "export"), "hf_fx": ("hf_fx",), "export": ("export",)}[tracer]
+    if tracer == "auto":
+        first, _ = choose_frontend(model)
+        order = (first, "export" if first == "hf_fx" else "hf_fx")
+    else:
+        order = (tracer,)
     example = _example_inputs(model, input_names)
     out_cls, out_keys, ref = _reference_output(model, example)
     errors = {}
@@ -208,15 +305,10 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
             continue
         t0 = time.perf_counter()
         try:
-            fn = _trace_hf_fx if frontend == "hf_fx" else _trace_export
-            gm = fn(model, input_names, example, out_keys)
-            with torch.no_grad():
-                got = gm(**example)
-            for k, g in zip(out_keys, got):
-                if not _tensor_equal(g, getattr(ref, k)):
-                    raise TracingError(f"traced output {k!r} differs from the model's")
+            gm, from_cache = _attempt(model, frontend, input_names, example, out_keys, ref)
         except Exception as e:  # noqa: BLE001 - we report every frontend's failure together
             errors[frontend] = f"{type(e).__name__}: {e}".split("\n")[0][:500]
+            log.debug("fxvene: %s could not trace %s: %s", frontend, type(model).__name__, errors[frontend])
             continue
         tg = TracedGraph(
             gm=gm,
@@ -225,6 +317,7 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
             output_keys=out_keys,
             output_cls=out_cls,
             trace_seconds=time.perf_counter() - t0,
+            meta={"from_cache": from_cache},
         )
         per_model[key] = tg
         if tracer == "auto":

@@ -1,9 +1,18 @@
 """Shared fixtures: tiny random-weight GPT-2 and Llama (GQA) models, built offline."""
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead (and contention in CI)
+
+# the on-disk graph cache of this test session (and of the subprocesses it starts): never ~/.cache
+os.environ["FXVENE_CACHE_DIR"] = tempfile.mkdtemp(prefix="fxvene-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FXVENE_CACHE_DIR"], True)
 
 
 def make_gpt2(n_layer=4, n_embd=24, n_head=4, vocab=50, seed=0):

@@ -1,0 +1,371 @@
+"""On-disk cache of exported graphs: the ``torch.export`` of a model is paid once per machine.
+
+What is stored
+--------------
+One JSON file per graph: the ``ExportedProgram``'s own JSON serialisation (``torch._export.serde``,
+the JSON part of ``torch.export.save``) **without weights**, plus the few constant tensors the
+trace created itself (e.g. a scalar ``finfo.min``), as safetensors bytes in base64. No pickle, no
+stored Python code: loading deserialises the program and reattaches the live model's own
+parameters and buffers (nothing of the model is ever copied to disk).
+
+The key is a hash of: the model class, its config (``to_json_string``), attention implementation,
+dtype and device kind, the versions of torch, transformers and fxvene (and a hash of the fxvene
+sources that build the graph), the graph kind (forward / KV-cache step) and its input signature.
+
+Every load is validated by its caller exactly like a fresh trace (the graph's outputs against the
+model's own on example inputs); an entry that fails (stale, corrupt, truncated) is deleted with a
+debug-level log note and the graph is exported again.
+
+Writers write a temporary file in the cache directory and ``os.replace`` it into place, so a
+reader never sees a half-written entry and two processes exporting the same graph at once both
+leave a valid one. Location: ``$FXVENE_CACHE_DIR`` (default ``~/.cache/fxvene``);
+``FXVENE_CACHE=0`` turns the cache off. :func:`clear_graph_cache` (or ``fxvene cache clear``)
+empties it.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger("fxvene.graph_cache")
+
+FORMAT = 1
+_SUFFIX = ".fxgraph.json"
+_SOURCE_HASH = None
+
+
+def enabled():
+    return os.environ.get("FXVENE_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cache_dir():
+    """The cache directory (not created here): ``$FXVENE_CACHE_DIR`` or ``~/.cache/fxvene``."""
+    d = os.environ.get("FXVENE_CACHE_DIR")
+    if d:
+        return Path(d).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fxvene"
+
+
+def _entries(d):
+    return sorted(d.glob("*" + _SUFFIX)) if d.is_dir() else []
+
+
+def clear_graph_cache():
+    """Delete every cached graph (and stray temporary files); returns how many files were removed."""
+    d = cache_dir()
+    n = 0
+    if not d.is_dir():
+        return 0
+    for p in list(_entries(d)) + list(d.glob(".tmp-*")):
+        try:
+            p.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def cache_info():
+    """``{'dir', 'enabled', 'entries', 'bytes', 'graphs': [{'file', 'kind', 'model', 'bytes'}]}``."""
+    d = cache_dir()
+    graphs, total = [], 0
+    for p in _entries(d):
+        size = p.stat().st_size
+        total += size
+        kind = model = "?"
+        try:
+            with open(p, encoding="utf-8") as f:
+                head = json.loads(f.read()).get("about", {})
+            kind, model = head.get("kind", "?"), head.get("model", "?")
+        except (OSError, ValueError, AttributeError):
+            pass
+        graphs.append({"file": p.name, "kind": kind, "model": model, "bytes": size})
+    return {"dir": str(d), "enabled": enabled(), "entries": len(graphs), "bytes": total, "graphs": graphs}
+
+
+# ------------------------------------------------------------------------------------------- keys
+
+
+def _source_hash():
+    """The fxvene sources whose code decides what is exported (wrappers, examples, dynamic dims)."""
+    global _SOURCE_HASH
+    if _SOURCE_HASH is None:
+        h = hashlib.sha256()
+        here = Path(__file__).parent
+        for name in ("tracing.py", "step_graphs.py", "graph_cache.py"):
+            try:
+                h.update((here / name).read_bytes())
+            except OSError:
+                h.update(name.encode())
+        _SOURCE_HASH = h.hexdigest()[:16]
+    return _SOURCE_HASH
+
+
+def key_for(model, kind, signature):
+    """``(hex key, description)`` of the graph ``kind`` (e.g. ``"forward"``, ``"step:chunk"``) of
+    ``model`` with input ``signature`` (a JSON-able value)."""
+    import torch
+    import transformers
+
+    import fxvene
+
+    cfg = model.config
+    try:
+        cfg_json = json.loads(cfg.to_json_string(use_diff=False))
+    except Exception:  # noqa: BLE001 - an unusual config: no cache key, no cache
+        return None, None
+    for k in ("_name_or_path", "transformers_version"):
+        cfg_json.pop(k, None)
+    p = next(model.parameters())
+    about = {
+        "format": FORMAT,
+        "kind": kind,
+        "model": f"{type(model).__module__}.{type(model).__qualname__}",
+        "config": cfg_json,
+        "attn_implementation": str(getattr(cfg, "_attn_implementation", None)),
+        "dtype": str(p.dtype),
+        "device": p.device.type,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "fxvene": getattr(fxvene, "__version__", "?"),
+        "fxvene_sources": _source_hash(),
+        "signature": signature,
+    }
+    blob = json.dumps(about, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32], about
+
+
+def _path(key):
+    return cache_dir() / f"{key}{_SUFFIX}"
+
+
+# ------------------------------------------------------------------------------------- load/save
+
+
+@contextmanager
+def _quiet_torch_logs():
+    """torch's serde logs warnings for harmless things (unused symbols); they are not the user's business."""
+    names = ("torch._export.serde.serialize", "torch.fx.experimental.symbolic_shapes", "torch._export")
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, old):
+            lg.setLevel(lv)
+
+
+def _live_tensors(root):
+    named = dict(root.named_parameters(remove_duplicate=False))
+    named.update(dict(root.named_buffers(remove_duplicate=False)))
+    return named
+
+
+def save(key, about, ep, root):
+    """Store ``ep`` (exported from ``root``) under ``key``; returns the path, or None if it was not
+    storable (custom objects, a read-only directory: the cache is only an optimisation)."""
+    if key is None or not enabled():
+        return None
+    import torch
+    from safetensors.torch import save as st_save
+    from torch._export.serde import serialize as serde
+
+    live = _live_tensors(root)
+    own = {}
+    for name, val in ep.constants.items():
+        if name in live:
+            continue  # a buffer of the model: reattached on load
+        if not isinstance(val, torch.Tensor):
+            log.debug("fxvene graph cache: %s has a non-tensor constant %s; not cached", about["kind"], name)
+            return None
+        own[name] = val.detach().cpu().contiguous()
+    for name in ep.state_dict:
+        if name not in live:
+            log.debug("fxvene graph cache: state %s is not a tensor of the model; not cached", name)
+            return None
+    guards = getattr(ep, "_guards_code", None)
+    try:
+        ep._guards_code = []  # Python source of export's input guards: never stored (fxvene strips the guards)
+        with _quiet_torch_logs():
+            art = serde.serialize(ep, serialize_state_dict=False, serialize_constants=False,
+                                  serialize_example_inputs=False)
+        doc = {
+            "about": about,
+            "program": art.exported_program.decode("utf-8"),
+            "constants": base64.b64encode(st_save(own)).decode("ascii") if own else "",
+        }
+        d = cache_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=d)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f)
+            os.replace(tmp, _path(key))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except Exception as e:  # noqa: BLE001 - the cache never breaks tracing
+        log.debug("fxvene graph cache: could not store %s: %s", about.get("kind"), e)
+        return None
+    finally:
+        if guards is not None:
+            ep._guards_code = guards
+    return _path(key)
+
+
+def load(key, about, root):
+    """The cached ``ExportedProgram`` for ``key`` with ``root``'s live tensors attached, or None.
+    A file that cannot be read as an entry of this key is deleted (with a debug note)."""
+    if key is None or not enabled():
+        return None
+    p = _path(key)
+    try:
+        with open(p, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        discard(key, f"unreadable ({type(e).__name__})")
+        return None
+    try:
+        if not isinstance(doc, dict) or doc.get("about") != json.loads(json.dumps(about, default=str)):
+            raise ValueError("its key does not match")
+        from safetensors.torch import load as st_load
+        from torch._export.serde import serialize as serde
+
+        live = _live_tensors(root)
+        consts = st_load(base64.b64decode(doc["constants"])) if doc.get("constants") else {}
+        raw = doc["program"]
+        _check_expressions(raw)
+        program = serde._bytes_to_dataclass(serde.ExportedProgram, raw.encode("utf-8"))
+        program.guards_code = []  # nothing stored is ever run as Python code
+        sig = program.graph_module.signature
+        state, constants = {}, dict(consts)
+        for spec in sig.input_specs:
+            kind = spec.type
+            if kind == "parameter":
+                name = spec.parameter.parameter_name
+                state[name] = live[name]
+            elif kind == "buffer":
+                name = spec.buffer.buffer_name
+                if spec.buffer.persistent:
+                    state[name] = live[name]
+                else:
+                    constants[name] = live[name]
+            elif kind == "tensor_constant":
+                name = spec.tensor_constant.tensor_constant_name
+                if name not in constants:
+                    constants[name] = live[name]
+        with _quiet_torch_logs():
+            ep = serde.ExportedProgramDeserializer().deserialize(program, state, constants, None)
+        _check_targets(ep.graph_module)
+        return ep
+    except Exception as e:  # noqa: BLE001 - any failure: drop the entry, export again
+        discard(key, f"{type(e).__name__}: {e}"[:200])
+        return None
+
+
+_EXPR = re.compile(r'"expr_str":\s*"((?:[^"\\]|\\.)*)"')
+_TOKEN = re.compile(r"\s+|[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\\?'[a-z]+\d+\\?'|[-+*/(),=<>!%]")
+_SYMPY_NAMES = None
+
+
+def _sympy_names():
+    global _SYMPY_NAMES
+    if _SYMPY_NAMES is None:
+        import sympy
+        import torch.utils._sympy.functions as tf
+
+        names = {n for n in dir(sympy) if not n.startswith("_") and isinstance(getattr(sympy, n), type)}
+        names |= {n for n in dir(tf) if not n.startswith("_")}
+        names |= {"True", "False", "oo", "zoo", "nan", "pi", "E", "Max", "Min", "Abs"}
+        _SYMPY_NAMES = names
+    return _SYMPY_NAMES
+
+
+def _check_expressions(raw):
+    """torch's deserialiser parses symbolic-shape expressions with ``sympy.sympify`` (Python eval):
+    accept only expressions made of sympy constructors, numbers and symbol names, no attribute
+    access, no other strings."""
+    names = _sympy_names()
+    for m in _EXPR.finditer(raw):
+        expr = m.group(1)
+        pos = 0
+        while pos < len(expr):
+            t = _TOKEN.match(expr, pos)
+            if t is None:
+                raise ValueError(f"unexpected character in a stored shape expression: {expr[pos:pos + 20]!r}")
+            tok = t.group(0)
+            if (tok[0].isalpha() or tok[0] == "_") and tok not in names:
+                after = expr[t.end():].lstrip()
+                if tok.startswith("_") or not after.startswith("="):  # keyword names (positive=True) only
+                    raise ValueError(f"unexpected name {tok!r} in a stored shape expression")
+            pos = t.end()
+
+
+def _check_targets(root):
+    """Every call in the loaded program is an operator (aten / higher-order / symbolic arithmetic)."""
+    import math
+    import operator
+
+    import torch
+
+    ok_types = (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)
+    for mod in root.modules():
+        graph = getattr(mod, "graph", None)
+        if graph is None:
+            continue
+        for n in graph.nodes:
+            if n.op == "call_function":
+                t = n.target
+                if isinstance(t, ok_types):
+                    continue
+                name = getattr(t, "__name__", "")
+                if getattr(operator, name, None) is t or getattr(math, name, None) is t:
+                    continue
+                if getattr(torch, name, None) is t and (name.startswith(("sym_", "_assert", "_check"))):
+                    continue
+                raise ValueError(f"unexpected call target {t!r} in a stored graph")
+            elif n.op in ("call_method",):
+                raise ValueError(f"unexpected call_method {n.target!r} in a stored graph")
+
+
+def discard(key, why):
+    """Delete a stale or corrupt entry (one debug-level note)."""
+    log.debug("fxvene graph cache: discarding %s (%s); exporting again", key, why)
+    try:
+        _path(key).unlink()
+    except OSError:
+        pass
+
+
+def has(key):
+    return key is not None and _path(key).is_file()
+
+
+def cli(action, out):
+    """``fxvene cache info`` / ``fxvene cache clear``."""
+    if action == "clear":
+        n = clear_graph_cache()
+        print(f"removed {n} file{'s' if n != 1 else ''} from {cache_dir()}", file=out)
+        return 0
+    info = cache_info()
+    state = "on" if info["enabled"] else "off (FXVENE_CACHE=0)"
+    n = info["entries"]
+    print(f"graph cache: {info['dir']} ({state}): {n} graph{'s' if n != 1 else ''}, "
+          f"{info['bytes'] / 1e6:.1f} MB", file=out)
+    for g in info["graphs"]:
+        print(f"  {g['kind']:<14} {g['model']:<60} {g['bytes'] / 1e6:6.2f} MB  {g['file']}", file=out)
+    return 0
