@@ -1,4 +1,5 @@
-"""Compile once (issue 4): calls that differ only in data or sizes cause zero recompiles.
+"""Compile once (issues 4 and 11): calls that differ only in data or sizes cause zero recompiles,
+batch 1 included (torch specialises size 1 unless the batch dim is marked unbacked: fxvene/compile.py).
 
 Recompiles are counted with torch's own counters (a CompileCounter backend: every frame
 Dynamo compiles calls it once; ``torch._dynamo.utils.counters``). Outputs are compared with
@@ -40,6 +41,52 @@ def test_zero_recompiles_across_values_locations_batch_and_length(gpt2):
     # no graph breaks either (the swap slices with interchange_dim as a Python int, not a tensor's .item())
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_no_recompile_from_batch_one_and_back(which, gpt2, llama, capfd):
+    """Batch 1 -> 2 -> 7 -> 1 and new sequence lengths: torch specialises sizes 0 and 1 unless told
+    otherwise; the first call (batch 1) must compile a graph that serves every later batch and length."""
+    model = gpt2 if which == "gpt2" else llama
+    torch._dynamo.reset()
+    counters.clear()
+    cnt = CompileCounter()
+    iv = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output"), model).compile(backend=cnt)
+    g = torch.Generator().manual_seed(2)
+    frames = None
+    for b, s, p in [(1, 6, 1), (2, 6, 3), (7, 9, 2), (1, 7, 5), (2, 4, 0), (1, 6, 2)]:
+        base = {"input_ids": torch.randint(0, 50, (b, s), generator=g)}
+        src = {"input_ids": torch.randint(0, 50, (b, s), generator=g)}
+        _, out = iv(base, [src], unit_locations={"sources->base": p})
+        torch.testing.assert_close(out.logits, _pyvene(model, "block_output", 1, base, src, p), atol=1e-5, rtol=1e-5)
+        if frames is None:
+            frames = cnt.frame_count
+            graphs = counters["stats"]["unique_graphs"]
+            assert frames >= 2
+            assert "compiling the intervened graph" in capfd.readouterr().err  # says so, once
+    assert cnt.frame_count == frames, "a new batch size (or length) recompiled"
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert "compiling" not in capfd.readouterr().err
+
+
+def test_no_recompile_with_source_representations_and_broadcast(gpt2):
+    """Intervention data as tensors: per-example source_representations across batch sizes, and a
+    steering vector that broadcasts over the batch, give pyvene's numbers without recompiling."""
+    torch._dynamo.reset()
+    cnt = CompileCounter()
+    iv = pv.IntervenableModel(pv.RepresentationConfig(2, "mlp_output"), gpt2).compile(backend=cnt)
+    ref = pyvene.IntervenableModel(pyvene.IntervenableConfig([pyvene.RepresentationConfig(2, "mlp_output")]), gpt2)
+    g = torch.Generator().manual_seed(3)
+    frames = None
+    for b, s in [(2, 6), (3, 8), (7, 5)]:
+        base = {"input_ids": torch.randint(0, 50, (b, s), generator=g)}
+        rep = torch.randn(b, 1, 24, generator=g)
+        _, out = iv(base, source_representations=rep, unit_locations={"base": 1})
+        _, want = ref(base, source_representations=rep, unit_locations={"base": 1})
+        torch.testing.assert_close(out.logits, want.logits, atol=1e-5, rtol=1e-5)
+        frames = cnt.frame_count if frames is None else frames
+    assert cnt.frame_count == frames
 
 
 def test_compile_option_and_inductor_numbers(gpt2):
