@@ -17,6 +17,7 @@ import torch.nn as nn
 from transformers.utils import ModelOutput
 
 from fxvene import locations as L
+from fxvene import unit_checks as U
 from fxvene import validation as V
 from fxvene.configuration import IntervenableConfig, RepresentationConfig
 from fxvene.interventions import (
@@ -181,7 +182,7 @@ class IntervenableModel(nn.Module):
                 self._intervention_reverse_link[key] = f"link#{link}"
             self.representations[key] = rep
             self.interventions[key] = intervention
-            self._axes[key] = V.site_axes(site, traced, model)
+            self._axes[key] = U.site_axes(site, traced, model)
             self.interventions._legacy[legacy] = key
             if rep.group_key is not None:
                 any_group = True
@@ -243,9 +244,10 @@ class IntervenableModel(nn.Module):
         """Checked model inputs (see :func:`fxvene.validation.check_inputs`) and their signature."""
         return V.check_inputs(inputs, what, self._vocab_size())
 
-    def _check_call(self, base_in, sources, locs, subs, srcreps):
-        """Check a whole call (sources, unit locations, subspaces) before anything runs."""
-        return V.check_call(self, base_in, sources, locs, subs, srcreps)
+    def _check_call(self, base_in, sources, locs, subs, srcreps, labels=None, extra=None):
+        """Check a whole call (sources, unit locations, subspaces, ...) before anything runs;
+        returns the checked source inputs. See :mod:`fxvene.unit_checks`."""
+        return U.check_call(self, base_in, sources, locs, subs, srcreps, labels, extra)
 
     # ------------------------------------------------------------------ graphs
 
@@ -350,7 +352,7 @@ class IntervenableModel(nn.Module):
             raise ValueError(f"sources: got {len(sources)}, expected {ngroups} (one per intervention group) or 1")
         srcreps = self._broadcast_source_representations(source_representations)
         subs = L.broadcast_subspaces(subspaces, batch, n)
-        self._check_call(base_in, sources, locs, subs, srcreps)
+        sources = self._check_call(base_in, sources, locs, subs, srcreps, labels, intervention_additional_kwargs)
         extra = intervention_additional_kwargs or {}
 
         original = None
@@ -459,10 +461,8 @@ class IntervenableModel(nn.Module):
         raise TypeError("source_representations must be a tensor, a list of tensors or a dict keyed by intervention key")
 
     def _run_source(self, src, keys, src_locs_by_key, batch, device, prior=(), prior_feeds=None):
-        src_in, ssig = self._inputs(src, "sources")
+        src_in, ssig = self._inputs(src, "sources")  # checked already (a no-op) where the caller ran _check_call
         slead = src_in.get("input_ids", src_in.get("inputs_embeds"))
-        if slead.shape[0] != batch:
-            raise ValueError(f"sources: a source has batch size {slead.shape[0]} but the base has {batch}")
         traced, gm = self._source_graph(ssig, tuple(keys), tuple(prior))
         feeds = dict(prior_feeds or {})
         for key in keys:
@@ -496,20 +496,13 @@ class IntervenableModel(nn.Module):
             need = [k for k in keys if self._needs_source(k) and not isinstance(self.interventions[k], CollectIntervention)]
             if src is None or not need:
                 continue
-            by_key = {}
-            for k in need:
-                i = self.sorted_keys.index(k)
-                if src_locs[i] is None and base_locs[i] is not None:
-                    raise ValueError(
-                        f"unit_locations: intervention {i} ({k}) reads a source but no source-side locations were given"
-                    )
-                by_key[k] = src_locs[i]
+            by_key = {k: src_locs[self.sorted_keys.index(k)] for k in need}
             slices.update(self._run_source(src, need, by_key, batch, device))
         return slices
 
     def _serial_sources(self, sources, srcreps, locs, batch, device):
         groups = list(self._groups.items())
-        src_locs, base_locs, _ = V.serial_locations(locs, groups, self.sorted_keys)
+        src_locs, base_locs, _ = U.serial_locations(locs, groups, self.sorted_keys)
         slices = {}
         if srcreps is not None:
             return dict(srcreps), src_locs, base_locs

@@ -476,7 +476,8 @@ def load(load_directory, model, local_directory=None, from_huggingface_hub=False
         raise TypeError(f"load_directory must be a path, got {type(load_directory).__name__}")
     load_directory = os.fspath(load_directory)
     if not from_huggingface_hub and not os.path.exists(load_directory) and not _hub_like(load_directory):
-        raise MissingFileError(f"load_directory {load_directory!r} does not exist (and is not a hub repo id)")
+        raise MissingFileError(f"load_directory {load_directory!r} is not a local directory (it does not exist) "
+                               "and not a hub repo id")
     if from_huggingface_hub or not os.path.exists(load_directory):
         try:
             from huggingface_hub import snapshot_download

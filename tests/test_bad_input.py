@@ -476,7 +476,7 @@ def _check_good_after(im, pv_gpt2, pyvene, ids):
 def test_load_missing_or_corrupt_directory(gpt2, pv_gpt2, pyvene, ids, tmp_path):
     im, d = _saved(tmp_path, gpt2)
     before = _state(gpt2)
-    with pytest.raises(ValueError, match="load_directory .*does not exist") as e:
+    with pytest.raises(ValueError, match="load_directory .*is not a local directory \\(it does not exist\\)") as e:
         pv.IntervenableModel.load(str(tmp_path / "nope"), gpt2)
     assert isinstance(e.value, FileNotFoundError)
     (tmp_path / "empty").mkdir()
@@ -547,3 +547,39 @@ def test_weights_with_the_wrong_shape(gpt2, pv_gpt2, pyvene, ids, tmp_path):
         two.load_intervention(str(d2), include_model=False)
     _same(before, _state(gpt2, two))
     _check_good_after(two, pv_gpt2, pyvene, ids)
+
+
+# ------------------------------------------------------------------------------------ other call arguments
+
+
+def test_source_representations_labels_and_kwargs(gpt2, pv_gpt2, pyvene, ids, monkeypatch):
+    base, src = ids
+    im = _im(gpt2, _rep(pv, "AdditionIntervention"))
+    key = im.sorted_keys[0]
+    _rejects(im, gpt2, monkeypatch, ValueError, [f"source_representations for {key}", "(10,)", "width 24"],
+             lambda: im(base, source_representations=torch.ones(10), unit_locations={"base": 3}))
+    _rejects(im, gpt2, monkeypatch, TypeError, [f"source_representations for {key}", "list"],
+             lambda: im(base, source_representations={key: [1.0] * 24}, unit_locations={"base": 3}))
+    _rejects(im, gpt2, monkeypatch, ValueError, ["labels", "(2, 5)", "(2, 8)"],
+             lambda: im(base, source_representations=torch.ones(24), unit_locations={"base": 3},
+                        labels=base["input_ids"][:, :5]))
+    _rejects(im, gpt2, monkeypatch, TypeError, ["labels", "integer"],
+             lambda: im(base, source_representations=torch.ones(24), unit_locations={"base": 3},
+                        labels=base["input_ids"].float()))
+    _rejects(im, gpt2, monkeypatch, TypeError, ["intervention_additional_kwargs", "list"],
+             lambda: im(base, source_representations=torch.ones(24), unit_locations={"base": 3},
+                        intervention_additional_kwargs=[1]))
+    vec = torch.linspace(-1, 1, 24)
+    _, out = im(base, source_representations=vec, unit_locations={"base": 3}, labels=base["input_ids"])
+    _, ref = _twin(pyvene, pv_gpt2, im)(base, source_representations=vec, unit_locations={"base": 3},
+                                        labels=base["input_ids"])
+    _close(out.logits, ref.logits)
+    _close(out.loss, ref.loss)
+
+
+def test_distributed_on_the_whole_activation(gpt2, ids, monkeypatch):
+    base, src = ids
+    im = _im(gpt2, _rep(pv, "RotatedSpaceIntervention", max_number_of_units=2))
+    _rejects(im, gpt2, monkeypatch, ValueError,
+             ["max_number_of_units=2", "unit_locations=None gives it the whole activation", "width 24"],
+             lambda: im(base, [src]))
