@@ -54,12 +54,12 @@ class Intervention(torch.nn.Module):
             self.register_buffer("interchange_dim", torch.tensor(embed_dim))
         self._refresh_interchange_int()
         constant = kwargs.get("source_representation")
+        hidden = kwargs.get("hidden_source_representation") is not None  # saved, set when loaded
         if constant is not None:
             self.register_buffer("source_representation", constant)
-        elif kwargs.get("hidden_source_representation") is None:
+        elif not hidden:
             self.source_representation = None
-        # a hidden constant source has no tensor yet: the loader sets it
-        self.is_source_constant = constant is not None or kwargs.get("hidden_source_representation") is not None
+        self.is_source_constant = constant is not None or hidden
 
     # ----------------------------------------------------------------- setters
 

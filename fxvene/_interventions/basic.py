@@ -5,7 +5,7 @@ chosen columns replace the first ``k`` (see ``swap.py``).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch

@@ -16,7 +16,6 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-Subspaces = Sequence[Sequence[int]]
 Partition = Sequence[Sequence[int]]
 Index = tuple
 
