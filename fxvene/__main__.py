@@ -73,10 +73,10 @@ def main(argv=None):
         p.error(str(e))
     target_ids = tok(args.target)["input_ids"]
     target = target_ids[0]
-    try:  # eager attention: transformers 4.x's fx tracer mis-traces sdpa GPT-2 (fxvene then falls back to export)
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
-    except (TypeError, ValueError):
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
+    # as Python code gets it: the demo as pv.load_demo() loads it (eager attention), a directory as
+    # from_pretrained(path) does; so this shows the graph and numbers the user's own code gets
+    eager = {"attn_implementation": "eager"} if args.model is None else {}
+    model = AutoModelForCausalLM.from_pretrained(path, **eager).eval()
     print(f"model: {path}")
     print(f"prompt: {args.prompt!r}  subject: {args.subject!r} (positions {subject})  target: {args.target!r}"
           + (f" (its first token {tok.decode([target])!r} of {len(target_ids)})" if len(target_ids) > 1 else ""))

@@ -79,7 +79,10 @@ def builtin_model(name):
         path = demo_model_path()
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise CLIError(f"built-in model 'demo': the demo model is not installed (no config.json in {path})")
-        return load_model_dir(path)
+        from transformers import AutoModelForCausalLM
+
+        # the model pv.load_demo() gives Python code (eager attention): the same graph
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation="eager").eval()
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -89,16 +92,13 @@ def builtin_model(name):
 
 
 def load_model_dir(path):
-    """``AutoModelForCausalLM.from_pretrained(path)``, offline, eager attention where supported."""
+    """``AutoModelForCausalLM.from_pretrained(path)``, offline: the model a user's Python code loads
+    (same attention implementation, so the same frontend and graph)."""
     from transformers import AutoModelForCausalLM
 
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise CLIError(f"model directory {path!r} has no config.json")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation="eager")
-    except (TypeError, ValueError):
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    return model.eval()
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
 
 
 def load_model(spec):

@@ -324,6 +324,8 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
             per_model[(frontend, input_names)] = tg
         return tg
     detail = "; ".join(f"{k}: {v}" for k, v in errors.items())
+    if tracer == "hf_fx" and hf_fx_available() and choose_frontend(model)[0] != "hf_fx":
+        detail += f" ({choose_frontend(model)[1]}; use tracer='auto' or 'export')"
     raise TracingError(f"fxvene could not trace {type(model).__name__} (tracer={tracer!r}). {detail}")
 
 
