@@ -236,8 +236,11 @@ class IntervenableModel(nn.Module):
     # ------------------------------------------------------------------ inputs
 
     def _vocab_size(self):
-        get = getattr(self.model, "get_input_embeddings", None)
-        emb = get() if callable(get) else None
+        """Rows of the model's input embedding (None where it has none, e.g. a model fed embeddings)."""
+        try:
+            emb = self.model.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            return None
         return getattr(emb, "num_embeddings", None)
 
     def _inputs(self, inputs, what):

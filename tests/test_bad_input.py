@@ -201,6 +201,16 @@ def test_bad_inputs_base_and_sources(gpt2, pv_gpt2, pyvene, ids, monkeypatch, ca
     _close(out.logits, ref.logits)
 
 
+def test_bad_inputs_embeds(gpt2, ids, monkeypatch):
+    base, src = ids
+    im = _im(gpt2, _rep(pv))
+    emb = gpt2.get_input_embeddings()(base["input_ids"]).detach()
+    _rejects(im, gpt2, monkeypatch, TypeError, ["base['inputs_embeds']", "floating", "torch.int64"],
+             lambda: im({"inputs_embeds": emb.long()}, [src], unit_locations={"sources->base": 1}))
+    _rejects(im, gpt2, monkeypatch, ValueError, ["base", "either 'input_ids' or 'inputs_embeds'"],
+             lambda: im({**base, "inputs_embeds": emb}, [src], unit_locations={"sources->base": 1}))
+
+
 def test_second_source_is_checked_before_the_first_runs(gpt2, ids, monkeypatch):
     base, src = ids
     im = _im(gpt2, _rep(pv, layer=0, group_key=0), _rep(pv, layer=2, group_key=1))
