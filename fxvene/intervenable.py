@@ -166,6 +166,7 @@ class IntervenableModel(nn.Module):
             else:
                 itype = types_[i] if isinstance(types_, list) else types_
                 itype = V.check_intervention_type(itype, f"representations[{i}].intervention_type")
+                V.check_fields(rep, itype, i)
                 meta = rep._asdict()
                 dim = site.dim * int(rep.max_number_of_units) if site.dim is not None else None
                 meta["embed_dim"] = dim
@@ -183,6 +184,7 @@ class IntervenableModel(nn.Module):
             self.representations[key] = rep
             self.interventions[key] = intervention
             self._axes[key] = U.site_axes(site, traced, model)
+            U.check_partition(intervention, rep, self._axes[key], i)
             self.interventions._legacy[legacy] = key
             if rep.group_key is not None:
                 any_group = True

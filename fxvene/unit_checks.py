@@ -181,11 +181,12 @@ def check_width(iv, rep, axes, t, key):
     )
 
 
-def _subspace_bound(iv, width):
-    """Largest subspace index + 1 for a built-in intervention (None: unknown)."""
+def _subspace_bound(iv, width, partition=True):
+    """Largest subspace index + 1 for a built-in intervention (None: unknown); with
+    ``partition=False`` the columns a ``subspace_partition`` may name."""
     owner = _forward_owner(iv)
     part = getattr(iv, "subspace_partition", None)
-    if part is not None:
+    if part is not None and partition:
         return len(part), "subspace_partition entries"
     if owner == "LowRankRotatedSpaceIntervention":
         return int(iv.rotate_layer.weight.shape[-1]), "low_rank_dimension"
@@ -194,6 +195,23 @@ def _subspace_bound(iv, width):
     if owner == "PCARotatedSpaceIntervention":
         return int(iv.pca_components.shape[0]), "PCA components"
     return width, "dimensions"
+
+
+def check_partition(iv, rep, axes, i):
+    """``subspace_partition`` columns must lie inside what the intervention swaps over."""
+    part = getattr(iv, "subspace_partition", None)
+    if part is None or _forward_owner(iv) in (None, "LambdaIntervention"):
+        return
+    E = _int(getattr(iv, "embed_dim", None))
+    width = E if _flattens(iv) else axes.width
+    bound, what = _subspace_bound(iv, width, partition=False)
+    cols = [c for p in part for c in p]
+    bad = [c for c in cols if c < 0 or (bound is not None and c >= bound)]
+    if bad:
+        raise ValueError(
+            f"representations[{i}].subspace_partition={rep.subspace_partition!r}: column {bad[0]} is outside the "
+            f"{bound} {what} of {type(iv).__name__} here (valid: 0..{bound - 1 if bound else '?'})"
+        )
 
 
 def check_subspaces(sub, iv, key, batch, width):

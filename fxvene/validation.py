@@ -158,6 +158,36 @@ def check_intervention(iv, what):
     return iv
 
 
+_NEEDS = {"AutoencoderIntervention": "latent_dim", "JumpReLUAutoencoderIntervention": "low_rank_dimension"}
+
+
+def check_fields(rep, itype, i):
+    """Fields of ``rep`` that a built-in ``intervention_type`` reads, before it is built."""
+    for field in ("low_rank_dimension", "latent_dim"):
+        v = getattr(rep, field)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"representations[{i}].{field}={v!r}: expected a positive int")
+    part = rep.subspace_partition
+    if part is not None and not (isinstance(part, (list, tuple)) and part and all(
+            isinstance(p, (list, tuple)) and p and all(isinstance(c, int) and not isinstance(c, bool) for c in p)
+            for p in part)):
+        raise TypeError(
+            f"representations[{i}].subspace_partition={part!r}: expected a list of [start, end) pairs or of "
+            "column-index lists, e.g. [[0, 12], [12, 24]]"
+        )
+    if not (isinstance(itype, type) and itype.__module__.startswith("fxvene.")):
+        return  # a user's class reads what it likes
+    name = itype.__name__
+    if name == "PCARotatedSpaceIntervention":
+        raise ValueError(
+            f"representations[{i}].intervention_type=PCARotatedSpaceIntervention needs a fitted PCA (pca, pca_mean, "
+            "pca_std), which a representation cannot carry: pass intervention=PCARotatedSpaceIntervention(embed_dim=..., "
+            "pca=..., pca_mean=..., pca_std=...) instead"
+        )
+    if name in _NEEDS and getattr(rep, _NEEDS[name]) is None:
+        raise ValueError(f"representations[{i}].{_NEEDS[name]} is required by {name} (got None)")
+
+
 def check_built(iv, itype, what):
     """What ``intervention_type(**fields)`` returned."""
     if isinstance(iv, types.FunctionType):

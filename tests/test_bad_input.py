@@ -593,3 +593,36 @@ def test_distributed_on_the_whole_activation(gpt2, ids, monkeypatch):
     _rejects(im, gpt2, monkeypatch, ValueError,
              ["max_number_of_units=2", "unit_locations=None gives it the whole activation", "width 24"],
              lambda: im(base, [src]))
+
+
+FIELD_CASES = [
+    ("AutoencoderIntervention", {}, ValueError, ["representations[0].latent_dim", "required", "AutoencoderIntervention"]),
+    ("JumpReLUAutoencoderIntervention", {}, ValueError, ["representations[0].low_rank_dimension", "required"]),
+    ("LowRankRotatedSpaceIntervention", dict(low_rank_dimension=0), ValueError,
+     ["representations[0].low_rank_dimension=0", "positive int"]),
+    ("PCARotatedSpaceIntervention", {}, ValueError, ["representations[0].intervention_type=PCARotatedSpaceIntervention",
+                                                     "intervention=PCARotatedSpaceIntervention("]),
+    ("VanillaIntervention", dict(subspace_partition=5), TypeError, ["representations[0].subspace_partition=5", "pairs"]),
+    ("VanillaIntervention", dict(subspace_partition=[[0, 12], [12, 30]]), ValueError,
+     ["representations[0].subspace_partition", "column 24", "24 dimensions"]),
+    ("LowRankRotatedSpaceIntervention", dict(low_rank_dimension=4, subspace_partition=[[0, 2], [2, 6]]), ValueError,
+     ["representations[0].subspace_partition", "column 4", "4 low_rank_dimension"]),
+]
+
+
+@pytest.mark.parametrize("t,kw,exc,names", FIELD_CASES,
+                         ids=["ae-latent", "jumprelu-width", "rank-0", "pca", "partition-type", "partition-range",
+                              "partition-low-rank"])
+def test_bad_representation_fields(pv_gpt2, pyvene, ids, t, kw, exc, names):
+    model = make_gpt2()
+    before = _state(model)
+    with pytest.raises(exc) as e:
+        _im(model, _rep(pv, t, **kw))
+    assert all(s in str(e.value) for s in names), str(e.value)
+    _same(before, _state(model))
+    base, src = ids
+    im = _im(model, _rep(pv, subspace_partition=[[0, 12], [12, 24]]))
+    ul, subs = {"sources->base": 5}, [[[1]] * 2]
+    _, out = im(base, [src], unit_locations=ul, subspaces=subs)
+    _, ref = _twin(pyvene, pv_gpt2, im)(base, [src], unit_locations=ul, subspaces=subs)
+    _close(out.logits, ref.logits)
