@@ -121,6 +121,8 @@ def _do_intervention_by_swap(
     if mode == "collect":
         if source is not None:
             raise CollectSourceError("source: collecting reads base only, so source must be None")
+    elif source is None:
+        raise ValueError(f"source: mode {mode!r} writes a source into base, but source is None")
     elif source.shape != base.shape:
         try:
             source = broadcast_tensor_v1(source, base.shape)
