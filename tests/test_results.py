@@ -244,7 +244,7 @@ def figure_text(fig):
         "yticks": [t.get_text() for t in panels[0].get_yticklabels()],
         "bold": [t.get_fontweight() for t in panels[0].get_yticklabels()],
         "bars": [ax.get_ylabel() for ax in bars],
-        "suptitle": fig._suptitle.get_text() if fig._suptitle is not None else "",
+        "suptitle": fig.get_suptitle(),
     }
 
 
