@@ -164,6 +164,36 @@ def _quiet_torch_logs():
             lg.setLevel(lv)
 
 
+class _MemoSympy:
+    """Stands in for the ``sympy`` module inside torch's deserialiser: each shape expression string
+    (srepr: self-contained, symbols with their assumptions) is parsed once, not once per use."""
+
+    def __init__(self, real):
+        self._real = real
+        self._memo = {}
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def sympify(self, expr, *args, **kwargs):
+        if not isinstance(expr, str) or args:
+            return self._real.sympify(expr, *args, **kwargs)
+        out = self._memo.get(expr)
+        if out is None:
+            out = self._memo[expr] = self._real.sympify(expr, *args, **kwargs)
+        return out
+
+
+@contextmanager
+def _memo_sympify(serde):
+    real = serde.sympy
+    serde.sympy = _MemoSympy(real)
+    try:
+        yield
+    finally:
+        serde.sympy = real
+
+
 def _live_tensors(root):
     named = dict(root.named_parameters(remove_duplicate=False))
     named.update(dict(root.named_buffers(remove_duplicate=False)))
@@ -249,7 +279,7 @@ def load(key, about, root):
         consts = st_load(base64.b64decode(doc["constants"])) if doc.get("constants") else {}
         raw = doc["program"]
         _check_expressions(raw)
-        program = serde._bytes_to_dataclass(serde.ExportedProgram, raw.encode("utf-8"))
+        program = _to_dataclass(serde.ExportedProgram, json.loads(raw))
         program.guards_code = []  # nothing stored is ever run as Python code
         sig = program.graph_module.signature
         state, constants = {}, dict(consts)
@@ -268,13 +298,74 @@ def load(key, about, root):
                 name = spec.tensor_constant.tensor_constant_name
                 if name not in constants:
                     constants[name] = live[name]
-        with _quiet_torch_logs():
+        with _quiet_torch_logs(), _memo_sympify(serde):
             ep = serde.ExportedProgramDeserializer().deserialize(program, state, constants, None)
         _check_targets(ep.graph_module)
         return ep
     except Exception as e:  # noqa: BLE001 - any failure: drop the entry, export again
         discard(key, f"{type(e).__name__}: {e}"[:200])
         return None
+
+
+_CONVERTERS = {}
+
+
+def _to_dataclass(cls, data):
+    """JSON -> torch's export schema dataclasses: what ``serde._dict_to_dataclass`` does, with one
+    converter built per schema type (torch inspects the type hints again for every value)."""
+    return _converter(cls)(data)
+
+
+def _converter(cls):
+    conv = _CONVERTERS.get(cls)
+    if conv is None:
+        conv = _CONVERTERS[cls] = _make_converter(cls)
+    return conv
+
+
+def _make_converter(cls):
+    import dataclasses
+    import types
+    import typing
+
+    from torch._export.serde import schema
+    from torch._export.serde.union import _Union
+
+    if isinstance(cls, str):
+        return _converter(getattr(schema, cls))
+    if isinstance(cls, typing.ForwardRef):
+        return _converter(getattr(schema, cls.__forward_arg__))
+    origin = typing.get_origin(cls)
+    if origin is typing.Annotated:
+        return _converter(cls.__origin__)
+    if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(cls):
+        args = [a for a in typing.get_args(cls) if a is not type(None)]
+        return lambda d, _a=args[0]: None if d is None else _converter(_a)(d)
+    if isinstance(cls, type) and issubclass(cls, _Union):
+        hints = typing.get_type_hints(cls, globalns=vars(schema))
+
+        def union(d):
+            if not isinstance(d, dict) or len(d) != 1:
+                raise ValueError(f"{cls.__name__}: expected a one-key object")
+            (name, value), = d.items()
+            return cls.create(**{name: _converter(hints[name])(value)})
+        return union
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls, globalns=vars(schema))
+        names = [f.name for f in dataclasses.fields(cls)]
+
+        def record(d):
+            return cls(**{n: _converter(hints[n])(d[n]) for n in names if n in d})
+        return record
+    if origin in (list, typing.List):
+        item = typing.get_args(cls)[0]
+        return lambda d: [_converter(item)(x) for x in d] if d else d
+    if origin in (dict, typing.Dict):
+        item = typing.get_args(cls)[1]
+        return lambda d: {k: _converter(item)(v) for k, v in d.items()}
+    if cls is float:
+        return float
+    return lambda d: d
 
 
 _EXPR = re.compile(r'"expr_str":\s*"((?:[^"\\]|\\.)*)"')

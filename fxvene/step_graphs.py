@@ -350,26 +350,28 @@ def _check_chunk_edges(gm, wrapper, model):
     """The chunk graph is traced at a 3-token chunk after a 2-token past; sweeps also run it with no
     past (the whole prompt), a one-token past and one-token chunks. torch.export specialises sizes 0
     and 1 of an example, so those edges are checked against the model itself (the runtime asserts
-    of the exported program are stripped, so a specialised graph would otherwise run silently)."""
+    of the exported program are stripped, so a specialised graph would otherwise run silently).
+    One forward of the model over 5 tokens (all logits, its cache) gives every reference: causal
+    attention makes position ``t``'s logits and the keys/values of the first ``t`` positions the
+    same as a forward over those positions alone."""
     vocab = int(getattr(model.config, "vocab_size", 16) or 16)
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(1)
-    b = 3
-    for past_len, new_len in ((0, 3), (0, 1), (1, 3), (4, 1)):
-        ids = torch.randint(0, vocab, (b, past_len + new_len), generator=g).to(device)
-        mask = torch.ones_like(ids)
-        pos = torch.arange(ids.shape[1], device=device).expand(b, -1)
-        with torch.no_grad():
-            if past_len:
-                past = list(wrapper(ids[:, :past_len], mask[:, :past_len], pos[:, :past_len], [])[1:])
-            else:
-                past = [t[:, :, :0] for t in wrapper(ids[:, :1], mask[:, :1], pos[:, :1], [])[1:]]
-            ref = wrapper(ids[:, past_len:], mask, pos[:, past_len:], past if past_len else [])
-            got = gm(ids[:, past_len:], mask, pos[:, past_len:], *past)
-        if len(got) != len(ref) or not all(
-                a.shape == r.shape and torch.allclose(a, r, atol=1e-4, rtol=1e-4) for a, r in zip(got, ref)):
-            raise TracingError(f"the traced chunk step of {type(model).__name__} does not reproduce the model with a "
-                               f"{past_len}-token past and a {new_len}-token chunk")
+    b, n = 3, 5
+    ids = torch.randint(0, vocab, (b, n), generator=g).to(device)
+    mask = torch.ones_like(ids)
+    pos = torch.arange(n, device=device).expand(b, -1)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True)
+        logits, kv = out.logits, _flat_cache(out.past_key_values)
+        for past_len, new_len in ((0, 3), (0, 1), (1, 3), (4, 1)):
+            t = past_len + new_len
+            ref = (logits[:, t - 1], *[x[:, :, :t] for x in kv])
+            got = gm(ids[:, past_len:t], mask[:, :t], pos[:, past_len:t], *[x[:, :, :past_len] for x in kv])
+            if len(got) != len(ref) or not all(
+                    a.shape == r.shape and torch.allclose(a, r, atol=1e-4, rtol=1e-4) for a, r in zip(got, ref)):
+                raise TracingError(f"the traced chunk step of {type(model).__name__} does not reproduce the model "
+                                   f"with a {past_len}-token past and a {new_len}-token chunk")
 
 
 def _check_dynamic(graph, phase, model):
