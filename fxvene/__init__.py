@@ -45,6 +45,8 @@ _LAZY = {
     "plot_causal_trace": "fxvene.results",
     "SweepResult": "fxvene.results",
     "CausalTraceResult": "fxvene.results",
+    "clear_graph_cache": "fxvene.graph_cache",
+    "set_verbosity": "fxvene.progress",
 }
 
 __all__ = sorted(n for n in _LAZY if not n.startswith("_")) + ["__version__"]

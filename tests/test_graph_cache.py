@@ -282,3 +282,14 @@ def test_first_export_says_what_it_does(cache, capfd, monkeypatch):
     SG.step_graph(_model(), "chunk")
     err = capfd.readouterr().err
     assert "fxvene: loading the KV-cache graph of GPT2LMHeadModel from the graph cache" in err
+
+
+def test_top_level_names(cache):
+    import fxvene as pv
+
+    assert pv.clear_graph_cache is graph_cache.clear_graph_cache
+    from fxvene import progress
+
+    assert pv.set_verbosity is progress.set_verbosity
+    SG.step_graph(_model(), "chunk")
+    assert pv.clear_graph_cache() == 1
