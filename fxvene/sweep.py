@@ -115,12 +115,11 @@ class SweepEngine:
         # the causal prefix needs the chunk step graph (export, with past keys/values as inputs)
         step = None
         self.prefix_note = None
-        if prefix is True and compile:
-            raise ValueError("prefix=True with compile=True: inductor (torch 2.13) fails to build kernels for the chunk "
-                             "graph's segments; use one or the other (compiled sweeps run full-length rows)")
-        if prefix == "auto" and compile:
-            prefix = False
-            self.prefix_note = "compile=True: compiled sweeps run full-length rows"
+        copts = None
+        if compile is not False and compile is not None:
+            from fxvene.compile import compile_options
+
+            copts = compile_options(compile)  # True or a dict of torch.compile options (TypeError otherwise)
         if prefix is not False and tracer == "hf_fx":
             if prefix is True:
                 raise ValueError("prefix=True needs the chunk step graph, which is traced with torch.export: "
@@ -187,7 +186,8 @@ class SweepEngine:
             for j in seg.ops:
                 self.seg_of_site[j] = i
         self._shapes = {}
-        self.compiled = bool(compile)
+        self.compiled = copts is not None
+        self._announced = False
         self.cache_seg = None
         self.prefix = False
         if step is not None:
@@ -200,7 +200,12 @@ class SweepEngine:
             else:
                 self.prefix_note = why
         for seg in [self.pre] + segs + ([self.cache_seg] if self.cache_seg is not None else []):
-            seg.fn = torch.compile(seg.gm, dynamic=True) if compile else seg.gm
+            if copts is not None:
+                from fxvene.compile import compile_ready
+
+                seg.fn = torch.compile(compile_ready(seg.gm), **copts)
+            else:
+                seg.fn = seg.gm
             seg.used = {n.target for n in seg.gm.graph.nodes if n.op == "placeholder" and n.users}
 
     def _build_step_cache(self, step, gm, tokens):
@@ -278,7 +283,44 @@ class SweepEngine:
             kw[f"fxv_sel_{j}_src"] = src
             kw[f"fxv_sel_{j}_loc"] = loc
             kw[f"fxv_sel_{j}_on"] = on
+        if self.compiled:
+            self._mark(kw, ids.shape[0])
+            # no duck sizing: a head dim equal to a sequence length must not tie the two symbols
+            with torch.fx.experimental._config.patch(use_duck_shape=False):
+                return seg.fn(**kw)
         return seg.fn(**kw)
+
+    def compiling(self):
+        """Context for a sweep call: the first call of a compiled engine says that it compiles (one
+        line on stderr with the time it took); later calls, and eager engines, say nothing."""
+        import contextlib
+
+        if not self.compiled or self._announced:
+            return contextlib.nullcontext()
+        self._announced = True
+        from fxvene.compile import _say
+
+        return _say(f"compiling the sweep's {len(self.segments) + 2} graph segments (first call of this sweep "
+                    "structure; later prompts, lengths and cells reuse them)")
+
+    def _mark(self, kw, rows):
+        """Compiled segments: every input is rows-major (values a graph broadcasts over the batch are
+        repeated to the rows); the row count is one unbacked symbol (no size-1 specialisation) and the
+        position dims are dynamic, so new row counts, start positions and lengths reuse the code."""
+        from fxvene.compile import mark_dims
+
+        for k, v in kw.items():
+            if isinstance(v, torch.Tensor) and k != "fxv_tokens" and v.dim() >= 1 and v.shape[0] != rows:
+                kw[k] = v.expand((rows,) + tuple(v.shape[1:])).contiguous()
+            elif k in ("input_ids", "attention_mask", "position_ids"):
+                kw[k] = v.contiguous()  # strides are guarded: a sliced view would recompile
+        seq = {"input_ids": 1, "attention_mask": 1, "position_ids": 1}
+        for k, v in kw.items():
+            if isinstance(v, torch.Tensor) and v.dim() >= 2 and k.startswith(("fxv_in_", "fxv_shape_")):
+                seq[k] = 1
+            elif k.startswith("past_"):
+                seq[k] = 2
+        mark_dims(kw, rows, seq_dims=seq, batch_names=lambda k: k != "fxv_tokens")
 
     def _stand_in(self, name, rows, seq):
         """A zero-stride tensor with the shape ``name`` has in a run of ``rows`` x ``seq``."""
@@ -499,7 +541,11 @@ _ENGINES = {}
 def _engine(model, sites, tracer, tokens, compile, prefix="auto"):
     import weakref
 
-    key = (id(model), tuple(sites), tracer, tokens, compile, prefix)
+    ckey = compile
+    if isinstance(compile, dict):
+        ckey = tuple(sorted((k, v if isinstance(v, (str, int, float, bool, type(None))) else id(v))
+                            for k, v in compile.items()))
+    key = (id(model), tuple(sites), tracer, tokens, ckey, prefix)
     hit = _ENGINES.get(key)
     if hit is not None and hit[0]() is model:
         return hit[1]
@@ -550,7 +596,9 @@ def patching_sweep(model, base, source, components=("block_output",), layers=Non
     ``prefix``: reuse the causal prefix (rows recompute only the positions from their patched one
     on, over cached keys/values). ``"auto"`` uses it where the model's chunk step graph exports
     and passes its checks (else full-length rows: same numbers); ``True`` insists (ValueError
-    otherwise); ``False`` runs full-length rows. ``compile=True`` runs full-length rows.
+    otherwise); ``False`` runs full-length rows. ``compile``: True or a dict of ``torch.compile`` options
+    (fxvene/compile.py): the engine's graph segments are compiled once, on the first call, and
+    reused for every later prompt, length and grid (prefix or not).
     """
     if isinstance(components, str):
         components = (components,)
@@ -583,6 +631,13 @@ def patching_sweep(model, base, source, components=("block_output",), layers=Non
     elif heads is not None:
         raise ValueError("heads: only for head components (head_attention_value_output, head_query_output, ...)")
     B = b_ids.shape[0]
+    with eng.compiling():
+        return _patching_rows(eng, base, source, components, layers, positions, heads, tok, readout_tokens, metric,
+                              B, sites, max_rows, progress)
+
+
+def _patching_rows(eng, base, source, components, layers, positions, heads, tok, readout_tokens, metric, B, sites,
+                   max_rows, progress):
     b = eng.prepare(base, tokens=tok if readout_tokens else None)
     s = eng.prepare(source, tokens=tok if readout_tokens else None)
     hs = heads if heads is not None else [0]
@@ -704,9 +759,6 @@ def causal_trace(model, inputs, subject_positions, target_token, noise_level=Non
         x[:, subj_t] = part.to(x.dtype)
         return x
 
-    base = eng.prepare({"input_ids": ids.expand(n_samples, seq), "attention_mask": mask.expand(n_samples, seq)},
-                       perturb=perturb)
-    clean = eng.prepare({"input_ids": ids, "attention_mask": mask})
     cells = [(si, pi, li) for si in range(len(streams)) for pi in range(len(positions)) for li in range(len(layers))]
     R = len(cells) * n_samples
     loc = np.full((R, len(sites)), -1, dtype=np.int64)
@@ -716,8 +768,12 @@ def causal_trace(model, inputs, subject_positions, target_token, noise_level=Non
         lays = [layers[li]] if st == "block_output" else window_layers(layers[li], window, n_layers)
         for l in lays:
             loc[c * n_samples:(c + 1) * n_samples, site_index[(st, l)]] = positions[pi]
-    out = eng.run_rows(base, clean, {"sample": sample, "loc": loc, "head": None}, max_rows=max_rows,
-                       progress=progress)
+    with eng.compiling():
+        base = eng.prepare({"input_ids": ids.expand(n_samples, seq), "attention_mask": mask.expand(n_samples, seq)},
+                           perturb=perturb)
+        clean = eng.prepare({"input_ids": ids, "attention_mask": mask})
+        out = eng.run_rows(base, clean, {"sample": sample, "loc": loc, "head": None}, max_rows=max_rows,
+                           progress=progress)
     probs = torch.softmax(out.float(), -1)[:, target_token].reshape(len(cells), n_samples).mean(1)
     probs = probs.reshape(len(streams), len(positions), len(layers))
     clean_p = float(torch.softmax(clean["final"].float(), -1)[0, target_token])

@@ -410,7 +410,57 @@ def test_bad_inputs_raise(gpt4):
         plot_causal_trace(object())
     with pytest.raises(ValueError, match="prefix"):
         patching_sweep(gpt4, x, x, prefix="yes")
-    with pytest.raises(ValueError, match="prefix=True with compile=True"):
-        patching_sweep(gpt4, x, x, prefix=True, compile=True)
+    with pytest.raises(TypeError, match="compile"):
+        patching_sweep(gpt4, x, x, compile="yes")
     with pytest.raises(ValueError, match="prefix=True.*export"):
         causal_trace(gpt4, x, [0], TARGET, tracer="hf_fx", prefix=True)
+
+
+# ------------------------------------------------------------------------------- compiled sweeps
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_compiled_prefix_sweep_equals_pyvene_and_compiles_once(which, gpt4, llama, capfd):
+    """compile=True with the causal prefix (issue 11): every segment is compiled once, on the first
+    call, with rows unbacked and positions dynamic; a second prompt of another length and a finer
+    grid (other row counts, start positions, past lengths) reuse the code; pyvene's numbers."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    model = gpt4 if which == "gpt2" else llama
+    n_layers = 4 if which == "gpt2" else 3
+    torch._dynamo.reset()
+    cnt = CompileCounter()
+    comps = ["block_output", "attention_output"]
+    g = torch.Generator().manual_seed(12)
+    frames = None
+    for seq, positions in [(6, None), (8, [0, 3, 7]), (5, [4])]:
+        base = {"input_ids": torch.randint(0, 50, (1, seq), generator=g)}
+        src = {"input_ids": torch.randint(0, 50, (1, seq), generator=g)}
+        r = patching_sweep(model, base, src, components=comps, layers=[0, n_layers - 1], positions=positions,
+                           prefix=True, compile={"backend": cnt}, progress=False)
+        for ci, comp in enumerate(comps):
+            for li, layer in enumerate([0, n_layers - 1]):
+                for pi, pos in enumerate(positions or range(seq)):
+                    ref = _pyvene_patch(model, comp, layer, pos, base, src)
+                    torch.testing.assert_close(r.values[ci, li, pi], ref, atol=1e-5, rtol=1e-5)
+        if frames is None:
+            frames = cnt.frame_count
+            assert frames > 0
+            assert "compiling the sweep" in capfd.readouterr().err
+    assert cnt.frame_count == frames, "a new prompt length or grid recompiled a segment"
+    assert "compiling" not in capfd.readouterr().err
+
+
+def test_compiled_causal_trace_with_prefix_equals_pyvene_loop(gpt4):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    r = causal_trace(gpt4, {"input_ids": PROMPT}, [0, 1, 2, 3], TARGET, noise_level=PYVENE_NOISE_LEVEL,
+                     n_samples=1, seed=1, window=3, prefix=True, compile={"backend": "eager"}, progress=False)
+    ref = np.zeros((3, 6, 4))
+    for si, st in enumerate(r.streams):
+        for p in range(6):
+            for l in range(4):
+                ref[si, p, l] = _pyvene_trace_cell(gpt4, st, l, p, 3, 4)
+    np.testing.assert_allclose(r.probs.numpy(), ref, atol=1e-4)
