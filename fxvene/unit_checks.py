@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from fxvene import locations as L
-from fxvene.validation import _is_abstract, check_inputs, lead_tensor
+from fxvene.validation import check_inputs, is_abstract_component, lead_tensor
 
 
 # ------------------------------------------------------------------------------------ sites
@@ -53,7 +53,7 @@ def site_axes(site, traced, model):
     if shape is None or len(shape) < 2:
         return Axes(None, None, None)
     fam, _ = family_for(model)
-    spec = fam.components.get(site.component) if fam is not None and _is_abstract(site.component) else None
+    spec = fam.components.get(site.component) if fam is not None and is_abstract_component(site.component) else None
     if spec is not None:
         if spec.pattern is not None:  # attention probabilities (b, H, s, s): units are heads, width is seq
             return Axes(shape[1] if isinstance(shape[1], int) else None, None, None)

@@ -38,7 +38,7 @@ def _shape(x):
 # ------------------------------------------------------------------------------------ the model
 
 
-def _is_abstract(component):
+def is_abstract_component(component):
     return isinstance(component, str) and "." not in component and "[" not in component
 
 
@@ -61,7 +61,7 @@ def check_model(model, representations):
     fam, _ = family_for(model)
     if fam is None:
         for i, rep in enumerate(representations):
-            if _is_abstract(rep.component):
+            if is_abstract_component(rep.component):
                 raise ValueError(
                     f"representations[{i}].component={rep.component!r}: model type {type(model).__name__} has no "
                     f"component map in fxvene.models (supported: {_supported()}); use a string component such "
