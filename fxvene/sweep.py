@@ -14,8 +14,11 @@ fxvene runs it as rows of batched forwards, and computes less than one forward p
   cell that patches position p changes nothing before p, at any layer. Sweeps run the model's
   *chunk* step graph (``generation.step_graph(model, "chunk")``: an S-token input after P cached
   positions), so a row starts at its first patched position and attends over the base run's
-  cached keys/values of the positions before it. Rows are grouped by start position (at most 8
-  groups; a group starts at the first position of its rows);
+  cached keys/values of the positions before it. Rows are grouped by start position (a group
+  starts at the first position of its rows); how many groups is chosen by expected cost
+  (``SweepEngine.plan``: a segment call has a fixed cost, measured once per engine, that more groups
+  pay more often; one group is full-length rows). ``compile=True`` compiles the segments once
+  (fxvene/compile.py: rows unbacked, positions dynamic), prefix or not;
 * **position-wise tail**: after the last layer's attention mixes positions, only the last
   position matters for the readout, so the rest of the last block runs on that position;
 * **per-row selectors** (pass ``passes.sweep.insert_selectors``): every site gets an op fed
@@ -39,7 +42,7 @@ from fxvene.passes.rewrite import expose
 from fxvene.passes.slice import boundary_after, node_order, segment
 from fxvene.passes.sweep import insert_selectors, readout
 from fxvene.results import CausalTraceResult, SweepResult, plot_causal_trace
-from fxvene.sites import gather, resolve_site, scatter
+from fxvene.sites import gather, resolve_site, scatter, site_view
 from fxvene.tracing import TracingError, trace
 
 PYVENE_NOISE_LEVEL = 0.13462981581687927
@@ -390,12 +393,15 @@ class SweepEngine:
         seq = base["ids"].shape[1]
         if self.prefix and base.get("kv") is not None:
             offset = torch.where(loc >= 0, loc, torch.full_like(loc, seq)).min(1).values.clamp(max=seq - 1)
-            # at most 8 groups (one per ``q`` positions): a group starts at the first position of its
-            # rows, the rest recompute a few unchanged positions (exact either way); smaller groups cost
-            # more in per-call overhead and thin matmuls than they save (measured, GPT-2 small on CPU)
-            q = self.offset_quantum or -(-seq // 8)
+            # rows are grouped by start position, one group per ``q`` positions: a group starts at the
+            # first position of its rows, the rest recompute a few unchanged positions (exact either
+            # way). ``q`` is chosen by expected cost (``plan``): every segment call has a fixed cost
+            # (op dispatch, streaming the layer's weights through thin matmuls) that more groups pay
+            # more often; ``q = seq`` is one group of full-length rows.
+            q = self.offset_quantum or (-(-seq // 8) if self.compiled else self.plan(offset, entry, seq, base))
             if q > 1:
                 offset = offset // q * q
+            self.last_quantum = q
         else:
             offset = torch.zeros(R, dtype=torch.long)
         order = torch.from_numpy(np.lexsort((entry.numpy(), offset.numpy()))).long()
@@ -435,6 +441,11 @@ class SweepEngine:
         final = None
         sliced = False
         kv = self._kv_rows(base, sample)  # the chunk's rows' cached keys/values (step graphs), once per chunk
+        # rows are sorted by entry segment: the rows entering segment i are the next counts[i] rows
+        counts = np.bincount(entry.numpy(), minlength=len(self.segments) + 1).tolist()
+        zero = torch.zeros_like(sample)
+        src_rows = {}  # the source run's example of each row (a batch-1 source serves every row)
+        ids_n = None  # (n, ids, mask) of the rows so far
         for i in range(first, len(self.segments)):
             seg = self.segments[i]
             tail = seg.tail and self._tail_ok
@@ -442,23 +453,24 @@ class SweepEngine:
                 carried = {k: v[:, -1:].contiguous() for k, v in carried.items()}
             sliced = sliced or tail
             start = seq - 1 if tail else off
-            new = torch.nonzero(entry == i).flatten()
-            if len(new):
+            k_new = counts[i]
+            if k_new:
                 vals = {}
                 for name in seg.ins:
                     # always a fresh, contiguous copy (index_select): selectors write rows in place, graphs
                     # view() their inputs; a value the graph broadcasts (leading dim 1) is repeated
                     v = base["cache"][i][name]
-                    rows = sample[new] if v.shape[0] > 1 else torch.zeros_like(sample[new])
+                    rows = sample[n:n + k_new] if v.shape[0] > 1 else zero[n:n + k_new]
                     vals[name] = (v[:, start:] if start else v).index_select(0, rows)
                 if carried is None:
                     carried = vals
                 else:  # values a segment broadcasts (leading dim 1: rotary tables) are expanded to the rows
                     carried = {k: torch.cat([_rows(carried[k], n), vals[k]], 0) for k in seg.ins}
-                n += len(new)
-            rs = sample[:n]
-            ids = base["ids"].index_select(0, rs)
-            mask = base["mask"].index_select(0, rs)
+                n += k_new
+            if ids_n is None or ids_n[0] != n:
+                rs = sample[:n]
+                ids_n = (n, base["ids"].index_select(0, rs), base["mask"].index_select(0, rs))
+            ids, mask = ids_n[1], ids_n[2]
             if start:
                 ids = ids[:, start:]
                 if self.step is None:  # the plain graph sees the tail alone; a step graph masks the past too
@@ -469,12 +481,15 @@ class SweepEngine:
                 lj = loc[:n, j]
                 on = lj >= 0
                 pos = lj.clamp(min=0).unsqueeze(1)
-                fsrc = _take(source["cache"][i][s.node], rs)
+                fsrc = source["cache"][i][s.node]
                 if s.n_heads is not None:
                     hj = head[:n, j].clamp(min=0).unsqueeze(1)
-                    src = gather(fsrc, s, "h.pos", (hj, pos), "sweep positions")
-                else:
-                    src = gather(fsrc, s, "pos", pos, "sweep positions")
+                    src = gather(_take(fsrc, sample[:n]), s, "h.pos", (hj, pos), "sweep positions")
+                else:  # the source units of the rows, read straight off the cached source values
+                    key = (n, fsrc.shape[0] > 1)
+                    if key not in src_rows:
+                        src_rows[key] = (sample[:n] if key[1] else zero[:n]).unsqueeze(1)
+                    src = site_view(fsrc, s)[src_rows[key], pos]
                 on = on & (pos[:, 0] >= start)
                 pos = (pos - start).clamp(min=0)
                 lt = torch.cat([hj, pos], 1) if s.n_heads is not None else pos
@@ -489,6 +504,73 @@ class SweepEngine:
                 carried = dict(zip(seg.outs, res))
         return final
 
+    # ------------------------------------------------------------------ choosing the row groups
+
+    def plan(self, first_pos, entry, seq, base):
+        """The group width ``q`` (positions per row group) with the lowest expected cost among
+        1, 2, seq/8, seq/4, seq/2 and seq (one group: full-length rows). Cost model: a segment call
+        costs ``call + token * rows * positions`` (:meth:`_costs`, measured once per engine)."""
+        fp, en = first_pos.numpy(), entry.numpy()
+        key = (seq, bool(self._tail_ok), fp.tobytes(), en.tobytes())
+        plans = self.__dict__.setdefault("_plans", {})
+        if key in plans:
+            return plans[key]
+        call, tok = self._costs(base)
+        nseg = len(self.segments)
+        width = np.array([1 if (sg.tail and self._tail_ok) else 0 for sg in self.segments])
+        best = None
+        for q in sorted({1, 2, -(-seq // 8), -(-seq // 4), -(-seq // 2), seq}):
+            off = fp // q * q
+            cost = 0.0
+            for o in np.unique(off):
+                e = en[off == o]
+                active = np.bincount(e, minlength=nseg + 1)[:nseg].cumsum()
+                lo = int(e.min())
+                pos = np.where(width[lo:] == 1, 1, seq - int(o))
+                cost += call * (nseg - lo) + tok * float((active[lo:] * pos).sum())
+            if best is None or cost < best[0] - 1e-12:
+                best = (cost, q)
+        if len(plans) > 64:
+            plans.clear()
+        plans[key] = best[1]
+        return best[1]
+
+    def _costs(self, base):
+        """(fixed cost of a segment call, cost per row-position) in seconds, measured once per engine
+        on a middle block segment: one call on one position of one row, one on all positions of up
+        to 16 rows (best of two each)."""
+        if getattr(self, "_cost_model", None) is not None:
+            return self._cost_model
+        import time
+
+        i = max(0, min(len(self.segments) - 1, (len(self.segments) - 1) // 2))
+        while i > 0 and self.segments[i].tail:
+            i -= 1
+        seg = self.segments[i]
+        seq = base["ids"].shape[1]
+        k = 16
+
+        def call(rows, S):
+            rs = torch.zeros(rows, dtype=torch.long)
+            vals = {n: base["cache"][i][n][:, :S].index_select(0, rs) for n in seg.ins}
+            ids, mask = base["ids"][:1, :S].expand(rows, S), base["mask"][:1, :S].expand(rows, S)
+            feeds = self._feeds(seg, ids, mask, 0, None, None if not self.tokens else torch.zeros(1, dtype=torch.long))
+            t0 = time.perf_counter()
+            self._call(seg, feeds, vals, {})
+            return time.perf_counter() - t0
+
+        try:
+            with torch.no_grad():
+                t1 = min(call(1, 1) for _ in range(2))
+                t2 = min(call(k, seq) for _ in range(2))
+            tok = max(t2 - t1, 1e-9) / (k * seq - 1)
+            self._cost_model = (t1, tok)
+        except (RuntimeError, ValueError, IndexError):  # a segment that cannot run on a one-position
+            self._cost_model = (1.0, 0.0)  # slice: count calls only (fewest groups)
+        return self._cost_model
+
+    last_quantum = None
+
     def _kv_rows(self, base, rs):
         return None if base.get("kv") is None else [_take(t, rs) for t in base["kv"]]
 
@@ -497,7 +579,10 @@ class SweepEngine:
         cache, final, kv = self.cache(ids, mask, perturb, tokens)
         self._check_batched(cache, ids.shape[0])
         self._tail_ok = self.tail_bound is not None and self._check_tail(cache, ids.shape[1])
-        return {"ids": ids, "mask": mask, "cache": cache, "final": final, "batch": ids.shape[0], "kv": kv}
+        out = {"ids": ids, "mask": mask, "cache": cache, "final": final, "batch": ids.shape[0], "kv": kv}
+        if self.prefix and kv is not None and not self.compiled and self.offset_quantum is None:
+            self._costs(out)  # once per engine: the cost model that chooses the row groups
+        return out
 
     def _check_tail(self, cache, seq):
         for seg, vals in zip(self.segments, cache):
@@ -515,7 +600,7 @@ class SweepEngine:
                                      "this graph cannot be sliced for sweeps")
 
     _tail_ok = False
-    offset_quantum = None  # positions per row group (None: ceil(seq / 8))
+    offset_quantum = None  # positions per row group (None: chosen by expected cost, :meth:`plan`)
 
 
 def _take(v, rows):

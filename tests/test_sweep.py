@@ -350,6 +350,34 @@ def test_prefix_row_groups_starting_before_the_patched_position_equal_pyvene(gpt
                 torch.testing.assert_close(r.values[ci, li, pos], ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("costs,quantum", [((1.0, 0.0), 7), ((0.0, 1.0), 1), ((1.0, 0.5), None)])
+def test_prefix_plan_chosen_by_cost_equals_pyvene(gpt4, monkeypatch, costs, quantum):
+    """The row groups are chosen by expected cost (a fixed cost per segment call, a cost per
+    row-position): calls only -> one group of full-length rows; positions only -> one group per
+    start position; both -> in between. Every choice gives pyvene's numbers."""
+    from fxvene.sweep import SweepEngine
+
+    monkeypatch.setattr(SweepEngine, "_costs", lambda self, base: costs)
+    g = torch.Generator().manual_seed(13)
+    base = {"input_ids": torch.randint(0, 50, (1, 7), generator=g)}
+    src = {"input_ids": torch.randint(0, 50, (1, 7), generator=g)}
+    eng = SweepEngine(gpt4, [("block_output", l) for l in range(4)], prefix=True)
+    b, s = eng.prepare(base), eng.prepare(src)
+    cells = [(l, p) for l in range(4) for p in range(7)]
+    loc = np.full((len(cells), 4), -1)
+    for r, (l, p) in enumerate(cells):
+        loc[r, l] = p
+    out = eng.run_rows(b, s, {"sample": np.zeros(len(cells), dtype=np.int64), "loc": loc, "head": None},
+                       progress=False)
+    if quantum is not None:
+        assert eng.last_quantum == quantum
+    else:
+        assert 1 <= eng.last_quantum <= 7
+    for r, (l, p) in enumerate(cells):
+        torch.testing.assert_close(out[r:r + 1], _pyvene_patch(gpt4, "block_output", l, p, base, src),
+                                   atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("prefix", [True, False])
 @pytest.mark.parametrize("which", ["gpt2", "llama"])
 def test_sweep_left_padded_batch_equals_pyvene(which, prefix, gpt4, llama):
