@@ -31,7 +31,7 @@ model = GPT2LMHeadModel(cfg).eval()
 CHILD = BUILD + """
 import json, sys
 from fxvene import tracing
-from fxvene.step_graphs import step_graph
+from fxvene.step_graphs import _flat_cache, step_graph
 sg = step_graph(model, "chunk")
 tg = tracing.trace(model, tracer="export")
 g = torch.Generator().manual_seed(3)
@@ -39,8 +39,7 @@ ids = torch.randint(0, 3000, (3, 9), generator=g)
 mask = torch.ones_like(ids)
 with torch.no_grad():
     ref = model(input_ids=ids, attention_mask=mask).logits
-    pkv = model(input_ids=ids[:, :4], use_cache=True).past_key_values
-    past = [t for kv in pkv for t in kv]
+    past = _flat_cache(model(input_ids=ids[:, :4], use_cache=True).past_key_values)
     got_chunk = sg.gm(ids[:, 4:], mask, torch.arange(4, 9).expand(3, -1), *past)[0]
     got_fwd = tg.wrap_outputs(tg.gm(input_ids=ids, attention_mask=mask)).logits
 print(json.dumps({

@@ -131,12 +131,13 @@ import warnings, torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 import fxvene as pv
 torch.manual_seed(0)
-models = [GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=24, n_head=4, vocab_size=50, n_positions=64)).eval(),
+tok = dict(bos_token_id=0, eos_token_id=0)  # inside the tiny vocabulary (else transformers 5 warns)
+models = [GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=24, n_head=4, vocab_size=50, n_positions=64, **tok)).eval(),
           GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=24, n_head=4, vocab_size=50, n_positions=64,
-                                     attn_implementation="eager")).eval(),
+                                     attn_implementation="eager", **tok)).eval(),
           LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                                        num_key_value_heads=2, intermediate_size=48, vocab_size=50,
-                                       max_position_embeddings=64)).eval()]
+                                       max_position_embeddings=64, pad_token_id=0, **tok)).eval()]
 ids = torch.randint(0, 50, (1, 6), generator=torch.Generator().manual_seed(1))
 warnings.simplefilter("error")  # any warning from here on is an exception
 for m in models:
