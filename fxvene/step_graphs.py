@@ -308,10 +308,11 @@ def _export_step(model, phase):
             if ep is not None:
                 try:
                     return _finish(ep, model, wrapper, phase, args, ref, from_cache=True)
-                except TracingError as e:
-                    graph_cache.discard(key, f"failed its check: {e}")
+                except Exception as e:  # noqa: BLE001 - a stale or corrupt entry: export afresh
+                    graph_cache.discard(key, f"failed its check: {type(e).__name__}: {e}"[:300])
     what = "the KV-cache graph" if phase == "chunk" else f"the {phase} step"
-    with progress(f"exporting {name} with a KV cache ({what}; first use, cached for next time)"):
+    later = "; first use, cached for next time" if key is not None and graph_cache.enabled() else ""
+    with progress(f"exporting {name} with a KV cache ({what}{later})"):
         ep = _export(wrapper, args, dyn, model, phase)
         sg = _finish(ep, model, wrapper, phase, args, ref)
         graph_cache.save(key, about, ep, wrapper)

@@ -265,7 +265,8 @@ def _attempt(model, frontend, input_names, example, out_keys, ref):
                     return gm, True
                 except Exception as e:  # noqa: BLE001 - a stale entry: export afresh
                     graph_cache.discard(key, f"failed its check: {type(e).__name__}: {e}"[:200])
-    with progress(f"exporting {name} with torch.export (first use; cached for next time)"):
+    later = " (first use; cached for next time)" if key is not None and graph_cache.enabled() else ""
+    with progress(f"exporting {name} with torch.export{later}"):
         ep = _export_program(model, input_names, example)
         gm = _trace_export(model, input_names, example, out_keys, ep=ep)
         _check(gm, example, out_keys, ref)
