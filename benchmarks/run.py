@@ -38,11 +38,14 @@ def _best(fn, reps):
     return min(ts)
 
 
-def _model(n_layer):
+def _model(n_layer, **shape):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=n_layer, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)
+    extra = {}
+    if shape:
+        extra = dict(n_embd=shape["n_embd"], n_head=shape["n_head"], vocab_size=shape["vocab"])
+    cfg = GPT2Config(n_layer=n_layer, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, **extra)
     cfg._attn_implementation = "eager"
     return GPT2LMHeadModel(cfg).eval()
 
@@ -75,19 +78,75 @@ def _nnsight():
         return False
 
 
+def _trace_rows(model, label, L, reps, has_nn, pyvene, vocab):
+    """ROME-style tracing of the block_output stream only: L layers x 10 positions, one noise
+    sample (pyvene's), 4 subject tokens; B = one plain batched forward of the same L*10 rows with
+    full logits; nnsight's best form (one trace: clean invoke + patched rows, logits_to_keep=1)."""
+    from fxvene.sweep import PYVENE_NOISE_LEVEL, causal_trace, trace_noise
+
+    prompt = {"input_ids": torch.randint(0, vocab, (1, 10), generator=torch.Generator().manual_seed(3))}
+    subj, target = [0, 1, 2, 3], 7 % vocab
+    n = 10 * L
+    kw = dict(noise_level=PYVENE_NOISE_LEVEL, n_samples=1, streams="block_output", progress=False)
+    causal_trace(model, prompt, subj, target, **kw)  # first call: tracing, slicing, cost calibration
+    big = prompt["input_ids"].expand(n, 10)
+
+    def plain():
+        with torch.no_grad():
+            model(input_ids=big, use_cache=False)
+
+    t_B = _best(plain, reps)
+    t_fx = _best(lambda: causal_trace(model, prompt, subj, target, **kw), reps)
+    t_np = _best(lambda: causal_trace(model, prompt, subj, target, prefix=False, **kw), reps)
+    t_B = min(t_B, _best(plain, reps))  # B again, after: the ratio is taken within one stretch of the run
+
+    def py_cell(layer, pos):
+        reps_ = [pyvene.RepresentationConfig(0, "block_input"), pyvene.RepresentationConfig(layer, "block_output")]
+        c = pyvene.IntervenableConfig(representations=reps_, intervention_types=[pyvene.NoiseIntervention,
+                                                                                  pyvene.VanillaIntervention])
+        iv = pyvene.IntervenableModel(c, model)
+        with torch.no_grad():
+            iv(prompt, [None, prompt], {"sources->base": ([None, [[pos]]], [[[0, 1, 2, 3]], [[pos]]])})
+
+    sample = [(l, p) for l in sorted({0, L // 3, (2 * L) // 3, L - 1}) for p in (0, 5, 9)]
+    t0 = time.perf_counter()
+    for l, p in sample:
+        py_cell(l, p)
+    t_py = (time.perf_counter() - t0) / len(sample) * n
+    t_nn = None
+    if has_nn:
+        import nnsight_bench as nb
+        from fxvene.sweep import window_layers
+
+        nnm = nb._wrap(model)
+        cells = [("block_output", l, p) for p in range(10) for l in range(L)]
+        d = model.config.n_embd
+        noise = trace_noise(1, 4, d)[0].float() * PYVENE_NOISE_LEVEL
+        with torch.no_grad():
+            t_nn = _best(lambda: nb.causal_trace(nnm, prompt["input_ids"], subj, target, noise, cells,
+                                                 lambda l: window_layers(l, 10, L), L), reps)
+    cfg = model.config
+    return (f"{label} causal tracing, block_output only, {L} layers x 10 positions, 1 sample, 4 subject tokens "
+            f"({cfg.n_layer}x{cfg.n_embd}, vocab {cfg.vocab_size})", t_fx, None, t_py, t_nn, t_B,
+            f"B = plain batched forward of {n} rows x 10 tokens, full logits; fxvene without the causal prefix "
+            f"{t_np / t_B:.2f} B; pyvene: {len(sample)} cells timed, extrapolated")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="6-layer model, fewer repetitions")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd IntervenableModel (a, c)")
     ap.add_argument("--out", default=None, help="also write the table to this file")
+    ap.add_argument("--sweeps-only", action="store_true",
+                    help="only the causal-tracing rows (b), (b1), (b2), (b3) (issue 11's side-by-side workloads)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     import pyvene
     import transformers
 
     import fxvene as pv
-    from fxvene.sweep import PYVENE_NOISE_LEVEL, causal_trace, patching_sweep, window_layers
+    from fxvene.sweep import patching_sweep
 
     L = 6 if args.quick else 12
     reps = 1 if args.quick else 2
@@ -100,6 +159,9 @@ def main(argv=None):
         with torch.no_grad():
             return model(input_ids=ids, use_cache=False).logits
 
+    if args.sweeps_only:
+        return _finish(args, _sweep_rows(args, model, L, reps, has_nn, pyvene, []), L, has_nn, nn_note, pyvene,
+                       transformers)
     # ---------------------------------------------------------------- (a) one Vanilla patch
     base, src = {"input_ids": _ids(8, 16, 1)}, {"input_ids": _ids(8, 16, 2)}
     mid = L // 2
@@ -132,60 +194,7 @@ def main(argv=None):
                  "floor: one plain forward" + (f"; compiled plain forward {t_cplain1 * 1e3:.1f} ms" if args.compile else "")))
 
     _log("a done", rows[-2][1:6], rows[-1][1:6])
-    # ---------------------------------------------------------------- (b) causal tracing
-    prompt = {"input_ids": _ids(1, 10, 3)}
-    subj, target = [0, 1, 2, 3], 7312
-    streams = ("block_output", "mlp_activation", "attention_output")
-    n_cells = len(streams) * 10 * L
-    t0 = time.perf_counter()
-    causal_trace(model, prompt, subj, target, noise_level=PYVENE_NOISE_LEVEL, n_samples=1, progress=False)
-    t_first = time.perf_counter() - t0
-    t_fx = _best(lambda: causal_trace(model, prompt, subj, target, noise_level=PYVENE_NOISE_LEVEL, n_samples=1,
-                                      progress=False), reps)
-    t_np = _best(lambda: causal_trace(model, prompt, subj, target, noise_level=PYVENE_NOISE_LEVEL, n_samples=1,
-                                      progress=False, prefix=False), reps)
-
-    def py_cell(stream, layer, pos):
-        lays = [layer] if stream == "block_output" else window_layers(layer, 10, L)
-        reps_ = [pyvene.RepresentationConfig(0, "block_input")] + [pyvene.RepresentationConfig(i, stream) for i in lays]
-        c = pyvene.IntervenableConfig(representations=reps_, intervention_types=[pyvene.NoiseIntervention]
-                                      + [pyvene.VanillaIntervention] * len(lays))
-        iv = pyvene.IntervenableModel(c, model)
-        n = len(lays)
-        with torch.no_grad():
-            _, out = iv(prompt, [None] + [prompt] * n,
-                        {"sources->base": ([None] + [[[pos]]] * n, [[[0, 1, 2, 3]]] + [[[pos]]] * n)})
-        return torch.softmax(out.logits[0, -1], -1)[target].item()
-
-    sample_layers = sorted({0, L // 3, (2 * L) // 3, L - 1})
-    sample_pos = [0, 5, 9]
-    per_stream = []
-    for st in streams:
-        t0 = time.perf_counter()
-        for l in sample_layers:
-            for p in sample_pos:
-                py_cell(st, l, p)
-        per_stream.append((time.perf_counter() - t0) / (len(sample_layers) * len(sample_pos)))
-    t_py = sum(per_stream) * 10 * L
-    big = _ids(1, 10, 3).expand(n_cells, 10)
-    t_B = _best(lambda: plain(big), reps)
-    t_nn = None
-    if has_nn:
-        import nnsight_bench as nb
-        from fxvene.sweep import trace_noise
-
-        nnm = nb._wrap(model)
-        cells_b = [(st, l, p) for st in streams for p in range(10) for l in range(L)]
-        noise_b = trace_noise(1, 4, 768)[0].float() * PYVENE_NOISE_LEVEL
-        with torch.no_grad():
-            t_nn = _best(lambda: nb.causal_trace(nnm, prompt["input_ids"], subj, target, noise_b, cells_b,
-                                                 lambda l: window_layers(l, 10, L), L), reps)
-    rows.append((f"(b) causal tracing, {L}x10x3 cells", t_fx, None, t_py, t_nn, t_B,
-                 f"pyvene: {len(sample_layers) * len(sample_pos)} cells/stream timed, x{10 * L // (len(sample_layers) * len(sample_pos))} "
-                 f"extrapolated; floor B = plain batched forward of {n_cells} rows with full logits; "
-                 f"fxvene first call (tracing + slicing) {t_first:.1f} s; fxvene without the causal prefix {t_np:.2f} s"))
-
-    _log("b done", rows[-1][1:6])
+    _sweep_rows(args, model, L, reps, has_nn, pyvene, rows)
     # ---------------------------------------------------------------- (c) collect 12 layers
     many = {"input_ids": _ids(32, 16, 4)}
     ccfg = [pv.RepresentationConfig(l, "block_output", intervention_type=pv.CollectIntervention) for l in range(L)]
@@ -242,6 +251,8 @@ def main(argv=None):
 
     _log("d done", rows[-1][1:6])
     # ---------------------------------------------------------------- (e) 12 x 16 sweep
+    target = 7312
+    sample_layers = sorted({0, L // 3, (2 * L) // 3, L - 1})
     eb, es = {"input_ids": _ids(1, 16, 8)}, {"input_ids": _ids(1, 16, 9)}
     n_e = L * 16
     t_fx = _best(lambda: patching_sweep(model, eb, es, "block_output", tokens=[target], progress=False), reps)
@@ -262,6 +273,9 @@ def main(argv=None):
     t_B = _best(lambda: plain(eb["input_ids"].expand(n_e, 16)), reps)
     t_nn = None
     if has_nn:
+        import nnsight_bench as nb
+
+        nnm = nb._wrap(model)
         cells_e = [(l, p) for l in range(L) for p in range(16)]
         with torch.no_grad():
             t_nn = _best(lambda: nb.patching_sweep(nnm, eb["input_ids"], es["input_ids"], cells_e, target), reps)
@@ -269,6 +283,90 @@ def main(argv=None):
                  f"pyvene: {len(cells)} cells timed, extrapolated; floor B = plain batched forward of {n_e} rows; "
                  f"fxvene without the causal prefix {t_np:.2f} s"))
 
+    return _finish(args, rows, L, has_nn, nn_note, pyvene, transformers)
+
+
+def _sweep_rows(args, model, L, reps, has_nn, pyvene, rows):
+    """(b) and issue 11's side-by-side tracing rows: (b1) block_output only on this model, (b2) the
+    same on a tiny GPT-2 (12 x 64, vocab 1000: per-call overhead shows), (b3) three streams with
+    the default 10 noise samples (as the README's example)."""
+    from fxvene.sweep import PYVENE_NOISE_LEVEL, causal_trace, window_layers
+
+    def plain(ids):
+        with torch.no_grad():
+            return model(input_ids=ids, use_cache=False).logits
+
+    # ---------------------------------------------------------------- (b) causal tracing
+    prompt = {"input_ids": _ids(1, 10, 3)}
+    subj, target = [0, 1, 2, 3], 7312
+    streams = ("block_output", "mlp_activation", "attention_output")
+    n_cells = len(streams) * 10 * L
+    t0 = time.perf_counter()
+    causal_trace(model, prompt, subj, target, noise_level=PYVENE_NOISE_LEVEL, n_samples=1, progress=False)
+    t_first = time.perf_counter() - t0
+    t_fx = _best(lambda: causal_trace(model, prompt, subj, target, noise_level=PYVENE_NOISE_LEVEL, n_samples=1,
+                                      progress=False), reps)
+    t_np = _best(lambda: causal_trace(model, prompt, subj, target, noise_level=PYVENE_NOISE_LEVEL, n_samples=1,
+                                      progress=False, prefix=False), reps)
+
+    def py_cell(stream, layer, pos):
+        lays = [layer] if stream == "block_output" else window_layers(layer, 10, L)
+        reps_ = [pyvene.RepresentationConfig(0, "block_input")] + [pyvene.RepresentationConfig(i, stream) for i in lays]
+        c = pyvene.IntervenableConfig(representations=reps_, intervention_types=[pyvene.NoiseIntervention]
+                                      + [pyvene.VanillaIntervention] * len(lays))
+        iv = pyvene.IntervenableModel(c, model)
+        n = len(lays)
+        with torch.no_grad():
+            _, out = iv(prompt, [None] + [prompt] * n,
+                        {"sources->base": ([None] + [[[pos]]] * n, [[[0, 1, 2, 3]]] + [[[pos]]] * n)})
+        return torch.softmax(out.logits[0, -1], -1)[target].item()
+
+    sample_layers = sorted({0, L // 3, (2 * L) // 3, L - 1})
+    sample_pos = [0, 5, 9]
+    per_stream = []
+    for st in streams:
+        t0 = time.perf_counter()
+        for l in sample_layers:
+            for p in sample_pos:
+                py_cell(st, l, p)
+        per_stream.append((time.perf_counter() - t0) / (len(sample_layers) * len(sample_pos)))
+    t_py = sum(per_stream) * 10 * L
+    big = _ids(1, 10, 3).expand(n_cells, 10)
+    t_B = _best(lambda: plain(big), reps)
+    t_nn = None
+    if has_nn:
+        import nnsight_bench as nb
+        from fxvene.sweep import trace_noise
+
+        nnm = nb._wrap(model)
+        cells_b = [(st, l, p) for st in streams for p in range(10) for l in range(L)]
+        noise_b = trace_noise(1, 4, 768)[0].float() * PYVENE_NOISE_LEVEL
+        with torch.no_grad():
+            t_nn = _best(lambda: nb.causal_trace(nnm, prompt["input_ids"], subj, target, noise_b, cells_b,
+                                                 lambda l: window_layers(l, 10, L), L), reps)
+    rows.append((f"(b) causal tracing, {L}x10x3 cells", t_fx, None, t_py, t_nn, t_B,
+                 f"pyvene: {len(sample_layers) * len(sample_pos)} cells/stream timed, x{10 * L // (len(sample_layers) * len(sample_pos))} "
+                 f"extrapolated; floor B = plain batched forward of {n_cells} rows with full logits; "
+                 f"fxvene first call (tracing + slicing) {t_first:.1f} s; fxvene without the causal prefix {t_np:.2f} s"))
+
+    _log("b done", rows[-1][1:6])
+
+    rows.append(_trace_rows(model, "(b1)", L, reps, has_nn, pyvene, model.config.vocab_size))
+    _log("b1 done", rows[-1][1:6])
+    tiny = _model(12, n_embd=64, n_head=4, vocab=1000)
+    rows.append(_trace_rows(tiny, "(b2) tiny GPT-2", 12, max(reps, 5), has_nn, pyvene, 1000))
+    _log("b2 done", rows[-1][1:6])
+    # (b3): 3 streams x L layers x 10 positions x 10 samples = 3600 rows (window 10, default noise)
+    t_fx10 = _best(lambda: causal_trace(model, prompt, subj, target, n_samples=10, progress=False), 1)
+    rows.append((f"(b3) causal tracing, {L}x10x3 cells, 10 noise samples (the default; {n_cells * 10} rows)", t_fx10,
+                 None, t_py * 10, None, t_B * 10,
+                 f"floor = 10 x (b)'s B (plain batched forward of {n_cells * 10} rows, full logits); pyvene: (b)'s "
+                 "extrapolation x 10"))
+    _log("b3 done", rows[-1][1:6])
+    return rows
+
+
+def _finish(args, rows, L, has_nn, nn_note, pyvene, transformers):
     # ---------------------------------------------------------------- table
     def fmt(t):
         return "-" if t is None else (f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s")

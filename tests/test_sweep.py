@@ -350,10 +350,10 @@ def test_prefix_row_groups_starting_before_the_patched_position_equal_pyvene(gpt
                 torch.testing.assert_close(r.values[ci, li, pos], ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("costs,quantum", [((1.0, 0.0), 7), ((0.0, 1.0), 1), ((1.0, 0.5), None)])
+@pytest.mark.parametrize("costs,quantum", [((1.0, 0.0, 1.0), 7), ((0.0, 1.0, 0.0), 1), ((1.0, 0.5, 3.0), None)])
 def test_prefix_plan_chosen_by_cost_equals_pyvene(gpt4, monkeypatch, costs, quantum):
     """The row groups are chosen by expected cost (a fixed cost per segment call, a cost per
-    row-position): calls only -> one group of full-length rows; positions only -> one group per
+    row-position, a fixed cost of the LM-head call): calls only -> one group of full-length rows; positions only -> one group per
     start position; both -> in between. Every choice gives pyvene's numbers."""
     from fxvene.sweep import SweepEngine
 

@@ -1,0 +1,606 @@
+"""The sweep engine: one model's traced graph cut into segments at the sweep sites, run as rows.
+
+What it computes less of, and how (readout, layer-start reuse, causal prefix, position-wise tail,
+per-row selectors), is told in :mod:`fxvene.sweep`, which holds the public ``patching_sweep`` and
+``causal_trace``. Here: the per-row selector op (:class:`SweepSite`), the engine that builds the
+segments once per (model, sites) (:class:`SweepEngine`), caches a base run at every cut
+(:meth:`SweepEngine.prepare`), chooses the row groups by expected cost (:meth:`SweepEngine.plan`)
+and runs the rows (:meth:`SweepEngine.run_rows`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from fxvene.models import family_for
+from fxvene.passes.rewrite import expose
+from fxvene.passes.slice import boundary_after, node_order, segment
+from fxvene.passes.sweep import insert_selectors, readout
+from fxvene.sites import gather, resolve_site, scatter, site_view
+from fxvene.tracing import TracingError, trace
+
+_PREFIX = "fxv_in_"
+
+
+class SweepSite(nn.Module):
+    """Per-row selector at a site: ``op(x, src, loc, on)``; row b's unit at ``loc[b]`` becomes
+    ``src[b]`` where ``on[b]``, else stays. ``loc`` is ``(b, 1)`` positions (unit ``pos``) or
+    ``(b, 2)`` (head, position) (unit ``h.pos``)."""
+
+    def __init__(self, site, unit):
+        super().__init__()
+        self.site = site
+        self.unit = unit
+
+    def forward(self, x, src=None, loc=None, on=None):
+        if src is None:
+            return x
+        if not torch.compiler.is_compiling() and not torch.is_grad_enabled() and self.site.n_heads is None:
+            # eager fast path: write only the active rows, in place (the runtime owns ``x``:
+            # it is a fresh batch built for this call, never a cached or user tensor)
+            rows = torch.nonzero(on).flatten()
+            if len(rows):
+                cols = slice(None) if self.site.split3 is None else _third_cols(x, self.site.split3)
+                x[rows, loc[rows, 0], cols] = src[rows, 0].to(x.dtype)
+            return x
+        idx = (loc[:, :1], loc[:, 1:]) if self.unit == "h.pos" else loc
+        cur = gather(x, self.site, self.unit, idx, "sweep positions")
+        mask = on.reshape((-1,) + (1,) * (cur.dim() - 1))
+        new = torch.where(mask, src.to(cur.dtype), cur)
+        return scatter(x, self.site, self.unit, idx, new)
+
+
+def _third_cols(x, slot):
+    d = x.shape[-1] // 3
+    return slice(slot * d, (slot + 1) * d)
+
+
+@dataclass
+class _Segment:
+    gm: object
+    ins: list
+    outs: Optional[list]
+    ops: list = field(default_factory=list)  # site indices whose selector sits at this segment's entry
+    tail: bool = False
+    fn: object = None
+    used: set = field(default_factory=set)  # the placeholders the segment reads
+
+
+def _last_placeholder_names(gm):
+    return [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+class SweepEngine:
+    """Segments of one model's traced graph for a set of sweep sites (built once, reused).
+
+    ``sites``: list of ``(component, layer)``. ``tokens``: readout only the logits of token ids
+    given at run time (``(b, k)``); else the full vocabulary at the last position (``(b, V)``).
+    """
+
+    def __init__(self, model, sites, tracer="auto", tokens=False, tail=True, compile=False, prefix="auto"):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if prefix not in ("auto", True, False):
+            raise ValueError(f"prefix must be 'auto', True or False, got {prefix!r}")
+        fam, _ = family_for(model)
+        if fam is None:
+            raise ValueError(f"sweeps need a model family fxvene knows (GPT-2, Llama, ...); got {type(model).__name__}")
+        self.model = model
+        self.n_layers = int(getattr(model.config, fam.n_layers))
+        # the causal prefix needs the chunk step graph (export, with past keys/values as inputs)
+        step = None
+        self.prefix_note = None
+        copts = None
+        if compile is not False and compile is not None:
+            from fxvene.compile import compile_options
+
+            copts = compile_options(compile)  # True or a dict of torch.compile options (TypeError otherwise)
+        if prefix is not False and tracer == "hf_fx":
+            if prefix is True:
+                raise ValueError("prefix=True needs the chunk step graph, which is traced with torch.export: "
+                                 "use tracer='auto' or 'export'")
+            self.prefix_note = "tracer='hf_fx': the causal prefix needs the export chunk graph"
+        elif prefix is not False:
+            from fxvene.generation import step_graph
+
+            try:
+                step = step_graph(model, "chunk")
+            except TracingError as e:
+                if prefix is True:
+                    raise ValueError(f"prefix=True: {e}") from e
+                self.prefix_note = str(e)
+        traced = step.locate if step is not None else trace(model, ("input_ids", "attention_mask"), tracer=tracer)
+        self.traced = traced
+        self.step = step
+        gm = readout(traced.gm, 0, -1, tokens=tokens)
+        self.tokens = tokens
+        self.sites = [resolve_site(traced, model, c, l) for c, l in sites]
+        self.site_keys = list(sites)
+        start = resolve_site(traced, model, "block_input", 0)
+        self.start_node = start.node
+        order = node_order(gm)
+        b0 = boundary_after(gm, start.node)
+        bounds = {b0}
+        for (c, l), s in zip(sites, self.sites):
+            if order[s.node] < order[start.node]:
+                raise ValueError(f"sweep site {c} at layer {l} lies before the first block's input")
+            bounds.add(boundary_after(gm, s.node))
+        self.tail_bound = None
+        if tail:
+            try:
+                last = resolve_site(traced, model, "attention_value_output", self.n_layers - 1)
+                self.tail_bound = boundary_after(gm, last.node)
+                bounds.add(self.tail_bound)
+            except ValueError:
+                self.tail_bound = None
+        bounds = sorted(bounds)
+        self.bounds = bounds
+        pre, _, pre_outs = segment(gm, None, bounds[0], _PREFIX)
+        if pre_outs != [start.node]:
+            raise ValueError(f"sweep: the first block's input is not a clean cut of this graph ({pre_outs})")
+        self.pre = _Segment(pre, [], pre_outs)
+        segs = []
+        for i, b in enumerate(bounds):
+            stop = bounds[i + 1] if i + 1 < len(bounds) else None
+            sg, ins, outs = segment(gm, b, stop, _PREFIX)
+            seg = _Segment(sg, ins, outs, tail=self.tail_bound is not None and b >= self.tail_bound)
+            reqs = []
+            for j, s in enumerate(self.sites):
+                if boundary_after(gm, s.node) == b:
+                    if s.node not in ins:
+                        raise ValueError(f"sweep site {self.site_keys[j]} is not a cut value of the graph")
+                    unit = "h.pos" if s.n_heads is not None else "pos"
+                    reqs.append(dict(name=f"fxv_sel_{j}", module=SweepSite(s, unit), node=_PREFIX + s.node))
+                    seg.ops.append(j)
+            if reqs:
+                seg.gm = insert_selectors(sg, reqs)
+            segs.append(seg)
+        self.segments = segs
+        self.seg_of_site = {}
+        for i, seg in enumerate(segs):
+            for j in seg.ops:
+                self.seg_of_site[j] = i
+        self._shapes = {}
+        self.compiled = copts is not None
+        self._announced = False
+        self.cache_seg = None
+        self.prefix = False
+        if step is not None:
+            self._build_step_cache(step, gm, tokens)
+            why = self._prefix_blocker(gm)
+            if why is None:
+                self.prefix = True
+            elif prefix is True:
+                raise ValueError(f"prefix=True: {why}")
+            else:
+                self.prefix_note = why
+        for seg in [self.pre] + segs + ([self.cache_seg] if self.cache_seg is not None else []):
+            if copts is not None:
+                from fxvene.compile import compile_ready
+
+                seg.fn = torch.compile(compile_ready(seg.gm), **copts)
+            else:
+                seg.fn = seg.gm
+            seg.used = {n.target for n in seg.gm.graph.nodes if n.op == "placeholder" and n.users}
+
+    def _build_step_cache(self, step, gm, tokens):
+        """The cache run of a chunk-graph engine: the step graph from the first block's input to the
+        end, with the keys/values of every layer and every segment boundary's value as outputs (one
+        call instead of one per segment)."""
+        full = readout(step.gm, 0, -1, tokens=tokens)
+        b0 = boundary_after(full, self.start_node)
+        cg, ins, _ = segment(full, b0, None, _PREFIX)
+        if ins != [self.start_node]:
+            raise ValueError(f"sweep: the first block's input is not a clean cut of the step graph ({ins})")
+        names = []
+        for seg in self.segments:
+            for k in seg.ins:
+                if k != self.start_node and k not in names:
+                    names.append(k)
+        cg = expose(cg, [{"node": k} for k in names])
+        self.cache_seg = _Segment(cg, ins, names)
+        self.n_kv = step.n_kv
+        phs = {n.target: n for n in step.gm.graph.nodes if n.op == "placeholder"}
+        self._past = []
+        for i in range(step.n_kv):
+            val = phs[f"past_{i}"].meta["val"]
+            self._past.append((val.dtype, int(val.shape[1]), int(val.shape[3])))
+
+    def _prefix_blocker(self, gm):
+        """Why rows cannot start at their first patched position (None: they can). Every value cut
+        at a segment boundary must be sequence-major ((batch, seq, ...)), so that the rows' cached
+        base values can be sliced to the positions they recompute."""
+        phs = {n.target: n for n in gm.graph.nodes if n.op == "placeholder"}
+        seq = phs["input_ids"].meta.get("val")
+        if seq is None:
+            return "the chunk graph has no shape metadata"
+        seq = str(seq.shape[1])
+        by_name = {n.name: n for n in gm.graph.nodes}
+        for seg in self.segments:
+            for k in seg.ins:
+                val = by_name[k].meta.get("val") if k in by_name else None
+                if not isinstance(val, torch.Tensor) or val.dim() < 2 or str(val.shape[1]) != seq:
+                    shape = None if not isinstance(val, torch.Tensor) else tuple(val.shape)
+                    return f"the cut value {k!r} (shape {shape}) is not (batch, seq, ...)"
+        return None
+
+    # -------------------------------------------------------------------------------- runs
+
+    def _feeds(self, seg, ids, mask, start, kv, tokens):
+        """The graph inputs of one segment call on ``ids`` (the positions ``start`` ...). A step graph
+        also takes position ids and the keys/values of positions ``< start`` (``kv``: the rows' cached
+        keys/values, or None for an empty past)."""
+        kw = {"input_ids": ids, "attention_mask": mask}
+        if self.step is not None:
+            n, s = ids.shape
+            kw["position_ids"] = torch.arange(start, start + s, device=ids.device).expand(n, s)
+            past = seg.__dict__.get("past")
+            if past is None:  # (index, name, used) of every past input, once per segment
+                past = seg.past = [(i, f"past_{i}", f"past_{i}" in seg.used) for i in range(len(self._past))]
+            for i, name, used in past:
+                if not used:
+                    kw[name] = None
+                elif kv is None:
+                    dtype, h, hd = self._past[i]
+                    kw[name] = torch.zeros((n, h, 0, hd), dtype=dtype, device=ids.device)
+                else:
+                    kw[name] = kv[i][:n, :, :start]
+        if self.tokens:  # every segment keeps the readout's placeholder (unused before the head)
+            kw["fxv_tokens"] = tokens
+        return kw
+
+    def _call(self, seg, feeds, values, sel):
+        kw = dict(feeds)
+        for name in seg.ins:
+            kw[_PREFIX + name] = values[name]
+        ids = feeds["input_ids"]
+        for name in seg.gm.meta.get("fxvene_shape_inputs", ()):
+            kw["fxv_shape_" + name] = self._stand_in(name, ids.shape[0], ids.shape[1])
+        for j in seg.ops:
+            src, loc, on = sel.get(j, (None, None, None))
+            kw[f"fxv_sel_{j}_src"] = src
+            kw[f"fxv_sel_{j}_loc"] = loc
+            kw[f"fxv_sel_{j}_on"] = on
+        if self.compiled:
+            self._mark(kw, ids.shape[0])
+            # no duck sizing: a head dim equal to a sequence length must not tie the two symbols
+            with torch.fx.experimental._config.patch(use_duck_shape=False):
+                return seg.fn(**kw)
+        return seg.fn(**kw)
+
+    def compiling(self):
+        """Context for a sweep call: the first call of a compiled engine says that it compiles (one
+        line on stderr with the time it took); later calls, and eager engines, say nothing."""
+        import contextlib
+
+        if not self.compiled or self._announced:
+            return contextlib.nullcontext()
+        self._announced = True
+        from fxvene.compile import _say
+
+        return _say(f"compiling the sweep's {len(self.segments) + 2} graph segments (first call of this sweep "
+                    "structure; later prompts, lengths and cells reuse them)")
+
+    def _mark(self, kw, rows):
+        """Compiled segments: every input is rows-major (values a graph broadcasts over the batch are
+        repeated to the rows); the row count is one unbacked symbol (no size-1 specialisation) and the
+        position dims are dynamic, so new row counts, start positions and lengths reuse the code."""
+        from fxvene.compile import mark_dims
+
+        for k, v in kw.items():
+            if isinstance(v, torch.Tensor) and k != "fxv_tokens" and v.dim() >= 1 and v.shape[0] != rows:
+                kw[k] = v.expand((rows,) + tuple(v.shape[1:])).contiguous()
+            elif k in ("input_ids", "attention_mask", "position_ids"):
+                kw[k] = v.contiguous()  # strides are guarded: a sliced view would recompile
+        seq = {"input_ids": 1, "attention_mask": 1, "position_ids": 1}
+        for k, v in kw.items():
+            if isinstance(v, torch.Tensor) and v.dim() >= 2 and k.startswith(("fxv_in_", "fxv_shape_")):
+                seq[k] = 1
+            elif k.startswith("past_"):
+                seq[k] = 2
+        mark_dims(kw, rows, seq_dims=seq, batch_names=lambda k: k != "fxv_tokens")
+
+    def _stand_in(self, name, rows, seq):
+        """A zero-stride tensor with the shape ``name`` has in a run of ``rows`` x ``seq``."""
+        rec = self._shapes.get(name)
+        if rec is None:
+            raise ValueError(f"sweep: no recorded shape for the stand-in of {name!r}")
+        dtype, rest = rec
+        return torch.empty((), dtype=dtype).expand((rows, seq) + rest)
+
+    @torch.no_grad()
+    def cache(self, input_ids, attention_mask, perturb=None, tokens=None):
+        """Run the plain model through every segment; returns (values per segment, readout, keys/values
+        per layer (step graphs; else None)). ``perturb(x)`` edits the first block's input (noise)
+        before the blocks run."""
+        out = self.pre.fn(**self._feeds(self.pre, input_ids, attention_mask, 0, None, tokens))
+        values = {self.start_node: out[0]}
+        self._record(values)
+        if perturb is not None:
+            values[self.start_node] = perturb(values[self.start_node])
+        if self.cache_seg is not None:
+            res = self._call(self.cache_seg, self._feeds(self.cache_seg, input_ids, attention_mask, 0, None, tokens),
+                             values, {})
+            final, kv = res[0], list(res[1:1 + self.n_kv])
+            values.update(zip(self.cache_seg.outs, res[1 + self.n_kv:]))
+            self._record(values)
+            return [{k: values[k] for k in seg.ins} for seg in self.segments], final, kv
+        per_seg = []
+        final = None
+        for seg in self.segments:
+            per_seg.append({k: values[k] for k in seg.ins})
+            res = self._call(seg, self._feeds(seg, input_ids, attention_mask, 0, None, tokens), values, {})
+            if seg.outs is None:
+                final = res[0]
+            else:
+                values = dict(zip(seg.outs, res))
+                self._record(values)
+        return per_seg, final, None
+
+    def _record(self, values):
+        for k, v in values.items():
+            if isinstance(v, torch.Tensor) and v.dim() >= 2:
+                self._shapes[k] = (v.dtype, tuple(v.shape[2:]))
+
+    @torch.no_grad()
+    def run_rows(self, base, source, rows, tokens=None, max_rows=None, progress=None):
+        """Run sweep rows. ``base``/``source``: dicts from :meth:`prepare` (ids, mask, cached
+        values, batch). ``rows``: dict of int64 arrays ``sample`` (R,) (the base/source example
+        of the row), ``loc`` (R, n_sites) (positions; -1: site off), ``head`` (R, n_sites).
+        Returns the readout for every row, in row order.
+
+        With the causal prefix (``self.prefix``) a row whose first patched position is ``p`` runs
+        only positions ``p ...``, attending over the base run's cached keys/values of ``0 .. p-1``
+        (positions before ``p`` are the base run's at every layer: nothing there changes); rows
+        are grouped by ``p``."""
+        sample = torch.as_tensor(rows["sample"], dtype=torch.long)
+        loc = torch.as_tensor(rows["loc"], dtype=torch.long)
+        head = torch.as_tensor(rows["head"], dtype=torch.long) if rows.get("head") is not None else None
+        R = sample.shape[0]
+        if R == 0:
+            raise ValueError("sweep: no cells to run")
+        entry = torch.full((R,), len(self.segments), dtype=torch.long)
+        for j in range(loc.shape[1]):
+            on = loc[:, j] >= 0
+            entry = torch.where(on, torch.minimum(entry, torch.full_like(entry, self.seg_of_site[j])), entry)
+        if bool((entry >= len(self.segments)).any()):
+            raise ValueError("sweep: a row has no active site")
+        seq = base["ids"].shape[1]
+        if self.prefix and base.get("kv") is not None:
+            offset = torch.where(loc >= 0, loc, torch.full_like(loc, seq)).min(1).values.clamp(max=seq - 1)
+            # rows are grouped by start position, one group per ``q`` positions: a group starts at the
+            # first position of its rows, the rest recompute a few unchanged positions (exact either
+            # way). ``q`` is chosen by expected cost (``plan``): every segment call has a fixed cost
+            # (op dispatch, streaming the layer's weights through thin matmuls) that more groups pay
+            # more often; ``q = seq`` is one group of full-length rows.
+            q = self.offset_quantum or (-(-seq // 8) if self.compiled else self.plan(offset, entry, seq, base))
+            if q > 1:
+                offset = offset // q * q
+            self.last_quantum = q
+        else:
+            offset = torch.zeros(R, dtype=torch.long)
+        order = torch.from_numpy(np.lexsort((entry.numpy(), offset.numpy()))).long()
+        max_rows = R if max_rows is None else int(max_rows)
+        chunks = []
+        for off in torch.unique(offset).tolist():
+            grp = order[offset[order] == off]
+            chunks += [(grp[i:i + max_rows], off) for i in range(0, len(grp), max_rows)]
+        results = [None] * len(chunks)
+        bar = None
+        if progress is not False:
+            try:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=sum(len(self.segments) - int(entry[c].min()) for c, _ in chunks), desc="fxvene sweep",
+                           delay=0 if progress else 3.0, leave=False)
+            except ImportError:  # pragma: no cover - tqdm is a dependency
+                bar = None
+        try:
+            for ci, (idx, off) in enumerate(chunks):
+                results[ci] = self._run_chunk(base, source, sample[idx], loc[idx], None if head is None else head[idx],
+                                              entry[idx], tokens, bar, off)
+        finally:
+            if bar is not None:
+                bar.close()
+        out = torch.cat(results, 0)
+        done = torch.cat([idx for idx, _ in chunks])
+        inv = torch.empty_like(done)
+        inv[done] = torch.arange(R)
+        return out[inv]
+
+    def _run_chunk(self, base, source, sample, loc, head, entry, tokens, bar, off=0):
+        seq = base["ids"].shape[1]
+        carried = None
+        n = 0
+        first = int(entry.min())
+        final = None
+        sliced = False
+        # the chunk's rows' cached keys/values of the positions before ``off`` (step graphs; a group that
+        # starts at 0 has no past), gathered once per chunk
+        kv = self._kv_rows(base, sample, off) if off else None
+        # rows are sorted by entry segment: the rows entering segment i are the next counts[i] rows
+        counts = np.bincount(entry.numpy(), minlength=len(self.segments) + 1).tolist()
+        zero = torch.zeros_like(sample)
+        src_rows = {}  # the source run's example of each row (a batch-1 source serves every row)
+        ids_n = None  # (n, ids, mask) of the rows so far
+        for i in range(first, len(self.segments)):
+            seg = self.segments[i]
+            tail = seg.tail and self._tail_ok
+            if tail and not sliced and carried is not None:
+                carried = {k: v[:, -1:].contiguous() for k, v in carried.items()}
+            sliced = sliced or tail
+            start = seq - 1 if tail else off
+            k_new = counts[i]
+            if k_new:
+                vals = {}
+                for name in seg.ins:
+                    # always a fresh, contiguous copy (index_select): selectors write rows in place, graphs
+                    # view() their inputs; a value the graph broadcasts (leading dim 1) is repeated
+                    v = base["cache"][i][name]
+                    rows = sample[n:n + k_new] if v.shape[0] > 1 else zero[n:n + k_new]
+                    vals[name] = (v[:, start:] if start else v).index_select(0, rows)
+                if carried is None:
+                    carried = vals
+                else:  # values a segment broadcasts (leading dim 1: rotary tables) are expanded to the rows
+                    carried = {k: torch.cat([_rows(carried[k], n), vals[k]], 0) for k in seg.ins}
+                n += k_new
+            if ids_n is None or ids_n[0] != n:
+                rs = sample[:n]
+                ids_n = (n, base["ids"].index_select(0, rs), base["mask"].index_select(0, rs))
+            ids, mask = ids_n[1], ids_n[2]
+            if start:
+                ids = ids[:, start:]
+                if self.step is None:  # the plain graph sees the tail alone; a step graph masks the past too
+                    mask = mask[:, start:]
+            sel = {}
+            for j in seg.ops:
+                s = self.sites[j]
+                lj = loc[:n, j]
+                on = lj >= 0
+                pos = lj.clamp(min=0).unsqueeze(1)
+                fsrc = source["cache"][i][s.node]
+                if s.n_heads is not None:
+                    hj = head[:n, j].clamp(min=0).unsqueeze(1)
+                    src = gather(_take(fsrc, sample[:n]), s, "h.pos", (hj, pos), "sweep positions")
+                else:  # the source units of the rows, read straight off the cached source values
+                    key = (n, fsrc.shape[0] > 1)
+                    if key not in src_rows:
+                        src_rows[key] = (sample[:n] if key[1] else zero[:n]).unsqueeze(1)
+                    src = site_view(fsrc, s)[src_rows[key], pos]
+                on = on & (pos[:, 0] >= start)
+                pos = (pos - start).clamp(min=0)
+                lt = torch.cat([hj, pos], 1) if s.n_heads is not None else pos
+                sel[j] = (src, lt, on)
+            feeds = self._feeds(seg, ids, mask, start, kv if start else None, tokens)
+            res = self._call(seg, feeds, carried, sel)
+            if bar is not None:
+                bar.update(1)
+            if seg.outs is None:
+                final = res[0]
+            else:
+                carried = dict(zip(seg.outs, res))
+        return final
+
+    # ------------------------------------------------------------------ choosing the row groups
+
+    def plan(self, first_pos, entry, seq, base):
+        """The group width ``q`` (positions per row group) with the lowest expected cost among
+        1, 2, seq/8, seq/4, seq/2 and seq (one group: full-length rows). Cost model: a segment call
+        costs ``call + token * rows * positions`` (:meth:`_costs`, measured once per engine)."""
+        fp, en = first_pos.numpy(), entry.numpy()
+        key = (seq, bool(self._tail_ok), fp.tobytes(), en.tobytes())
+        plans = self.__dict__.setdefault("_plans", {})
+        if key in plans:
+            return plans[key]
+        call, tok, last = self._costs(base)
+        nseg = len(self.segments)
+        width = np.array([1 if (sg.tail and self._tail_ok) else 0 for sg in self.segments])
+        best = None
+        for q in sorted({1, 2, -(-seq // 8), -(-seq // 4), -(-seq // 2), seq}):
+            off = fp // q * q
+            cost = 0.0
+            for o in np.unique(off):
+                e = en[off == o]
+                active = np.bincount(e, minlength=nseg + 1)[:nseg].cumsum()
+                lo = int(e.min())
+                pos = np.where(width[lo:] == 1, 1, seq - int(o))
+                cost += call * (nseg - lo - 1) + last + tok * float((active[lo:] * pos).sum())
+            if best is None or cost < best[0] - 1e-12:
+                best = (cost, q)
+        if len(plans) > 64:
+            plans.clear()
+        plans[key] = best[1]
+        return best[1]
+
+    def _costs(self, base):
+        """(fixed cost of a segment call, cost per row-position, fixed cost of the last segment call
+        (the LM head: its weights are streamed once per call)) in seconds, measured once per engine:
+        a middle block segment on one position of one row and on all positions of 16 rows, the last
+        segment on one row (best of two each)."""
+        if getattr(self, "_cost_model", None) is not None:
+            return self._cost_model
+        import time
+
+        i = max(0, min(len(self.segments) - 1, (len(self.segments) - 1) // 2))
+        while i > 0 and self.segments[i].tail:
+            i -= 1
+        seq = base["ids"].shape[1]
+        k = 16
+
+        def call(rows, S, i=i):
+            seg = self.segments[i]
+            rs = torch.zeros(rows, dtype=torch.long)
+            vals = {n: base["cache"][i][n][:, :S].index_select(0, rs) for n in seg.ins}
+            ids, mask = base["ids"][:1, :S].expand(rows, S), base["mask"][:1, :S].expand(rows, S)
+            feeds = self._feeds(seg, ids, mask, 0, None, None if not self.tokens else torch.zeros(1, dtype=torch.long))
+            t0 = time.perf_counter()
+            self._call(seg, feeds, vals, {})
+            return time.perf_counter() - t0
+
+        try:
+            with torch.no_grad():
+                t1 = min(call(1, 1) for _ in range(2))
+                t2 = min(call(k, seq) for _ in range(2))
+                t3 = min(call(1, 1, len(self.segments) - 1) for _ in range(2))
+            tok = max(t2 - t1, 1e-9) / (k * seq - 1)
+            self._cost_model = (t1, tok, t3)
+        except (RuntimeError, ValueError, IndexError):  # a segment that cannot run on a one-position
+            self._cost_model = (1.0, 0.0, 1.0)  # slice: count calls only (fewest groups)
+        return self._cost_model
+
+    last_quantum = None
+
+    def _kv_rows(self, base, rs, upto):
+        return None if base.get("kv") is None else [_take(t[:, :, :upto], rs) for t in base["kv"]]
+
+    def prepare(self, inputs, perturb=None, tokens=None):
+        ids, mask = _ids_mask(inputs, "inputs")
+        cache, final, kv = self.cache(ids, mask, perturb, tokens)
+        self._check_batched(cache, ids.shape[0])
+        self._tail_ok = self.tail_bound is not None and self._check_tail(cache, ids.shape[1])
+        out = {"ids": ids, "mask": mask, "cache": cache, "final": final, "batch": ids.shape[0], "kv": kv}
+        if self.prefix and kv is not None and not self.compiled and self.offset_quantum is None:
+            self._costs(out)  # once per engine: the cost model that chooses the row groups
+        return out
+
+    def _check_tail(self, cache, seq):
+        for seg, vals in zip(self.segments, cache):
+            if seg.tail:
+                for v in vals.values():
+                    if v.dim() < 2 or v.shape[1] != seq:
+                        return False
+        return True
+
+    def _check_batched(self, cache, batch):
+        for vals in cache:
+            for k, v in vals.items():
+                if v.shape[0] not in (1, batch):
+                    raise ValueError(f"sweep: the cut value {k!r} has leading dim {v.shape[0]}, not the batch {batch}; "
+                                     "this graph cannot be sliced for sweeps")
+
+    _tail_ok = False
+    offset_quantum = None  # positions per row group (None: chosen by expected cost, :meth:`plan`)
+
+
+def _take(v, rows):
+    """Rows ``rows`` of a cached value; a value the graph broadcasts over the batch (leading dim 1:
+    rotary tables) is expanded instead."""
+    return v.index_select(0, rows) if v.shape[0] > 1 else v.expand((len(rows),) + tuple(v.shape[1:]))
+
+
+def _rows(v, n):
+    return v.expand((n,) + tuple(v.shape[1:])) if v.shape[0] == 1 and n > 1 else v
+
+
+def _ids_mask(inputs, what):
+    from fxvene.validation import check_inputs  # one input check for forward, generate and sweeps
+
+    d, _ = check_inputs(inputs, what, need="input_ids")
+    return d["input_ids"], d["attention_mask"]
+
+
+__all__ = ["SweepEngine", "SweepSite"]
