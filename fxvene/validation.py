@@ -110,7 +110,8 @@ def _resolve_name(name, what):
             return getattr(I, s)
     except ValueError:
         pass
-    raise ValueError(f"{what}={name!r} names no intervention class; built-in ones: {', '.join(_builtin_names())}")
+    usable = [n for n in _builtin_names() if "forward" in vars(getattr(I, n)) and n not in ("Intervention", "LambdaIntervention")]
+    raise ValueError(f"{what}={name!r} names no intervention class; built-in ones: {', '.join(usable)}")
 
 
 def check_intervention_type(itype, what):
