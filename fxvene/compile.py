@@ -69,6 +69,19 @@ def _mark_seq(t, dim):
         torch._dynamo.decorators.maybe_mark_dynamic(t, dim)
 
 
+_MARKS = ("_dynamo_unbacked_indices", "_dynamo_shape_ids", "_dynamo_unbacked_bounds", "_specialize_on",
+          "_dynamo_hint_overrides", "_dynamo_weak_dynamic_indices", "_has_dynamo_dim_marking")
+
+
+def unmark(tensors):
+    """Remove the marks :func:`mark_dims` left on ``tensors`` (they may be the caller's own tensors,
+    which another ``torch.compile`` must not see as marked)."""
+    for t in tensors:
+        for a in _MARKS:
+            if a in t.__dict__:
+                delattr(t, a)
+
+
 def mark_dims(kwargs, batch, seq_dims=None, batch_names=None, loose=()):
     """Mark the batch dim (dim 0, unbacked, one shared symbol) and the sequence dims (backed
     dynamic) of a compiled graph's keyword inputs, so that no batch size (1 included) and no
@@ -80,16 +93,19 @@ def mark_dims(kwargs, batch, seq_dims=None, batch_names=None, loose=()):
     batch only when it equals a batch larger than 1)."""
     if seq_dims is None:
         seq_dims = {k: 1 for k in MODEL_INPUTS}
+    marked = []
     for name, v in kwargs.items():
         vals = v if isinstance(v, (tuple, list)) else (v,)
         for t in vals:
             if not isinstance(t, torch.Tensor):
                 continue
+            marked.append(t)
             is_batch = batch_names(name) if batch_names is not None else (name in MODEL_INPUTS or name.startswith("fxv_"))
             if is_batch and (name not in loose or batch > 1):
                 _mark_batch(t, batch)
             if name in seq_dims:
                 _mark_seq(t, seq_dims[name])
+    return marked
 
 
 def _autocast_region(device_type, dtype, enabled, cache_enabled, body, *args):
@@ -152,13 +168,17 @@ def run(intervenable, gm, kwargs):
     first = not (id(gm) in cache and cache[id(gm)][0] is gm)
     fn = compiled(gm, cache, options)
     lead = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+    marked = []
     if isinstance(lead, torch.Tensor) and lead.dim() >= 1 and options.get("dynamic", True) is not False:
-        mark_dims(kwargs, int(lead.shape[0]), loose=_user_sources(gm, kwargs))
-    if not first:
-        return fn(**kwargs)
-    with _say("compiling the intervened graph (first call of this structure; later batch sizes, lengths and "
-              "locations reuse it)"):
-        return fn(**kwargs)
+        marked = mark_dims(kwargs, int(lead.shape[0]), loose=_user_sources(gm, kwargs))
+    try:
+        if not first:
+            return fn(**kwargs)
+        with _say("compiling the intervened graph (first call of this structure; later batch sizes, lengths and "
+                  "locations reuse it)"):
+            return fn(**kwargs)
+    finally:
+        unmark(marked)
 
 
 def recompiles():
@@ -168,4 +188,4 @@ def recompiles():
     return int(counters["stats"]["unique_graphs"])
 
 
-__all__ = ["compile_options", "compiled", "mark_dims", "run", "recompiles"]
+__all__ = ["compile_options", "compiled", "mark_dims", "unmark", "run", "recompiles"]

@@ -266,10 +266,15 @@ class SweepEngine:
             kw[f"fxv_sel_{j}_loc"] = loc
             kw[f"fxv_sel_{j}_on"] = on
         if self.compiled:
-            self._mark(kw, ids.shape[0])
             # no duck sizing: a head dim equal to a sequence length must not tie the two symbols
-            with torch.fx.experimental._config.patch(use_duck_shape=False):
-                return seg.fn(**kw)
+            marked = self._mark(kw, ids.shape[0])
+            try:
+                with torch.fx.experimental._config.patch(use_duck_shape=False):
+                    return seg.fn(**kw)
+            finally:
+                from fxvene.compile import unmark
+
+                unmark(marked)
         return seg.fn(**kw)
 
     def compiling(self):
@@ -302,7 +307,7 @@ class SweepEngine:
                 seq[k] = 1
             elif k.startswith("past_"):
                 seq[k] = 2
-        mark_dims(kw, rows, seq_dims=seq, batch_names=lambda k: k != "fxv_tokens")
+        return mark_dims(kw, rows, seq_dims=seq, batch_names=lambda k: k != "fxv_tokens")
 
     def _stand_in(self, name, rows, seq):
         """A zero-stride tensor with the shape ``name`` has in a run of ``rows`` x ``seq``."""

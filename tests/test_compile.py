@@ -59,6 +59,8 @@ def test_no_recompile_from_batch_one_and_back(which, gpt2, llama, capfd):
         src = {"input_ids": torch.randint(0, 50, (b, s), generator=g)}
         _, out = iv(base, [src], unit_locations={"sources->base": p})
         torch.testing.assert_close(out.logits, _pyvene(model, "block_output", 1, base, src, p), atol=1e-5, rtol=1e-5)
+        # the caller's tensors are not left marked dynamic for another torch.compile
+        assert not hasattr(base["input_ids"], "_dynamo_unbacked_indices")
         if frames is None:
             frames = cnt.frame_count
             graphs = counters["stats"]["unique_graphs"]
