@@ -139,7 +139,10 @@ def compiled(gm, cache, options):
     hit = cache.get(key)
     if hit is not None and hit[0] is gm:
         return hit[1]
-    fn = torch.compile(compile_ready(gm), **options)
+    ready = compile_ready(gm)
+    if hasattr(ready, "real_recompile"):  # a lazy copy: generate its code now, not inside the first compiled call
+        ready.real_recompile()
+    fn = torch.compile(ready, **options)
     cache[key] = (gm, fn)
     return fn
 

@@ -18,6 +18,11 @@ import torch.fx as fx
 
 from .locate import module_paths, normalize_path
 
+try:
+    from torch.fx._lazy_graph_module import _LazyGraphModule
+except ImportError:  # an older torch: plain GraphModules
+    _LazyGraphModule = fx.GraphModule
+
 
 def _copy(gm):
     # graph_copy copies node meta shallowly: deep-copying export's symbolic FakeTensor metadata
@@ -26,7 +31,9 @@ def _copy(gm):
     graph._codegen = copy.deepcopy(gm.graph._codegen)
     out = graph.graph_copy(gm.graph, {})
     graph.output(out)
-    new = fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+    # lazy: the Python code is generated when the module first runs, not for every intermediate copy
+    # of a pass pipeline (codegen of a 12-layer graph is tens of ms; sweeps copy it ~80 times)
+    new = _LazyGraphModule(gm, graph, class_name=type(gm).__name__)
     new.meta = dict(getattr(gm, "meta", {}))
     return new
 
