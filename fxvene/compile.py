@@ -139,12 +139,17 @@ def compiled(gm, cache, options):
     hit = cache.get(key)
     if hit is not None and hit[0] is gm:
         return hit[1]
+    fn = compile_graph(gm, options)
+    cache[key] = (gm, fn)
+    return fn
+
+
+def compile_graph(gm, options):
+    """``torch.compile(gm, **options)`` of :func:`compile_ready`'s form of ``gm``."""
     ready = compile_ready(gm)
     if hasattr(ready, "real_recompile"):  # a lazy copy: generate its code now, not inside the first compiled call
         ready.real_recompile()
-    fn = torch.compile(ready, **options)
-    cache[key] = (gm, fn)
-    return fn
+    return torch.compile(ready, **options)
 
 
 def _user_sources(gm, kwargs):
@@ -191,4 +196,4 @@ def recompiles():
     return int(counters["stats"]["unique_graphs"])
 
 
-__all__ = ["compile_options", "compiled", "mark_dims", "unmark", "run", "recompiles"]
+__all__ = ["compile_options", "compiled", "compile_graph", "mark_dims", "unmark", "run", "recompiles"]

@@ -180,9 +180,9 @@ class SweepEngine:
                 self.prefix_note = why
         for seg in [self.pre] + segs + ([self.cache_seg] if self.cache_seg is not None else []):
             if copts is not None:
-                from fxvene.compile import compile_ready
+                from fxvene.compile import compile_graph
 
-                seg.fn = torch.compile(compile_ready(seg.gm), **copts)
+                seg.fn = compile_graph(seg.gm, copts)
             else:
                 seg.fn = seg.gm
             seg.used = {n.target for n in seg.gm.graph.nodes if n.op == "placeholder" and n.users}
