@@ -183,9 +183,8 @@ def _check_component(name, fam, what):
                        f"{', '.join(fam.components)}")
 
 
-def precheck_config(path, fam, n_layers, model):
-    """The parts of a ``--config`` file checkable without torch: JSON, its layout, component
-    names and layers (field names and intervention types are checked by :func:`load_config`)."""
+def read_intervention_config(path):
+    """``(data, representations)`` of a ``--config`` JSON file, its layout checked (no torch)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -207,6 +206,13 @@ def precheck_config(path, fam, n_layers, model):
         reps = [reps]
     if not isinstance(reps, list) or not reps:
         raise CLIError("--config: 'representations' must be a non-empty list of objects")
+    return data, reps
+
+
+def precheck_config(path, fam, n_layers, model):
+    """The parts of a ``--config`` file checkable without torch: JSON, its layout, component
+    names and layers (field names and intervention types are checked by :func:`load_config`)."""
+    data, reps = read_intervention_config(path)
     for i, r in enumerate(reps):
         if not isinstance(r, dict):
             raise CLIError(f"--config: representations[{i}] must be an object, got {type(r).__name__}")
@@ -265,25 +271,7 @@ def load_config(path):
     """
     from fxvene.configuration import IntervenableConfig, RepresentationConfig
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise CLIError(f"--config: no such file {path!r}") from None
-    except json.JSONDecodeError as e:
-        raise CLIError(f"--config: {path!r} is not valid JSON ({e})") from None
-    if isinstance(data, list):
-        data = {"representations": data}
-    if not isinstance(data, dict):
-        raise CLIError("--config: expected a JSON object with 'representations' (or a list of representations)")
-    unknown = sorted(set(data) - {"representations", "mode", "intervention_types"})
-    if unknown:
-        raise CLIError(f"--config: unknown keys {unknown}; expected representations, mode, intervention_types")
-    reps = data.get("representations")
-    if isinstance(reps, dict):
-        reps = [reps]
-    if not isinstance(reps, list) or not reps:
-        raise CLIError("--config: 'representations' must be a non-empty list of objects")
+    data, reps = read_intervention_config(path)
     fields = set(RepresentationConfig._fields)
     out = []
     for i, r in enumerate(reps):

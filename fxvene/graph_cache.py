@@ -149,19 +149,11 @@ def _path(key):
 # ------------------------------------------------------------------------------------- load/save
 
 
-@contextmanager
 def _quiet_torch_logs():
     """torch's serde logs warnings for harmless things (unused symbols); they are not the user's business."""
-    names = ("torch._export.serde.serialize", "torch.fx.experimental.symbolic_shapes", "torch._export")
-    loggers = [logging.getLogger(n) for n in names]
-    old = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, lv in zip(loggers, old):
-            lg.setLevel(lv)
+    from fxvene.progress import quiet_loggers
+
+    return quiet_loggers("torch._export.serde.serialize", "torch.fx.experimental.symbolic_shapes", "torch._export")
 
 
 class _MemoSympy:

@@ -9,9 +9,11 @@ rest when it ends. Nested steps print only the
 outermost one. Silenced by the environment variable ``FXVENE_QUIET=1`` or
 ``fxvene.set_verbosity(0)``.
 Messages are not warnings: nothing here goes through :mod:`warnings` or :mod:`logging`.
+:func:`quiet_loggers` keeps the tracers' own log warnings (meant for their developers) away from the user.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -77,3 +79,18 @@ def progress(what, delay=1.0, stream=None):
             if state["said"]:
                 dt = time.perf_counter() - t0
                 print(f" done in {dt:.1f} s" if ok else f" failed after {dt:.1f} s", file=out, flush=True)
+
+
+@contextmanager
+def quiet_loggers(*names):
+    """Raise the named loggers to ERROR for the duration of the block (torch's and HF's tracers and
+    torch's export serde log warnings about their own internals that the user cannot act on)."""
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, old):
+            lg.setLevel(lv)

@@ -23,14 +23,13 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch._dynamo  # noqa: F401  (import before HF's tracer patches torch.finfo; see DESIGN.md)
 import torch.fx as fx
 
-from fxvene.progress import progress
+from fxvene.progress import progress, quiet_loggers
 
 FRONTENDS = ("auto", "hf_fx", "export")
 log = logging.getLogger("fxvene.tracing")
@@ -146,20 +145,10 @@ def _trace_hf_fx(model, input_names, example, out_keys):
     return gm
 
 
-@contextmanager
 def _quiet_logs():
     """HF's and torch's tracers log warnings meant for their own developers (``is_fx_tracing`` ...)."""
-    names = ("torch.fx._symbolic_trace", "transformers.utils.fx", "torch.export", "torch._export",
-             "torch.fx.experimental.symbolic_shapes")
-    loggers = [logging.getLogger(n) for n in names]
-    old = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, lv in zip(loggers, old):
-            lg.setLevel(lv)
+    return quiet_loggers("torch.fx._symbolic_trace", "transformers.utils.fx", "torch.export", "torch._export",
+                         "torch.fx.experimental.symbolic_shapes")
 
 
 def _export_program(model, input_names, example):
