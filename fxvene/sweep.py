@@ -63,28 +63,26 @@ def _engine(model, sites, tracer, tokens, compile, prefix="auto"):
     return eng
 
 
-def _check_positions(positions, seq, what):
-    if positions is None:
-        return list(range(seq))
-    positions = [positions] if isinstance(positions, int) else list(positions)
-    if not positions:
+def _index_list(values, n, what, out_of_range):
+    """``values`` (None: all of ``range(n)``; an int or a non-empty list) as a list of ints in
+    ``[0, n)``; anything else is a ValueError naming ``what`` (``out_of_range`` ends its message)."""
+    if values is None:
+        return list(range(n))
+    values = [values] if isinstance(values, int) else list(values)
+    if not values:
         raise ValueError(f"{what} must not be empty")
-    for p in positions:
-        if not isinstance(p, (int, np.integer)) or isinstance(p, bool) or not 0 <= p < seq:
-            raise ValueError(f"{what}: {p!r} is not a position of a {seq}-token input")
-    return [int(p) for p in positions]
+    for v in values:
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= v < n:
+            raise ValueError(f"{what}: {v!r} {out_of_range}")
+    return [int(v) for v in values]
+
+
+def _check_positions(positions, seq, what):
+    return _index_list(positions, seq, what, f"is not a position of a {seq}-token input")
 
 
 def _check_layers(layers, n_layers, what="layers"):
-    if layers is None:
-        return list(range(n_layers))
-    layers = [layers] if isinstance(layers, int) else list(layers)
-    if not layers:
-        raise ValueError(f"{what} must not be empty")
-    for l in layers:
-        if not isinstance(l, (int, np.integer)) or isinstance(l, bool) or not 0 <= l < n_layers:
-            raise ValueError(f"{what}: {l!r} is out of range for a model with {n_layers} layers")
-    return [int(l) for l in layers]
+    return _index_list(layers, n_layers, what, f"is out of range for a model with {n_layers} layers")
 
 
 # ------------------------------------------------------------------------------------ patching

@@ -70,10 +70,6 @@ class _Segment:
     used: set = field(default_factory=set)  # the placeholders the segment reads
 
 
-def _last_placeholder_names(gm):
-    return [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-
-
 class SweepEngine:
     """Segments of one model's traced graph for a set of sweep sites (built once, reused).
 

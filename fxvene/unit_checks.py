@@ -263,6 +263,17 @@ def _check_pairing(st, bt, unit, batch, flat, key):
     )
 
 
+def _serial_index(part, dk, n, expected, noun):
+    """The ``i`` of a serial key's ``source_i`` side, in ``[0, n)``; a ValueError otherwise."""
+    try:
+        i = int(part.replace("source_", ""))
+    except ValueError:
+        raise ValueError(f"unit_locations: bad serial key {dk!r}; {expected}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"unit_locations: {dk!r} names {noun} {i} of {n}")
+    return i
+
+
 def serial_locations(locs, groups, keys):
     """Serial-mode ``{"source_i->X": (src, base)}`` -> per-key (src_locs, base_locs, targets):
     group i's keys read ``sources[i]`` at ``src`` and write into X (``"base"`` or
@@ -271,20 +282,9 @@ def serial_locations(locs, groups, keys):
     src_locs, base_locs, targets = [None] * n, [None] * n, [None] * n
     for dk, (s_side, b_side) in locs.items():
         left, _, right = dk.partition("->")
-        try:
-            gi = int(left.replace("source_", ""))
-        except ValueError:
-            raise ValueError(f"unit_locations: bad serial key {dk!r}; expected 'source_i->source_j' or 'source_i->base'") from None
-        if not 0 <= gi < len(groups):
-            raise ValueError(f"unit_locations: {dk!r} names group {gi} of {len(groups)}")
-        tgt = "base"
-        if right != "base":
-            try:
-                tgt = int(right.replace("source_", ""))
-            except ValueError:
-                raise ValueError(f"unit_locations: bad serial key {dk!r}; the target is 'base' or 'source_j'") from None
-            if not 0 <= tgt < len(groups):
-                raise ValueError(f"unit_locations: {dk!r} names source {tgt} of {len(groups)}")
+        gi = _serial_index(left, dk, len(groups), "expected 'source_i->source_j' or 'source_i->base'", "group")
+        tgt = "base" if right == "base" else _serial_index(
+            right, dk, len(groups), "the target is 'base' or 'source_j'", "source")
         for j, key in enumerate(groups[gi][1]):
             i = keys.index(key)
             src_locs[i] = s_side[j]
