@@ -29,6 +29,10 @@ _INTERVENTIONS = (
     "SubtractionIntervention", "TrainableIntervention", "VanillaIntervention", "ZeroIntervention",
     "_do_intervention_by_swap",
 )
+_MODEL_HELPERS = (
+    "create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox", "create_llama", "create_olmo",
+    "create_gru", "create_gru_lm", "create_gru_classifier", "create_mlp_classifier", "GRUConfig", "MLPConfig",
+)  # pyvene's model helpers (its __init__ exports them); fxvene.model_helpers
 _LAZY = {
     **{name: "fxvene.basic_utils" for name in _BASIC_UTILS},
     **{name: "fxvene.interventions" for name in _INTERVENTIONS},
@@ -47,6 +51,11 @@ _LAZY = {
     "CausalTraceResult": "fxvene.results",
     "clear_graph_cache": "fxvene.graph_cache",
     "set_verbosity": "fxvene.progress",
+    "build_intervenable_model": "fxvene.intervenable",
+    "CausalModel": "fxvene.causal_model",
+    **{name: "fxvene.model_helpers" for name in _MODEL_HELPERS},
+    "attribution_patching": "fxvene.attribution",
+    "path_patching": "fxvene.path_patching",
 }
 
 __all__ = sorted(n for n in _LAZY if not n.startswith("_")) + ["__version__"]

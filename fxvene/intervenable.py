@@ -680,3 +680,8 @@ class IntervenableModel(nn.Module):
         from fxvene.serialization import load_intervention
 
         return load_intervention(self, load_directory, include_model=include_model)
+
+
+def build_intervenable_model(config, model, **kwargs):
+    """pyvene's factory: an :class:`IntervenableModel` over ``model`` (no remote-model variant here)."""
+    return IntervenableModel(config, model, **kwargs)

@@ -31,10 +31,27 @@ class Family:
     n_layers: str  # config attribute giving the layer count
 
 
-def _families():
-    from . import gpt2, llama
+_FAMILIES = None
 
-    return [gpt2.FAMILY, llama.FAMILY]
+
+def _families():
+    """Every family in this package: each module (name not starting with "_") that defines
+    ``FAMILY`` (or a list ``FAMILIES``). Adding a family is adding a file."""
+    global _FAMILIES
+    if _FAMILIES is None:
+        import importlib
+        import pkgutil
+
+        found = []
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+            if info.name.startswith("_"):
+                continue
+            mod = importlib.import_module(f"{__name__}.{info.name}")
+            if hasattr(mod, "FAMILY"):
+                found.append(mod.FAMILY)
+            found.extend(getattr(mod, "FAMILIES", ()))
+        _FAMILIES = found
+    return _FAMILIES
 
 
 def family_for(model):
