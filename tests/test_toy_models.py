@@ -1,0 +1,103 @@
+"""fxvene's MLP and GRU (fxvene.toy_models) against pyvene 0.1.8's: same seed, same weights, same outputs."""
+import pytest
+import torch
+
+import fxvene as pv_fx
+from fxvene.toy_models import GRUForClassification, GRULMHeadModel, GRUModel, MLPForClassification
+
+MLP_CFG = dict(h_dim=8, n_layer=2, pdrop=0.0, num_classes=3, vocab_size=20, max_position_embeddings=16)
+GRU_CFG = dict(h_dim=8, n_layer=2, vocab_size=20, max_position_embeddings=16)
+
+
+def _pv_mlp_config(pyvene, **kw):
+    from pyvene.models.mlp.modelings_mlp import MLPConfig
+
+    return MLPConfig(**kw)
+
+
+def _assert_same_weights(ours, theirs):
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("include_emb", [False, True])
+def test_mlp_classifier_same_seed_same_weights_and_outputs(pyvene, include_emb):
+    cfg = dict(MLP_CFG, include_emb=include_emb)
+    torch.manual_seed(3)
+    _, _, theirs = pyvene.create_mlp_classifier(_pv_mlp_config(pyvene, **cfg))
+    torch.manual_seed(3)
+    config, tok, ours = pv_fx.create_mlp_classifier(pv_fx.MLPConfig(**cfg))
+    assert tok is None and isinstance(ours, MLPForClassification) and config.h_dim == 8
+    _assert_same_weights(ours, theirs)
+    x = torch.randn(4, 1, 8)
+    out, ref = ours(inputs_embeds=x), theirs(inputs_embeds=x)
+    assert isinstance(out, tuple) and len(out) == len(ref) == 1  # pyvene returns a tuple by default
+    assert torch.equal(out[0], ref[0]) and out[0].shape == (4, 3)
+    labels = torch.tensor([0, 2, 1, 1])
+    assert torch.equal(ours(inputs_embeds=x, labels=labels)[0], theirs(inputs_embeds=x, labels=labels)[0])
+    full = ours(inputs_embeds=x, output_hidden_states=True, return_dict=True)
+    assert torch.equal(full.logits, ref[0]) and len(full.hidden_states) == 3
+    if include_emb:
+        ids, pos = torch.randint(0, 20, (4, 1)), torch.zeros(4, 1, dtype=torch.long)
+        assert torch.equal(ours(input_ids=ids, position_ids=pos)[0], theirs(input_ids=ids, position_ids=pos)[0])
+        emb = torch.randn(4, 1, 8)
+        kept = emb.clone()
+        ours(inputs_embeds=emb, position_ids=pos)
+        assert torch.equal(emb, kept)  # pyvene adds position embeddings into the caller's tensor; fxvene does not
+
+
+@pytest.mark.parametrize("include_emb", [False, True])
+def test_gru_models_same_seed_same_weights_and_outputs(pyvene, include_emb):
+    from pyvene.models.gru import modelings_gru as theirs_mod
+
+    cfg = dict(GRU_CFG, include_emb=include_emb)
+    x = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    for ours_cls, name in ((GRUForClassification, "GRUForClassification"), (GRULMHeadModel, "GRULMHeadModel"),
+                           (GRUModel, "GRUModel")):
+        torch.manual_seed(5)
+        theirs = getattr(theirs_mod, name)(theirs_mod.GRUConfig(**cfg))
+        torch.manual_seed(5)
+        ours = ours_cls(pv_fx.GRUConfig(**cfg))
+        _assert_same_weights(ours, theirs)
+        out, ref = ours(inputs_embeds=x), theirs(inputs_embeds=x)
+        assert len(out) == len(ref) == 2
+        for a, b in zip(out, ref):
+            assert torch.equal(a, b)
+        if ours_cls is GRUForClassification:  # pooled at each example's last unmasked step
+            assert torch.equal(ours(inputs_embeds=x, attention_mask=mask)[0],
+                               theirs(inputs_embeds=x, attention_mask=mask)[0])
+        if include_emb:
+            ids, pos = torch.randint(0, 20, (2, 5)), torch.arange(5).expand(2, 5)
+            assert torch.equal(ours(input_ids=ids, position_ids=pos)[0], theirs(input_ids=ids, position_ids=pos)[0])
+
+
+def test_gru_return_dict_and_losses():
+    torch.manual_seed(0)
+    cls = GRUForClassification(pv_fx.GRUConfig(h_dim=8, n_layer=1))
+    x = torch.randn(3, 4, 8)
+    out = cls(inputs_embeds=x, labels=torch.tensor([0, 1, 1]), return_dict=True)
+    assert out.logits.shape == (3, 2)
+    assert torch.allclose(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 1])))
+    lm = GRULMHeadModel(pv_fx.GRUConfig(h_dim=8, n_layer=1, vocab_size=11))
+    ids = torch.randint(0, 11, (2, 4))
+    res = lm(inputs_embeds=x[:2], labels=ids, return_dict=True)
+    manual = torch.nn.functional.cross_entropy(res.logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1))
+    assert torch.allclose(res.loss, manual)
+
+
+def test_toy_helpers_bad_input():
+    with pytest.raises(TypeError, match="config must be a MLPConfig"):
+        pv_fx.create_mlp_classifier(pv_fx.GRUConfig())
+    with pytest.raises(TypeError, match="config must be a GRUConfig"):
+        pv_fx.create_gru(dict(h_dim=8))
+    torch.manual_seed(0)
+    m = MLPForClassification(pv_fx.MLPConfig(h_dim=4, n_layer=1))
+    with pytest.raises(ValueError, match="include_emb"):
+        m(input_ids=torch.zeros(1, 1, dtype=torch.long))
+    bad = pv_fx.MLPConfig(h_dim=4, n_layer=1)
+    bad.problem_type = "ranking"
+    with pytest.raises(ValueError, match="problem_type"):
+        MLPForClassification(bad)(inputs_embeds=torch.randn(2, 1, 4), labels=torch.tensor([0, 1]))
