@@ -312,6 +312,10 @@ def cmd_components(args, out):
         return 0
     traced = trace(model, ("input_ids", "attention_mask"), tracer=args.tracer)
     print(describe(model, traced) + " | shapes on an example input of batch 2, sequence 8", file=out)
+    from fxvene.models import derive, family_for
+
+    for line in derive.describe_derived(family_for(model)[0]):  # a derived map says so
+        print(line, file=out)
     print(format_table(rows), file=out)
     return 0
 

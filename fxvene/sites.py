@@ -66,6 +66,8 @@ def resolve_site(traced, model, component, layer, moe_key=None):
                 f"use a string component such as 'model.layers[0].mlp.output' instead of {component!r}"
             )
         if component not in fam.components:
+            if component in fam.missing:  # a derived map (models/derive.py) says what it looked for
+                raise ValueError(f"component {component!r} of {type(model).__name__} (derived map): {fam.missing[component]}")
             raise ValueError(
                 f"unknown component {component!r} for {type(model).__name__}; "
                 f"known: {sorted(fam.components)}"

@@ -9,7 +9,9 @@ the prefix of the base model inside it (``transformer.`` for ``GPT2LMHeadModel``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,11 @@ class Component:
     dim: str | None = None  # pyvene dimension expression ("n_embd", "n_embd/n_head", ...)
     pattern: str | None = None  # structural pattern inside the module region (e.g. "attention_probs")
     needs: str | None = None  # requirement checked at locate time (e.g. "eager")
+    # how q/k/v lie in the fused output ``split3`` picks from: None = three equal thirds [q|k|v] (GPT-2);
+    # else (layout, query-head-count expr, head-dim expr), layout "sizes" = [q heads | k heads | v heads]
+    # (Phi-3, Falcon multi-query) or "grouped" = per key/value group [its q heads | k | v] (GPT-NeoX,
+    # Falcon); the key/value head count follows from the output width. heads="layout": the slot's heads.
+    fused: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class Family:
     prefixes: dict  # model class name -> path prefix of the base model
     components: dict  # component name -> Component
     n_layers: str  # config attribute giving the layer count
+    derived: bool = False  # True: derived from the model's module tree (models/derive.py), not hand-written
+    missing: dict = field(default_factory=dict)  # derived only: component name -> why it could not be placed
 
 
 _FAMILIES = None
@@ -54,8 +63,8 @@ def _families():
     return _FAMILIES
 
 
-def family_for(model):
-    """The family spec and path prefix for ``model`` (by class name, following the MRO)."""
+def hand_family_for(model):
+    """The hand-written family spec and path prefix for ``model`` (by class name, following the MRO)."""
     for cls in type(model).__mro__:
         for fam in _families():
             if cls.__name__ in fam.prefixes:
@@ -63,12 +72,44 @@ def family_for(model):
     return None, None
 
 
+_DERIVED = weakref.WeakKeyDictionary()  # model -> (Family | None, prefix | None, why | None)
+
+
+def family_for(model):
+    """The family spec and path prefix for ``model``: the hand-written one naming its class (or a
+    base class), else one derived from its module tree (``Family.derived``; see models/derive.py),
+    else ``(None, None)`` (:func:`why_underived` then says why)."""
+    fam, prefix = hand_family_for(model)
+    if fam is not None or getattr(model, "config", None) is None:
+        return fam, prefix
+    try:
+        hit = _DERIVED.get(model)
+    except TypeError:  # not weakly referenceable
+        return None, None
+    if hit is None:
+        from .derive import DeriveError, derive_family
+
+        try:
+            fam = derive_family(model)
+            hit = (fam, fam.prefixes[type(model).__name__], None)
+        except DeriveError as e:
+            hit = (None, None, str(e))
+        _DERIVED[model] = hit
+    return hit[0], hit[1]
+
+
+def why_underived(model):
+    """Why no spec could be derived for ``model`` (None if one was, or none was tried)."""
+    hit = _DERIVED.get(model) if getattr(model, "config", None) is not None else None
+    return None if hit is None else hit[2]
+
+
 def supported_model_types():
     return sorted(n for fam in _families() for n in fam.prefixes)
 
 
 def eval_dim(expr, config):
-    """pyvene's dimension expressions: "attr", "attr*4", "a/b", or a number. First alternative that resolves wins."""
+    """pyvene's dimension expressions: "attr", "attr*4", "a*b", "a/b", or a number. First alternative that resolves wins."""
     if expr is None:
         return None
     for alt in expr.split("|"):
@@ -76,10 +117,10 @@ def eval_dim(expr, config):
         try:
             if "*" in alt:
                 a, b = alt.split("*")
-                va = _attr(config, a)
-                if va is None:
+                va, vb = _attr(config, a), _attr(config, b)
+                if va is None or vb is None:
                     continue
-                return int(va) * int(b)
+                return int(va) * int(vb)
             if "/" in alt:
                 a, b = alt.split("/")
                 va, vb = _attr(config, a), _attr(config, b)

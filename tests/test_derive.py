@@ -1,0 +1,270 @@
+"""Derived component specs (models/derive.py): a model whose class no spec names gets one read off
+its module tree and config.
+
+The oracle for the derivation is the hand-written specs: for every family registered in
+``fxvene.models`` and available on this transformers line, the spec derived with the hand spec out
+of sight equals the hand one, component by component (module path with its prefix, port, views,
+dimensions and head counts evaluated on the model's config). A family with no file works end to
+end: a Vanilla patch through a derived component equals the same patch written as a forward hook.
+"""
+import dataclasses
+
+import pytest
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import fxvene as pv
+from fxvene import cli
+from fxvene.models import _families, derive, eval_dim, family_for, hand_family_for
+from _matrix import cell
+from _tiny import AVAILABLE, COMMON, LLAMA_LIKE, make_tiny
+
+_HEAD_MAPS = {
+    "causal_lm": transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    "seq_cls": transformers.models.auto.modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    "base": transformers.models.auto.modeling_auto.MODEL_MAPPING_NAMES,
+}
+
+
+def _registered():
+    """(model_type, head) pairs whose model class a hand spec in fxvene.models names, on this line."""
+    named = {cls for fam in _families() for cls in fam.prefixes}
+    out = []
+    for mt in AVAILABLE:
+        heads = [h for h, names in _HEAD_MAPS.items() if names.get(mt) in named]
+        if heads:
+            out.append(pytest.param(mt, heads, id=mt, marks=cell(mt, "derived_spec")))
+    return out
+
+
+def _heads(comp, config):
+    if comp.heads is None:
+        return None
+    return int(getattr(config, comp.heads, None) or getattr(config, "num_attention_heads"))
+
+
+def _evaluated(comp, prefix, config):
+    """A component as the engine uses it: full module path, every view field, numbers not names."""
+    out = {}
+    for f in dataclasses.fields(comp):
+        v = getattr(comp, f.name)
+        if f.name == "module":
+            v = prefix + v
+        elif f.name == "heads":
+            v = "layout" if v == "layout" else _heads(comp, config)  # "layout": the fused slot's heads
+        elif f.name == "dim":
+            v = eval_dim(v, config)
+        elif f.name == "fused" and v is not None:  # (layout, query heads, head dim)
+            v = (v[0], eval_dim(v[1], config), eval_dim(v[2], config))
+        out[f.name] = v
+    return out
+
+
+@pytest.mark.parametrize("model_type,heads", _registered())
+def test_derived_equals_hand_spec(model_type, heads):
+    for head in heads:
+        model = make_tiny(model_type, head=head)
+        hand, prefix = hand_family_for(model)
+        assert hand is not None and not hand.derived
+        got = derive.derive_family(model)  # never consults the hand specs
+        cls = type(model).__name__
+        cfg = model.config
+        assert got.derived and got.prefixes == {cls: prefix}, (cls, got.prefixes, prefix)
+        assert getattr(cfg, got.n_layers) == getattr(cfg, hand.n_layers) == cfg.num_hidden_layers
+        assert set(got.components) == set(hand.components), (
+            f"{cls}: hand only {sorted(set(hand.components) - set(got.components))}, derived only "
+            f"{sorted(set(got.components) - set(hand.components))}; not derived: {got.missing}"
+        )
+        for name, comp in hand.components.items():
+            want = _evaluated(comp, prefix, cfg)
+            if (name, want["module"]) in _PYVENE_ALIASES:  # same node, pyvene's module name (test below)
+                want["module"] = _PYVENE_ALIASES[name, want["module"]]
+            assert _evaluated(got.components[name], prefix, cfg) == want, (cls, name)
+
+
+# GPT-2's map is pyvene's: it reads the attention output at the attention's last child, its residual
+# dropout; the derived map reads the attention module's output, the same tensor (checked below).
+_PYVENE_ALIASES = {
+    ("attention_output", "transformer.h.{layer}.attn.resid_dropout"): "transformer.h.{layer}.attn",
+    ("attention_output", "h.{layer}.attn.resid_dropout"): "h.{layer}.attn",
+}
+
+
+@pytest.mark.skipif(int(transformers.__version__.split(".")[0]) >= 5, reason="hf_fx (fast) is on transformers 4 only")
+def test_pyvene_alias_is_the_same_node():
+    from fxvene.sites import resolve_site
+    from fxvene.tracing import trace
+
+    model = make_tiny("gpt2", head="base")
+    traced = trace(model, ("input_ids", "attention_mask"), tracer="hf_fx")
+    hand = resolve_site(traced, model, "attention_output", 1)
+    assert hand.path == "h.1.attn.resid_dropout"
+    derived = resolve_site(traced, model, "h[1].attn.output", 1)
+    assert hand.node == derived.node
+
+
+def test_every_registered_family_is_derived_somewhere():
+    """The matrix above is not empty by accident: GPT-2 and the Llama layout are always there."""
+    ids = {p.id for p in _registered()}
+    assert {"gpt2", "llama", "mistral", "qwen2"} <= ids
+
+
+# --------------------------------------------------------------------------- a family with no file
+
+# Cohere: the Llama module layout (self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, act_fn) with a
+# parallel block; on both transformers lines and no spec in fxvene.models. hf_fx traces it on 4.x.
+NO_FILE = "cohere"
+
+
+@pytest.fixture(scope="module")
+def unmapped():
+    cfg = AutoConfig.for_model(NO_FILE, **{**COMMON, **LLAMA_LIKE})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    assert hand_family_for(model) == (None, None), "pick another family: this one has a spec now"
+    return model
+
+
+def test_unmapped_family_gets_the_llama_layout(unmapped):
+    fam, prefix = family_for(unmapped)
+    assert fam is not None and fam.derived and fam.missing == {} and prefix == "model."
+    llama, _ = hand_family_for(make_tiny("llama"))
+    cfg = unmapped.config
+    assert set(fam.components) == set(llama.components)
+    for name, comp in llama.components.items():
+        assert _evaluated(fam.components[name], prefix, cfg) == _evaluated(comp, prefix, cfg), name
+    assert family_for(unmapped)[0] is fam  # derived once per model
+
+
+def _hook_patch(model, module, base, src, edit):
+    """Logits of ``base`` with ``module``'s output rewritten by ``edit(base_out, src_out)``."""
+    seen = {}
+    h = module.register_forward_hook(lambda m, a, o: seen.__setitem__("src", o.detach().clone()))
+    with torch.no_grad():
+        model(**src)
+    h.remove()
+    h = module.register_forward_hook(lambda m, a, o: edit(o.clone(), seen["src"]))
+    with torch.no_grad():
+        out = model(**base).logits
+    h.remove()
+    return out
+
+
+def test_unmapped_family_vanilla_patches_equal_hooks(unmapped):
+    g = torch.Generator().manual_seed(1)
+    base = {"input_ids": torch.randint(3, 64, (2, 7), generator=g), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    src = {"input_ids": torch.randint(3, 64, (2, 7), generator=g), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    layers = unmapped.model.layers
+    clean = unmapped(**base).logits
+
+    # mlp_output at layer 1, positions per example
+    pos = [[1, 4], [6, 2]]
+
+    def put_pos(o, s):
+        for b in range(2):
+            o[b, pos[b]] = s[b, pos[b]]
+        return o
+
+    want = _hook_patch(unmapped, layers[1].mlp, base, src, put_pos)
+    cfg = pv.IntervenableConfig(representations=[
+        pv.RepresentationConfig(layer=1, component="mlp_output", intervention_type=pv.VanillaIntervention)])
+    im = pv.IntervenableModel(cfg, unmapped)
+    _, out = im(base=base, sources=[src], unit_locations={"sources->base": ([pos], [pos])})
+    torch.testing.assert_close(out.logits, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(want, clean)
+
+    # head_value_output at layer 0: key/value heads (GQA, 2 of them) x positions of v_proj's output
+    heads, hpos = [[1], [0]], [[3, 5], [0, 6]]
+    dh = unmapped.config.hidden_size // unmapped.config.num_attention_heads
+
+    def put_heads(o, s):
+        for b in range(2):
+            for hh in heads[b]:
+                cols = slice(hh * dh, (hh + 1) * dh)
+                o[b, hpos[b], cols] = s[b, hpos[b], cols]
+        return o
+
+    want = _hook_patch(unmapped, layers[0].self_attn.v_proj, base, src, put_heads)
+    cfg = pv.IntervenableConfig(representations=[
+        pv.RepresentationConfig(layer=0, component="head_value_output", unit="h.pos",
+                                intervention_type=pv.VanillaIntervention)])
+    im = pv.IntervenableModel(cfg, unmapped)
+    loc = [[heads, hpos]]
+    _, out = im(base=base, sources=[src], unit_locations={"sources->base": (loc, loc)})
+    torch.testing.assert_close(out.logits, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(want, clean)
+
+
+def test_cli_components_marks_a_derived_map(unmapped, tmp_path, capsys, monkeypatch):
+    unmapped.config.save_pretrained(tmp_path)  # the CLI checks its arguments on config.json
+    # the model itself: the fixture's (already traced), not a reload of the same random weights
+    monkeypatch.setattr(cli, "load_model", lambda spec: unmapped)
+    code = cli.main(["components", str(tmp_path), "--layer", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "component map: derived from the module tree" in out and "CohereForCausalLM" in out
+    assert "not derived" not in out
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith(("head_value_output ", "mlp_activation "))]
+    assert [r[:2] for r in rows] == [["mlp_activation", "1"], ["head_value_output", "1"]]
+    assert "model.layers.1.mlp.act_fn" in rows[0] and "model.layers.1.self_attn.v_proj" in rows[1]
+
+
+def test_hand_map_is_not_marked():
+    fam, _ = family_for(make_tiny("llama", head="base"))
+    assert not fam.derived and derive.describe_derived(fam) == []
+
+
+# --------------------------------------------------------------------------- what it cannot find
+
+
+def _renamed(model, attr_old, attr_new):
+    """``model`` with the child ``attr_old`` of every attention module renamed ``attr_new``."""
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        setattr(attn, attr_new, getattr(attn, attr_old))
+        delattr(attn, attr_old)
+    return model
+
+
+def test_missing_role_is_a_clear_error_not_a_wrong_node():
+    model = _renamed(make_tiny("llama"), "v_proj", "mystery")
+    fam = derive.derive_family(model)
+    for comp in ("value_output", "head_value_output"):
+        assert comp not in fam.components
+        msg = fam.missing[comp]
+        assert "value projection" in msg and "v_proj" in msg and "value" in msg
+        assert "block 0 (model.layers.0) of LlamaForCausalLM" in msg
+    assert "key_output" in fam.components and "query_output" in fam.components
+    # through the engine: asking for it names what was looked for (the hand spec hidden here)
+    from fxvene.sites import resolve_site
+
+    class Traced:  # resolve_site stops at the spec, before the graph
+        gm = None
+
+    import fxvene.models as models
+
+    old = models._FAMILIES
+    models._FAMILIES = [f for f in _families() if "LlamaForCausalLM" not in f.prefixes]
+    try:
+        with pytest.raises(ValueError, match=r"'value_output' of LlamaForCausalLM \(derived map\): no module of "
+                                             r"role 'value projection'"):
+            resolve_site(Traced, model, "value_output", 0)
+    finally:
+        models._FAMILIES = old
+
+
+def test_wrong_shape_is_not_taken():
+    model = make_tiny("llama")
+    for layer in model.model.layers:  # a k_proj whose width does not match the config's kv heads
+        layer.self_attn.k_proj = torch.nn.Linear(32, 24, bias=False)
+    fam = derive.derive_family(model)
+    assert "key_output" not in fam.components
+    assert "maps 32 -> 24 features; the config's head geometry wants 32 -> 16" in fam.missing["key_output"]
+
+
+def test_no_blocks_is_no_family():
+    model = make_tiny("llama", head="base")
+    model.layers = torch.nn.ModuleList(list(model.layers)[:1])  # 1 block, config says 2
+    with pytest.raises(derive.DeriveError, match=r"no ModuleList of 2 blocks of one class in LlamaModel"):
+        derive.derive_family(model)
