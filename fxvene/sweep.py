@@ -88,9 +88,9 @@ def _check_layers(layers, n_layers, what="layers"):
 # ------------------------------------------------------------------------------------ patching
 
 
-def patching_sweep(model, base, source, components=("block_output",), layers=None, positions=None, heads=None,
+def patching_sweep(model, base, source=None, components=("block_output",), layers=None, positions=None, heads=None,
                    tokens=None, metric="logits", max_rows=None, progress=None, compile=False, tracer="auto",
-                   prefix="auto"):
+                   prefix="auto", **dataset):
     """Activation patching over a grid: for every component x layer x position (x head) cell,
     the base run with that site's unit replaced by the source run's unit at the same position.
 
@@ -106,7 +106,27 @@ def patching_sweep(model, base, source, components=("block_output",), layers=Non
     otherwise); ``False`` runs full-length rows. ``compile``: True or a dict of ``torch.compile`` options
     (fxvene/compile.py): the engine's graph segments are compiled once, on the first call, and
     reused for every later prompt, length and grid (prefix or not).
+
+    Many prompts: ``base`` a JSONL path or a list of records (prompt, subject, target and a
+    ``source`` prompt of the same length) runs :func:`fxvene.facts_sweep.patch_facts` (keyword
+    options there: ``tokenizer``, ``only_correct``, ``batch_prompts``, ``memory_budget``, ...).
     """
+    from fxvene.facts import is_dataset
+
+    if is_dataset(base):
+        for name, v in (("source", source), ("positions", positions), ("heads", heads), ("tokens", tokens)):
+            if v is not None:
+                raise ValueError(f"{name}: a dataset patching sweep takes it from the records (or runs every "
+                                 f"position), got {v!r}")
+        from fxvene.facts_sweep import patch_facts
+
+        return patch_facts(model, base, components=components, layers=layers, metric=metric, max_rows=max_rows,
+                           progress=progress, compile=compile, tracer=tracer, prefix=prefix, **dataset)
+    if dataset:
+        raise TypeError(f"patching_sweep: {sorted(dataset)} are options of dataset sweeps (base a JSONL path or a "
+                        "list of records)")
+    if source is None:
+        raise TypeError("patching_sweep: source is needed (the inputs patched into base)")
     if isinstance(components, str):
         components = (components,)
     if metric not in ("logits", "prob"):
@@ -205,9 +225,9 @@ def trace_noise(n_samples, n_subject, dim, seed=1):
     return torch.from_numpy(np.random.RandomState(seed).randn(n_samples, n_subject, dim))
 
 
-def causal_trace(model, inputs, subject_positions, target_token, noise_level=None, n_samples=10,
+def causal_trace(model, inputs, subject_positions=None, target_token=None, noise_level=None, n_samples=10,
                  streams=STREAMS, window=10, seed=1, positions=None, layers=None, max_rows=None, progress=None,
-                 compile=False, tracer="auto", prefix="auto"):
+                 compile=False, tracer="auto", prefix="auto", **dataset):
     """ROME causal tracing (Meng et al. 2022; pyvene's Causal_Tracing tutorial), batched.
 
     The subject tokens' embeddings (the input of block 0) get Gaussian noise
@@ -218,7 +238,30 @@ def causal_trace(model, inputs, subject_positions, target_token, noise_level=Non
     embedding matrix. With ``n_samples=1, seed=1, noise_level=PYVENE_NOISE_LEVEL`` and 4 subject
     tokens this is exactly pyvene's tutorial loop. ``prefix``, ``compile``, ``max_rows``: as in
     :func:`patching_sweep`.
+
+    Many prompts: ``inputs`` a JSONL path or a list of records (prompt, subject, target) runs
+    :func:`fxvene.facts_sweep.trace_facts` — every prompt traced as here, ROME's averages by token
+    class, only the facts the model gets right (keyword options there: ``tokenizer``,
+    ``only_correct``, ``batch_prompts``, ``memory_budget``, ...; ``noise_level="subjects"``).
     """
+    from fxvene.facts import is_dataset
+
+    if is_dataset(inputs):
+        for name, v in (("subject_positions", subject_positions), ("target_token", target_token),
+                        ("positions", positions)):
+            if v is not None:
+                raise ValueError(f"{name}: a dataset trace takes it from the records (or traces every position), "
+                                 f"got {v!r}")
+        from fxvene.facts_sweep import trace_facts
+
+        return trace_facts(model, inputs, noise_level=noise_level, n_samples=n_samples, streams=streams,
+                           window=window, seed=seed, layers=layers, max_rows=max_rows, progress=progress,
+                           compile=compile, tracer=tracer, prefix=prefix, **dataset)
+    if dataset:
+        raise TypeError(f"causal_trace: {sorted(dataset)} are options of dataset traces (inputs a JSONL path or a "
+                        "list of records)")
+    if subject_positions is None or target_token is None:
+        raise TypeError("causal_trace: subject_positions and target_token are needed for one prompt")
     ids, mask = _ids_mask(inputs, "inputs")
     if ids.shape[0] != 1:
         raise ValueError(f"inputs: causal tracing takes one prompt (batch 1), got batch {ids.shape[0]}")
