@@ -17,9 +17,20 @@ output is read off the traced attention of block 0 (models/_fused_layout.py), on
 from __future__ import annotations
 
 
-import torch.nn as nn
-
 from . import Component, Family, eval_dim
+
+# torch is imported on first use: fxvene.models is read by the CLI's argument checks, which load
+# neither torch nor transformers
+
+
+class _LazyNN:
+    def __getattr__(self, name):
+        import torch.nn
+
+        return getattr(torch.nn, name)
+
+
+nn = _LazyNN()
 
 _C = Component
 
