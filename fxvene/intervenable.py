@@ -79,16 +79,10 @@ _UNITS = ("pos", "h", "h.pos")
 
 def _construction_signature(model):
     """The inputs the constructor traces with to resolve sites: ``input_ids`` where the model's
-    forward takes them, else ``inputs_embeds`` (a model fed only embeddings, e.g. an MLP)."""
-    import inspect
+    forward takes them and it has input embeddings, else ``inputs_embeds`` (e.g. pyvene's MLP)."""
+    from fxvene.tracing import lead_input
 
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "input_ids" not in params and "inputs_embeds" in params:
-        return ("inputs_embeds", "attention_mask")
-    return ("input_ids", "attention_mask")
+    return (lead_input(model), "attention_mask")
 
 
 class IntervenableModel(nn.Module):

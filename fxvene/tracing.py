@@ -5,6 +5,14 @@ are the model's keyword inputs (``input_ids``, ``attention_mask``, ...) and whos
 output is a flat tuple of tensors (``output_keys`` names them). The GraphModule
 shares the model's parameters: nothing is copied.
 
+Nothing is assumed of the model's ``forward`` beyond a lead input (``input_ids`` or
+``inputs_embeds``): it is called with the inputs it accepts (``use_cache=False`` only where it
+takes it; no ``return_dict``: the graph returns what the model returns by default, as pyvene's
+calls do), and its output may be a ``ModelOutput``, a tuple of tensors or one tensor (pyvene's MLP
+takes only ``inputs_embeds`` and returns a tuple). A requested input the forward
+does not take (the ``attention_mask`` every call carries) stays a placeholder of the graph, unused,
+behind a check that it holds nothing the model would have needed (a mask with padding).
+
 * ``hf_fx``: ``transformers.utils.fx.symbolic_trace`` (transformers 4.x only).
 * ``export``: ``torch.export.export(..., strict=False)`` with dynamic batch and
   sequence dimensions, then ``.module()`` with its pytree codegen removed.
@@ -20,6 +28,7 @@ passes the same output check as a fresh one. Slow steps say what they do on stde
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import weakref
@@ -54,8 +63,13 @@ class TracedGraph:
         return gm(**{k: inputs.get(k) for k in self.input_names})
 
     def wrap_outputs(self, flat):
-        values = dict(zip(self.output_keys, flat[: len(self.output_keys)]))
-        return self.output_cls(**values)
+        """The model's own output type from the graph's flat outputs (a ModelOutput, a tuple or a tensor)."""
+        n = len(self.output_keys)
+        if self.output_cls is tuple:
+            return tuple(flat[:n])
+        if self.output_cls is torch.Tensor:
+            return flat[0]
+        return self.output_cls(**dict(zip(self.output_keys, flat[:n])))
 
 
 def hf_fx_available():
@@ -81,7 +95,8 @@ def _example_inputs(model, input_names, batch=2, seq=8):
         elif name == "position_ids":
             ex[name] = torch.arange(seq, device=device).unsqueeze(0).expand(batch, seq).contiguous()
         elif name == "inputs_embeds":
-            hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+            hidden = next((getattr(cfg, a) for a in ("hidden_size", "n_embd", "h_dim", "d_model")
+                           if getattr(cfg, a, None)), None)
             dtype = next(model.parameters()).dtype
             ex[name] = torch.randn(batch, seq, hidden, generator=g).to(device=device, dtype=dtype)
         else:
@@ -89,11 +104,76 @@ def _example_inputs(model, input_names, batch=2, seq=8):
     return ex
 
 
+def forward_parameters(model):
+    """The keyword inputs ``model.forward`` takes, or None when it takes any (``**kwargs``)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return frozenset(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+
+
+def split_inputs(model, input_names):
+    """``(taken, ignored)``: the requested inputs ``model.forward`` takes, and those it does not."""
+    accepted = forward_parameters(model)
+    if accepted is None:
+        return tuple(input_names), ()
+    taken = tuple(n for n in input_names if n in accepted)
+    ignored = tuple(n for n in input_names if n not in accepted)
+    lead = [n for n in input_names if n in ("input_ids", "inputs_embeds")]
+    if lead and not any(n in accepted for n in lead):
+        raise TracingError(
+            f"{type(model).__name__}.forward takes no {lead[0]!r}; its inputs are {sorted(accepted)}"
+        )
+    return taken, ignored
+
+
+def lead_input(model):
+    """``"input_ids"`` where the model's forward takes token ids and it has input embeddings to look
+    them up in, else ``"inputs_embeds"`` (pyvene's MLP and GRU without ``include_emb``)."""
+    accepted = forward_parameters(model)
+    if accepted is None:
+        return "input_ids"
+    if "input_ids" in accepted:
+        try:
+            has_embeddings = model.get_input_embeddings() is not None
+        except (AttributeError, NotImplementedError):
+            has_embeddings = False
+        if has_embeddings or "inputs_embeds" not in accepted:
+            return "input_ids"
+    return "inputs_embeds" if "inputs_embeds" in accepted else "input_ids"
+
+
+def _switches(model, **flags):
+    """``use_cache=False, return_dict=True`` (say), each only where the model's forward takes it."""
+    accepted = forward_parameters(model)
+    return {k: v for k, v in flags.items() if accepted is None or k in accepted}
+
+
+def _flat_output(out):
+    """``(output_cls, keys, flat tensors)`` of a model output: a ModelOutput's tensor fields, a tuple
+    of tensors (keys "0", "1", ...), or one tensor."""
+    if isinstance(out, torch.Tensor):
+        return torch.Tensor, ("0",), (out,)
+    if hasattr(out, "items") and hasattr(out, "keys"):  # a ModelOutput
+        items = [(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+        return type(out), tuple(k for k, _ in items), tuple(v for _, v in items)
+    if isinstance(out, tuple) and all(isinstance(v, torch.Tensor) for v in out):
+        return tuple, tuple(str(i) for i in range(len(out))), tuple(out)
+    raise TracingError(
+        f"the model returns {type(out).__name__} with entries of types "
+        f"{[type(v).__name__ for v in out] if isinstance(out, (tuple, list)) else '?'}; fxvene traces models whose "
+        "output is a ModelOutput, a tuple of tensors or a tensor"
+    )
+
+
 def _reference_output(model, example):
     with torch.no_grad():
-        out = model(**example, use_cache=False, return_dict=True)
-    keys = tuple(k for k, v in out.items() if isinstance(v, torch.Tensor))
-    return type(out), keys, out
+        out = model(**example, **_switches(model, use_cache=False))  # the model's own output type, as pyvene returns it
+    cls, keys, flat = _flat_output(out)
+    return cls, keys, flat
 
 
 def _shape_prop(gm, example, input_names):
@@ -159,8 +239,9 @@ def _export_program(model, input_names, example):
         v = example[k]
         dyn[k] = {0: Dim.AUTO, 1: Dim.AUTO} if v.dim() >= 2 else None
     kwargs = dict(example)
-    kwargs["use_cache"] = False
-    dyn["use_cache"] = None
+    for k, v in _switches(model, use_cache=False).items():
+        kwargs[k] = v
+        dyn[k] = None
     # under no_grad, `@torch.no_grad()` helpers (rotary embeddings) trace as plain ops instead of
     # set_grad_enabled higher-order submodules; the aten graph is the same and still differentiable
     with torch.no_grad(), _quiet_logs():
@@ -266,9 +347,44 @@ def _attempt(model, frontend, input_names, example, out_keys, ref):
 def _check(gm, example, out_keys, ref):
     with torch.no_grad():
         got = gm(**example)
-    for k, g in zip(out_keys, got):
-        if not _tensor_equal(g, getattr(ref, k)):
+    for k, g, r in zip(out_keys, got, ref):
+        if not _tensor_equal(g, r):
             raise TracingError(f"traced output {k!r} differs from the model's")
+
+
+@torch.fx.node.has_side_effect
+def check_ignored_input(value, name, model_name):
+    """A graph node for an input the model's forward does not take: None, or a mask of ones (what
+    every call carries), passes; anything else would be silently ignored, so it is refused."""
+    if value is None or torch.compiler.is_compiling():
+        return None
+    if name != "attention_mask" or not bool((value == 1).all()):
+        raise ValueError(
+            f"{name}: {model_name}.forward takes no {name!r}, so it cannot be applied"
+            + (" (this mask has padding)" if name == "attention_mask" else "")
+            + f"; give {model_name} only the inputs its forward takes"
+        )
+    return None
+
+
+def _add_ignored_inputs(gm, ignored, model_name):
+    """Placeholders for the requested inputs the model does not take (callers pass them), each
+    feeding only :func:`check_ignored_input`."""
+    if not ignored:
+        return gm
+    graph = gm.graph
+    last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    for name in ignored:
+        with graph.inserting_after(last):
+            ph = graph.placeholder(name, default_value=None)
+        ph.meta["fxvene"] = "ignored_input"
+        with graph.inserting_after(ph):
+            chk = graph.call_function(check_ignored_input, (ph, name, model_name))
+        chk.meta["fxvene"] = "ignored_input"
+        last = chk
+    graph.lint()
+    gm.recompile()
+    return gm
 
 
 def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", check=True):
@@ -286,7 +402,8 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
         order = (first, "export" if first == "hf_fx" else "hf_fx")
     else:
         order = (tracer,)
-    example = _example_inputs(model, input_names)
+    taken, ignored = split_inputs(model, input_names)
+    example = _example_inputs(model, taken)
     out_cls, out_keys, ref = _reference_output(model, example)
     errors = {}
     for frontend in order:
@@ -295,7 +412,8 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
             continue
         t0 = time.perf_counter()
         try:
-            gm, from_cache = _attempt(model, frontend, input_names, example, out_keys, ref)
+            gm, from_cache = _attempt(model, frontend, taken, example, out_keys, ref)
+            gm = _add_ignored_inputs(gm, ignored, type(model).__name__)
         except Exception as e:  # noqa: BLE001 - we report every frontend's failure together
             errors[frontend] = f"{type(e).__name__}: {e}".split("\n")[0][:500]
             log.debug("fxvene: %s could not trace %s: %s", frontend, type(model).__name__, errors[frontend])
