@@ -16,6 +16,7 @@ checked exactly like a fresh export.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import weakref
@@ -92,8 +93,45 @@ def _make_cache(past, mode):
     if mode == "legacy_cache":
         return _export_cache_cls()(pairs)
     if not pairs:
-        return None
+        # an empty cache of full layers: left to itself, a transformers-5 model with sliding-window layers
+        # (Mistral, Gemma 2/3) makes a cache whose sliding layers keep only the last window of keys/values;
+        # the step graphs keep every position (the masks apply the window), so every past has one shape
+        from transformers import DynamicCache
+
+        return DynamicCache()
     return _v5_cache(pairs)
+
+
+@contextlib.contextmanager
+def sliding_window_masks(model):
+    """transformers 4's Gemma 2 applies its sliding window inside each sliding layer as
+    ``tril(mask, diagonal=-window)`` on the (query, key) mask, which is right only when query ``i`` is
+    position ``i`` (no past) and gives no window at all on a one-token decode step over a cache of
+    every position. (HF's own generate uses a HybridCache whose rolling buffer holds the window.) While
+    this context is active each sliding layer receives the mask with the window already applied at the
+    queries' absolute positions (``cache_position``), so its own ``tril`` changes nothing more. No-op
+    for every other model and on transformers 5 (whose masks place the window by position)."""
+    handles = []
+    if TF_MAJOR < 5 and getattr(model.config, "model_type", None) == "gemma2":
+        for mod in model.modules():
+            if getattr(mod, "is_sliding", False) and getattr(mod, "sliding_window", None):
+                handles.append(mod.register_forward_pre_hook(_window_mask_hook, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _window_mask_hook(mod, args, kwargs):
+    mask, pos = kwargs.get("attention_mask"), kwargs.get("cache_position")
+    if mask is None or pos is None or mask.dim() != 4:
+        return None
+    keys = torch.arange(mask.shape[-1], device=mask.device)
+    outside = keys[None, :] <= pos[:, None] - mod.sliding_window  # (queries, keys)
+    kwargs = dict(kwargs)
+    kwargs["attention_mask"] = mask.masked_fill(outside, torch.finfo(mask.dtype).min)
+    return args, kwargs
 
 
 _LAYER_ATTRS = None
@@ -155,15 +193,16 @@ class CacheStep(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, past):
         pkv = _make_cache(past, self._mode)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=pkv,
-            use_cache=True,
-            return_dict=True,
-            **self._keep,
-        )
+        with sliding_window_masks(self.model):
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=pkv,
+                use_cache=True,
+                return_dict=True,
+                **self._keep,
+            )
         return (out.logits[:, -1, :], *_flat_cache(out.past_key_values))
 
 
@@ -336,7 +375,9 @@ def _finish(ep, model, wrapper, phase, args, ref, from_cache=False):
         raise TracingError(f"the traced {phase} step of {type(model).__name__} does not reproduce the model")
     names = tuple(n.target for n in graph.nodes if n.op == "placeholder")
     _check_dynamic(graph, phase, model)
-    if phase == "chunk":
+    if phase == "chunk" and not from_cache:
+        # a stored entry passed these checks when it was exported (the cache key covers the model's
+        # config, the library versions and this file); a load is checked on the example above
         _check_chunk_edges(gm, wrapper, model)
     n_kv = len(ref) - 1
     out_keys = ("logits",) + tuple(f"past_{i}" for i in range(n_kv))
@@ -363,7 +404,9 @@ def _check_chunk_edges(gm, wrapper, model):
     mask = torch.ones_like(ids)
     pos = torch.arange(n, device=device).expand(b, -1)
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True)
+        # the model's own forward (no past: the window needs no placing), with a cache of every position
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True,
+                    past_key_values=_make_cache([], _cache_mode(model)))
         logits, kv = out.logits, _flat_cache(out.past_key_values)
         for past_len, new_len in ((0, 3), (0, 1), (1, 3), (4, 1)):
             t = past_len + new_len
