@@ -44,6 +44,11 @@ def _check(p, args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "trace-facts":  # the fxvene command's dataset trace (torchrun -m fxvene trace-facts ...)
+        from fxvene.cli import main as cli_main
+
+        return cli_main(argv)
     p = argparse.ArgumentParser(prog="python -m fxvene", description=__doc__)
     p.add_argument("--model", default=None, help="local model directory (default: the shipped demo model)")
     p.add_argument("--prompt", default="The Space Needle is in downtown")

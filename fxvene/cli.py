@@ -492,6 +492,10 @@ def build_parser():
                                     "FXVENE_CACHE=0 turns it off). 'info' lists them, 'clear' deletes them.")
     sp.add_argument("action", choices=("info", "clear"))
     sp.set_defaults(func=cmd_cache)
+
+    from fxvene.facts_cli import add_parser as add_trace_facts  # light module: no torch at import
+
+    add_trace_facts(sub, BUILTINS)
     return p
 
 
