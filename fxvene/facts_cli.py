@@ -208,7 +208,7 @@ def cmd_trace_facts(args, out):
                 save_file({"probs": res.probs}, stem(f) + ".safetensors")  # the prompt in flight: data, no record
                 while True:
                     time.sleep(0.05)
-            save_trace(stem(f), res, f)
+            save_trace(stem(f), res, f, {"rank": rank})  # which process traced it (torchrun: its rank)
             written[0] += 1
 
         if rank == 0 and done:

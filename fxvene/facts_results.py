@@ -373,7 +373,7 @@ def write_json(path, obj):
     _atomic(path, w)
 
 
-def save_trace(stem, result, fact):
+def save_trace(stem, result, fact, extra=None):
     """One prompt's :class:`CausalTraceResult` as ``stem.safetensors`` (the probabilities) and
     ``stem.json`` (everything else, and the record); the JSON is written last, so its presence
     means the prompt is done."""
@@ -383,7 +383,7 @@ def save_trace(stem, result, fact):
     meta = {k: getattr(result, k) for k in ("clean_prob", "corrupted_prob", "streams", "positions", "layers",
                                             "window", "subject_positions", "target_token", "noise_level",
                                             "n_samples", "input_ids", "n_layers", "tokens", "target_text", "prompt")}
-    meta.update(index=fact.index, line=fact.line, record=fact.record)
+    meta.update(index=fact.index, line=fact.line, record=fact.record, **(extra or {}))
     write_json(stem + ".json", meta)
 
 
