@@ -64,6 +64,7 @@ import torch
 import torch.nn as nn
 
 from fxvene import locations as L
+from fxvene.intervenable import engine_subspaces, preserved_rng
 from fxvene.interventions import CollectIntervention
 from fxvene.passes.rewrite import insert_interventions
 from fxvene.sites import Gather, SiteOp, do_intervention, resolve_site
@@ -81,8 +82,10 @@ _DEFAULTS = dict(
     max_length=20, max_new_tokens=None, min_length=0, min_new_tokens=None, do_sample=False, temperature=1.0,
     top_k=50, top_p=1.0, min_p=None, typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
     eos_token_id=None, pad_token_id=None, bos_token_id=None, use_cache=True, return_dict_in_generate=False,
-    output_scores=False, output_logits=False, num_beams=1, num_return_sequences=1,
+    output_scores=False, output_logits=False, num_beams=1, num_return_sequences=1, max_time=None,
 )
+# beam-search options: HF generate ignores them without beams, and so does this loop (pyreft passes early_stopping)
+_BEAM_ONLY = ("early_stopping", "length_penalty", "low_memory")
 _EXTRA_KW = ("logits_processor", "stopping_criteria", "generation_config")
 # options that change what generate does and that fxvene's loop does not implement
 _UNSUPPORTED = dict(
@@ -131,7 +134,7 @@ def settings(model, prompt_len, mask, kwargs):
     user_procs = kwargs.pop("logits_processor", None)
     user_stops = kwargs.pop("stopping_criteria", None)
     for k in kwargs:
-        if k in _DEFAULTS:
+        if k in _DEFAULTS or k in _BEAM_ONLY:
             continue
         if k in _UNSUPPORTED:
             if kwargs[k] in _UNSUPPORTED[k]:
@@ -153,7 +156,10 @@ def settings(model, prompt_len, mask, kwargs):
                 raise ValueError(f"generate: the generation config sets {k}={v!r}, which fxvene's loop does not support")
     cfg.update(kwargs)
     if cfg["num_beams"] not in (None, 1):
-        raise ValueError(f"generate: num_beams={cfg['num_beams']} (beam search) is not supported; use greedy or sampling")
+        raise ValueError(
+            f"generate: num_beams={cfg['num_beams']} (beam search) is not supported: beam search reorders and copies "
+            "the rows of the KV cache at every step, while an intervention's per-example locations, sources and "
+            "subspaces are tied to the rows of the batch; use greedy decoding or sampling")
     if cfg["num_return_sequences"] not in (None, 1):
         raise ValueError("generate: num_return_sequences > 1 is not supported; repeat the prompt in the batch instead")
     if cfg["use_cache"] is False:
@@ -204,6 +210,10 @@ def settings(model, prompt_len, mask, kwargs):
     if user_procs is not None:
         procs.extend(list(user_procs))
     stops = list(user_stops) if user_stops is not None else []
+    if cfg["max_time"] is not None:
+        from transformers import MaxTimeCriteria
+
+        stops.append(MaxTimeCriteria(max_time=float(cfg["max_time"])))
     return GenSettings(
         max_new_tokens=max_new,
         do_sample=bool(cfg["do_sample"]),
@@ -436,7 +446,7 @@ def generate(
         src_locs, base_locs = locs["sources->base"]
         slices = im._parallel_sources(sources, srcreps, src_locs, base_locs, batch, device)
     else:
-        slices, src_locs, base_locs = im._serial_sources(sources, srcreps, locs, batch, device)
+        slices, src_locs, base_locs = im._serial_sources(sources, srcreps, locs, batch, device, subs, extra)
     from_source = srcreps is None
 
     plan = {"prefill": ([], [], {}), "decode": ([], [], {})}  # active, collect, feeds
@@ -478,12 +488,8 @@ def generate(
             if src is not None and not is_collect:
                 feeds[f"fxv_src_{i}"] = src
             if not is_collect:
-                calls[phase][f"fxv_site_{i}"] = {
-                    "subspaces": subs[i] if subs is not None else None,
-                    "kwargs": extra,
-                    "check_source_shape": from_source,
-                    "full_outputs": None,
-                }
+                calls[phase][f"fxv_site_{i}"] = im._site_call(
+                    key, subs[i] if subs is not None else None, extra, check_source_shape=from_source, full_outputs=None)
     if decode_steps is not None and not (plan["decode"][0] or plan["decode"][1]):
         raise ValueError("decode_steps was given but no intervention acts on decode steps "
                          "(use intervene_on='decode' or 'all', or pyvene's default intervene_on_prompt=False)")
@@ -495,8 +501,9 @@ def generate(
         )
 
     with torch.no_grad():
-        pre_sg = step_graph(im.model, "prefill")
-        dec_sg = step_graph(im.model, "decode")
+        with preserved_rng():
+            pre_sg = step_graph(im.model, "prefill")
+            dec_sg = step_graph(im.model, "decode")
         empty = pre_sg.empty(batch, device) if pre_sg.empty_past else []
 
         original = None
@@ -526,7 +533,7 @@ def generate(
             for key, val in zip(ph.collect, values):
                 i = im.sorted_keys.index(key)
                 collected[key].append(do_intervention(im.interventions[key], val, None,
-                                                      subs[i] if subs is not None else None))
+                                                      engine_subspaces(subs[i]) if subs is not None else None))
 
         seq, sc, lg = decode(phases[0], phases[1], input_ids, mask, st, on_collect)
     out = _wrap(seq, sc, lg, st)

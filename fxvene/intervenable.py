@@ -7,11 +7,14 @@ truncated graph that stops after the last site they need and returns only gather
 """
 from __future__ import annotations
 
+import contextlib
+import random
 import types
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 from transformers.utils import ModelOutput
@@ -19,6 +22,7 @@ from transformers.utils import ModelOutput
 from fxvene import locations as L
 from fxvene import unit_checks as U
 from fxvene import validation as V
+from fxvene._interventions.swap import PerExampleSubspaces
 from fxvene.configuration import IntervenableConfig, RepresentationConfig
 from fxvene.interventions import (
     CollectIntervention,
@@ -28,8 +32,60 @@ from fxvene.interventions import (
 )
 from fxvene.passes.locate import module_input
 from fxvene.passes.rewrite import expose, insert_interventions, truncate
-from fxvene.sites import Gather, SiteOp, do_intervention, resolve_site
+from fxvene.sites import Gather, SiteOp, do_intervention, gather, resolve_site
 from fxvene.tracing import TracingError, trace
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Leave Python's, numpy's and torch's global random state as they were (HF's fx tracer draws
+    from ``random``; pyvene builds without tracing, so user code seeded before building must draw
+    the same numbers after it)."""
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def engine_subspaces(sub):
+    """Subspaces the engine hands an intervention: a plain per-example list is marked as such, so a
+    3-D unit tensor never reads it as pyvene's one-entry-per-position form."""
+    if isinstance(sub, list) and not isinstance(sub, PerExampleSubspaces):
+        return PerExampleSubspaces(sub)
+    return sub
+
+
+def gets_kwargs(intervention):
+    """pyvene 0.1.8 passes ``intervention_additional_kwargs`` (and, ``as_adaptor``, the module input
+    as ``args``) only to Collect and to source-constant interventions; one that reads a source run,
+    and a plain function, get none."""
+    if isinstance(intervention, CollectIntervention):
+        return True
+    if isinstance(intervention, LambdaIntervention):
+        return False
+    return bool(getattr(intervention, "is_source_constant", False))
+
+
+class AdaptorSiteOp(SiteOp):
+    """A :class:`SiteOp` for ``as_adaptor=True``: the module's input, gathered at the same units as
+    its output, reaches the intervention as the keyword argument ``args`` (pyvene 0.1.8)."""
+
+    def forward(self, x, source=None, loc=None, module_input=None):
+        call = self.call
+        if call.get("skip") or module_input is None:
+            return super().forward(x, source, loc)
+        selected = gather(module_input, self.site, self.unit, loc, f"unit_locations (base side) of {self.key}")
+        self.call = {**call, "kwargs": {**call.get("kwargs", {}), "args": selected}}
+        try:
+            return super().forward(x, source, loc)
+        finally:
+            self.call = call
 
 
 @dataclass
@@ -212,7 +268,8 @@ class IntervenableModel(nn.Module):
         return f"IntervenableModel(model={type(self.model).__name__}, keys={self.sorted_keys})"
 
     def _traced(self, signature):
-        return trace(self.model, signature, tracer=self.tracer)
+        with preserved_rng():
+            return trace(self.model, signature, tracer=self.tracer)
 
     def disable_model_gradients(self):
         self.model.eval()
@@ -275,12 +332,25 @@ class IntervenableModel(nn.Module):
                 reqs.append(dict(name=f"fxv_collect_{i}", module=Gather(site, unit, f"unit_locations (base side) of {key}"), node=site.node,
                                  port=site.port, region=site.path, inputs=[f"fxv_loc_{i}"], collect=True))
             else:
-                reqs.append(dict(name=f"fxv_site_{i}", module=SiteOp(key, site, unit, self.interventions[key]),
-                                 node=site.node, port=site.port, region=site.path,
-                                 inputs=[f"fxv_src_{i}", f"fxv_loc_{i}"]))
+                iv = self.interventions[key]
+                inputs = [f"fxv_src_{i}", f"fxv_loc_{i}"]
+                if self.as_adaptor and gets_kwargs(iv):
+                    op = AdaptorSiteOp(key, site, unit, iv)
+                    inputs.append(module_input(traced.gm, site.path).name)
+                else:
+                    op = SiteOp(key, site, unit, iv)
+                reqs.append(dict(name=f"fxv_site_{i}", module=op, node=site.node, port=site.port, region=site.path,
+                                 inputs=inputs))
         gm = insert_interventions(traced.gm, reqs)
         self._graphs[ck] = (traced, gm)
         return traced, gm
+
+    def _site_call(self, key, sub, extra, **more):
+        """The per-call data a site op reads (subspaces, keyword arguments as pyvene passes them)."""
+        call = {"subspaces": engine_subspaces(sub),
+                "kwargs": dict(extra or {}) if gets_kwargs(self.interventions[key]) else {}}
+        call.update(more)
+        return call
 
     def _source_graph(self, sig, keys, prior=()):
         ck = ("source", sig, tuple(keys), tuple(prior))
@@ -335,15 +405,7 @@ class IntervenableModel(nn.Module):
         ngroups = len(self._groups)
 
         locs = L.broadcast_unit_locations(unit_locations, batch, self.sorted_keys, self.mode)
-        if sources is None and source_representations is None:
-            starving = [k for k in self.sorted_keys
-                        if self._needs_source(k) and not isinstance(self.interventions[k], CollectIntervention)]
-            if starving:
-                # pyvene silently skips these; fxvene says so (sources=[None, ...] still skips on purpose)
-                raise ValueError(
-                    f"intervention {starving[0]} ({type(self.interventions[starving[0]]).__name__}) needs a source: "
-                    "pass sources=[...] or source_representations=..., or sources=[None] to skip it explicitly"
-                )
+        # no sources: interventions that read a source run are skipped (pyvene's "clean run")
         sources = list(sources) if sources is not None else [None] * ngroups
         if len(sources) == 1 and ngroups > 1:
             sources = sources * ngroups  # a single source serves every group (the caller's list is not touched)
@@ -363,13 +425,21 @@ class IntervenableModel(nn.Module):
             src_locs, base_locs = locs["sources->base"]
             slices = self._parallel_sources(sources, srcreps, src_locs, base_locs, batch, device)
         else:
-            slices, src_locs, base_locs = self._serial_sources(sources, srcreps, locs, batch, device)
+            slices, src_locs, base_locs = self._serial_sources(sources, srcreps, locs, batch, device, subs, extra)
 
         active, collect = [], []
         feeds = {}
+        on_base = None
+        if self.mode == "serial" and srcreps is None:
+            # pyvene: each source run drops the setters before it, so only the last group that has a
+            # source acts on the base (none at all without sources)
+            fed = [keys for keys, s in zip(self._groups.values(), sources) if s is not None]
+            on_base = set(fed[-1]) if fed else set()
         for i, key in enumerate(self.sorted_keys):
             iv = self.interventions[key]
             unit = self.representations[key].unit
+            if on_base is not None and key not in on_base:
+                continue
             if isinstance(iv, CollectIntervention):
                 collect.append(key)
             elif key in slices or not self._needs_source(key):
@@ -380,34 +450,43 @@ class IntervenableModel(nn.Module):
             feeds[f"fxv_loc_{i}"] = bl
             if key in slices:
                 feeds[f"fxv_src_{i}"] = slices[key]
-        traced, gm = self._base_graph(sig, tuple(active), tuple(collect))
+        run_in, run_sig = base_in, sig
+        if labels is not None:  # the model computes its own loss, as in pyvene (a graph traced with labels)
+            run_in, run_sig = {**base_in, "labels": labels.to(device)}, sig + ("labels",)
+            try:
+                self._traced(run_sig)
+            except (TracingError, TypeError) as e:
+                raise ValueError(f"labels: {type(self.model).__name__} cannot be run with labels here ({e})") from None
+        traced, gm = self._base_graph(run_sig, tuple(active), tuple(collect))
         self.full_intervention_outputs = []
+        calls = {}
         for i, key in enumerate(self.sorted_keys):
             if key in active:
-                op = gm.get_submodule(f"fxv_site_{i}")
-                op.call = {
-                    "subspaces": subs[i] if subs is not None else None,
-                    "kwargs": extra,
+                calls[f"fxv_site_{i}"] = self._site_call(
+                    key, subs[i] if subs is not None else None, extra,
                     # a source *run* must match the base when whole tensors are swapped; a given
                     # source_representations tensor broadcasts (a steering vector)
-                    "check_source_shape": key not in (srcreps or {}),
-                    "full_outputs": self.full_intervention_outputs,
-                }
+                    check_source_shape=key not in (srcreps or {}),
+                    full_outputs=self.full_intervention_outputs,
+                )
+        for name, call in calls.items():
+            gm.get_submodule(name).call = call
         try:
-            flat = self._run_graph(gm, {**base_in, **feeds})
+            flat = self._run_graph(gm, {**run_in, **feeds})
         finally:
-            for i, key in enumerate(self.sorted_keys):
-                if key in active:
-                    gm.get_submodule(f"fxv_site_{i}").call = {}
+            for name in calls:
+                gm.get_submodule(name).call = {}
         nout = len(traced.output_keys)
         outputs = traced.wrap_outputs(flat)
-        if labels is not None:
-            outputs = self._with_loss(outputs, labels)
+        if use_cache:
+            outputs["past_key_values"] = self._past_key_values(base_in, tuple(active), feeds, calls)
         collected = []
         for j, key in enumerate(collect):
             i = self.sorted_keys.index(key)
             val = flat[nout + j]
-            res = do_intervention(self.interventions[key], val, None, subs[i] if subs is not None else None)
+            kw = dict(extra) if extra else {}
+            res = do_intervention(self.interventions[key], val, None,
+                                  engine_subspaces(subs[i]) if subs is not None else None, **kw)
             collected.append(res)
         self.activations = dict(zip(collect, collected))
 
@@ -459,7 +538,7 @@ class IntervenableModel(nn.Module):
             return {k: srcreps for k in self.sorted_keys}
         raise TypeError("source_representations must be a tensor, a list of tensors or a dict keyed by intervention key")
 
-    def _run_source(self, src, keys, src_locs_by_key, batch, device, prior=(), prior_feeds=None):
+    def _run_source(self, src, keys, src_locs_by_key, batch, device, prior=(), prior_feeds=None, prior_calls=None):
         src_in, ssig = self._inputs(src, "sources")  # checked already (a no-op) where the caller ran _check_call
         slead = src_in.get("input_ids", src_in.get("inputs_embeds"))
         traced, gm = self._source_graph(ssig, tuple(keys), tuple(prior))
@@ -476,7 +555,7 @@ class IntervenableModel(nn.Module):
             i = self.sorted_keys.index(key)
             op = gm.get_submodule(f"fxv_site_{i}")
             ops.append(op)
-            op.call = {"subspaces": None, "kwargs": {}}
+            op.call = (prior_calls or {}).get(key) or self._site_call(key, None, None)
         try:
             flat = self._run_graph(gm, {**src_in, **feeds})
         finally:
@@ -499,7 +578,7 @@ class IntervenableModel(nn.Module):
             slices.update(self._run_source(src, need, by_key, batch, device))
         return slices
 
-    def _serial_sources(self, sources, srcreps, locs, batch, device):
+    def _serial_sources(self, sources, srcreps, locs, batch, device, subs=None, extra=None):
         groups = list(self._groups.items())
         src_locs, base_locs, _ = U.serial_locations(locs, groups, self.sorted_keys)
         slices = {}
@@ -513,7 +592,9 @@ class IntervenableModel(nn.Module):
                 continue
             need = [k for k in keys if self._needs_source(k)]
             by_key = {k: src_locs[self.sorted_keys.index(k)] for k in need}
-            got = self._run_source(src, need, by_key, batch, device, prior, prior_feeds)
+            calls = {k: self._site_call(k, subs[self.sorted_keys.index(k)] if subs is not None else None, extra)
+                     for k in prior}
+            got = self._run_source(src, need, by_key, batch, device, prior, prior_feeds, calls)
             # this group's setters act on the next source run (or on the base)
             prior = tuple(keys)
             prior_feeds = {}
@@ -526,17 +607,56 @@ class IntervenableModel(nn.Module):
             slices = {k: got[k] for k in got}
         return slices, src_locs, base_locs
 
-    def _with_loss(self, outputs, labels):
-        logits = getattr(outputs, "logits", None)
-        if logits is None:
-            raise ValueError("labels: the model output has no logits to compute a loss from")
-        shift_logits = logits[..., :-1, :].contiguous()
-        shift_labels = labels[..., 1:].contiguous().to(logits.device)
-        loss = nn.functional.cross_entropy(
-            shift_logits.view(-1, shift_logits.size(-1)).float(), shift_labels.view(-1), ignore_index=-100
-        )
-        outputs["loss"] = loss
-        return outputs
+    def _past_key_values(self, base_in, active, feeds, calls):
+        """The intervened run's keys/values, as the model returns them (``use_cache=True``): the
+        prompt forward of the KV-cache step graph (:mod:`fxvene.step_graphs`) with the same
+        interventions, units and per-call data as the call's graph."""
+        from fxvene.generation import _graph
+        from fxvene.step_graphs import TF_MAJOR, _make_cache, step_graph
+
+        if "input_ids" not in base_in or set(base_in) - {"input_ids", "attention_mask", "position_ids"}:
+            raise ValueError(f"use_cache=True: past_key_values are computed for input_ids (with attention_mask and "
+                             f"position_ids) only; base has {sorted(base_in)}")
+        ids, mask = base_in["input_ids"], base_in["attention_mask"]
+        pos = base_in.get("position_ids")
+        if pos is None:  # what the model uses without position_ids
+            pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        pos = pos.expand(ids.shape[0], -1).contiguous()
+        try:
+            with preserved_rng():
+                sg = step_graph(self.model, "prefill")
+        except TracingError as e:
+            raise ValueError(f"use_cache=True: no KV-cache graph for {type(self.model).__name__} ({e})") from None
+        gm = _graph(self, sg, active, ())
+        empty = sg.empty(ids.shape[0], ids.device) if sg.empty_past else []
+        for name, call in calls.items():
+            gm.get_submodule(name).call = {**call, "full_outputs": None}
+        try:
+            flat = gm(ids, mask, pos, *empty, **feeds)
+        finally:
+            for name in calls:
+                gm.get_submodule(name).call = {}
+        past = list(flat[1:])
+        pairs = tuple((past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2))
+        return pairs if TF_MAJOR < 5 else _make_cache(past, "dynamic")
+
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        """pyvene 0.1.8's naming: ``<key>.<name>`` for trainable interventions' parameters, then
+        ``model.<name>`` for the model's grad-enabled ones (HF Trainer groups weight decay by these
+        names). A parameter shared by linked interventions is listed once."""
+        seen = set()
+        pre = f"{prefix}." if prefix else ""
+        for k, iv in self.interventions.items():
+            if isinstance(iv, TrainableIntervention):
+                for n, p in iv.named_parameters():
+                    if remove_duplicate and id(p) in seen:
+                        continue
+                    seen.add(id(p))
+                    yield f"{pre}{k}.{n}", p
+        for n, p in self.model.named_parameters():
+            if p.requires_grad and not (remove_duplicate and id(p) in seen):
+                seen.add(id(p))
+                yield f"{pre}model.{n}", p
 
     # ------------------------------------------------------------------ trainable side
 
@@ -630,7 +750,9 @@ class IntervenableModel(nn.Module):
         decode forwards; step k reads the k-th generated token). ``generate_kwargs``: max_new_tokens,
         max_length, do_sample, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
         no_repeat_ngram_size, min_new_tokens, min_length, eos_token_id, pad_token_id, logits_processor,
-        stopping_criteria, generation_config, return_dict_in_generate, output_scores, output_logits.
+        stopping_criteria, generation_config, return_dict_in_generate, output_scores, output_logits, max_time,
+        use_cache; early_stopping / length_penalty are accepted and, as in HF without beams, change nothing.
+        ``num_beams > 1`` is refused (the cache rows beam search reorders carry per-example interventions).
         See :mod:`fxvene.generation`.
         """
         from fxvene.generation import generate

@@ -70,16 +70,18 @@ def broadcast_unit_locations(unit_locations, batch_size, keys, mode="parallel"):
         elif "->" not in k:
             raise ValueError(f"unit_locations: serial-mode keys look like 'source_0->source_1' or 'source_1->base', got {k!r}")
         src, base = broadcast_value(v, batch_size, n, base_only)
-        out[k] = (_per_key(src, n, "source"), _per_key(base, n, "base"))
+        # serial keys list one entry per intervention of their source group (pyvene), checked per group later
+        exact = mode == "parallel"
+        out[k] = (_per_key(src, n, "source", exact), _per_key(base, n, "base", exact))
     return out
 
 
-def _per_key(side, n, which):
+def _per_key(side, n, which, exact=True):
     if side is None:
         return [None] * n
     if not isinstance(side, (list, tuple)):
         raise ValueError(f"unit_locations ({which} side): expected a list with one entry per intervention, got {side!r}")
-    if len(side) != n:
+    if exact and len(side) != n:
         raise ValueError(
             f"unit_locations ({which} side) has {len(side)} entries but the model has {n} interventions; "
             "give one per intervention (None to skip one)"

@@ -18,9 +18,13 @@ Differences from pyvene 0.1.8, all deliberate:
 * A directory written by pyvene (``config.json`` + ``intkey_*.bin``) loads through
   ``torch.load(weights_only=True)``, which refuses any pickle that would import or call code;
   such a file is reported as a ``ValueError`` naming it.
-* Intervention types are resolved only through :func:`fxvene.basic_utils.get_type_from_string`
-  (an allow-list of built-in classes); a user class must be passed explicitly
-  (``custom_types=[MyIntervention]``) - nothing named in a file is ever imported.
+* Intervention types are resolved through :func:`fxvene.basic_utils.get_type_from_string` (an
+  allow-list of built-in classes), then ``custom_types=[MyIntervention]``, then classes *already
+  imported* (a module in ``sys.modules``) that subclass fxvene's ``Intervention`` - e.g.
+  ``pyreft.interventions.LoreftIntervention`` once pyreft is imported. Nothing named in a file is
+  ever imported.
+* An intervention that defines its own ``state_dict`` / ``load_state_dict`` (pyreft's) is saved
+  and loaded through them as they are; a ``load_state_dict`` that returns None is trusted.
 * Tensors are read onto the CPU and then moved to the model's device (pyvene's
   ``load_intervention`` hard-codes ``cuda:0``).
 * Collect / Noise (constant-source interventions without a stored source) load; pyvene looks
@@ -89,7 +93,10 @@ def intervention_state_dict(intervention):
     collapsed = {}
     internal = []
     for prefix, mod, t in _parametrized_tensors(intervention):
-        internal.append(f"{prefix}parametrizations.{t}.")
+        inner = f"{prefix}parametrizations.{t}."
+        if not any(k.startswith(inner) for k in sd):
+            continue  # a state_dict of the class's own making (pyreft's) does not hold the internals
+        internal.append(inner)
         with torch.no_grad():
             collapsed[f"{prefix}{t}"] = getattr(mod, t).detach()
     out = {}
@@ -174,11 +181,14 @@ def load_intervention_state(intervention, state, what="intervention"):
     if "interchange_dim" in state and "interchange_dim" in own and own["interchange_dim"].shape != state["interchange_dim"].shape:
         intervention.set_interchange_dim(state.pop("interchange_dim").clone().to(own["interchange_dim"].device))
     try:
-        missing, unexpected = intervention.load_state_dict(state, strict=False)
+        result = intervention.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise ValueError(f"{what}: stored tensors do not fit: {e}") from None
     if isinstance(getattr(intervention, "interchange_dim", None), torch.Tensor) and hasattr(intervention, "_swap_dim"):
         intervention.set_interchange_dim(intervention.interchange_dim)  # refresh its int mirror
+    if result is None:  # the class's own loader (pyreft's returns nothing): it decides what fits
+        return
+    missing, unexpected = result
     assigned = tuple(p for p, done in internal if done)
     missing = [k for k in missing if not k.startswith(assigned)] if assigned else list(missing)
     if missing or unexpected:
@@ -396,11 +406,41 @@ def _load_model_params(model, directory):
 
 def _resolve_type(type_str, custom):
     s = type_str.strip() if isinstance(type_str, str) else type_str
+    bare = None
     if isinstance(s, str):
         bare = s[len("<class '"):-len("'>")] if s.startswith("<class '") and s.endswith("'>") else s
         if bare in custom:
             return custom[bare]
-    return get_type_from_string(type_str)
+    try:
+        return get_type_from_string(type_str)
+    except ValueError as e:
+        cls = _imported_intervention_class(bare) if bare else None
+        if cls is None:
+            raise ValueError(f"{e} (a class of your own: import its module before loading, or pass "
+                             "custom_types=[YourIntervention])") from None
+        return cls
+
+
+def _imported_intervention_class(dotted):
+    """The class ``dotted`` names if its module is already imported and it subclasses fxvene's
+    ``Intervention``; None otherwise. Never imports anything."""
+    import sys
+
+    from fxvene.interventions import Intervention
+
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:cut]))
+        if module is None:
+            continue
+        obj = module
+        for name in parts[cut:]:
+            obj = getattr(obj, name, None)
+            if obj is None:
+                break
+        if isinstance(obj, type) and issubclass(obj, Intervention):
+            return obj
+    return None
 
 
 def _custom_map(custom_types):

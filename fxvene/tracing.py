@@ -94,6 +94,11 @@ def _example_inputs(model, input_names, batch=2, seq=8):
             ex[name] = torch.ones(batch, seq, dtype=torch.long, device=device)
         elif name == "position_ids":
             ex[name] = torch.arange(seq, device=device).unsqueeze(0).expand(batch, seq).contiguous()
+        elif name == "labels":  # traced with labels, the model computes its own loss (forward(labels=...))
+            if "ForSequenceClassification" in type(model).__name__:
+                ex[name] = torch.randint(0, getattr(cfg, "num_labels", 2) or 2, (batch,), generator=g).to(device)
+            else:
+                ex[name] = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
         elif name == "inputs_embeds":
             hidden = next((getattr(cfg, a) for a in ("hidden_size", "n_embd", "h_dim", "d_model")
                            if getattr(cfg, a, None)), None)
@@ -237,7 +242,7 @@ def _export_program(model, input_names, example):
     dyn = {}
     for k in input_names:
         v = example[k]
-        dyn[k] = {0: Dim.AUTO, 1: Dim.AUTO} if v.dim() >= 2 else None
+        dyn[k] = {0: Dim.AUTO, 1: Dim.AUTO} if v.dim() >= 2 else ({0: Dim.AUTO} if v.dim() == 1 else None)
     kwargs = dict(example)
     for k, v in _switches(model, use_cache=False).items():
         kwargs[k] = v

@@ -285,6 +285,10 @@ def serial_locations(locs, groups, keys):
         gi = _serial_index(left, dk, len(groups), "expected 'source_i->source_j' or 'source_i->base'", "group")
         tgt = "base" if right == "base" else _serial_index(
             right, dk, len(groups), "the target is 'base' or 'source_j'", "source")
+        for side, name in ((s_side, "source"), (b_side, "base")):
+            if len(side) < len(groups[gi][1]):
+                raise ValueError(f"unit_locations[{dk!r}] ({name} side) has {len(side)} entries for the "
+                                 f"{len(groups[gi][1])} interventions of group {gi}; give one per intervention")
         for j, key in enumerate(groups[gi][1]):
             i = keys.index(key)
             src_locs[i] = s_side[j]
@@ -306,8 +310,13 @@ def _check_source_representation(t, iv, key, width):
         )
 
 
-def _check_extras(labels, extra, batch, seq):
-    if labels is not None:
+def _check_extras(labels, extra, batch, seq, model=None):
+    if labels is not None and "ForSequenceClassification" in type(model).__name__:
+        # the model's own loss reads them: (batch,) class ids, or (batch, num_labels) for regression / multi-label
+        if not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != batch:
+            raise ValueError(f"labels must be a tensor with one row per example ({batch}), got "
+                             f"{tuple(getattr(labels, 'shape', ())) or type(labels).__name__}")
+    elif labels is not None:
         if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dim() != 2:
             raise TypeError(f"labels must be an integer (batch, seq) tensor of token ids, got "
                             f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}")
@@ -327,7 +336,7 @@ def check_call(im, base_in, sources, locs, subs, srcreps, labels=None, extra=Non
     lead = lead_tensor(base_in)
     batch, seq = lead.shape[0], lead.shape[1]
     device = lead.device
-    _check_extras(labels, extra, batch, seq)
+    _check_extras(labels, extra, batch, seq, im.model)
     vocab = im._vocab_size()
     src_in = []
     for g, s in enumerate(sources):

@@ -160,10 +160,11 @@ def test_site_resolving_to_no_node():
         pv.IntervenableModel(_cfg(component="transformer.h[0].attn.attn_dropout.input"), m)
 
 
-def test_intervention_without_any_source_is_an_error(im, batch):
+def test_intervention_without_any_source_is_a_clean_run(im, batch):
     base, _ = batch
-    with pytest.raises(ValueError, match="needs a source: pass sources"):
-        im(base=base, unit_locations={"base": 1})
+    # pyvene's "clean run": with no sources, interventions that read one are skipped
+    _, out = im(base=base, unit_locations={"base": 1})
+    torch.testing.assert_close(out.logits, im.model(**base).logits)
     # an explicit None source still skips it, as in pyvene
     _, out = im(base=base, sources=[None], unit_locations={"sources->base": 1})
     assert out.logits.shape[0] == 2

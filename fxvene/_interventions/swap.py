@@ -9,6 +9,12 @@ An intervention picks coordinates of the last dimension of ``base`` and either w
   ``subspace_partition`` (a list of column lists) is given. When every example lists the
   same thing, or ``use_fast`` is set (then example 0's list is used), one index set serves
   the whole batch; otherwise each example gets exactly its own list.
+
+Called directly on a 3-D ``base`` (pyvene's unit tests do this), a rectangular ``subspaces`` with
+one row per entry of dimension -2 (and not one per example) applies row ``i`` to position ``i`` of
+every example, as pyvene does; one row per example applies per example; any other count is a
+``ValueError``. Where both counts are equal the direct call follows pyvene (per position). The
+engine marks the subspaces it passes (:class:`PerExampleSubspaces`): those are always per example.
 """
 from __future__ import annotations
 
@@ -84,7 +90,29 @@ def _can_use_fast(subspaces: Any) -> bool:
     return bool((table == table[0]).all())
 
 
+class PerExampleSubspaces(list):
+    """Subspaces as the engine passes them: entry ``i`` is example ``i``'s list, whatever the
+    shape of ``base`` (a plain list in a direct call on a 3-D ``base`` may mean one per position)."""
+
+
+def _per_position(base: torch.Tensor, subspaces: Any) -> bool:
+    """Whether a direct call's ``subspaces`` lists one entry per row of ``base``'s dimension -2
+    (pyvene's semantics) rather than one per example; a count that fits neither is an error."""
+    if base.dim() != 3 or isinstance(subspaces, PerExampleSubspaces):
+        return False
+    n, batch, rows = len(subspaces), base.shape[0], base.shape[-2]
+    if n == rows and _can_cast_tensor(subspaces):
+        return True
+    if n != batch:
+        raise ValueError(
+            f"subspaces has {n} entries for a base of shape {tuple(base.shape)}: give one entry per example "
+            f"({batch}), or (pyvene's direct-call form, equal-length lists) one per row of dimension -2 ({rows})"
+        )
+    return False
+
+
 def _regions(
+    base: torch.Tensor,
     interchange_dim: Union[int, torch.Tensor, None],
     subspaces: Any,
     partition: Optional[Partition],
@@ -95,6 +123,10 @@ def _regions(
         return [(Ellipsis, slice(None, interchange_dim))], False
     if use_fast or _can_use_fast(subspaces):
         return [(Ellipsis, subspace_columns(subspaces[0], partition))], False
+    if _per_position(base, subspaces):
+        cols = torch.tensor([list(subspace_columns(s, partition)) for s in subspaces], device=base.device)
+        rows = torch.arange(base.shape[-2], device=base.device).unsqueeze(-1)
+        return [(Ellipsis, rows, cols)], False
     per_example = [
         (row, Ellipsis, subspace_columns(subspace, partition)) for row, subspace in enumerate(subspaces)
     ]
@@ -131,7 +163,7 @@ def _do_intervention_by_swap(
                 f"source has shape {tuple(source.shape)}, which does not broadcast to the base "
                 f"shape {tuple(base.shape)}"
             ) from None
-    regions, per_example = _regions(interchange_dim, subspaces, subspace_partition, use_fast)
+    regions, per_example = _regions(base, interchange_dim, subspaces, subspace_partition, use_fast)
     if mode == "collect":
         picked = [base[region] for region in regions]
         return torch.stack(picked, dim=0) if per_example else picked[0]
