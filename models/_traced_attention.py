@@ -1,4 +1,6 @@
-"""How a fused q/k/v projection's output is laid out, read off the traced attention of block 0.
+"""What the module tree cannot say about an attention module, read off its traced graph (block 0's):
+how a fused q/k/v projection's output is laid out (:func:`fused_layout`), and which projection is
+the query, key or value when their names do not say (:func:`projection_roles`).
 
 The module tree says a projection is fused (``qkv_proj``, ``query_key_value``, ``c_attn``, and
 ``(heads + 2 x kv_heads) x head_dim`` wide) but not how q, k and v lie in its output. The attention
@@ -58,6 +60,103 @@ def _captured_inputs(model, attn):
     return got["call"]
 
 
+def _trace_with_inputs(model, attn, projections):
+    """``(graph, examples)``: ``attn`` traced (``make_fx``) on the inputs it gets in a short forward,
+    each module of ``projections`` replaced by a graph input (placeholders 1.., after the hidden
+    states) whose example value is the module's real output."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    args, kwargs = _captured_inputs(model, attn)
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(hidden, torch.Tensor):
+        raise LayoutError("block 0's attention takes no hidden-states tensor first")
+    with torch.no_grad():
+        examples = [p(hidden) for p in projections]
+    for ex in examples:
+        if not isinstance(ex, torch.Tensor):
+            raise LayoutError(f"a projection returns {type(ex).__name__}, not a tensor")
+
+    def attention(h, *outs):
+        for p, o in zip(projections, outs):
+            p.forward = (lambda o: lambda *a, **k: o)(o)
+        try:
+            return attn(h, *args[1:], **kwargs) if args else attn(**{**kwargs, "hidden_states": h})
+        finally:
+            for p in projections:
+                del p.forward
+
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            gm = make_fx(attention)(hidden, *examples)
+    except Exception as e:  # noqa: BLE001 - any tracing failure is reported as what it is
+        raise LayoutError(f"tracing block 0's attention failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return gm, examples
+
+
+_MATMUL = {"bmm", "mm", "matmul", "baddbmm"}
+_SOFTMAX = {"_softmax", "softmax", "_safe_softmax"}
+
+
+def _descendants(node):
+    seen, todo = set(), [node]
+    while todo:
+        for u in todo.pop().users:
+            if u not in seen:
+                seen.add(u)
+                todo.append(u)
+    return seen
+
+
+def _ancestors(node):
+    seen, todo = set(), [node]
+    while todo:
+        for a in todo.pop().all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return seen
+
+
+def projection_roles(model, attn, named):
+    """``{"query": name, "key": name, "value": name}`` for the projections ``named`` (name -> module)
+    inside ``attn``, from where their outputs go in its traced graph: the query and the key into the
+    two operands of the product that feeds the softmax, the value into the product that the softmax
+    feeds (or the query/key/value operands of a fused attention kernel). Raises :class:`LayoutError`."""
+    names = list(named)
+    gm, _ = _trace_with_inputs(model, attn, [named[n] for n in names])
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"][1:]
+    reach = {nm: _descendants(ph) | {ph} for nm, ph in zip(names, inputs)}
+    operands = {}  # role -> the graph node the role's projection must reach
+    kernels = [n for n in gm.graph.nodes if "scaled_dot_product" in _target(n)]
+    softmaxes = [n for n in gm.graph.nodes if _target(n) in _SOFTMAX]
+    if len(kernels) == 1:
+        q, k, v = kernels[0].args[:3]
+        operands = {"query": q, "key": k, "value": v}
+    elif len(softmaxes) == 1:
+        sm = softmaxes[0]
+        fed = set().union(*reach.values())  # products of the projections (not e.g. a rotary table's)
+        before = [n for n in _ancestors(sm) if _target(n) in _MATMUL and n in fed]
+        after = [n for n in _descendants(sm) if _target(n) in _MATMUL and any(
+            a is sm or a in _descendants(sm) for a in n.args[:1] if isinstance(a, torch.fx.Node))]
+        if len(before) == 1 and after:
+            first = min(after, key=lambda n: list(gm.graph.nodes).index(n))
+            a, b = before[0].args[-2:]
+            operands = {"query": a, "key": b, "value": first.args[-1]}
+    if not operands:
+        raise LayoutError(f"its graph has {len(kernels)} attention kernels and {len(softmaxes)} softmaxes; "
+                          "expected one of either")
+    roles = {}
+    for role, node in operands.items():
+        hits = [nm for nm in names if node in reach[nm]]
+        if len(hits) != 1:
+            raise LayoutError(f"the {role} operand of the attention product comes from "
+                              f"{len(hits)} of the projections {names} ({', '.join(hits) or 'none'})")
+        roles[role] = hits[0]
+    if len(set(roles.values())) != 3:
+        raise LayoutError(f"one projection plays two roles: {roles}")
+    return roles
+
+
 def _target(node):
     t = node.target
     return getattr(t, "__name__", str(t)).split(".")[0]
@@ -106,30 +205,9 @@ def fused_layout(model, attn, fused, heads, head_dim):
     """``(layout, n_kv)``: ``layout`` None (equal thirds), ``"sizes"`` or ``"grouped"`` for the fused
     projection module ``fused`` inside ``attn`` (block 0's attention of ``model``); ``n_kv`` the
     key/value head (group) count. Raises :class:`LayoutError` with what the graph showed."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    args, kwargs = _captured_inputs(model, attn)
-    hidden = args[0] if args else kwargs.get("hidden_states")
-    if not isinstance(hidden, torch.Tensor):
-        raise LayoutError("block 0's attention takes no hidden-states tensor first")
-    with torch.no_grad():
-        example = fused(hidden)
-    if not isinstance(example, torch.Tensor):
-        raise LayoutError(f"the fused projection returns {type(example).__name__}, not a tensor")
+    gm, examples = _trace_with_inputs(model, attn, [fused])
+    example = examples[0]
     width, rank = int(example.shape[-1]), example.dim()
-
-    def attention(h, qkv):
-        fused.forward = lambda *a, **k: qkv
-        try:
-            return attn(h, *args[1:], **kwargs) if args else attn(**{**kwargs, "hidden_states": h})
-        finally:
-            del fused.forward
-
-    try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            gm = make_fx(attention)(hidden, example)
-    except Exception as e:  # noqa: BLE001 - any tracing failure is reported as what it is
-        raise LayoutError(f"tracing block 0's attention failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     qkv = [n for n in gm.graph.nodes if n.op == "placeholder"][1]
     users = _consumers(qkv)
     if not users:

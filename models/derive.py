@@ -11,8 +11,9 @@ MLP its activation module. The result is a :class:`~fxvene.models.Family` marked
 ``derived=True``; a component it cannot place is left out of ``components`` and its reason kept
 in ``missing`` (the error a user gets when asking for it), never guessed.
 
-The module tree and config suffice, except for a fused QKV projection: how q, k and v lie in its
-output is read off the traced attention of block 0 (models/_fused_layout.py), one short forward.
+The module tree and config suffice, except for two things read off the traced attention of block 0
+(models/_traced_attention.py, after one short forward): how q, k and v lie in a fused QKV output,
+and which projection is which when their names say nothing.
 """
 from __future__ import annotations
 
@@ -160,6 +161,35 @@ def _role_candidates(attn, role):
     return [(n, m, io) for n, m, io in _linears(attn) if n.split(".")[-1].lower() in names]
 
 
+def _role_by_graph(model, attn, role, geo, memo):
+    """The q/k/v projection of ``role`` found by where its output goes in the traced attention (for
+    projections whose names say nothing), or a string saying why not. ``memo`` caches the trace."""
+    from ._traced_attention import LayoutError, projection_roles
+
+    lin = [(n, m, io) for n, m, io in _linears(attn) if io[0] == geo.hidden and io[1] % geo.head_dim == 0]
+    if "roles" not in memo and "why" not in memo:
+        try:
+            memo["roles"] = projection_roles(model, attn, {n: m for n, m, _ in lin})
+        except LayoutError as e:
+            memo["why"] = str(e)
+    if "why" in memo:
+        return f"the traced attention does not tell either: {memo['why']}"
+    name = memo["roles"][role]
+    return next(c for c in lin if c[0] == name)
+
+
+def _output_by_shape(attn, geo, taken):
+    """The output projection when its name says nothing: the one linear (heads x head_dim -> hidden)
+    left once q, k and v are placed (all three must be), or a string saying why not."""
+    want = (geo.heads * geo.head_dim, geo.hidden)
+    lin = [c for c in _linears(attn) if c[2] == want and c[0] not in taken]
+    if taken is not None and len(lin) == 1:
+        return lin[0]
+    if taken is None:
+        return "q, k and v are not all placed, so the leftover projection is not known"
+    return f"by shape ({want[0]} -> {want[1]}, not q/k/v) the candidates are {[n for n, _, _ in lin] or 'none'}"
+
+
 def _attention_parts(model, attn, attn_path, geo, missing, block_where):
     """q/k/v/o components of the attention module at ``attn_path``, or reasons in ``missing``."""
     comps = {}
@@ -167,17 +197,24 @@ def _attention_parts(model, attn, attn_path, geo, missing, block_where):
     config = model.config
     if not (H and dh and D):
         why = (f"the config gives no head geometry (looked for {' / '.join(_HEADS)} and {' / '.join(_HIDDEN)})")
-        for c in ("query", "key", "value", "head_attention_value"):
+        for c in ("attention_value_output", "head_attention_value_output", "query_output", "key_output",
+                  "value_output", "head_query_output", "head_key_output", "head_value_output"):
             missing[c] = why
         return comps
     want = {"query": H * dh, "key": KV * dh, "value": KV * dh}
+
+    by_graph = {}
 
     def pick(role):
         cands = _role_candidates(attn, role)
         label = _ROLE_LABEL[role]
         looked = ", ".join("…" + n for n in _ROLE_NAMES[role][:4])
         if not cands:
-            return None, (f"no module of role '{label}' ({looked}) in {block_where}")
+            found = (_role_by_graph(model, attn, role, geo, by_graph) if role != "output"
+                     else _output_by_shape(attn, geo, taken))
+            if isinstance(found, str):
+                return None, (f"no module of role '{label}' ({looked}) in {block_where}; {found}")
+            cands = [found]
         if len(cands) > 1:
             return None, (f"several modules of role '{label}' in {block_where}: "
                           f"{', '.join(attn_path + '.' + n for n, _, _ in cands)}")
@@ -191,18 +228,27 @@ def _attention_parts(model, attn, attn_path, geo, missing, block_where):
                           f"the config's head geometry wants {shape_want}")
         return f"{attn_path}.{name}", None
 
+    fused = _role_candidates(attn, "fused")
+    separate = {r: _role_candidates(attn, r) for r in ("query", "key", "value")}
+    if fused and not any(separate.values()):
+        _fused_parts(model, attn, fused, attn_path, geo, comps, missing, block_where)
+    else:
+        _separate_parts(pick, geo, config, comps, missing)
+    # the output projection last: by name, else the one (heads x head_dim -> hidden) left over
+    qkv = [c.module[len(attn_path) + 1:] for k, c in comps.items() if k in ("query_output", "key_output", "value_output")]
+    taken = set(qkv) if len(qkv) == 3 else None
     o_path, o_err = pick("output")
     if o_err:
         missing["attention_value_output"] = missing["head_attention_value_output"] = o_err
     else:
         comps["attention_value_output"] = _C(o_path, "input", dim=geo.width_expr(H * dh, config))
         comps["head_attention_value_output"] = _C(o_path, "input", heads=geo.heads_attr, dim=geo.head_dim_expr)
+    return comps
 
-    fused = _role_candidates(attn, "fused")
-    separate = {r: _role_candidates(attn, r) for r in ("query", "key", "value")}
-    if fused and not any(separate.values()):
-        _fused_parts(model, attn, fused, attn_path, geo, comps, missing, block_where)
-        return comps
+
+def _separate_parts(pick, geo, config, comps, missing):
+    H, KV, dh = geo.heads, geo.kv, geo.head_dim
+    want = {"query": H * dh, "key": KV * dh, "value": KV * dh}
     for role in ("query", "key", "value"):
         path, err = pick(role)
         if err:
@@ -219,7 +265,7 @@ def _attention_parts(model, attn, attn_path, geo, missing, block_where):
 
 
 def _fused_parts(model, attn, fused, attn_path, geo, comps, missing, block_where):
-    from ._fused_layout import LayoutError, fused_layout
+    from ._traced_attention import LayoutError, fused_layout
 
     H, dh, D = geo.heads, geo.head_dim, geo.hidden
     roles = ("query", "key", "value")

@@ -254,6 +254,43 @@ def test_missing_role_is_a_clear_error_not_a_wrong_node():
         models._FAMILIES = old
 
 
+def _odd_names(model):
+    """Every attention's q/k/v/o renamed to names that say nothing, in a shuffled order; the forward
+    still runs (the old names become properties of a subclass)."""
+    new = {"v_proj": "wa", "q_proj": "wb", "o_proj": "wc", "k_proj": "wd"}
+    base = type(model.model.layers[0].self_attn)
+    odd = type("OddAttention", (base,), {old: property(lambda self, n=n: self._modules[n]) for old, n in new.items()})
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        renamed = sorted((new.get(k, k), v) for k, v in attn._modules.items())
+        object.__setattr__(attn, "_modules", dict(renamed))
+        attn.__class__ = odd
+    return model, new
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_roles_from_the_traced_attention_when_names_say_nothing(attn):
+    model, new = _odd_names(make_tiny("llama", attn=attn))
+    hand, prefix = hand_family_for(make_tiny("llama"))
+    fam = derive.derive_family(model)
+    assert fam.missing == {} and set(fam.components) == set(hand.components)
+    for name, comp in hand.components.items():
+        want = _evaluated(comp, prefix, model.config)
+        for old, odd in new.items():
+            want["module"] = want["module"].replace(old, odd)
+        assert _evaluated(fam.components[name], prefix, model.config) == want, name
+    assert fam.components["value_output"].module == "layers.{layer}.self_attn.wa"
+
+
+def test_roles_the_graph_cannot_tell_are_missing():
+    """A forward that fails while traced: no role is guessed (names say nothing, the graph neither)."""
+    model = _renamed(make_tiny("llama"), "v_proj", "mystery")  # LlamaAttention.forward needs v_proj
+    fam = derive.derive_family(model)
+    msg = fam.missing["value_output"]
+    assert "no module of role 'value projection'" in msg and "the traced attention does not tell either" in msg
+    assert "attention_value_output" in fam.components  # o_proj by name
+
+
 def test_wrong_shape_is_not_taken():
     model = make_tiny("llama")
     for layer in model.model.layers:  # a k_proj whose width does not match the config's kv heads
