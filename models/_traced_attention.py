@@ -77,13 +77,17 @@ def _trace_with_inputs(model, attn, projections):
             raise LayoutError(f"a projection returns {type(ex).__name__}, not a tensor")
 
     def attention(h, *outs):
+        own = [p.__dict__.get("forward") for p in projections]  # e.g. accelerate's hooked forward
         for p, o in zip(projections, outs):
             p.forward = (lambda o: lambda *a, **k: o)(o)
         try:
             return attn(h, *args[1:], **kwargs) if args else attn(**{**kwargs, "hidden_states": h})
         finally:
-            for p in projections:
-                del p.forward
+            for p, f in zip(projections, own):
+                if f is None:
+                    del p.forward
+                else:
+                    p.forward = f
 
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():

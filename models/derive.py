@@ -295,6 +295,17 @@ def _fused_parts(model, attn, fused, attn_path, geo, comps, missing, block_where
         missing[f"{role}_output"] = missing[f"head_{role}_output"] = err
 
 
+def _mlp_by_shape(block, attn_name, hidden):
+    """The one child of ``block`` (not the attention) holding a linear out of the hidden size and
+    one back into it (``(None, None)`` when not exactly one)."""
+    hits = []
+    for name, child in block.named_children():
+        ios = [io for _, _, io in _linears(child)]
+        if name != attn_name and any(i == hidden != o for i, o in ios) and any(o == hidden != i for i, o in ios):
+            hits.append((name, child))
+    return hits[0] if len(hits) == 1 else (None, None)
+
+
 def _activation(mlp, mlp_path, config, geo, block_where):
     """The MLP's activation module (a direct child) and its width expression, or an error."""
     hits = [(n, m) for n, m in mlp.named_children() if _is_activation(n, m)]
@@ -369,8 +380,12 @@ def derive_family(model):
                           f"{', '.join(_ATTN_NAMES)}; children: {', '.join(n for n, _ in block.named_children())})")
     mlp_name, mlp = _named_child(block, _MLP_NAMES, exclude=(attn_name,))
     if mlp is None:
+        mlp_name, mlp = _mlp_by_shape(block, attn_name, geo.hidden)
+    if mlp is None:
         raise DeriveError(f"no MLP module in {block_where} (looked for a child named "
-                          f"{', '.join(_MLP_NAMES)}; children: {', '.join(n for n, _ in block.named_children())})")
+                          f"{', '.join(_MLP_NAMES)}, or the one child other than {attn_name} that maps "
+                          f"the hidden size {geo.hidden} out and back; children: "
+                          f"{', '.join(n for n, _ in block.named_children())})")
     attn_path, mlp_path = f"{bt}.{attn_name}", f"{bt}.{mlp_name}"
 
     act, err = _activation(mlp, mlp_path, config, geo, block_where)

@@ -300,6 +300,25 @@ def test_wrong_shape_is_not_taken():
     assert "maps 32 -> 24 features; the config's head geometry wants 32 -> 16" in fam.missing["key_output"]
 
 
+def test_mlp_found_by_shape_when_its_name_says_nothing():
+    model = make_tiny("llama", head="base")
+    for layer in model.layers:
+        layer.channel_mixer = layer.mlp  # renamed: the hidden size out (gate/up) and back (down)
+        del layer.mlp
+    fam = derive.derive_family(model)
+    assert fam.components["mlp_output"].module == "layers.{layer}.channel_mixer"
+    assert fam.components["mlp_activation"].module == "layers.{layer}.channel_mixer.act_fn"
+
+
+def test_encoder_without_a_decoder_mlp_is_no_family():
+    """BERT's feed-forward is split over two children (intermediate, output): nothing is guessed."""
+    bert = transformers.BertModel(transformers.BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
+                                                          intermediate_size=32, vocab_size=30))
+    with pytest.raises(derive.DeriveError, match=r"no MLP module in block 0 \(encoder.layer.0\) of BertModel"):
+        derive.derive_family(bert)
+    assert family_for(bert) == (None, None)
+
+
 def test_no_blocks_is_no_family():
     model = make_tiny("llama", head="base")
     model.layers = torch.nn.ModuleList(list(model.layers)[:1])  # 1 block, config says 2
