@@ -143,14 +143,20 @@ def source_graph(traced, sites):
 _GRAPHS = {}
 
 
-def _graphs(model, traced, keys, sites):
+def _graphs(model, traced, keys):
+    """(sites, source graph, interpolation graph) of a grid, built once per (model, frontend, grid)."""
     import weakref
+
+    from fxvene.sites import resolve_site
 
     key = (id(model), traced.frontend, tuple(keys))
     hit = _GRAPHS.get(key)
     if hit is not None and hit[0]() is model and hit[1] is traced.gm:
         return hit[2]
-    graphs = (source_graph(traced, sites), interpolation_graph(traced, sites))
+    sites = [resolve_site(traced, model, c, l) for c, l in keys]
+    graphs = (sites, source_graph(traced, sites), interpolation_graph(traced, sites))
+    if len(_GRAPHS) > 32:
+        _GRAPHS.clear()
     _GRAPHS[key] = (weakref.ref(model), traced.gm, graphs)
     return graphs
 
@@ -248,7 +254,6 @@ def attribution_patching(model, base, source, components=("block_output",), metr
     ``progress``: as in :func:`fxvene.patching_sweep`, for that re-run). Returns an :class:`AttributionResult`.
     """
     from fxvene.models import family_for
-    from fxvene.sites import resolve_site
     from fxvene.sweep import _check_layers, _check_positions, _ids_mask
     from fxvene.tracing import trace
 
@@ -285,7 +290,7 @@ def attribution_patching(model, base, source, components=("block_output",), metr
     positions = _check_positions(positions, seq, "positions")
     traced = trace(model, ("input_ids", "attention_mask"), tracer=tracer)
     keys = [(c, l) for c in components for l in layers]
-    sites = [resolve_site(traced, model, c, l) for c, l in keys]
+    sites, src_gm, interp_gm = _graphs(model, traced, keys)
     is_head = [s.n_heads is not None for s in sites]
     if any(is_head) and not all(is_head):
         raise ValueError("components: mix head components (head_*) and whole components in separate calls")
@@ -299,7 +304,6 @@ def attribution_patching(model, base, source, components=("block_output",), metr
     elif heads is not None:
         raise ValueError("heads: only for head components (head_attention_value_output, head_query_output, ...)")
 
-    src_gm, interp_gm = _graphs(model, traced, keys, sites)
     B = b_ids.shape[0]
     with torch.no_grad():
         src_vals = src_gm(input_ids=s_ids, attention_mask=s_mask)
