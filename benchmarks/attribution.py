@@ -84,8 +84,7 @@ def main():
         t_fwd, _ = best(plain, args.repeat)
         t_est, est = best(lambda: pv.attribution_patching(model, base, source, comp, tokens=toks), args.repeat)
         t_top, _ = best(lambda: pv.attribution_patching(model, base, source, comp, tokens=toks, exact_top_k=10,
-                                                                   progress=False),
-                        args.repeat)
+                                                        progress=False), args.repeat)
         t_ex, sw = best(lambda: pv.patching_sweep(model, base, source, comp, tokens=toks, progress=False), args.repeat)
         exact = ((sw.values[..., 0] - sw.values[..., 1]) - (sw.base[:, 0] - sw.base[:, 1])).flatten().double().numpy()
         e = est.effects[..., 0].flatten().double().numpy()
