@@ -225,6 +225,10 @@ def precheck_config(path, fam, n_layers, model):
 
 def check_args(args):
     """Every check that needs neither torch nor the model; raises CLIError."""
+    if args.command == "trace-facts":
+        from fxvene.facts_cli import check
+
+        check(args)
     fam, n_layers = model_shape(args.model)
     if getattr(args, "layer", None) is not None:
         _check_layer(args.layer, n_layers, args.model, "--layer")

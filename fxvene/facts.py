@@ -19,7 +19,9 @@ dataset sweeps unless told otherwise.
 from __future__ import annotations
 
 import json
+import numbers
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
@@ -244,6 +246,20 @@ def _device(model):
         return torch.device("cpu")
 
 
+def parse_bytes(value, what="memory_budget"):
+    """``1 << 30``, ``"2GB"``, ``"512MiB"``, ``"1.5G"`` -> bytes (int)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", value)
+        if m:
+            scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+            n = int(float(m.group(1)) * scale)
+            if n > 0:
+                return n
+    raise ValueError(f"{what} must be a positive number of bytes or a size such as '2GB' or '512MiB', got {value!r}")
+
+
 def demo_facts_path():
     """The facts file shipped with the demo model (``fxvene/demo/facts.jsonl``)."""
     from fxvene.demo import demo_model_path
@@ -252,4 +268,4 @@ def demo_facts_path():
 
 
 __all__ = ["Fact", "Malformed", "load_facts", "read_records", "is_dataset", "predictions", "subject_span",
-           "demo_facts_path"]
+           "demo_facts_path", "parse_bytes"]

@@ -103,7 +103,7 @@ def check(args):
         except ValueError:
             raise CLIError(f"--row-groups must be a positive int or 'auto', got {args.row_groups!r}") from None
     if args.memory_budget is not None:
-        from fxvene.facts_sweep import parse_bytes
+        from fxvene.facts import parse_bytes
 
         try:
             parse_bytes(args.memory_budget, "--memory-budget")

@@ -26,13 +26,11 @@ How the prompts run:
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 
 from fxvene import distributed
-from fxvene.facts import _device, load_facts, predictions
+from fxvene.facts import _device, load_facts, parse_bytes, predictions
 from fxvene.facts_results import FactsPatchResult, FactsTraceResult
 from fxvene.sweep import STREAMS, _check_layers, _engine, trace_noise, window_layers
 
@@ -40,20 +38,6 @@ MiB = 1 << 20
 
 
 # ------------------------------------------------------------------------------------ memory
-
-
-def parse_bytes(value, what="memory_budget"):
-    """``1 << 30``, ``"2GB"``, ``"512MiB"``, ``"1.5G"`` -> bytes (int)."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
-        return int(value)
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", value)
-        if m:
-            scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-            n = int(float(m.group(1)) * scale)
-            if n > 0:
-                return n
-    raise ValueError(f"{what} must be a positive number of bytes or a size such as '2GB' or '512MiB', got {value!r}")
 
 
 def model_shape(model):
