@@ -44,20 +44,55 @@ def _heads(comp, config):
     return int(getattr(config, comp.heads, None) or getattr(config, "num_attention_heads"))
 
 
-def _evaluated(comp, prefix, config):
-    """A component as the engine uses it: full module path, every view field, numbers not names."""
+def _slot(comp, config, width):
+    """``(columns, heads)`` of fused slot ``comp.split3`` in an output ``width`` wide, written out
+    from the layouts' definitions (models/__init__.py's Component.fused)."""
+    slot = comp.split3
+    if comp.fused is None:  # three equal thirds
+        third = width // 3
+        return list(range(slot * third, (slot + 1) * third)), None
+    layout, hq, hd = comp.fused[0], eval_dim(comp.fused[1], config), eval_dim(comp.fused[2], config)
+    kv = (width // hd - hq) // 2
+    if layout == "sizes":
+        first = (0, hq, hq + kv)[slot]
+        n = hq if slot == 0 else kv
+        return list(range(first * hd, (first + n) * hd)), n
+    assert layout == "grouped", layout
+    per = hq // kv  # query heads per key/value group; a group is [its queries | k | v]
+    cols = []
+    for g in range(kv):
+        start = g * (per + 2) + (0, per, per + 1)[slot]
+        n = per if slot == 0 else 1
+        cols += range(start * hd, (start + n) * hd)
+    return cols, per * kv if slot == 0 else kv
+
+
+def _evaluated(comp, prefix, model):
+    """A component as the engine uses it: full module path, every view field, numbers not names;
+    a fused slot as the columns it covers and its head count (so equal layouts compare equal)."""
+    config = model.config
     out = {}
     for f in dataclasses.fields(comp):
         v = getattr(comp, f.name)
         if f.name == "module":
             v = prefix + v
         elif f.name == "heads":
-            v = "layout" if v == "layout" else _heads(comp, config)  # "layout": the fused slot's heads
+            v = _heads(comp, config) if v != "layout" else None
         elif f.name == "dim":
             v = eval_dim(v, config)
-        elif f.name == "fused" and v is not None:  # (layout, query heads, head dim)
-            v = (v[0], eval_dim(v[1], config), eval_dim(v[2], config))
+        elif f.name == "fused":
+            continue
         out[f.name] = v
+    if comp.split3 is not None:
+        mod = model.get_submodule(prefix + comp.module.format(layer=0))
+        width = mod.out_features if hasattr(mod, "out_features") else mod.nf
+        out["columns"], layout_heads = _slot(comp, config, width)
+        if comp.heads is not None:
+            out["heads"] = layout_heads if comp.heads == "layout" else out["heads"]
+            if out["heads"] is None:  # equal thirds: the heads of each third
+                out["heads"] = _heads(comp, config)
+        if out["dim"] is None:  # no config expression: the engine takes the slot's width off the graph
+            out["dim"] = len(out["columns"]) // (out["heads"] or 1)
     return out
 
 
@@ -77,10 +112,31 @@ def test_derived_equals_hand_spec(model_type, heads):
             f"{sorted(set(got.components) - set(hand.components))}; not derived: {got.missing}"
         )
         for name, comp in hand.components.items():
-            want = _evaluated(comp, prefix, cfg)
+            want = _evaluated(comp, prefix, model)
             if (name, want["module"]) in _PYVENE_ALIASES:  # same node, pyvene's module name (test below)
                 want["module"] = _PYVENE_ALIASES[name, want["module"]]
-            assert _evaluated(got.components[name], prefix, cfg) == want, (cls, name)
+            assert _evaluated(got.components[name], prefix, model) == want, (cls, name)
+
+
+_VARIANTS = [  # fused q/k/v layouts a config switches between, each against the family's hand spec
+    ("falcon", dict(multi_query=False), "per head [q|k|v]"),
+    ("falcon", dict(new_decoder_architecture=True, num_kv_heads=2), "per group [q q|k|v]"),
+    ("phi3", dict(num_key_value_heads=4), "no GQA: [q|k|v] thirds"),
+]
+
+
+@pytest.mark.parametrize("model_type,overrides,what", [
+    pytest.param(mt, kw, what, id=f"{mt}-{what}", marks=cell(mt, "derived_spec")) for mt, kw, what in _VARIANTS
+    if mt in AVAILABLE])
+def test_derived_equals_hand_spec_on_layout_variants(model_type, overrides, what):
+    model = make_tiny(model_type, **overrides)
+    hand, prefix = hand_family_for(model)
+    if hand is None:
+        pytest.skip(f"no hand spec for {model_type} registered")
+    got = derive.derive_family(model)
+    assert got.missing == {} and set(got.components) == set(hand.components)
+    for name, comp in hand.components.items():
+        assert _evaluated(got.components[name], prefix, model) == _evaluated(comp, prefix, model), name
 
 
 # GPT-2's map is pyvene's: it reads the attention output at the attention's last child, its residual
@@ -129,11 +185,11 @@ def unmapped():
 def test_unmapped_family_gets_the_llama_layout(unmapped):
     fam, prefix = family_for(unmapped)
     assert fam is not None and fam.derived and fam.missing == {} and prefix == "model."
-    llama, _ = hand_family_for(make_tiny("llama"))
-    cfg = unmapped.config
+    llama_model = make_tiny("llama")
+    llama, _ = hand_family_for(llama_model)
     assert set(fam.components) == set(llama.components)
     for name, comp in llama.components.items():
-        assert _evaluated(fam.components[name], prefix, cfg) == _evaluated(comp, prefix, cfg), name
+        assert _evaluated(fam.components[name], "", unmapped) == _evaluated(comp, "", llama_model), name
     assert family_for(unmapped)[0] is fam  # derived once per model
 
 
@@ -275,10 +331,10 @@ def test_roles_from_the_traced_attention_when_names_say_nothing(attn):
     fam = derive.derive_family(model)
     assert fam.missing == {} and set(fam.components) == set(hand.components)
     for name, comp in hand.components.items():
-        want = _evaluated(comp, prefix, model.config)
+        want = _evaluated(comp, prefix, make_tiny("llama"))
         for old, odd in new.items():
             want["module"] = want["module"].replace(old, odd)
-        assert _evaluated(fam.components[name], prefix, model.config) == want, name
+        assert _evaluated(fam.components[name], prefix, model) == want, name
     assert fam.components["value_output"].module == "layers.{layer}.self_attn.wa"
 
 
