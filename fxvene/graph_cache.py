@@ -186,6 +186,29 @@ def _memo_sympify(serde):
         serde.sympy = real
 
 
+@contextmanager
+def _shared_tensor_metas(serde):
+    """Inside torch's deserialiser, nodes with the same stored tensor metadata (sizes, strides,
+    dtype, device) share one fake tensor: a 12-layer graph has ~700 tensor values but a few dozen
+    distinct metas, and each fake tensor with symbolic sizes costs about a millisecond to build."""
+    cls = serde.GraphModuleDeserializer
+    real = cls.deserialize_tensor_meta
+    memo = {}
+
+    def shared(self, tensor_meta):
+        key = (id(self), repr(tensor_meta))
+        out = memo.get(key)
+        if out is None:
+            out = memo[key] = real(self, tensor_meta)
+        return out
+
+    cls.deserialize_tensor_meta = shared
+    try:
+        yield
+    finally:
+        cls.deserialize_tensor_meta = real
+
+
 def _live_tensors(root):
     named = dict(root.named_parameters(remove_duplicate=False))
     named.update(dict(root.named_buffers(remove_duplicate=False)))
@@ -290,7 +313,7 @@ def load(key, about, root):
                 name = spec.tensor_constant.tensor_constant_name
                 if name not in constants:
                     constants[name] = live[name]
-        with _quiet_torch_logs(), _memo_sympify(serde):
+        with _quiet_torch_logs(), _memo_sympify(serde), _shared_tensor_metas(serde):
             ep = serde.ExportedProgramDeserializer().deserialize(program, state, constants, None)
         _check_targets(ep.graph_module)
         return ep

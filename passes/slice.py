@@ -17,12 +17,14 @@ Pure functions: the input GraphModule is not modified.
 """
 from __future__ import annotations
 
+import copy
 import operator
+import weakref
 
 import torch
 import torch.fx as fx
 
-from .rewrite import _copy
+from .rewrite import _LazyGraphModule
 
 
 class SliceError(ValueError):
@@ -120,38 +122,6 @@ def _view_bases(nodes):
     return out
 
 
-def _drop_before(graph, order, start, heavy):
-    """Erase every node before ``start`` the rest of the graph does not need, impure or not,
-    keeping light in-place edits (mask fills) of values that are still needed."""
-    nodes = list(graph.nodes)
-    needed = set()
-
-    def close(n):
-        stack = [n]
-        while stack:
-            m = stack.pop()
-            if m in needed:
-                continue
-            needed.add(m)
-            stack.extend(m.all_input_nodes)
-
-    for n in nodes:
-        if n.op == "output" or (n.op != "placeholder" and order.get(n.name, start) >= start):
-            close(n)
-    changed = True
-    while changed:
-        changed = False
-        for n in nodes:
-            if n in needed or n.op in ("placeholder", "get_attr") or order.get(n.name, start) >= start:
-                continue
-            if n.is_impure() and n.name not in heavy and any(a in needed for a in _view_bases(n.all_input_nodes)):
-                close(n)
-                changed = True
-    for n in reversed(nodes):
-        if n not in needed and n.op not in ("placeholder", "output") and order.get(n.name, start) < start:
-            graph.erase_node(n)
-
-
 def segment(gm, start=None, stop=None, prefix="fxv_in_"):
     """``gm`` restricted to ``[start, stop)``.
 
@@ -160,33 +130,21 @@ def segment(gm, start=None, stop=None, prefix="fxv_in_"):
     placeholders, which stay so that light values can be recomputed); ``output_names`` the
     heavy frontier at ``stop`` (the segment returns a tuple of them) or None when ``stop`` is
     None (the segment returns the graph's own outputs).
+
+    Only the nodes the segment keeps are copied (a sweep cuts a 12-layer graph into dozens of
+    segments: copying the whole graph for each and erasing most of it cost seconds).
     """
-    heavy = heavy_nodes(gm)
+    heavy, order = _analysis(gm)
     ins, shape_vals = frontier(gm, start, heavy, with_shapes=True) if start else ([], [])
     outs = frontier(gm, stop, heavy) if stop is not None else None
-    new = _copy(gm)
-    graph = new.graph
-    by_name = {n.name: n for n in graph.nodes}
-    order = node_order(new)
-    last_ph = None
-    for n in graph.nodes:
-        if n.op == "placeholder":
-            last_ph = n
-    repl = {}
-    for name in ins:
-        node = by_name[name]
-        with graph.inserting_after(last_ph):
-            ph = graph.placeholder(prefix + name)
-        ph.meta = {k: v for k, v in node.meta.items() if k in ("val", "tensor_meta")}
-        ph.meta["fxvene"] = "input"
-        last_ph = ph
-        # only the uses at or after the cut read the placeholder; what mutated the value before
-        # the cut (in-place mask edits) is already in the cached value
-        node.replace_all_uses_with(ph, delete_user_cb=lambda u: u.op == "output" or order.get(u.name, start) >= start)
-        repl[name] = ph
+    nodes = list(gm.graph.nodes)
+    by_name = {n.name: n for n in nodes}
+    cut_ins = set(ins)
+
     # sizes read off heavy tensors before the cut (GPT-2's ``input_shape + (hidden.size(-1),)``):
-    # the shape query is pointed at a stand-in placeholder ``fxv_shape_<tensor>`` (fed with a
+    # the shape query reads a stand-in placeholder ``fxv_shape_<tensor>`` instead (fed with a
     # zero-stride tensor of the right shape at run time), so nothing heavy is recomputed
+    shape_of = {}  # shape-query node -> the heavy tensor it reads (replaced by its stand-in)
     shape_ins = []
     todo = [by_name[v] for v in shape_vals]
     seen = set()
@@ -197,44 +155,127 @@ def segment(gm, start=None, stop=None, prefix="fxv_in_"):
         seen.add(n.name)
         t = _shape_query(n)
         if t is not None and isinstance(t, fx.Node) and t.name in heavy and t.op != "placeholder":
-            ph_name = "fxv_shape_" + t.name
-            if ph_name not in by_name:
-                with graph.inserting_after(last_ph):
-                    ph = graph.placeholder(ph_name)
-                ph.meta = {k: v for k, v in t.meta.items() if k in ("val", "tensor_meta")}
-                ph.meta["fxvene"] = "input"
-                last_ph = ph
-                by_name[ph_name] = ph
+            if t.name not in shape_ins:
                 shape_ins.append(t.name)
-            n.replace_input_with(t, by_name[ph_name])
+            shape_of[n.name] = t.name
             continue
         for a in n.all_input_nodes:
             if a.name in heavy and a.op not in ("get_attr", "placeholder"):
                 if _is_tensor(a) and _shape_query(n) is None:
                     raise SliceError(f"segment from node #{start}: the size {n.name!r} needs the tensor {a.name!r}")
                 todo.append(a)
-    out_node = next(n for n in graph.nodes if n.op == "output")
+
+    def source(user, value):
+        """The segment's placeholder ``user`` reads instead of ``value`` (a cut value at or after the
+        cut, a shape stand-in for a shape query), or None."""
+        if value.name in cut_ins and (user.op == "output" or order[user.name] >= start):
+            return cut_ph[value.name]
+        if shape_of.get(user.name) == value.name:
+            return shape_ph[value.name]
+        return None
+
+    def inputs(n):
+        return [a for a in n.all_input_nodes
+                if not ((a.name in cut_ins and (n.op == "output" or order[n.name] >= start))
+                        or shape_of.get(n.name) == a.name)]
+
+    out_node = nodes[-1]
+    keep = _kept(nodes, order, start, stop, heavy, inputs, out_node if outs is None else None,
+                 [by_name[o] for o in outs if o not in cut_ins] if outs is not None else ())
+
+    graph = fx.Graph()
+    graph._codegen = copy.deepcopy(gm.graph._codegen)
+    env, cut_ph, shape_ph = {}, {}, {}
+
+    def add_inputs():
+        for names, pre, phs in ((ins, prefix, cut_ph), (shape_ins, "fxv_shape_", shape_ph)):
+            for name in names:
+                ph = graph.placeholder(pre + name)
+                ph.meta = {k: v for k, v in by_name[name].meta.items() if k in ("val", "tensor_meta")}
+                ph.meta["fxvene"] = "input"
+                phs[name] = ph
+
+    last_ph = max((i for i, n in enumerate(nodes) if n.op == "placeholder"), default=-1)
+    if last_ph < 0:
+        add_inputs()
+    for i, n in enumerate(nodes[:-1]):
+        if n.name in keep:
+            env[n.name] = graph.node_copy(n, lambda a, _n=n: source(_n, a) or env[a.name])
+        if i == last_ph:
+            add_inputs()
     if outs is not None:
-        out_node.args = (tuple(repl.get(o, by_name[o]) for o in outs),)
-        # everything at or after ``stop`` goes, impure or not
-        for n in reversed(list(graph.nodes)):
-            if n.op != "output" and order.get(n.name, -1) >= stop and not n.users:
-                graph.erase_node(n)
-    if start:
-        _drop_before(graph, order, start, heavy)
-    graph.eliminate_dead_code()
+        result = graph.output(tuple(cut_ph[o] if o in cut_ins else env[o] for o in outs), type_expr=out_node.type)
+        result.meta = copy.copy(out_node.meta)
+    else:
+        graph.node_copy(out_node, lambda a: source(out_node, a) or env[a.name])
+    new = _LazyGraphModule(gm, graph, class_name=type(gm).__name__)
+    new.meta = dict(getattr(gm, "meta", {}))
+    graph.eliminate_dead_code()  # after the module exists: call_module purity reads the owning module
     if start:
         left = [n.name for n in graph.nodes
                 if n.op not in ("placeholder", "get_attr") and n.name in heavy and _is_tensor(n)
                 and order.get(n.name, start) < start]
         if left:
             raise SliceError(f"segment from node #{start}: {left[:5]} before the cut are still needed (impure ops?)")
-    if outs is not None:
-        left = [n.name for n in graph.nodes if n.op not in ("placeholder", "output") and order.get(n.name, -1) >= stop]
-        if left:
-            raise SliceError(f"segment to node #{stop}: nodes {left[:5]} after the cut are still alive")
     new.delete_all_unused_submodules()
     graph.lint()
     new.recompile()
     new.meta["fxvene_shape_inputs"] = shape_ins
     return new, ins, outs
+
+
+def _kept(nodes, order, start, stop, heavy, inputs, out_node, out_values):
+    """Names of the original nodes a segment copies (dead ones among them are removed afterwards):
+    the placeholders; every node in ``[start, stop)``; before ``start`` only what those nodes (and
+    the outputs) need, plus light in-place edits (mask fills) of values still needed."""
+    keep = {n.name for n in nodes if n.op == "placeholder"}
+    inside = [n for n in nodes if n.op not in ("placeholder", "output")
+              and (not start or order[n.name] >= start) and (stop is None or order[n.name] < stop)]
+    keep.update(n.name for n in inside)
+    if not start:
+        return keep
+    needed = set()
+
+    def close(n):
+        stack = [n]
+        while stack:
+            m = stack.pop()
+            if m.name in needed:
+                continue
+            needed.add(m.name)
+            stack.extend(inputs(m))
+
+    for n in inside:
+        close(n)
+    if out_node is not None:
+        close(out_node)
+    for n in out_values:
+        close(n)
+    before = [n for n in nodes if n.op not in ("placeholder", "get_attr", "output") and order[n.name] < start]
+    changed = True
+    while changed:
+        changed = False
+        for n in before:
+            if n.name in needed or n.name in heavy or not n.is_impure():
+                continue
+            if any(a.name in needed for a in _view_bases(inputs(n))):
+                close(n)
+                changed = True
+    keep.update(n for n in needed if n in order)
+    return keep
+
+
+_ANALYSES = weakref.WeakKeyDictionary()
+
+
+def _analysis(gm):
+    """``(heavy node names, node order)`` of ``gm``, computed once per graph state (a sweep cuts one
+    graph into dozens of segments)."""
+    graph = gm.graph
+    state = (id(graph), len(graph.nodes), id(graph._root.prev))
+    hit = _ANALYSES.get(gm)
+    if hit is not None and hit[0] == state:
+        return hit[1], hit[2]
+    heavy, order = heavy_nodes(gm), node_order(gm)
+    _ANALYSES[gm] = (state, heavy, order)
+    return heavy, order
