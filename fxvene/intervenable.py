@@ -33,7 +33,8 @@ from fxvene.interventions import (
 from fxvene.passes.locate import module_input
 from fxvene.passes.rewrite import expose, insert_interventions, truncate
 from fxvene.sites import Gather, SiteOp, do_intervention, gather, resolve_site
-from fxvene.tracing import TracingError, trace
+from fxvene import time_steps
+from fxvene.tracing import TracingError, steps_signature, trace
 
 
 @contextlib.contextmanager
@@ -130,7 +131,7 @@ def _representation_key(rep, counter):
     return f"{base}#{k}", f"{legacy}#{k}"
 
 
-_UNITS = ("pos", "h", "h.pos")
+_UNITS = ("pos", "h", "h.pos", "t")  # "t": time steps of a recurrent model (fxvene/time_steps.py)
 
 
 def _construction_signature(model):
@@ -197,7 +198,8 @@ class IntervenableModel(nn.Module):
             if not isinstance(rep.max_number_of_units, int) or rep.max_number_of_units < 1:
                 raise ValueError(f"representations[{i}].max_number_of_units must be a positive int")
             key, legacy = _representation_key(rep, counter)
-            site = resolve_site(traced, model, rep.component, rep.layer)
+            site = (time_steps.resolve(traced, model, rep.component, rep.layer).site if rep.unit == "t"
+                    else resolve_site(traced, model, rep.component, rep.layer))
             if site.n_heads is None and rep.unit in ("h", "h.pos"):
                 raise ValueError(
                     f"representations[{i}]: unit {rep.unit!r} needs a head component (head_*), got {rep.component!r}"
@@ -233,7 +235,7 @@ class IntervenableModel(nn.Module):
                 self._intervention_reverse_link[key] = f"link#{link}"
             self.representations[key] = rep
             self.interventions[key] = intervention
-            self._axes[key] = U.site_axes(site, traced, model)
+            self._axes[key] = time_steps.axes(site) if rep.unit == "t" else U.site_axes(site, traced, model)
             U.check_partition(intervention, rep, self._axes[key], i)
             self.interventions._legacy[legacy] = key
             if rep.group_key is not None:
@@ -269,7 +271,8 @@ class IntervenableModel(nn.Module):
 
     def _traced(self, signature):
         with preserved_rng():
-            return trace(self.model, signature, tracer=self.tracer)
+            traced = trace(self.model, signature, tracer=self.tracer)
+        return time_steps.prepare(traced, self.model, getattr(self, "representations", None))
 
     def disable_model_gradients(self):
         self.model.eval()
@@ -298,7 +301,8 @@ class IntervenableModel(nn.Module):
 
     def _inputs(self, inputs, what):
         """Checked model inputs (see :func:`fxvene.validation.check_inputs`) and their signature."""
-        return V.check_inputs(inputs, what, self._vocab_size())
+        d, sig = V.check_inputs(inputs, what, self._vocab_size())
+        return d, steps_signature(self.model, d, sig)  # + the length, where the graph has one (a GRU)
 
     def _check_call(self, base_in, sources, locs, subs, srcreps, labels=None, extra=None):
         """Check a whole call (sources, unit locations, subspaces, ...) before anything runs;
@@ -326,6 +330,10 @@ class IntervenableModel(nn.Module):
             if key not in active and key not in collect:
                 continue
             i = self.sorted_keys.index(key)
+            if self.representations[key].unit == "t":
+                reqs.extend(time_steps.requests(traced, self.model, self.representations[key], i, key,
+                                                self.interventions[key], collect=key in collect))
+                continue
             site = self._site(traced, key)
             unit = self.representations[key].unit
             if key in collect:
@@ -363,6 +371,9 @@ class IntervenableModel(nn.Module):
         reqs = []
         for key in keys:
             i = self.sorted_keys.index(key)
+            if self.representations[key].unit == "t":
+                reqs.append(time_steps.source_request(traced, self.model, self.representations[key], i, key))
+                continue
             site = self._site(traced, key, source_side=True)
             reqs.append(dict(node=site.node, module=Gather(site, self.representations[key].unit, f"unit_locations (source side) of {key}"),
                              name=f"fxv_get_{i}", inputs=[f"fxv_sloc_{i}"]))

@@ -329,7 +329,10 @@ def _attempt(model, frontend, input_names, example, out_keys, ref):
         return gm, False
     from fxvene import graph_cache
 
-    key, about = graph_cache.key_for(model, "forward", {"inputs": list(input_names)})
+    sig = {"inputs": list(input_names)}
+    if model in _STATIC:  # a fixed-length graph: one entry per length
+        sig["steps"] = int(next(iter(example.values())).shape[1])
+    key, about = graph_cache.key_for(model, "forward", sig)
     if graph_cache.has(key):
         with progress(f"loading the graph of {name} from the graph cache"):
             ep = graph_cache.load(key, about, model)
@@ -401,14 +404,73 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
     key = (tracer, input_names)
     if key in per_model:
         return per_model[key]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()  # dropout off, as pyvene's wrap leaves the model; the user's modes come back after
+    try:
+        return _trace_new(model, input_names, tracer, per_model, key)
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
+
+STEPS = "@steps="  # a signature entry (not an input): the sequence length a per-length graph is traced for
+_STATIC: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def steps_signature(model, inputs, signature):
+    """``signature`` plus the call's sequence length where ``model`` traces to a graph of one length
+    (a recurrent model whose loop over time steps export unrolls, e.g. pyvene's GRU)."""
+    if model not in _STATIC or any(str(k).startswith(STEPS) for k in signature):
+        return signature
+    lead = inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]
+    return tuple(signature) + (f"{STEPS}{lead.shape[1]}",)
+
+
+def _fixed_length(gm, lead):
+    """The sequence length an exported graph is specialised to (its loop unrolled), else None."""
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and n.name == lead:
+            val = n.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim() >= 2:
+                d = str(val.shape[1])  # a SymInt that export specialised prints as its value
+                return int(d) if d.isdigit() else None
+    return None
+
+
+@torch.fx.node.has_side_effect
+def check_steps(lead, steps, model_name):
+    """A graph node of a fixed-length graph: the call must have the length it was traced for."""
+    if not torch.compiler.is_compiling() and lead.shape[1] != steps:
+        raise ValueError(
+            f"inputs: {model_name} was traced for sequences of {steps} steps (its loop over time is unrolled), "
+            f"this call has {lead.shape[1]}; fxvene traces it again per length when called through "
+            "IntervenableModel"
+        )
+    return None
+
+
+def _guard_length(gm, lead, steps, model_name):
+    graph = gm.graph
+    ph = next(n for n in graph.nodes if n.op == "placeholder" and n.name == lead)
+    last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    with graph.inserting_after(last):
+        chk = graph.call_function(check_steps, (ph, steps, model_name))
+    chk.meta["fxvene"] = "fixed_length"
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _trace_new(model, input_names, tracer, per_model, key):
+    steps = [int(str(k)[len(STEPS):]) for k in input_names if str(k).startswith(STEPS)]
+    input_names = tuple(k for k in input_names if not str(k).startswith(STEPS))
     if tracer == "auto":
         first, _ = choose_frontend(model)
         order = (first, "export" if first == "hf_fx" else "hf_fx")
     else:
         order = (tracer,)
     taken, ignored = split_inputs(model, input_names)
-    example = _example_inputs(model, taken)
+    example = _example_inputs(model, taken, seq=steps[0] if steps else 8)
     out_cls, out_keys, ref = _reference_output(model, example)
     errors = {}
     for frontend in order:
@@ -418,6 +480,11 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
         t0 = time.perf_counter()
         try:
             gm, from_cache = _attempt(model, frontend, taken, example, out_keys, ref)
+            lead = "input_ids" if "input_ids" in taken else "inputs_embeds"
+            fixed = _fixed_length(gm, lead) if frontend == "export" else None
+            if fixed is not None:
+                _STATIC[model] = fixed
+                gm = _guard_length(gm, lead, fixed, type(model).__name__)
             gm = _add_ignored_inputs(gm, ignored, type(model).__name__)
         except Exception as e:  # noqa: BLE001 - we report every frontend's failure together
             errors[frontend] = f"{type(e).__name__}: {e}".split("\n")[0][:500]
@@ -430,11 +497,14 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
             output_keys=out_keys,
             output_cls=out_cls,
             trace_seconds=time.perf_counter() - t0,
-            meta={"from_cache": from_cache},
+            meta={"from_cache": from_cache, "steps": fixed},
         )
         per_model[key] = tg
         if tracer == "auto":
             per_model[(frontend, input_names)] = tg
+        if fixed is not None and not steps:  # a later call of this length finds it under its length
+            for t in {tracer, frontend}:
+                per_model[(t, input_names + (f"{STEPS}{fixed}",))] = tg
         return tg
     detail = "; ".join(f"{k}: {v}" for k, v in errors.items())
     if tracer == "hf_fx" and hf_fx_available() and choose_frontend(model)[0] != "hf_fx":

@@ -199,3 +199,132 @@ def test_mlp_das_rotated_space_training_matches_pyvene(pyvene, mlp_pair):
     assert runs["fxvene"][0] == pytest.approx(runs["pyvene"][0], abs=1e-6)
     assert len(set(runs["fxvene"][0])) == 3  # it trains
     assert torch.allclose(runs["fxvene"][1], runs["pyvene"][1], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- interventions on the GRU (unit "t")
+
+GRU_COMPONENTS = (
+    "cell_input", "cell_output", "x2h_output", "h2h_output",
+    "reset_gate_input", "update_gate_input", "new_gate_input",
+    "reset_gate_output", "update_gate_output", "new_gate_output",
+    "reset_x2h_output", "update_x2h_output", "new_x2h_output",
+    "reset_h2h_output", "update_h2h_output", "new_h2h_output",
+)
+STEPS = 8  # the length fxvene traces with first: one export serves every test
+
+
+@pytest.fixture(scope="module")
+def gru_pair(pyvene):
+    cfg = dict(h_dim=6, n_layer=2)
+    torch.manual_seed(4)
+    _, _, theirs = pyvene.create_gru_classifier(pyvene.GRUConfig(**cfg))
+    torch.manual_seed(4)
+    _, _, ours = pv_fx.create_gru_classifier(pv_fx.GRUConfig(**cfg))
+    return theirs, ours
+
+
+def _gru_inputs(seed, b=1):
+    g = torch.Generator().manual_seed(seed)
+    return ({"inputs_embeds": torch.randn(b, STEPS, 6, generator=g)},
+            {"inputs_embeds": torch.randn(b, STEPS, 6, generator=g)})
+
+
+def _hooked(model, module, inputs, fn):
+    """Run ``model`` with ``fn(step, output)`` as a forward hook on ``module`` (steps counted from 0)."""
+    step = [0]
+
+    def hook(m, args, out):
+        t = step[0]
+        step[0] += 1
+        return fn(t, out)
+
+    h = module.register_forward_hook(hook)
+    try:
+        return model(**inputs)
+    finally:
+        h.remove()
+
+
+def test_gru_time_step_patch_matches_manual_hooks(gru_pair):
+    """Time step t is the cell's t-th call; only the listed steps change, per example."""
+    _, ours = gru_pair
+    base, source = _gru_inputs(0, b=2)
+    cell = ours.gru.cells[0]
+    kept = []
+    _hooked(ours, cell, source, lambda t, o: kept.append(o.clone()))
+    im = pv_fx.IntervenableModel({"layer": 0, "component": "cell_output", "unit": "t",
+                                  "intervention_type": pv_fx.VanillaIntervention}, model=ours)
+    _, out = im(base=base, sources=[source], unit_locations={"sources->base": ([[[6], [2]]], [[[3], [5]]])})
+    pairs = {0: (6, 3), 1: (2, 5)}
+
+    def patch(t, o):
+        o = o.clone()
+        for row, (src, dst) in pairs.items():
+            if t == dst:
+                o[row] = kept[src][row]
+        return o
+
+    ref = _hooked(ours, cell, base, patch)
+    assert torch.allclose(out[0], ref[0], atol=1e-6)
+    assert not torch.allclose(out[0], ours(**base)[0])
+    zero = pv_fx.IntervenableModel({"layer": 1, "component": "cell_output", "unit": "t",
+                                    "intervention_type": pv_fx.ZeroIntervention}, model=ours)
+    _, z = zero(base=base, unit_locations={"base": 3})
+    zref = _hooked(ours, ours.gru.cells[1], base, lambda t, o: torch.zeros_like(o) if t == 3 else None)
+    assert torch.allclose(z[0], zref[0], atol=1e-6)
+
+
+def test_gru_collect_and_vanilla_every_component_match_pyvene(pyvene, gru_pair):
+    """With every step listed, fxvene's unit "t" gives pyvene's numbers (pyvene also acts at the steps it
+    is not given: it feeds zeros as the source there, and Collect returns every step)."""
+    theirs, ours = gru_pair
+    base, source = _gru_inputs(1)
+    every = [list(range(STEPS))]
+    for component in GRU_COMPONENTS:
+        # cell_input of layer 1 is layer 0's new state, and pyvene's pre-hook writes the patch into that
+        # tensor in place, so layer 0's recurrence sees it too; fxvene changes only what the cell sees.
+        # Layer 0's cell input is a slice of the inputs, read once, where both agree.
+        layer = 0 if component == "cell_input" else 1
+        got = {}
+        for lib, model in ((pyvene, theirs), (pv_fx, ours)):
+            rep = {"layer": layer, "component": component, "unit": "t"}
+            col = lib.IntervenableModel(dict(rep, intervention_type=lib.CollectIntervention), model=model)
+            collected = col(base=_clone(base), unit_locations={"base": [every]})[0][1]
+            van = lib.IntervenableModel(dict(rep, intervention_type=lib.VanillaIntervention), model=model)
+            _, patched = van(base=_clone(base), sources=[_clone(source)],
+                             unit_locations={"sources->base": ([every], [every])}, subspaces=[[[0, 1, 2]]])
+            got[lib.__name__] = (collected, patched[0])
+        (pc, pp), (fc, fp) = got["pyvene"], got["fxvene"]
+        assert len(pc) == STEPS and len(fc) == 1 and fc[0].shape == (1, STEPS, pc[0].shape[-1]), component
+        assert torch.allclose(fc[0], torch.stack(pc, dim=1), atol=1e-6), component
+        assert torch.allclose(fp, pp, atol=1e-6), component
+        assert not torch.allclose(fp, ours(**base)[0]), component
+
+
+def test_gru_zero_every_step_matches_pyvene(pyvene, gru_pair):
+    """pyvene's 101 tutorial: Zero at cell_output with {"base": 3} zeroes every step in pyvene 0.1.8
+    (constant-source interventions ignore the time step); fxvene gives that when every step is listed."""
+    theirs, ours = gru_pair
+    base, _ = _gru_inputs(2)
+    _, ref = pyvene.IntervenableModel({"component": "cell_output", "unit": "t",
+                                       "intervention_type": pyvene.ZeroIntervention}, model=theirs)(
+        base=_clone(base), unit_locations={"base": 3})
+    _, out = pv_fx.IntervenableModel({"component": "cell_output", "unit": "t",
+                                      "intervention_type": pv_fx.ZeroIntervention}, model=ours)(
+        base=base, unit_locations={"base": [[list(range(STEPS))]]})
+    assert torch.allclose(out[0], ref[0], atol=1e-6)
+
+
+def test_gru_other_lengths_trace_again_and_bad_steps(gru_pair):
+    _, ours = gru_pair
+    im = pv_fx.IntervenableModel({"layer": 0, "component": "cell_output", "unit": "t",
+                                  "intervention_type": pv_fx.ZeroIntervention}, model=ours)
+    short = {"inputs_embeds": torch.randn(1, 3, 6)}
+    _, out = im(base=short, unit_locations={"base": 1})
+    ref = _hooked(ours, ours.gru.cells[0], short, lambda t, o: torch.zeros_like(o) if t == 1 else None)
+    assert torch.allclose(out[0], ref[0], atol=1e-6)
+    with pytest.raises(ValueError, match="out of range"):
+        im(base=short, unit_locations={"base": 3})
+    with pytest.raises(ValueError, match="resolves to 8 nodes"):  # one per step: unit "pos" cannot pick one
+        pv_fx.IntervenableModel({"layer": 0, "component": "cell_output", "unit": "pos",
+                                 "intervention_type": pv_fx.ZeroIntervention}, model=ours)
