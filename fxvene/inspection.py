@@ -86,13 +86,15 @@ def _div(d, k):
     return f"{d}/{k}"
 
 
-def view_shape(shape, split3, n_heads):
+def view_shape(shape, split3, n_heads, fused=None):
     """The shape of the view units are gathered from (fxvene.sites.site_view), from the node's shape."""
     if shape is None or (split3 is None and n_heads is None):
         return shape
     *lead, last = shape
     if split3 is not None:
-        last = _div(last, 3)
+        from fxvene.sites import slot_width
+
+        last = slot_width(fused, last) if fused is not None and isinstance(last, int) else _div(last, 3)
     if n_heads is None:
         return (*lead, last)
     if len(lead) != 2:
@@ -128,7 +130,7 @@ def _row_from_site(site, traced, **extra):
         shape=shape,
         dtype=_dtype(node.meta.get("val")),
         frontend=traced.frontend,
-        view=view_shape(shape, site.split3, site.n_heads),
+        view=view_shape(shape, site.split3, site.n_heads, site.fused),
         n_heads=site.n_heads,
         dim=site.dim,
         **extra,

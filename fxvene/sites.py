@@ -30,6 +30,9 @@ class Site:
     dim: int | None  # pyvene's embed_dim for one unit
     shape: tuple | None
     dtype: torch.dtype | None
+    # the slot of a fused q/k/v output: its last dim viewed as (groups, per_group, width) and the slot
+    # is per_group entries [start, stop) of every group (GPT-2's thirds: (1, 3, slot, slot + 1))
+    fused: tuple | None = None  # (groups, per_group, start, stop)
 
 
 def _parse_string_component(component):
@@ -81,7 +84,7 @@ def resolve_site(traced, model, component, layer, moe_key=None):
         path = prefix + spec.module.format(layer=layer)
         port = spec.port
         split3 = spec.split3
-        if spec.heads is not None:
+        if spec.heads is not None and spec.heads != "layout":
             n_heads = int(getattr(config, spec.heads, None) or getattr(config, "num_attention_heads"))
         dim = eval_dim(spec.dim, config)
         if spec.needs == "eager":
@@ -101,6 +104,15 @@ def resolve_site(traced, model, component, layer, moe_key=None):
         raise ValueError(f"component {component!r} at layer {layer} of {type(model).__name__} ({traced.frontend}): {e}") from None
     val = node.meta.get("val")
     shape = tuple(val.shape) if is_tensor_node(node) else None
+    fused = None
+    if split3 is not None:
+        spec = fam.components[component]
+        fused = fused_slot(spec, config, shape[-1] if shape else None, f"component {component!r} of {type(model).__name__}")
+        if spec.heads == "layout":
+            n_heads = fused[0] * (fused[3] - fused[2])
+        if dim is None and shape is not None:
+            w = slot_width(fused, shape[-1])
+            dim = w // n_heads if n_heads else w
     if dim is None and shape is not None:
         last = shape[-1]
         dim = int(last) if isinstance(last, int) else None
@@ -115,37 +127,97 @@ def resolve_site(traced, model, component, layer, moe_key=None):
         dim=dim,
         shape=shape,
         dtype=getattr(val, "dtype", None),
+        fused=fused,
     )
+
+
+def fused_slot(spec, config, width, what):
+    """``(groups, per_group, start, stop)`` of q/k/v slot ``spec.split3`` in a fused output ``width`` wide
+    (see ``Component.fused``). The key/value head count is what the width leaves after the query heads."""
+    slot = spec.split3
+    if spec.fused is None:  # three equal thirds
+        return (1, 3, slot, slot + 1)
+    layout, heads_expr, hd_expr = spec.fused
+    n_q, hd = eval_dim(heads_expr, config), eval_dim(hd_expr, config)
+    if not isinstance(width, int) or not n_q or not hd or width % hd:
+        raise ValueError(f"{what}: a fused q/k/v output {width} wide does not split into heads of {hd} ({hd_expr})")
+    n_kv2 = width // hd - n_q
+    if n_kv2 <= 0 or n_kv2 % 2:
+        raise ValueError(
+            f"{what}: a fused q/k/v output of {width // hd} heads of {hd} does not hold {n_q} query heads "
+            "plus equal numbers of key and value heads"
+        )
+    n_kv = n_kv2 // 2
+    if layout == "sizes":
+        bounds = ((0, n_q), (n_q, n_q + n_kv), (n_q + n_kv, n_q + 2 * n_kv))
+        return (1, n_q + 2 * n_kv) + bounds[slot]
+    if layout == "grouped":
+        if n_q % n_kv:
+            raise ValueError(f"{what}: {n_q} query heads do not split into {n_kv} key/value groups")
+        q = n_q // n_kv
+        bounds = ((0, q), (q, q + 1), (q + 1, q + 2))
+        return (n_kv, q + 2) + bounds[slot]
+    raise ValueError(f"{what}: unknown fused layout {layout!r} (expected 'sizes' or 'grouped')")
+
+
+def slot_width(fused, width):
+    """Width of the slot ``fused`` (``Site.fused``) of an output ``width`` wide (``width`` as given if None)."""
+    if fused is None or not isinstance(width, int):
+        return width
+    g, p, a, z = fused
+    return g * (z - a) * (width // (g * p))
+
+
+def slot_columns(site, width):
+    """The slot's columns as one slice when they are contiguous (one group), else None."""
+    if site.fused is None:
+        return slice(None)
+    g, p, a, z = site.fused
+    if g != 1:
+        return None
+    u = width // p
+    return slice(a * u, z * u)
 
 
 # ---------------------------------------------------------------------------------------
 # views, gather and scatter (functional, autograd- and compile-friendly)
 
 
-def _head_view(x, site):
-    """(b, s, D) -> (b, H, slots, s, dh) as pyvene's scatter views heads."""
-    b, s, D = x.shape
-    slots = 3 if site.split3 is not None else 1
-    H = site.n_heads
-    return x.reshape(b, s, slots, H, D // (slots * H)).permute(0, 3, 2, 1, 4)
+def slot_view(x, site):
+    """The slot of a fused q/k/v output ``x`` (``x`` itself when the site has none), last dim flat."""
+    if site.fused is None:
+        return x
+    g, p, a, z = site.fused
+    if g == 1:
+        u = x.shape[-1] // p
+        return x[..., a * u : z * u]
+    return x.unflatten(-1, (g, p, x.shape[-1] // (g * p)))[..., a:z, :].flatten(-3)
 
 
-def _head_unview(x5, shape):
-    return x5.permute(0, 3, 2, 1, 4).reshape(shape)
+def _slot_write(x, site, v):
+    """``x`` with its slot replaced by ``v`` (a new tensor)."""
+    g, p, a, z = site.fused
+    y = x.clone()
+    if g == 1:
+        u = x.shape[-1] // p
+        y[..., a * u : z * u] = v
+    else:
+        y.unflatten(-1, (g, p, x.shape[-1] // (g * p)))[..., a:z, :] = v.unflatten(-1, (g, z - a, -1))
+    return y
 
 
-def _third(x, slot):
-    d = x.shape[-1] // 3
-    return slice(slot * d, (slot + 1) * d)
+def _head_view(v, n_heads):
+    """(b, s, D) -> (b, H, s, dh) as pyvene's head split."""
+    b, s, D = v.shape
+    return v.reshape(b, s, n_heads, D // n_heads).permute(0, 2, 1, 3)
 
 
 def site_view(x, site):
-    """The tensor pyvene's ``output_to_subcomponent`` gives: a qkv third and/or heads (b, H, s, dh)."""
+    """The tensor pyvene's ``output_to_subcomponent`` gives: a q/k/v slot and/or heads (b, H, s, dh)."""
+    v = slot_view(x, site)
     if site.n_heads is not None:
-        return _head_view(x, site)[:, :, site.split3 or 0]
-    if site.split3 is not None:
-        return x[..., _third(x, site.split3)]
-    return x
+        return _head_view(v, site.n_heads)
+    return v
 
 
 def _bidx(b, device):
@@ -164,8 +236,8 @@ def _check(loc, size, what):
 def gather(x, site, unit, loc, what="unit_locations"):
     """Units of ``x`` at ``loc`` (None: the whole view)."""
     v = site_view(x, site)
-    if loc is None:
-        return v
+    if loc is None:  # a copy: the graph may change x in place later (Falcon: ``mlp_output += attention_output``)
+        return v.clone()
     if unit == "h.pos":
         _check(loc[0], v.shape[1], what + " (heads)")
         _check(loc[1], v.shape[2], what + " (positions)")
@@ -183,25 +255,17 @@ def gather(x, site, unit, loc, what="unit_locations"):
 def scatter(x, site, unit, loc, new):
     """``x`` with the units at ``loc`` replaced by ``new`` (a new tensor)."""
     new = new.to(x.dtype)
-    if site.n_heads is not None:
-        x5 = _head_view(x, site).clone()
-        slot = site.split3 or 0
-        if loc is None:
-            x5[:, :, slot] = new
-        elif unit == "h.pos":
-            hl, pl = loc
-            bi = _bidx(x.shape[0], x.device).unsqueeze(2)
-            x5[bi, hl.unsqueeze(2), slot, pl.unsqueeze(1)] = new
-        else:
-            x5[_bidx(loc.shape[0], x.device), loc, slot] = new
-        return _head_unview(x5, x.shape)
-    y = x.clone()
-    cols = _third(x, site.split3) if site.split3 is not None else slice(None)
+    v = slot_view(x, site).clone(memory_format=torch.contiguous_format)
+    t = _head_view(v, site.n_heads) if site.n_heads is not None else v  # a view of v: writes land in v
     if loc is None:
-        y[..., cols] = new
+        t[...] = new
+    elif unit == "h.pos":
+        hl, pl = loc
+        bi = _bidx(x.shape[0], x.device).unsqueeze(2)
+        t[bi, hl.unsqueeze(2), pl.unsqueeze(1)] = new
     else:
-        y[_bidx(loc.shape[0], x.device), loc, cols] = new
-    return y
+        t[_bidx(loc.shape[0], x.device), loc] = new
+    return v if site.fused is None else _slot_write(x, site, v)
 
 
 # ---------------------------------------------------------------------------------------

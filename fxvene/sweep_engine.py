@@ -20,7 +20,7 @@ from fxvene.models import family_for
 from fxvene.passes.rewrite import expose
 from fxvene.passes.slice import boundary_after, node_order, segment
 from fxvene.passes.sweep import insert_selectors, readout
-from fxvene.sites import gather, resolve_site, scatter, site_view
+from fxvene.sites import gather, resolve_site, scatter, site_view, slot_columns
 from fxvene.tracing import TracingError, trace
 
 _PREFIX = "fxv_in_"
@@ -39,12 +39,12 @@ class SweepSite(nn.Module):
     def forward(self, x, src=None, loc=None, on=None):
         if src is None:
             return x
-        if not torch.compiler.is_compiling() and not torch.is_grad_enabled() and self.site.n_heads is None:
+        cols = slot_columns(self.site, x.shape[-1])
+        if not torch.compiler.is_compiling() and not torch.is_grad_enabled() and self.site.n_heads is None and cols is not None:
             # eager fast path: write only the active rows, in place (the runtime owns ``x``:
             # it is a fresh batch built for this call, never a cached or user tensor)
             rows = torch.nonzero(on).flatten()
             if len(rows):
-                cols = slice(None) if self.site.split3 is None else _third_cols(x, self.site.split3)
                 x[rows, loc[rows, 0], cols] = src[rows, 0].to(x.dtype)
             return x
         idx = (loc[:, :1], loc[:, 1:]) if self.unit == "h.pos" else loc
@@ -52,11 +52,6 @@ class SweepSite(nn.Module):
         mask = on.reshape((-1,) + (1,) * (cur.dim() - 1))
         new = torch.where(mask, src.to(cur.dtype), cur)
         return scatter(x, self.site, self.unit, idx, new)
-
-
-def _third_cols(x, slot):
-    d = x.shape[-1] // 3
-    return slice(slot * d, (slot + 1) * d)
 
 
 @dataclass

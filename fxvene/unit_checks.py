@@ -47,9 +47,10 @@ def site_axes(site, traced, model):
     shape = site.shape
     last = shape[-1] if shape else None
     last = last if isinstance(last, int) else None
+    from fxvene.sites import slot_width
+
     if site.n_heads is not None:
-        slots = 3 if site.split3 is not None else 1
-        return Axes("seq", site.n_heads, last // (slots * site.n_heads) if last else None)
+        return Axes("seq", site.n_heads, slot_width(site.fused, last) // site.n_heads if last else None)
     if shape is None or len(shape) < 2:
         return Axes(None, None, None)
     fam, _ = family_for(model)
@@ -57,7 +58,7 @@ def site_axes(site, traced, model):
     if spec is not None:
         if spec.pattern is not None:  # attention probabilities (b, H, s, s): units are heads, width is seq
             return Axes(shape[1] if isinstance(shape[1], int) else None, None, None)
-        width = last // 3 if (last and site.split3 is not None) else last
+        width = slot_width(site.fused, last)
         if len(shape) < 3:  # (batch, dim): a "unit" is a column, so the width is the unit count
             return Axes(width, None, None)
         return Axes("seq", None, width)

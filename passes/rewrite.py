@@ -134,7 +134,9 @@ def expose(gm, requests):
                     by_name[ph_name].meta["fxvene"] = "input"
                 phs.append(by_name[ph_name])
             new.add_submodule(req["name"], req["module"])
-            with graph.inserting_before(out):
+            # right after the value: a later in-place op on it (Falcon: ``mlp_output += ...``) must not show
+            anchor = val if val.op != "placeholder" else _last_placeholder(graph)
+            with graph.inserting_after(anchor):
                 val = graph.call_module(req["name"], (val, *phs))
             val.meta["fxvene"] = "expose"
         values.append(val)

@@ -37,15 +37,32 @@ def _linear_parts(gm, node):
 
 
 _LAST_POSITION_OPS = {torch.ops.aten.select.int, torch.ops.aten.slice.Tensor}
+_CASTS = {torch.ops.aten.to.dtype, torch.ops.aten._to_copy.default}
 
 
-def _last_position_head(gm, node):
-    """A step graph's output is ``select(slice(lm_head(...)), 1, -1)``: the linear behind such
-    last-position indexing, or None."""
-    x = node
-    while isinstance(x, fx.Node) and x.op == "call_function" and x.target in _LAST_POSITION_OPS:
+_SCALED = {torch.ops.aten.div.Tensor, torch.ops.aten.mul.Tensor, torch.ops.aten.tanh.default}
+
+
+def _is_cast(x):
+    """A dtype cast of the logits (GPT-J: ``lm_head(h).to(torch.float32)``), or an elementwise op with
+    constant operands (Gemma 2's soft cap ``tanh(l / c) * c``, Granite's ``l / logits_scaling``)."""
+    if x.op == "call_function" and x.target in _SCALED:
+        return not any(isinstance(a, fx.Node) for a in x.args[1:])
+    return (x.op == "call_function" and x.target in _CASTS) or (x.op == "call_method" and x.target == "to")
+
+
+def _last_position_head(gm, node, position=-1):
+    """The linear behind an output that is ``lm_head(...)`` under dtype casts and (a step graph's,
+    ``position=-1``) last-position indexing ``select(slice(...), 1, -1)``; and the casts, outermost first."""
+    x, casts = node, []
+    while isinstance(x, fx.Node) and (
+        (position == -1 and x.op == "call_function" and x.target in _LAST_POSITION_OPS) or _is_cast(x)
+    ):
+        if _is_cast(x):
+            casts.append(x)
         x = x.args[0]
-    return x if x is not node and isinstance(x, fx.Node) and _linear_parts(gm, x) is not None else None
+    ok = x is not node and isinstance(x, fx.Node) and _linear_parts(gm, x) is not None
+    return (x, casts) if ok else (None, [])
 
 
 def readout(gm, output_index=0, position=-1, tokens=False):
@@ -60,8 +77,9 @@ def readout(gm, output_index=0, position=-1, tokens=False):
     values = list(out.args[0])
     head = values[output_index]
     parts = _linear_parts(new, head) if isinstance(head, fx.Node) else None
-    if parts is None and position == -1 and isinstance(head, fx.Node):
-        lin = _last_position_head(new, head)
+    casts = []
+    if parts is None and isinstance(head, fx.Node):
+        lin, casts = _last_position_head(new, head, position)
         if lin is not None:
             head = lin
             parts = _linear_parts(new, head)
@@ -90,6 +108,8 @@ def readout(gm, output_index=0, position=-1, tokens=False):
                 b = graph.get_attr(bias) if isinstance(bias, str) else bias
                 b_sel = graph.call_function(torch.index_select, (b, 0, tok))
             logits = graph.call_function(torch.nn.functional.linear, (sel, w_sel, b_sel))
+        for c in reversed(casts):  # the output's dtype casts, on the sliced logits
+            logits = getattr(graph, c.op)(c.target, (logits, *c.args[1:]), dict(c.kwargs))
     logits.meta["fxvene"] = "readout"
     values[output_index] = logits
     out.args = (tuple(values),)

@@ -8,6 +8,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+pytest_plugins = ["_matrix"]  # the support matrix: FXVENE_MATRIX_OUT writes the marked tests' outcomes
+
 torch.set_num_threads(1)  # tiny models: threads only add overhead (and contention in CI)
 
 # the on-disk graph cache of this test session (and of the subprocesses it starts): never ~/.cache
