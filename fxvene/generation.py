@@ -64,7 +64,8 @@ import torch
 import torch.nn as nn
 
 from fxvene import locations as L
-from fxvene.intervenable import engine_subspaces, preserved_rng
+from fxvene.intervenable import AdaptorSiteOp, engine_subspaces, gets_kwargs, preserved_rng
+from fxvene.passes.locate import module_input
 from fxvene.interventions import CollectIntervention
 from fxvene.passes.rewrite import insert_interventions
 from fxvene.sites import Gather, SiteOp, do_intervention, resolve_site
@@ -363,6 +364,10 @@ def _graph(im, sg, active, collect):
         if key in collect:
             reqs.append(dict(name=f"fxv_collect_{i}", module=Gather(site, rep.unit, f"unit_locations (base side) of {key}"),
                              node=site.node, port=site.port, region=site.path, inputs=[f"fxv_loc_{i}"], collect=True))
+        elif getattr(im, "as_adaptor", False) and gets_kwargs(im.interventions[key]):  # the module input as ``args``
+            reqs.append(dict(name=f"fxv_site_{i}", module=AdaptorSiteOp(key, site, rep.unit, im.interventions[key]),
+                             node=site.node, port=site.port, region=site.path,
+                             inputs=[f"fxv_src_{i}", f"fxv_loc_{i}", module_input(sg.locate.gm, site.path).name]))
         else:
             reqs.append(dict(name=f"fxv_site_{i}", module=SiteOp(key, site, rep.unit, im.interventions[key]),
                              node=site.node, port=site.port, region=site.path, inputs=[f"fxv_src_{i}", f"fxv_loc_{i}"]))

@@ -207,6 +207,24 @@ def test_as_adaptor_and_additional_kwargs(pair, adaptor):
     _close(outs[1], outs[0])
 
 
+def test_as_adaptor_in_generate(gpt2, pv_gpt2):
+    # the session GPT-2 (its KV-cache graph is shared with generation's tests)
+    prompt = _ids(10, b=1, n=5)
+    seqs = []
+    for lib, m in ((pv, pv_gpt2), (fv, gpt2)):
+        iv = _scaler(lib)(embed_dim=24)
+        im = _build(lib, m, [lib.RepresentationConfig(layer=1, component="mlp_output", intervention=iv)], as_adaptor=True)
+        _, out = im.generate(prompt, unit_locations={"sources->base": (None, [[[3, 4]]])}, intervene_on_prompt=True,
+                             intervention_additional_kwargs={"scale": -4.0}, max_new_tokens=3, do_sample=False,
+                             return_dict_in_generate=True, output_scores=True)
+        seqs.append(out)
+    assert torch.equal(seqs[1].sequences, seqs[0].sequences)
+    for a, b in zip(seqs[1].scores, seqs[0].scores):
+        _close(a, b)
+    plain = gpt2(**prompt).logits[:, -1]
+    assert not torch.allclose(seqs[1].scores[0], plain, atol=1e-3)
+
+
 def _plain_swap(lib):
     class Swap(lib.Intervention, lib.LocalistRepresentationIntervention):
         def forward(self, base, source, subspaces=None):

@@ -278,16 +278,23 @@ class MyScale(pv.TrainableIntervention, pv.LocalistRepresentationIntervention):
         return base * self.scale + source * 0
 
 
-def test_custom_intervention_type_needs_explicit_class(gpt2, tmp_path):
+def test_custom_intervention_type_needs_an_imported_or_explicit_class(gpt2, tmp_path):
     im = pv.IntervenableModel(pv.IntervenableConfig(representations=[pv.RepresentationConfig(
         layer=0, component="block_output", intervention_type=MyScale)]), gpt2)
     with torch.no_grad():
         im.interventions[im.sorted_keys[0]].scale.mul_(1.5)
         ref = im(_ids(1), [_ids(2)], {"sources->base": 4})[1].logits
     im.save(str(tmp_path))
+    # this test module is imported, so its Intervention subclass resolves (as pyreft's does)
+    with torch.no_grad():
+        assert torch.equal(pv.IntervenableModel.load(str(tmp_path), gpt2)(_ids(1), [_ids(2)], {"sources->base": 4})[1].logits, ref)
+    path = tmp_path / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["intervention_types"] = ["<class 'not_imported_anywhere.MyScale'>"]  # nothing is imported on load
+    path.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="unsupported intervention type"):
         pv.IntervenableModel.load(str(tmp_path), gpt2)
-    loaded = pv.IntervenableModel.load(str(tmp_path), gpt2, custom_types=[MyScale])
+    loaded = pv.IntervenableModel.load(str(tmp_path), gpt2, custom_types={"not_imported_anywhere.MyScale": MyScale})
     with torch.no_grad():
         assert torch.equal(loaded(_ids(1), [_ids(2)], {"sources->base": 4})[1].logits, ref)
 
