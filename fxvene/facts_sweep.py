@@ -191,7 +191,7 @@ def trace_facts(model, facts, tokenizer=None, noise_level=None, n_samples=10, st
         if noise_level != "subjects":
             raise ValueError(f"noise_level must be a float, None or 'subjects', got {noise_level!r}")
         toks = torch.tensor([f.input_ids[p] for f in run for p in f.subject_positions], device=emb.device)
-        noise_level = 3 * float(emb[toks].float().std())
+        noise_level = 3 * float(emb[toks].float().std()) if len(toks) > 1 else 0.0  # (nothing to trace when empty)
     elif not isinstance(noise_level, (int, float)) or isinstance(noise_level, bool):
         raise ValueError(f"noise_level must be a float, None or 'subjects', got {noise_level!r}")
     noise_level = float(noise_level)
