@@ -233,6 +233,25 @@ def _plain_swap(lib):
     return Swap
 
 
+# ----------------------------------------------------------------------------------- labels
+
+
+def test_labels_reach_the_model_of_a_sequence_classifier():
+    from tests._tiny import make_tiny
+
+    base = {"input_ids": torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(0))}
+    labels = torch.tensor([1, 0])  # class ids: the model's own loss, not a shifted LM loss
+    res = []
+    for lib in (pv, fv):
+        im = _build(lib, make_tiny("gpt2", head="seq_cls"), [lib.RepresentationConfig(
+            layer=0, component="block_output", intervention_type=lib.AdditionIntervention)])
+        _, out = im(base, source_representations=torch.full((32,), 0.3), unit_locations={"base": 2}, labels=labels)
+        res.append(out)
+    _close(res[1].logits, res[0].logits)
+    _close(res[1].loss, res[0].loss)
+    _close(res[1].loss, torch.nn.functional.cross_entropy(res[1].logits, labels))
+
+
 # ----------------------------------------------------------------------------------- named_parameters
 
 
