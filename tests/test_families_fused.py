@@ -301,6 +301,28 @@ def test_spec_paths_exist_in_every_model_class(variant, head):
     assert type(base).__name__ in fam.prefixes and fam.prefixes[type(base).__name__] == ""
 
 
+@pytest.mark.parametrize("variant,head", [
+    pytest.param(v, h, marks=cell(v, "components"), id=f"{v}-{h}")
+    for v, h in (("gpt_neox", "seq_cls"), ("phi3", "base")) if v in FAMILIES])
+def test_base_model_and_classifier_collect_equals_hook(variant, head):
+    """The base model (no prefix) and the sequence classifier: fused slots and blocks equal the hooks."""
+    model = model_for(variant, head)
+    lm = model_for(variant)
+    prefix = {"gpt_neox": "gpt_neox.", "phi3": "model."}[variant]
+    table = {c: (p[len(prefix):] if head == "base" else p, port, v)
+             for c, (p, port, v) in hand_table(variant, lm).items()}
+    inputs = _inputs(13)
+    comps = ["block_output", "head_query_output", "head_key_output", "value_output", "mlp_activation"]
+    reps = [pv.RepresentationConfig(layer=L, component=c, unit="h.pos" if _is_head(c) else "pos",
+                                    intervention_type=pv.CollectIntervention) for c in comps]
+    _, coll = pv.IntervenableModel(pv.IntervenableConfig(representations=reps), model)(base=inputs)
+    for c, got in zip(comps, coll):
+        path, port, view = table[c]
+        store = []
+        hooked(model, inputs, [(path, port, _capture(store))])
+        torch.testing.assert_close(got, view(store[0]), atol=0, rtol=0, msg=c)
+
+
 @pytest.mark.parametrize("variant", [v for v in ("gpt_neox", "falcon", "falcon_new", "falcon_classic", "phi3")
                                      if VARIANTS[v][0] in FAMILIES])
 def test_fused_layouts_pick_the_columns_hf_reads(variant):
