@@ -168,6 +168,16 @@ def slot_width(fused, width):
     return g * (z - a) * (width // (g * p))
 
 
+def view_columns(site, width):
+    """The last-dim columns of ``site``'s tensor (``width`` wide) that its view reads, in view order: the
+    q/k/v slot's columns head by head (a head's columns are a run of ``width_of_slot // n_heads``)."""
+    if site.fused is None:
+        return list(range(width))
+    g, p, a, z = site.fused
+    u = width // (g * p)
+    return [(gi * p + pi) * u + c for gi in range(g) for pi in range(a, z) for c in range(u)]
+
+
 def slot_columns(site, width):
     """The slot's columns as one slice when they are contiguous (one group), else None."""
     if site.fused is None:

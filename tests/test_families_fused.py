@@ -330,7 +330,7 @@ def test_fused_layouts_pick_the_columns_hf_reads(variant):
     picks, for q, k and v, the fused output's columns HF's code reads, head by head."""
     from types import SimpleNamespace
 
-    from fxvene.sites import fused_slot, slot_view
+    from fxvene.sites import fused_slot, slot_view, view_columns
 
     model = model_for(variant)
     fam, _ = family_for(model)
@@ -341,6 +341,7 @@ def test_fused_layouts_pick_the_columns_hf_reads(variant):
         f = fused_slot(fam.components[f"{s}_output"], model.config, width, s)
         got = slot_view(torch.arange(width).view(1, 1, width), SimpleNamespace(fused=f))[0, 0]
         assert torch.equal(got, view.cols), (variant, s)
+        assert view_columns(SimpleNamespace(fused=f), width) == view.cols.tolist()  # path patching's columns
 
 
 @pytest.mark.parametrize("variant,frontend", _params("components", list(FAMILIES) + ["falcon_new"], with_frontend=True))
