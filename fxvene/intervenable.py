@@ -137,9 +137,9 @@ _UNITS = ("pos", "h", "h.pos", "t")  # "t": time steps of a recurrent model (fxv
 def _construction_signature(model):
     """The inputs the constructor traces with to resolve sites: ``input_ids`` where the model's
     forward takes them and it has input embeddings, else ``inputs_embeds`` (e.g. pyvene's MLP)."""
-    from fxvene.tracing import lead_input
+    from fxvene.tracing import construction_inputs
 
-    return (lead_input(model), "attention_mask")
+    return construction_inputs(model)
 
 
 class IntervenableModel(nn.Module):

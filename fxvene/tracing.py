@@ -90,6 +90,10 @@ def _example_inputs(model, input_names, batch=2, seq=8):
     for name in input_names:
         if name == "input_ids":
             ex[name] = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
+        elif name == "decoder_input_ids":  # an encoder-decoder's decoder side: its own length
+            ex[name] = torch.randint(0, vocab, (batch, seq - 3), generator=g).to(device)
+        elif name == "decoder_attention_mask":
+            ex[name] = torch.ones(batch, seq - 3, dtype=torch.long, device=device)
         elif name in ("attention_mask", "token_type_ids"):
             ex[name] = torch.ones(batch, seq, dtype=torch.long, device=device)
         elif name == "position_ids":
@@ -149,6 +153,16 @@ def lead_input(model):
         if has_embeddings or "inputs_embeds" not in accepted:
             return "input_ids"
     return "inputs_embeds" if "inputs_embeds" in accepted else "input_ids"
+
+
+def construction_inputs(model):
+    """The inputs an IntervenableModel traces with to resolve its sites: the lead input and the
+    mask, plus ``decoder_input_ids`` for an encoder-decoder model (T5), in the order of a call's
+    signature (:data:`fxvene.validation.INPUT_KEYS`)."""
+    names = (lead_input(model), "attention_mask")
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        names += ("decoder_input_ids",)
+    return names
 
 
 def _switches(model, **flags):

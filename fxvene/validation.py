@@ -17,8 +17,9 @@ import torch.nn as nn
 
 from fxvene.tracing import TracingError
 
-INPUT_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "token_type_ids", "position_ids")
-_ID_KEYS = ("input_ids", "token_type_ids", "position_ids")
+INPUT_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "token_type_ids", "position_ids",
+              "decoder_input_ids", "decoder_attention_mask")  # the last two: encoder-decoder models (T5)
+_ID_KEYS = ("input_ids", "token_type_ids", "position_ids", "decoder_input_ids")
 
 
 class UnsupportedModelError(TracingError, ValueError):
