@@ -8,12 +8,13 @@ experts are string components: ``model.layers[0].block_sparse_moe.gate.output`` 
 transformers 4; on transformers 5 the block is ``mlp`` and the experts are one fused module,
 ``model.layers[0].mlp.experts.output``.
 """
-import transformers
+from importlib.metadata import version
 
 from . import Family
 from .llama import layout, prefixes
 
-MOE = "block_sparse_moe" if int(transformers.__version__.split(".")[0]) < 5 else "mlp"
+# the installed line, read without importing transformers (the CLI's argument checks stay light)
+MOE = "block_sparse_moe" if int(version("transformers").split(".")[0]) < 5 else "mlp"
 
 FAMILY = Family(
     name="mixtral", prefixes=prefixes("Mixtral"), components=layout(mlp=MOE, activation=False),

@@ -99,11 +99,23 @@ def module_input(gm, path):
     if not nodes:
         raise LocateError(f"module {path!r} has no nodes in the traced graph")
     inside = set(nodes)
+    outside = []
     for n in nodes:
         for a in n.all_input_nodes:
-            if a not in inside and not _is_param(a) and is_tensor_node(a):
+            if a not in inside and not _is_param(a) and is_tensor_node(a) and a not in outside:
+                outside.append(a)
+    if not outside:
+        raise LocateError(f"input of module {path!r}: the region consumes no outside tensor")
+    # a module whose output has its input's shape (a block, attention, an MLP) may first read another
+    # outside tensor (transformers 4's Gemma 2 sliding layers edit the attention mask before anything
+    # else): the input is then the first outside tensor of the output's shape
+    escaping = _escaping(nodes)
+    if len(escaping) == 1:
+        shape = str(tuple(escaping[0].meta["val"].shape))
+        for a in outside:
+            if str(tuple(a.meta["val"].shape)) == shape:
                 return a
-    raise LocateError(f"input of module {path!r}: the region consumes no outside tensor")
+    return outside[0]
 
 
 def region_users(node, path):
