@@ -6,12 +6,9 @@ output is a flat tuple of tensors (``output_keys`` names them). The GraphModule
 shares the model's parameters: nothing is copied.
 
 Nothing is assumed of the model's ``forward`` beyond a lead input (``input_ids`` or
-``inputs_embeds``): it is called with the inputs it accepts (``use_cache=False`` only where it
-takes it; no ``return_dict``: the graph returns what the model returns by default, as pyvene's
-calls do), and its output may be a ``ModelOutput``, a tuple of tensors or one tensor (pyvene's MLP
-takes only ``inputs_embeds`` and returns a tuple). A requested input the forward
-does not take (the ``attention_mask`` every call carries) stays a placeholder of the graph, unused,
-behind a check that it holds nothing the model would have needed (a mask with padding).
+``inputs_embeds``): what it takes and returns, and graphs of one sequence length (a recurrent
+model's unrolled loop), are :mod:`fxvene.model_io`'s. Models are traced in eval mode (dropout
+off, as pyvene's wrap leaves them); the user's module modes come back afterwards.
 
 * ``hf_fx``: ``transformers.utils.fx.symbolic_trace`` (transformers 4.x only).
 * ``export``: ``torch.export.export(..., strict=False)`` with dynamic batch and
@@ -28,7 +25,6 @@ passes the same output check as a fresh one. Slow steps say what they do on stde
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import weakref
@@ -38,6 +34,21 @@ import torch
 import torch._dynamo  # noqa: F401  (import before HF's tracer patches torch.finfo; see DESIGN.md)
 import torch.fx as fx
 
+from fxvene.model_io import (  # noqa: F401  (construction_inputs, lead_input, steps_signature: public here too)
+    FIXED_LENGTH,
+    STEPS,
+    add_ignored_inputs,
+    check_ignored_input,
+    construction_inputs,
+    fixed_length,
+    flat_output,
+    forward_parameters,
+    guard_length,
+    lead_input,
+    split_inputs,
+    steps_signature,
+    switches,
+)
 from fxvene.progress import progress, quiet_loggers
 
 FRONTENDS = ("auto", "hf_fx", "export")
@@ -113,85 +124,10 @@ def _example_inputs(model, input_names, batch=2, seq=8):
     return ex
 
 
-def forward_parameters(model):
-    """The keyword inputs ``model.forward`` takes, or None when it takes any (``**kwargs``)."""
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return frozenset(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
-
-
-def split_inputs(model, input_names):
-    """``(taken, ignored)``: the requested inputs ``model.forward`` takes, and those it does not."""
-    accepted = forward_parameters(model)
-    if accepted is None:
-        return tuple(input_names), ()
-    taken = tuple(n for n in input_names if n in accepted)
-    ignored = tuple(n for n in input_names if n not in accepted)
-    lead = [n for n in input_names if n in ("input_ids", "inputs_embeds")]
-    if lead and not any(n in accepted for n in lead):
-        raise TracingError(
-            f"{type(model).__name__}.forward takes no {lead[0]!r}; its inputs are {sorted(accepted)}"
-        )
-    return taken, ignored
-
-
-def lead_input(model):
-    """``"input_ids"`` where the model's forward takes token ids and it has input embeddings to look
-    them up in, else ``"inputs_embeds"`` (pyvene's MLP and GRU without ``include_emb``)."""
-    accepted = forward_parameters(model)
-    if accepted is None:
-        return "input_ids"
-    if "input_ids" in accepted:
-        try:
-            has_embeddings = model.get_input_embeddings() is not None
-        except (AttributeError, NotImplementedError):
-            has_embeddings = False
-        if has_embeddings or "inputs_embeds" not in accepted:
-            return "input_ids"
-    return "inputs_embeds" if "inputs_embeds" in accepted else "input_ids"
-
-
-def construction_inputs(model):
-    """The inputs an IntervenableModel traces with to resolve its sites: the lead input and the
-    mask, plus ``decoder_input_ids`` for an encoder-decoder model (T5), in the order of a call's
-    signature (:data:`fxvene.validation.INPUT_KEYS`)."""
-    names = (lead_input(model), "attention_mask")
-    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
-        names += ("decoder_input_ids",)
-    return names
-
-
-def _switches(model, **flags):
-    """``use_cache=False, return_dict=True`` (say), each only where the model's forward takes it."""
-    accepted = forward_parameters(model)
-    return {k: v for k, v in flags.items() if accepted is None or k in accepted}
-
-
-def _flat_output(out):
-    """``(output_cls, keys, flat tensors)`` of a model output: a ModelOutput's tensor fields, a tuple
-    of tensors (keys "0", "1", ...), or one tensor."""
-    if isinstance(out, torch.Tensor):
-        return torch.Tensor, ("0",), (out,)
-    if hasattr(out, "items") and hasattr(out, "keys"):  # a ModelOutput
-        items = [(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
-        return type(out), tuple(k for k, _ in items), tuple(v for _, v in items)
-    if isinstance(out, tuple) and all(isinstance(v, torch.Tensor) for v in out):
-        return tuple, tuple(str(i) for i in range(len(out))), tuple(out)
-    raise TracingError(
-        f"the model returns {type(out).__name__} with entries of types "
-        f"{[type(v).__name__ for v in out] if isinstance(out, (tuple, list)) else '?'}; fxvene traces models whose "
-        "output is a ModelOutput, a tuple of tensors or a tensor"
-    )
-
-
 def _reference_output(model, example):
     with torch.no_grad():
-        out = model(**example, **_switches(model, use_cache=False))  # the model's own output type, as pyvene returns it
-    cls, keys, flat = _flat_output(out)
+        out = model(**example, **switches(model, use_cache=False))  # the model's own output type, as pyvene returns it
+    cls, keys, flat = flat_output(out)
     return cls, keys, flat
 
 
@@ -258,7 +194,7 @@ def _export_program(model, input_names, example):
         v = example[k]
         dyn[k] = {0: Dim.AUTO, 1: Dim.AUTO} if v.dim() >= 2 else ({0: Dim.AUTO} if v.dim() == 1 else None)
     kwargs = dict(example)
-    for k, v in _switches(model, use_cache=False).items():
+    for k, v in switches(model, use_cache=False).items():
         kwargs[k] = v
         dyn[k] = None
     # under no_grad, `@torch.no_grad()` helpers (rotary embeddings) trace as plain ops instead of
@@ -344,7 +280,7 @@ def _attempt(model, frontend, input_names, example, out_keys, ref):
     from fxvene import graph_cache
 
     sig = {"inputs": list(input_names)}
-    if model in _STATIC:  # a fixed-length graph: one entry per length
+    if model in FIXED_LENGTH:  # a fixed-length graph: one entry per length
         sig["steps"] = int(next(iter(example.values())).shape[1])
     key, about = graph_cache.key_for(model, "forward", sig)
     if graph_cache.has(key):
@@ -374,41 +310,6 @@ def _check(gm, example, out_keys, ref):
             raise TracingError(f"traced output {k!r} differs from the model's")
 
 
-@torch.fx.node.has_side_effect
-def check_ignored_input(value, name, model_name):
-    """A graph node for an input the model's forward does not take: None, or a mask of ones (what
-    every call carries), passes; anything else would be silently ignored, so it is refused."""
-    if value is None or torch.compiler.is_compiling():
-        return None
-    if name != "attention_mask" or not bool((value == 1).all()):
-        raise ValueError(
-            f"{name}: {model_name}.forward takes no {name!r}, so it cannot be applied"
-            + (" (this mask has padding)" if name == "attention_mask" else "")
-            + f"; give {model_name} only the inputs its forward takes"
-        )
-    return None
-
-
-def _add_ignored_inputs(gm, ignored, model_name):
-    """Placeholders for the requested inputs the model does not take (callers pass them), each
-    feeding only :func:`check_ignored_input`."""
-    if not ignored:
-        return gm
-    graph = gm.graph
-    last = [n for n in graph.nodes if n.op == "placeholder"][-1]
-    for name in ignored:
-        with graph.inserting_after(last):
-            ph = graph.placeholder(name, default_value=None)
-        ph.meta["fxvene"] = "ignored_input"
-        with graph.inserting_after(ph):
-            chk = graph.call_function(check_ignored_input, (ph, name, model_name))
-        chk.meta["fxvene"] = "ignored_input"
-        last = chk
-    graph.lint()
-    gm.recompile()
-    return gm
-
-
 def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", check=True):
     """Trace ``model`` once per (frontend, input names); later calls reuse the graph."""
     if tracer not in FRONTENDS:
@@ -425,54 +326,6 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
     finally:
         for m, mode in modes:
             m.training = mode
-
-
-STEPS = "@steps="  # a signature entry (not an input): the sequence length a per-length graph is traced for
-_STATIC: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def steps_signature(model, inputs, signature):
-    """``signature`` plus the call's sequence length where ``model`` traces to a graph of one length
-    (a recurrent model whose loop over time steps export unrolls, e.g. pyvene's GRU)."""
-    if model not in _STATIC or any(str(k).startswith(STEPS) for k in signature):
-        return signature
-    lead = inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]
-    return tuple(signature) + (f"{STEPS}{lead.shape[1]}",)
-
-
-def _fixed_length(gm, lead):
-    """The sequence length an exported graph is specialised to (its loop unrolled), else None."""
-    for n in gm.graph.nodes:
-        if n.op == "placeholder" and n.name == lead:
-            val = n.meta.get("val")
-            if isinstance(val, torch.Tensor) and val.dim() >= 2:
-                d = str(val.shape[1])  # a SymInt that export specialised prints as its value
-                return int(d) if d.isdigit() else None
-    return None
-
-
-@torch.fx.node.has_side_effect
-def check_steps(lead, steps, model_name):
-    """A graph node of a fixed-length graph: the call must have the length it was traced for."""
-    if not torch.compiler.is_compiling() and lead.shape[1] != steps:
-        raise ValueError(
-            f"inputs: {model_name} was traced for sequences of {steps} steps (its loop over time is unrolled), "
-            f"this call has {lead.shape[1]}; fxvene traces it again per length when called through "
-            "IntervenableModel"
-        )
-    return None
-
-
-def _guard_length(gm, lead, steps, model_name):
-    graph = gm.graph
-    ph = next(n for n in graph.nodes if n.op == "placeholder" and n.name == lead)
-    last = [n for n in graph.nodes if n.op == "placeholder"][-1]
-    with graph.inserting_after(last):
-        chk = graph.call_function(check_steps, (ph, steps, model_name))
-    chk.meta["fxvene"] = "fixed_length"
-    graph.lint()
-    gm.recompile()
-    return gm
 
 
 def _trace_new(model, input_names, tracer, per_model, key):
@@ -495,11 +348,11 @@ def _trace_new(model, input_names, tracer, per_model, key):
         try:
             gm, from_cache = _attempt(model, frontend, taken, example, out_keys, ref)
             lead = "input_ids" if "input_ids" in taken else "inputs_embeds"
-            fixed = _fixed_length(gm, lead) if frontend == "export" else None
+            fixed = fixed_length(gm, lead) if frontend == "export" else None
             if fixed is not None:
-                _STATIC[model] = fixed
-                gm = _guard_length(gm, lead, fixed, type(model).__name__)
-            gm = _add_ignored_inputs(gm, ignored, type(model).__name__)
+                FIXED_LENGTH[model] = fixed
+                gm = guard_length(gm, lead, fixed, type(model).__name__)
+            gm = add_ignored_inputs(gm, ignored, type(model).__name__)
         except Exception as e:  # noqa: BLE001 - we report every frontend's failure together
             errors[frontend] = f"{type(e).__name__}: {e}".split("\n")[0][:500]
             log.debug("fxvene: %s could not trace %s: %s", frontend, type(model).__name__, errors[frontend])

@@ -328,3 +328,24 @@ def test_gru_other_lengths_trace_again_and_bad_steps(gru_pair):
     with pytest.raises(ValueError, match="resolves to 8 nodes"):  # one per step: unit "pos" cannot pick one
         pv_fx.IntervenableModel({"layer": 0, "component": "cell_output", "unit": "pos",
                                  "intervention_type": pv_fx.ZeroIntervention}, model=ours)
+
+
+def test_mlp_in_training_mode_traces_without_dropout_and_padded_mask_is_refused(pyvene):
+    """pyvene's default MLPConfig has pdrop=0.3 and a fresh model is in training mode: the graph is
+    traced in eval mode (the wrap puts the model in eval, as pyvene's does) and the user's modes are
+    restored by the tracer. The MLP's forward takes no attention_mask: a padded one is refused."""
+    torch.manual_seed(0)
+    _, _, mlp = pv_fx.create_mlp_classifier(pv_fx.MLPConfig(h_dim=8, n_layer=1, num_classes=2))
+    assert mlp.training
+    traced = pv_fx.trace(mlp, ("inputs_embeds", "attention_mask"))
+    assert mlp.training and all(m.training for m in mlp.modules())  # modes restored
+    x = torch.randn(3, 1, 8)
+    with torch.no_grad():
+        assert torch.equal(traced.gm(inputs_embeds=x)[0], mlp.eval()(inputs_embeds=x)[0])
+    im = pv_fx.IntervenableModel({"layer": 0, "component": "block_output",
+                                  "intervention_type": pv_fx.ZeroIntervention}, model=mlp)
+    _, a = im(base={"inputs_embeds": x}, unit_locations={"base": 0})
+    _, b = im(base={"inputs_embeds": x}, unit_locations={"base": 0})
+    assert torch.equal(a[0], b[0])  # no dropout in the graph
+    with pytest.raises(ValueError, match="attention_mask: MLPForClassification.forward takes no 'attention_mask'"):
+        im(base={"inputs_embeds": x, "attention_mask": torch.tensor([[1], [0], [1]])}, unit_locations={"base": 0})
