@@ -20,10 +20,11 @@ def _close(a, b):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """The same tiny GPT-2 twice: one for fxvene, one for pyvene (which removes a model's hooks)."""
-    return make_gpt2(n_layer=2), make_gpt2(n_layer=2)
+@pytest.fixture
+def pair(gpt2, pv_gpt2):
+    """The session's tiny GPT-2 twice (traced once per session): for fxvene, and for pyvene (which
+    removes a model's hooks)."""
+    return gpt2, pv_gpt2
 
 
 def _ids(seed, b=2, n=6):
