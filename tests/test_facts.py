@@ -186,6 +186,9 @@ def test_malformed_records_are_reported_by_line(tmp_path, g3):
     assert "'Eiffel Tower' does not occur" in bad[1].reason
     assert "is 2 tokens" in bad[2].reason and "exactly one" in bad[2].reason
     assert "expected a JSON object" in bad[3].reason
+    for side in ("left", "right"):  # prompts are never padded: the tokenizer's padding side plays no part
+        tok.padding_side = side
+        assert [f.input_ids for f in load_facts(str(path), tok)[0]] == [f.input_ids for f in facts]
     model = make_gpt2(n_layer=2, vocab=len(tok))
     res = pv.causal_trace(model, str(path), tokenizer=tok, **{**KW, "streams": "block_output"})
     assert len(res) == 2 and [m.line for m in res.malformed] == [2, 4, 5, 6]
