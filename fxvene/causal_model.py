@@ -19,6 +19,7 @@ import itertools
 import random
 from collections import defaultdict
 
+import numpy as np
 import torch
 
 from . import causal_checks as checks
@@ -187,7 +188,7 @@ class CausalModel:
                 for child in self.children[last]:
                     live = False
                     for value in self.values[last]:  # every value is tried (no early exit), as pyvene
-                        changed = dict(intervention)
+                        changed = dict(intervention or {})
                         changed[last] = value
                         if self.run_forward(changed)[child] != actual[child]:
                             live = True
@@ -317,11 +318,14 @@ class CausalModel:
 
     def input_to_tensor(self, setting):
         """The inputs' values (sorted by name), each as a float vector, concatenated."""
-        return torch.cat([_as_vector(setting[v]) for v in self.inputs])
+        vals = [setting[v] for v in self.inputs]
+        if all(_is_float_vector(x) for x in vals):  # fast path (datasets call this per example): the same floats
+            return torch.from_numpy(np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1) for x in vals])).float()
+        return torch.cat([_as_vector(x) for x in vals])
 
     def output_to_tensor(self, setting):
         """The outputs' values (sorted by name) as floats, one per output."""
-        return torch.cat([torch.tensor(float(setting[v])).reshape(1) for v in self.outputs])
+        return torch.tensor([float(setting[v]) for v in self.outputs])
 
     # ------------------------------------------------------------------------------ datasets
 
@@ -368,6 +372,14 @@ def _as_vector(value):
     """A value as a float tensor with at least one dimension (a scalar becomes a 1-vector)."""
     t = torch.as_tensor(value).float()
     return t.reshape(1) if t.dim() == 0 else t
+
+
+def _is_float_vector(x):
+    """A float ndarray of at most one dimension, or a Python float/bool: converting it through float64
+    rounds to float32 exactly as torch does directly."""
+    if isinstance(x, np.ndarray):
+        return x.ndim <= 1 and x.dtype.kind == "f"
+    return isinstance(x, (float, bool))
 
 
 def _as_sequence(values):

@@ -216,6 +216,7 @@ def test_counterfactual_dataset_with_custom_samplers_matches_pyvene(pair):
     assert len(b) == 30 and same(b, a)
 
 
+@pytest.mark.filterwarnings("ignore:To copy construct from a tensor")  # pyvene's torch.tensor(tensor)
 def test_encoders_match_pyvene(pyvene):
     args = dict(variables=["x", "v", "flag", "y"], parents={"x": [], "v": [], "flag": [], "y": ["x", "v", "flag"]},
                 values={"x": [0, 3], "v": [np.array([0.5, -1.25]), np.array([1.0, 2.0])], "flag": [True, False],
@@ -223,7 +224,11 @@ def test_encoders_match_pyvene(pyvene):
                 functions={"x": lambda: 3, "v": lambda: np.array([0.5, -1.25]), "flag": lambda: True,
                            "y": lambda x, v, f: float(x > v.sum()) + float(f)})
     theirs, ours = build(pyvene.CausalModel, args), build(pv.CausalModel, args)
-    for setting in (theirs.run_forward(), theirs.run_forward({"x": 0, "flag": False})):
+    settings = [theirs.run_forward(), theirs.run_forward({"x": 0, "flag": False}),
+                {"x": 0.1, "v": np.array([1 / 3, -2e-9]), "flag": True, "y": 2.0},  # every input a float: fast path
+                {"x": 2**60 + 1, "v": np.array([1 / 3, 0.7], dtype=np.float32), "flag": np.True_, "y": np.float64(1)},
+                {"x": torch.tensor(0.3, dtype=torch.float64), "v": [0.25, 1 / 7], "flag": False, "y": True}]
+    for setting in settings:
         assert same(ours.input_to_tensor(setting), theirs.input_to_tensor(setting))
         assert same(ours.output_to_tensor(setting), theirs.output_to_tensor(setting))
     assert ours.input_to_tensor(theirs.run_forward()).tolist() == [True, 0.5, -1.25, 3]  # inputs sorted by name
