@@ -349,3 +349,28 @@ def test_mlp_in_training_mode_traces_without_dropout_and_padded_mask_is_refused(
     assert torch.equal(a[0], b[0])  # no dropout in the graph
     with pytest.raises(ValueError, match="attention_mask: MLPForClassification.forward takes no 'attention_mask'"):
         im(base={"inputs_embeds": x, "attention_mask": torch.tensor([[1], [0], [1]])}, unit_locations={"base": 0})
+
+
+def test_gru_distributed_intervention_acts_one_step_at_a_time(gru_pair):
+    """A RotatedSpace intervention at unit "t" sees one step (width h_dim) per call, however many steps
+    are listed; swapping every rotated dimension is a plain swap, so it equals per-step hooks."""
+    _, ours = gru_pair
+    base, source = _gru_inputs(3, b=2)
+    cell = ours.gru.cells[1]
+    kept = []
+    _hooked(ours, cell, source, lambda t, o: kept.append(o.clone()))
+    torch.manual_seed(0)
+    im = pv_fx.IntervenableModel({"layer": 1, "component": "cell_output", "unit": "t",
+                                  "intervention_type": pv_fx.RotatedSpaceIntervention}, model=ours)
+    _, out = im(base=base, sources=[source], unit_locations={"sources->base": ([[[1, 2], [3, 4]]], [[[5, 6], [6, 7]]])})
+    plan = {0: {5: 1, 6: 2}, 1: {6: 3, 7: 4}}  # row -> {base step: source step}
+
+    def patch(t, o):
+        o = o.clone()
+        for row, steps in plan.items():
+            if t in steps:
+                o[row] = kept[steps[t]][row]
+        return o
+
+    ref = _hooked(ours, cell, base, patch)
+    assert torch.allclose(out[0], ref[0], atol=1e-5)
