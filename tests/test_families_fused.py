@@ -650,6 +650,22 @@ def _gen_check(variant, pad):
 @pytest.mark.parametrize("variant", _params("generate"))
 def test_generate_with_kv_cache_equals_hf_hooked_generate(variant):
     _gen_check(variant, pad=0)
+    # the KV cache: decode forwards are one-token runs of the decode step graph (past keys/values as
+    # inputs, two per layer), never the HF modules
+    from fxvene import generation as G
+
+    model = model_for(variant)
+    assert G.step_graph(model, "decode").n_kv == 2 * 2
+    im = pv.IntervenableModel(_cfg("block_output", pv.CollectIntervention), model)
+    calls = []
+    h = model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        (_, col), _ = im.generate(_inputs(62), intervene_on="all", **GEN)
+    finally:
+        h.remove()
+    assert calls == []
+    d = model.config.hidden_size
+    assert [tuple(t.shape) for t in col] == [(B, S, d)] + [(B, 1, d)] * (GEN["max_new_tokens"] - 1)
 
 
 @pytest.mark.parametrize("variant", _params("left_padding"))
