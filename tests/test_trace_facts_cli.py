@@ -40,7 +40,7 @@ def test_run_directory(reference, capsys):
     assert run["options"]["samples"] == 2 and len(run["facts_sha256"]) == 64
 
 
-@pytest.mark.parametrize("sig, after", [(signal.SIGINT, 3), (signal.SIGKILL, 5)])
+@pytest.mark.parametrize("sig, after", [(signal.SIGINT, 3), (signal.SIGKILL, 5)], ids=["SIGINT", "SIGKILL"])
 def test_killed_run_resumes_to_the_uninterrupted_result(facts, reference, tmp_path, capsys, sig, after):
     out = str(tmp_path / "run")
     env = dict(os.environ, FXVENE_FACTS_STALL_AFTER=str(after))  # stall with the next prompt in flight
