@@ -66,15 +66,17 @@ class Splice(nn.Module):
 
 def _head_cols(site, head, width):
     """The last-dim columns of ``head`` in ``site``'s tensor (a third of a fused QKV output or not)."""
-    slots = 3 if site.split3 is not None else 1
-    dh = width // (slots * site.n_heads)
-    start = (site.split3 or 0) * site.n_heads * dh + head * dh
-    return list(range(start, start + dh))
+    from fxvene.sites import view_columns  # fused layouts (GPT-NeoX, Falcon, Phi-3) included
+
+    cols = view_columns(site, width)
+    dh = len(cols) // site.n_heads
+    return cols[head * dh : (head + 1) * dh]
 
 
 def _third_cols(site, width):
-    d = width // 3
-    return list(range(site.split3 * d, (site.split3 + 1) * d))
+    from fxvene.sites import view_columns
+
+    return view_columns(site, width)
 
 
 def _as_list(sites):
@@ -161,7 +163,7 @@ class PathPatchingResult:
 _CACHE = {}
 
 
-def _plan(model, traced, senders, receivers, freeze):
+def _plan(model, traced, receivers):
     """(collect graph, sender graph, receiver graph, receiver requests) for one call structure."""
     import weakref
 
@@ -169,7 +171,9 @@ def _plan(model, traced, senders, receivers, freeze):
     from fxvene.passes.rewrite import expose, truncate
     from fxvene.sites import resolve_site
 
-    key = (id(model), traced.frontend, tuple(senders), tuple(receivers), freeze)
+    # the graphs depend on the receivers only: which heads and MLPs are senders, and what is frozen, is
+    # data (a splice fed no value is the identity)
+    key = (id(model), traced.frontend, tuple(receivers))
     hit = _CACHE.get(key)
     if hit is not None and hit[0]() is model and hit[1] is traced.gm:
         return hit[2]
@@ -178,19 +182,16 @@ def _plan(model, traced, senders, receivers, freeze):
     fam, _ = family_for(model)
     n_layers = int(getattr(model.config, fam.n_layers))
     z = [resolve_site(traced, model, "head_attention_value_output", l) for l in range(n_layers)]
-    need_mlp = freeze == "all" or any(s[0] == "mlp" for s in senders)
-    mlp = [resolve_site(traced, model, "mlp_output", l) for l in range(n_layers)] if need_mlp else []
+    mlp = [resolve_site(traced, model, "mlp_output", l) for l in range(n_layers)]
     n_out = len(traced.output_keys)
-    # step 1: the plain runs, exposing attention (and MLP) outputs
+    # step 1: the plain runs, exposing attention and MLP outputs
     collect = expose(traced.gm, [{"node": s.node} for s in z + mlp])
-    # step 2: every attention output (and MLP output with freeze="all" or MLP senders) set to a given value
+    # step 2: every attention output and every MLP output can be set to a given value
     reqs = []
     for l, s in enumerate(z):
         reqs.append(dict(name=f"fxv_freeze_attn_{l}", module=Splice(what=f"attention L{l}"), node=s.node,
                          port=s.port, region=s.path))
-    mlp_set = [l for l in range(n_layers) if freeze == "all" or ("mlp", l) in senders]
-    for l in mlp_set:
-        s = mlp[l]
+    for l, s in enumerate(mlp):
         reqs.append(dict(name=f"fxv_freeze_mlp_{l}", module=Splice(what=f"MLP L{l}"), node=s.node, port=s.port,
                          region=s.path))
     sender_gm = rewire(traced.gm, reqs)
@@ -222,9 +223,27 @@ def _plan(model, traced, senders, receivers, freeze):
         rreqs.append(dict(name=f"fxv_receiver_{i}", module=Splice(cols, width, what=f"receiver {r}"), node=s.node,
                           port=s.port, region=s.path, index=nodes.index(s.node)))
     receiver_gm = rewire(traced.gm, rreqs)
-    plan = (collect, n_out, z, mlp, mlp_set, sender_gm, receiver_gm, rreqs)
+    plan = (collect, n_out, z, mlp, sender_gm, receiver_gm, rreqs)
     _CACHE[key] = (weakref.ref(model), traced.gm, plan)
     return plan
+
+
+_RUNS = {}
+
+
+def _plain_run(collect, ids, mask):
+    """The plain run of ``ids`` through ``collect`` (logits, attention and MLP outputs). The last few
+    runs are kept, keyed by the graph and the ids tensor (identity and in-place version; the mask is
+    compared), so that a loop over senders on the same prompts runs them once."""
+    key = (id(collect), id(ids), ids._version, tuple(ids.shape))
+    hit = _RUNS.get(key)
+    if hit is not None and hit[0] is collect and hit[1] is ids and torch.equal(hit[2], mask):
+        return hit[3]
+    out = collect(input_ids=ids, attention_mask=mask)
+    if len(_RUNS) >= 4:
+        _RUNS.pop(next(iter(_RUNS)))
+    _RUNS[key] = (collect, ids, mask, out)
+    return out
 
 
 def path_patching(model, base, source, senders, receivers, metric=None, tokens=None, freeze="heads", tracer="auto"):
@@ -268,10 +287,10 @@ def path_patching(model, base, source, senders, receivers, metric=None, tokens=N
     if s_ids.shape[0] not in (1, b_ids.shape[0]):
         raise ValueError(f"source batch {s_ids.shape[0]} must be 1 or the base batch {b_ids.shape[0]}")
     traced = trace(model, ("input_ids", "attention_mask"), tracer=tracer)
-    collect, n_out, z, mlp, mlp_set, sender_gm, receiver_gm, rreqs = _plan(model, traced, senders, receivers, freeze)
+    collect, n_out, z, mlp, sender_gm, receiver_gm, rreqs = _plan(model, traced, receivers)
     with torch.no_grad():
-        b_out = collect(input_ids=b_ids, attention_mask=b_mask)
-        s_out = collect(input_ids=s_ids, attention_mask=s_mask)
+        b_out = _plain_run(collect, b_ids, b_mask)
+        s_out = _plain_run(collect, s_ids, s_mask)
         B = b_ids.shape[0]
         nz = len(z)
         bz, sz = list(b_out[n_out:n_out + nz]), [v.expand_as(b) for v, b in zip(s_out[n_out:n_out + nz], b_out[n_out:])]
@@ -288,8 +307,11 @@ def path_patching(model, base, source, senders, receivers, metric=None, tokens=N
                 mask[list(cols)] = True
                 val = torch.where(mask, sz[l], val)
             feeds[f"fxv_freeze_attn_{l}_value"] = val
-        for l in mlp_set:
-            feeds[f"fxv_freeze_mlp_{l}_value"] = sm[l] if ("mlp", l) in senders else bm[l]
+        for l in range(len(mlp)):
+            if ("mlp", l) in senders:
+                feeds[f"fxv_freeze_mlp_{l}_value"] = sm[l]
+            elif freeze == "all":
+                feeds[f"fxv_freeze_mlp_{l}_value"] = bm[l]
         recv_vals = sender_gm(**feeds)
         feeds = {"input_ids": b_ids, "attention_mask": b_mask}
         for req in rreqs:

@@ -192,3 +192,40 @@ def test_bad_input(kwargs, match):
     base, source = _inputs(2)
     with pytest.raises(ValueError, match=match):
         pv.path_patching(model, base, source, **kwargs)
+
+
+def test_rewire_pass_is_pure_and_rewires_only_the_receiving_edges():
+    """passes.path.rewire: a new GraphModule; for an input port only the users inside the receiving
+    module read the spliced value, every other user still reads the original node."""
+    from fxvene.passes.locate import module_paths
+    from fxvene.passes.path import rewire
+    from fxvene.path_patching import Splice
+    from fxvene.sites import resolve_site
+    from fxvene.tracing import trace
+
+    model = make_gpt2(n_layer=2, n_embd=16)
+    traced = trace(model, ("input_ids", "attention_mask"))
+    site = resolve_site(traced, model, "block_input", 1)  # block 0's output: read by block 1 (two edges)
+    before = traced.gm.code
+    gm = rewire(traced.gm, [dict(name="fxv_r", module=Splice(), node=site.node, port="input", region=site.path)])
+    assert traced.gm.code == before
+    nodes = {n.name: n for n in gm.graph.nodes}
+    new_users = list(nodes["fxv_r"].users)
+    old_users = [u for u in nodes[site.node].users if u.name != "fxv_r"]
+    assert new_users and all(site.path in module_paths(u) for u in new_users)
+    assert all(site.path not in module_paths(u) for u in old_users)
+    ids = torch.randint(0, 50, (1, 5))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        plain = traced.gm(input_ids=ids, attention_mask=mask)[0]
+        same = gm(input_ids=ids, attention_mask=mask)[0]  # no value fed: the splice is the identity
+        value = torch.zeros(1, 5, 16)
+        moved = gm(input_ids=ids, attention_mask=mask, fxv_r_value=value)[0]
+        # reference: block 1 sees a zero residual stream (forward pre-hook on the HF block)
+        h = model.transformer.h[1].register_forward_pre_hook(lambda m, a: (torch.zeros_like(a[0]),) + tuple(a[1:]))
+        try:
+            ref = model(input_ids=ids).logits
+        finally:
+            h.remove()
+    torch.testing.assert_close(same, plain)
+    torch.testing.assert_close(moved, ref, atol=1e-5, rtol=1e-4)
