@@ -57,6 +57,7 @@ _ROLE_LABEL = {
     "output": "attention output projection",
 }
 _ACT_NAMES = ("act", "act_fn", "activation_fn", "activation", "act_func")
+_ACT_CLASS_ENDINGS = ("gelu", "relu", "silu", "swish", "mish", "activation")  # e.g. Bloom's BloomGelu
 
 # config attribute names, most common first
 _LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -98,7 +99,8 @@ def _is_activation(name, mod):
     mod_name = cls.__module__
     if mod_name.startswith("torch.nn.modules.activation") or mod_name.startswith("transformers.activations"):
         return True
-    return name.lower() in _ACT_NAMES and not list(mod.children()) and _linear_io(mod) is None
+    leaf = not list(mod.children()) and not list(mod.parameters())
+    return leaf and (name.lower() in _ACT_NAMES or cls.__name__.lower().endswith(_ACT_CLASS_ENDINGS))
 
 
 def _base(model):
