@@ -164,6 +164,29 @@ def test_spec_paths_for_every_head_class(family):
     assert seen >= 2
 
 
+@pytest.mark.parametrize("family", _params("components", [f for f in ("gemma2", "qwen3", "mixtral") if f in FAMILIES]))
+def test_sequence_classifier_sites_equal_hooks(family):
+    """A sequence classifier of the family (sliding-window, q/k-norm and MoE representatives): its logits
+    (pooled at each row's last non-pad token) equal HF's, and components collect the hooked tensors."""
+    model = model_for(family, "seq_cls")
+    comps = ["block_output", "head_query_output", "mlp_output"]
+    cfg = pv.IntervenableConfig(representations=[
+        pv.RepresentationConfig(layer=L, component=c, unit="h" if c.startswith("head_") else "pos",
+                                intervention_type=pv.CollectIntervention) for c in comps])
+    inputs = _inputs(13)
+    inputs["input_ids"][0, -2:] = model.config.pad_token_id  # right padding: pooled before the pads
+    inputs["attention_mask"][0, -2:] = 0
+    (orig, collected), _ = pv.IntervenableModel(cfg, model)(base=inputs, output_original_output=True)
+    table = hand_table(model)
+    store = {}
+    with hooks(model, [(table[c][0], table[c][1], capture(store, c)) for c in comps]), torch.no_grad():
+        ref = model(**inputs).logits
+    for c, got in zip(comps, collected):
+        want = store[c] if table[c][2] is None else head_view(store[c], getattr(model.config, table[c][2]))
+        assert torch.equal(got, want), c
+    torch.testing.assert_close(orig.logits, ref, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("family", _params("components"))
 def test_spec_widths_are_the_tensors_widths(family):
     """pyvene's per-unit widths from the spec (what trainable interventions are built with) equal the hooked
@@ -529,6 +552,9 @@ def test_cli_components_on_a_saved_model(family, tmp_path):
         want = store[c] if heads is None else head_view(store[c], getattr(model.config, heads))
         assert by[c]["module"] == path, c
         assert tuple(by[c]["view"]) == tuple(want.shape), c
+    # the CLI loads the directory as a user's code does (SDPA attention): attention_weight says what it needs
+    aw = by["attention_weight"]
+    assert (aw["error"] is not None and "eager" in aw["error"]) or tuple(aw["view"]) == (2, 4, 8, 8)
 
 
 # ------------------------------------------------------------------------------------- pyvene 0.1.8
