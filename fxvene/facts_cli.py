@@ -232,7 +232,8 @@ def cmd_trace_facts(args, out):
         full = FactsTraceResult(results, traced, res.skipped, bad, res.options, memory=res.memory)
         _write_summary(args, full, write_json)
         print(full, file=out)
-        print(f"wrote {len(results)} prompt traces and the summary to {args.out}", file=out)
+        print(f"{args.out}: {len(results)} prompt traces ({len(results) - len(done)} traced now, "
+              f"{len(done)} from before) and the summary", file=out)
         return 0
     finally:
         distributed.close(ctx)

@@ -71,8 +71,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(facts, reference, tmp_pa
     if sig == signal.SIGINT:
         resume.remove("--no-progress")  # the bar: prompts done / total and the time left
     assert cli.main(resume) == 0
-    _, err = capsys.readouterr()
+    stdout, err = capsys.readouterr()
     assert f"resuming {out}: {after} prompts already done" in err
+    assert f"{out}: 8 prompt traces ({8 - after} traced now, {after} from before)" in stdout
     if sig == signal.SIGINT:
         assert re.search(rf"{8 - after}/{8 - after} \[\d\d:\d\d<\d\d:\d\d", err), err
     assert_same_runs(reference, out)
