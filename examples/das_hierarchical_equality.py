@@ -186,9 +186,15 @@ def train_mlp(causal, test_causal, n_train, epochs, seed, batch=256, lr=3e-3):
     sampler = fresh_entity_sampler(4)
     train = stack(causal.generate_factual_dataset(n_train, sampler))
     test = stack(test_causal.generate_factual_dataset(2000, test_causal.sample_input_tree_balanced))
-    torch.manual_seed(seed)
     config = pv.MLPConfig(h_dim=16, activation_function="relu", n_layer=3, num_classes=2, pdrop=0.0)
     _, _, model = pv.create_mlp_classifier(config)
+    # PyTorch's default initialisation, which pyvene's MLP gets on transformers 4.x; on 5.x the
+    # model's post_init draws N(0, 0.02) weights and zero biases, from which this small ReLU stack
+    # often does not train. Drawn here, the weights are the same on both lines.
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.reset_parameters()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(epochs):
