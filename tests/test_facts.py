@@ -200,14 +200,25 @@ def test_malformed_records_are_reported_by_line(tmp_path, g3):
         pv.causal_trace(model, [{"prompt": "x"}], tokenizer=tok, **KW)
 
 
-def test_memory_plan_and_chunks(g3, traced):
+def test_memory_plan_and_chunks(g3, traced, monkeypatch):
     # a budget bounds the prompts per batch and the rows per chunk; the numbers do not change
     bp, rows, budget = plan_memory(g3, 6, 2, 9, memory_budget="1MB")
     assert budget == 1 << 20 and 1 <= bp < 64 and rows >= 1
     bp2, rows2, _ = plan_memory(g3, 6, 2, 9, memory_budget="4MB")
     assert bp2 >= bp and rows2 > rows
+    from fxvene.sweep_engine import SweepEngine
+
+    calls, run_rows = [], SweepEngine.run_rows
+
+    def counted(self, base, source, rows, *a, **k):
+        calls.append((len(rows["sample"]), base["batch"]))
+        return run_rows(self, base, source, rows, *a, **k)
+
+    monkeypatch.setattr(SweepEngine, "run_rows", counted)
     small = pv.causal_trace(g3, RECORDS, max_rows=7, batch_prompts=2, **KW)
     assert small.memory["max_rows"] == 7 and small.memory["batch_prompts"] == 2
+    assert max(r for r, _ in calls) == 7 and max(b for _, b in calls) == 2 * 2  # rows per call; prompts x samples
+    assert sum(r for r, _ in calls) == sum(3 * len(r["input_ids"]) * 3 * 2 for r in RECORDS)  # every row once
     for a, b in zip(small, traced):
         torch.testing.assert_close(a.probs, b.probs, atol=2e-6, rtol=0)
     facts, _ = load_facts(RECORDS)
