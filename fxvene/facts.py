@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 TEXT_FIELDS = ("prompt", "subject", "target")
 TOKEN_FIELDS = ("input_ids", "subject_positions", "target_token")
@@ -62,10 +62,18 @@ class Malformed:
         return f"line {self.line}: {self.reason}"
 
 
+class Loaded(NamedTuple):
+    """What :func:`load_facts` returns: the usable facts and the malformed records (unpacks as a pair;
+    the sweeps take it in place of a path or a list of records)."""
+
+    facts: list
+    malformed: list
+
+
 def is_dataset(inputs):
     """Whether ``inputs`` names a dataset of facts (a JSONL path, or a list of records) rather than
     one tokenized prompt (a dict / BatchEncoding with ``input_ids``)."""
-    if isinstance(inputs, (str, os.PathLike)):
+    if isinstance(inputs, (str, os.PathLike, Loaded)):
         return True
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(r, Mapping) for r in inputs):
         return True
@@ -104,7 +112,7 @@ def read_records(facts):
 
 
 def load_facts(facts, tokenizer=None, vocab_size=None, source_field=None):
-    """Read and check records: returns ``(facts, malformed)``, lists of :class:`Fact` and
+    """Read and check records: returns ``Loaded(facts, malformed)``, lists of :class:`Fact` and
     :class:`Malformed`. ``tokenizer`` is needed for text records; ``vocab_size`` bounds token ids.
     ``source_field``: also read a source prompt (patching datasets), of the same token length."""
     facts_out, bad = [], []
@@ -116,7 +124,7 @@ def load_facts(facts, tokenizer=None, vocab_size=None, source_field=None):
             facts_out.append(_fact(index, line, rec, tokenizer, vocab_size, source_field))
         except _Bad as e:
             bad.append(Malformed(line, str(e), rec))
-    return facts_out, bad
+    return Loaded(facts_out, bad)
 
 
 class _Bad(Exception):
@@ -267,5 +275,5 @@ def demo_facts_path():
     return os.path.join(os.path.dirname(demo_model_path()), "facts.jsonl")
 
 
-__all__ = ["Fact", "Malformed", "load_facts", "read_records", "is_dataset", "predictions", "subject_span",
+__all__ = ["Fact", "Malformed", "Loaded", "load_facts", "read_records", "is_dataset", "predictions", "subject_span",
            "demo_facts_path", "parse_bytes"]

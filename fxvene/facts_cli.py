@@ -184,7 +184,8 @@ def cmd_trace_facts(args, out):
             model = model.to(distributed.device())
         tok = _tokenizer(args.model)
         vocab = model.get_output_embeddings().weight.shape[0]
-        facts, bad = load_facts(args.facts, tok, vocab_size=vocab)
+        loaded = load_facts(args.facts, tok, vocab_size=vocab)
+        facts, bad = loaded
         prompts = os.path.join(args.out, "prompts")
         os.makedirs(prompts, exist_ok=True)
         info = {"facts": os.path.abspath(args.facts), "facts_sha256": _sha256(args.facts), "model": args.model,
@@ -215,7 +216,7 @@ def cmd_trace_facts(args, out):
             print(f"fxvene trace-facts: resuming {args.out}: {len(done)} prompt{'s' if len(done) != 1 else ''} "
                   "already done", file=sys.stderr)
         noise = opts["noise"] if opts["noise"] in (None, "subjects") else float(opts["noise"])
-        res = trace_facts(model, (facts, bad), tokenizer=tok, noise_level=noise, n_samples=opts["samples"],
+        res = trace_facts(model, loaded, tokenizer=tok, noise_level=noise, n_samples=opts["samples"],
                           streams=opts["streams"], window=opts["window"], seed=opts["seed"], layers=opts["layers"],
                           only_correct=opts["only_correct"], batch_prompts=opts["batch_prompts"],
                           max_rows=opts["max_rows"], memory_budget=opts["memory_budget"],

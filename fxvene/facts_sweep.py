@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from fxvene import distributed
-from fxvene.facts import _device, load_facts, parse_bytes, predictions
+from fxvene.facts import Loaded, _device, load_facts, parse_bytes, predictions
 from fxvene.facts_results import FactsPatchResult, FactsTraceResult
 from fxvene.sweep import STREAMS, _check_layers, _engine, trace_noise, window_layers
 
@@ -109,9 +109,8 @@ def _skip_reason(tokenizer, fact, pred):
 def _checked(model, facts, tokenizer, only_correct, source_field=None):
     """Load the records, run the correctness check: (facts to run, skipped records, malformed)."""
     vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else None
-    if isinstance(facts, tuple) and len(facts) == 2 and isinstance(facts[1], list) and facts and \
-            isinstance(facts[0], list) and all(hasattr(f, "input_ids") for f in facts[0]):
-        good, bad = facts  # already loaded (the command line)
+    if isinstance(facts, Loaded):
+        good, bad = facts  # already read (the command line reads them first)
     else:
         good, bad = load_facts(facts, tokenizer, vocab_size=vocab, source_field=source_field)
     if not good:
