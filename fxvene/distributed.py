@@ -59,6 +59,9 @@ def context():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     _CTX = Context(dist.get_rank(), dist.get_world_size(), backend, True)
+    import atexit
+
+    atexit.register(lambda: close(_CTX))  # a group started here ends with the process (no NCCL warning at exit)
     return _CTX
 
 
@@ -130,7 +133,7 @@ def broadcast(obj, ctx):
 def close(ctx):
     """End a process group that :func:`context` started (a no-op otherwise)."""
     global _CTX
-    if ctx is not None and ctx.owned:
+    if ctx is not None and ctx.owned and ctx is _CTX:
         import torch.distributed as dist
 
         if dist.is_initialized():
