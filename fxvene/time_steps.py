@@ -61,8 +61,9 @@ def step_node(gm, path, port, step):
     if not nodes:
         raise ValueError(f"module {path!r} has no call {step} in the traced graph")
     inside = set(nodes)
-    if port == "output":
-        escaping = [n for n in nodes if is_tensor_node(n) and n.op != "get_attr" and any(u not in inside for u in n.users)]
+    if port == "output":  # the step stacks added for other components are no users of the model's own
+        escaping = [n for n in nodes if is_tensor_node(n) and n.op != "get_attr"
+                    and any(u not in inside and u.meta.get("fxvene") != "time_steps" for u in n.users)]
         if len(escaping) != 1:
             raise ValueError(f"output of call {step} of module {path!r} resolves to {len(escaping)} nodes; expected one")
         return escaping[0]
