@@ -1,8 +1,8 @@
 """pyreft 0.1.0's README flow on a tiny model, run in its own interpreter by tests/test_pyreft.py.
 
 ``python tests/_pyreft_flow.py <pyvene|fxvene> <out.json>``: with ``fxvene``, ``import pyvene``
-resolves to fxvene (a ``sys.modules`` alias installed before pyreft is imported). For a tiny GPT-2
-and a tiny Llama (seeded, the same in both runs): LoReFT at one layer, ``get_reft_model``, the
+resolves to fxvene (a ``sys.modules`` alias installed before pyreft is imported). For the tests'
+tiny GPT-2 and tiny Llama (conftest's, seeded, the same in both runs): LoReFT at one layer, ``get_reft_model``, the
 trainable-parameter line, a few ``ReftTrainerForCausalLM`` steps with ``weight_decay=0.06`` (every
 loss), greedy ``generate(..., early_stopping=True)``, ``save`` and ``ReftModel.load``. Writes what
 it saw as JSON (floats exact).
@@ -23,9 +23,20 @@ def _alias_pyvene():
     sys.modules["pyvene"] = fxvene
 
 
-def _tokenizer():
+def _conftest():
+    """tests/conftest.py, keeping the graph cache directory this process was given (the test
+    session's: conftest would point a process of its own at a fresh one)."""
     sys.path.insert(0, os.path.dirname(HERE))
-    from tests.conftest import build_offline_tokenizer
+    given = os.environ.get("FXVENE_CACHE_DIR")
+    import tests.conftest as conftest
+
+    if given is not None:
+        os.environ["FXVENE_CACHE_DIR"] = given
+    return conftest
+
+
+def _tokenizer():
+    build_offline_tokenizer = _conftest().build_offline_tokenizer
 
     tok = build_offline_tokenizer()
     tok.pad_token = tok.eos_token
@@ -34,21 +45,11 @@ def _tokenizer():
     return tok
 
 
-def _model(family, vocab):
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    if family == "gpt2":
-        cfg = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=vocab, n_positions=64, attn_pdrop=0.0,
-                         resid_pdrop=0.0, embd_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-        cfg._attn_implementation = "eager"
-        return GPT2LMHeadModel(cfg).eval()
-    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, num_key_value_heads=1,
-                      intermediate_size=32, vocab_size=vocab, max_position_embeddings=64, bos_token_id=0,
-                      eos_token_id=0, pad_token_id=0)
-    cfg._attn_implementation = "eager"
-    return LlamaForCausalLM(cfg).eval()
+def _model(family):
+    """conftest's session models (same configs): their graphs are in the test session's graph cache
+    (FXVENE_CACHE_DIR, inherited) once other tests have traced them."""
+    conftest = _conftest()
+    return conftest.make_gpt2() if family == "gpt2" else conftest.make_llama()
 
 
 PROMPTS = ["The Eiffel Tower is in the city of", "The Space Needle is in", "Alice and Bob went to the",
@@ -61,7 +62,8 @@ def run(family, pyreft, out_dir):
     import transformers
 
     tok = _tokenizer()
-    model = _model(family, len(tok))
+    model = _model(family)
+    assert len(tok) <= model.config.vocab_size
     hidden = model.config.hidden_size
     torch.manual_seed(1)
     reft_config = pyreft.ReftConfig(representations={

@@ -41,7 +41,9 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_pyreft_readme_flow_gives_pyvenes_numbers(runs, family):
     ref, got = runs["pyvene"][family], runs["fxvene"][family]
-    assert got["printed"] == ref["printed"] and "trainable intervention params: 66" in got["printed"]
+    hidden = {"gpt2": 24, "llama": 32}[family]  # LoReFT rank 2: R (h x 2), W (2 x h) and its bias
+    assert got["printed"] == ref["printed"]
+    assert f"trainable intervention params: {2 * hidden * 2 + 2}" in got["printed"]
     assert got["names"] == ref["names"]
     assert got["decayed"] == ref["decayed"]  # pyvene's names keep the rotation out of weight decay
     assert len(got["losses"]) == 4
