@@ -46,7 +46,15 @@ EXPECT = {
     ],
     (BEYOND, "bash"): [r"^block_output\s+6\s", r"^frontend:\s+\w+", r"^wrote diff\.dot"],
 }
-FILES = {(BEYOND, "python"): ["causal_trace.png", "steer_dir"], (BEYOND, "bash"): ["diff.dot"]}
+DATASET = "Causal tracing over a dataset: ROME's averages, several processes, resumable runs"
+EXPECT[(DATASET, "python")] = [r"^FactsTraceResult: causal traces of 3 of 4 records run; 1 skipped",
+                               r"ATE 0\.\d+", r"^skipped line 4 the model predicts"]
+EXPECT[(DATASET, "bash")] = [r"^run: 2 prompt traces \(2 traced now, 0 from before\)",
+                             r"^run: 2 prompt traces \(0 traced now, 2 from before\)",
+                             r"^run2: 2 prompt traces \(2 traced now, 0 from before\)"]
+FILES = {(BEYOND, "python"): ["causal_trace.png", "steer_dir"], (BEYOND, "bash"): ["diff.dot"],
+         (DATASET, "python"): ["aie.png", "aie_lines.png"], (DATASET, "bash"): ["run/summary.json", "run/aie.png",
+                                                                                "run2/summary.json"]}
 
 
 def _cases():
