@@ -8,13 +8,23 @@ experts are string components: ``model.layers[0].block_sparse_moe.gate.output`` 
 transformers 4; on transformers 5 the block is ``mlp`` and the experts are one fused module,
 ``model.layers[0].mlp.experts.output``.
 """
-from importlib.metadata import version
+from importlib.metadata import distribution, version
 
 from . import Family
 from .llama import layout, prefixes
 
-# the installed line, read without importing transformers (the CLI's argument checks stay light)
-MOE = "block_sparse_moe" if int(version("transformers").split(".")[0]) < 5 else "mlp"
+
+def _moe_name():
+    """``block_sparse_moe`` where the installed transformers' Mixtral layer has it (4.47), else ``mlp``; read
+    from the source file without importing transformers (the CLI's argument checks stay light)."""
+    try:
+        src = distribution("transformers").locate_file("transformers/models/mixtral/modeling_mixtral.py").read_text()
+    except Exception:  # noqa: BLE001 - an unusual install: decide by the line
+        return "block_sparse_moe" if int(version("transformers").split(".")[0]) < 5 else "mlp"
+    return "block_sparse_moe" if "self.block_sparse_moe" in src else "mlp"
+
+
+MOE = _moe_name()
 
 FAMILY = Family(
     name="mixtral", prefixes=prefixes("Mixtral"), components=layout(mlp=MOE, activation=False),

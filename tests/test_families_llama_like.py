@@ -164,9 +164,9 @@ def test_spec_paths_for_every_head_class(family):
     assert seen >= 2
 
 
-@pytest.mark.parametrize("family", _params("components", [f for f in ("gemma2", "qwen3", "mixtral") if f in FAMILIES]))
+@pytest.mark.parametrize("family", _params("components", ["mixtral"]))
 def test_sequence_classifier_sites_equal_hooks(family):
-    """A sequence classifier of the family (sliding-window, q/k-norm and MoE representatives): its logits
+    """A sequence classifier (one family, for time: the head's prefix is checked for every family above): its logits
     (pooled at each row's last non-pad token) equal HF's, and components collect the hooked tensors."""
     model = model_for(family, "seq_cls")
     comps = ["block_output", "head_query_output", "mlp_output"]
