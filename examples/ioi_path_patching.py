@@ -46,7 +46,7 @@ def ioi_prompts(tok, n, seed=0):
 
 def head_grid(model, base, source, metric, receivers, freeze, n_layers, n_heads, last_layer=None):
     """Mean change of the metric when each head is path-patched from the source into ``receivers``."""
-    grid = torch.zeros(n_layers, n_heads)
+    grid = torch.full((n_layers, n_heads), float("nan"))  # NaN: a head with no path to the receivers
     top = n_layers if last_layer is None else last_layer
     for layer in range(top):
         for head in range(n_heads):
@@ -61,7 +61,7 @@ def top_heads(grid, k):
     return [(i // grid.shape[1], i % grid.shape[1]) for i in order]
 
 
-def plot(grids, titles, label, path):
+def plot(grids, titles, label, path, marks=()):
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -69,14 +69,16 @@ def plot(grids, titles, label, path):
         return
     fig = Figure(figsize=(4.2 * len(grids), 5.2))
     axes = fig.subplots(1, len(grids), squeeze=False)[0]
-    for ax, g, title in zip(axes, grids, titles):
-        lim = float(g.abs().max()) or 1.0
+    for i, (ax, g, title) in enumerate(zip(axes, grids, titles)):
+        lim = float(torch.nan_to_num(g.abs()).max()) or 1.0
         im = ax.imshow(g.numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(g.shape[1]))
         ax.set_yticks(range(g.shape[0]))
         ax.set_title(title, fontsize=9)
+        for l, h in (marks[i] if i < len(marks) else ()):
+            ax.text(h, l, "R", ha="center", va="center", fontsize=9, fontweight="bold")
         cbar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
         cbar.set_label(label, fontsize=8)
     fig.suptitle("IOI path patching on the demo model (source: ABC prompts)", fontsize=10)
@@ -133,7 +135,7 @@ def main(argv=None):
     receivers = [("q", l, h) for l, h in movers]
     into_q, last = head_grid(model, base, source, logit_diff, receivers, "heads", L, H,
                              last_layer=max(l for l, _ in movers))
-    feeders = top_heads(into_q, 3)
+    feeders = top_heads(torch.nan_to_num(into_q), 3)
     print(f"\nstep 2: heads' paths into the queries of {', '.join(f'L{l}H{h}' for l, h in movers)} "
           "(freeze='heads'), change of the logit diff")
     for layer in range(max(l for l, _ in movers)):
@@ -145,13 +147,15 @@ def main(argv=None):
 
     share = direct.min().item() / total if total else float("nan")
     print(f"\nfound: the strongest single name-mover candidate L{movers[0][0]}H{movers[0][1]} carries "
-          f"{100 * share:.0f}% of the clean -> ABC drop on its direct path; "
+          f"{100 * share:.0f}% of the clean -> ABC drop on its direct path (all heads' direct paths together "
+          f"{100 * direct.sum().item() / total:.0f}%); "
           f"L{feeders[0][0]}H{feeders[0][1]} is the main head feeding the name movers' queries.")
     if abs(share) < 0.25:
         print("note: the demo model's IOI answer is not concentrated in a few name-mover heads: most of the "
               "direct effect comes from the MLPs at the last position (per-layer sums above).")
     plot([direct, into_q], ["1. direct path to the logits (freeze='all')",
-                            "2. into the name movers' queries (freeze='heads')"], label, args.out)
+                            "2. into the name movers' queries R (freeze='heads')"], label, args.out,
+         marks=[(), movers])
 
 
 if __name__ == "__main__":
