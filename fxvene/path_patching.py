@@ -65,12 +65,12 @@ class Splice(nn.Module):
 
 
 def _head_cols(site, head, width):
-    """The last-dim columns of ``head`` in ``site``'s tensor (a third of a fused QKV output or not)."""
-    from fxvene.sites import view_columns  # fused layouts (GPT-NeoX, Falcon, Phi-3) included
+    """The last-dim columns of ``head`` in ``site``'s tensor (one q/k/v slot of a fused output or not)."""
+    from fxvene.sites import view_columns
 
     cols = view_columns(site, width)
     dh = len(cols) // site.n_heads
-    return cols[head * dh : (head + 1) * dh]
+    return cols[head * dh:(head + 1) * dh]
 
 
 def _third_cols(site, width):
