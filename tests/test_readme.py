@@ -52,16 +52,23 @@ EXPECT[(DATASET, "python")] = [r"^FactsTraceResult: causal traces of 3 of 4 reco
 EXPECT[(DATASET, "bash")] = [r"^run: 2 prompt traces \(2 traced now, 0 from before\)",
                              r"^run: 2 prompt traces \(0 traced now, 2 from before\)",
                              r"^run2: 2 prompt traces \(2 traced now, 0 from before\)"]
+METHODS = "Research methods as rewrites: attribution patching, path patching, ITI, IOI"
+# several blocks of one language under one heading: (heading, language, k) is the k-th of them
+EXPECT[(METHODS, "python", 0)] = [r"^AttributionResult: first-order estimates of patching",
+                                  r"^L\d+H\d+ position \d+: estimate [-+]\d"]
+EXPECT[(METHODS, "python", 1)] = [r"^path patching: receivers \[\('q', 7, 3\), \('q', 10, 3\)\]"]
+EXPECT[(METHODS, "python", 2)] = [r"^1 Today I feel (happy|glad)"]
 FILES = {(BEYOND, "python"): ["causal_trace.png", "steer_dir"], (BEYOND, "bash"): ["diff.dot"],
          (DATASET, "python"): ["aie.png", "aie_lines.png"], (DATASET, "bash"): ["run/summary.json", "run/aie.png",
                                                                                 "run2/summary.json"]}
 
 
 def _cases():
-    cases = []
+    cases, seen = [], {}
     for i, (heading, lang, code, skip) in enumerate(snippets()):
+        k = seen[(heading, lang)] = seen.get((heading, lang), -1) + 1
         marks = [pytest.mark.skip(reason=f"README marks it: {skip}")] if skip else []
-        cases.append(pytest.param(heading, lang, code, id=f"{i}-{lang}-{heading[:30]}", marks=marks))
+        cases.append(pytest.param(heading, lang, k, code, id=f"{i}-{lang}-{heading[:30]}", marks=marks))
     return cases
 
 
@@ -70,7 +77,7 @@ def test_the_readme_has_snippets_and_every_language_is_runnable():
     assert sum(lang == "python" for _, lang, _, _ in found) >= 2
     for heading, lang, code, skip in found:
         assert lang in RUNNABLE, f"README block under {heading!r} has language {lang!r}, which this test cannot run"
-    assert {(h, lang) for h, lang, *_ in found} >= set(EXPECT)
+    assert {(h, lang) for h, lang, *_ in found} >= {key[:2] for key in EXPECT}
     # only the set-up block is skipped, and it says why
     skipped = [(h, why) for h, _, _, why in found if why]
     assert [h for h, _ in skipped] == ["Set-up (two commands)"], skipped
@@ -83,8 +90,8 @@ def test_snippet_parser():
                               ("B", "sh", "echo hi\n", None)]
 
 
-@pytest.mark.parametrize("heading,lang,code", _cases())
-def test_readme_snippet_runs(heading, lang, code, tmp_path):
+@pytest.mark.parametrize("heading,lang,k,code", _cases())
+def test_readme_snippet_runs(heading, lang, k, code, tmp_path):
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", MPLBACKEND="Agg",
                OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"), TOKENIZERS_PARALLELISM="false",
@@ -101,7 +108,7 @@ def test_readme_snippet_runs(heading, lang, code, tmp_path):
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"README snippet under {heading!r} failed:\n{code}\n--- stdout\n{r.stdout[-3000:]}" \
                               f"\n--- stderr\n{r.stderr[-5000:]}"
-    for pattern in EXPECT.get((heading, lang), []):
+    for pattern in EXPECT.get((heading, lang, k), EXPECT.get((heading, lang), [])):
         assert re.search(pattern, r.stdout, re.M), (pattern, r.stdout[-3000:])
     for name in FILES.get((heading, lang), []):
         assert (tmp_path / name).exists(), name
