@@ -32,7 +32,7 @@ import torch
 from fxvene import distributed
 from fxvene.facts import Loaded, _device, load_facts, parse_bytes, predictions
 from fxvene.facts_results import FactsPatchResult, FactsTraceResult
-from fxvene.sweep import STREAMS, _check_layers, _engine, trace_noise, window_layers
+from fxvene.sweep import STREAMS, _check_layers, _engine, check_trace_args, trace_noise, window_layers
 
 MiB = 1 << 20
 
@@ -161,23 +161,7 @@ def trace_facts(model, facts, tokenizer=None, noise_level=None, n_samples=10, st
     result)`` is called as each prompt finishes; ``done``: record indices not to run (already
     done). Returns a :class:`FactsTraceResult` (on rank 0 under ``torch.distributed``; None on
     the others)."""
-    from fxvene.models import family_for
-
-    if isinstance(streams, str):
-        streams = (streams,)
-    streams = list(streams)
-    if not streams:
-        raise ValueError("streams must not be empty")
-    fam, _ = family_for(model)
-    if fam is None:
-        raise ValueError(f"causal_trace needs a model family fxvene knows; got {type(model).__name__}")
-    for st in streams:
-        if st not in fam.components:
-            raise ValueError(f"streams: unknown component {st!r}; known: {sorted(fam.components)}")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"window must be a positive int, got {window!r}")
-    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    fam, streams = check_trace_args(model, streams, window, n_samples)
     if row_groups is not None and (not isinstance(row_groups, int) or isinstance(row_groups, bool) or row_groups < 1):
         raise ValueError(f"row_groups must be a positive int or None, got {row_groups!r}")
     n_layers = int(getattr(model.config, fam.n_layers))

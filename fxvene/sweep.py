@@ -225,6 +225,26 @@ def trace_noise(n_samples, n_subject, dim, seed=1):
     return torch.from_numpy(np.random.RandomState(seed).randn(n_samples, n_subject, dim))
 
 
+def check_trace_args(model, streams, window, n_samples):
+    """``(family, streams as a list)`` for a causal trace, or the ValueError naming the bad argument."""
+    if isinstance(streams, str):
+        streams = (streams,)
+    streams = list(streams)
+    if not streams:
+        raise ValueError("streams must not be empty")
+    fam, _ = family_for(model)
+    if fam is None:
+        raise ValueError(f"causal_trace needs a model family fxvene knows; got {type(model).__name__}")
+    for st in streams:
+        if st not in fam.components:
+            raise ValueError(f"streams: unknown component {st!r}; known: {sorted(fam.components)}")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window must be a positive int, got {window!r}")
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    return fam, streams
+
+
 def causal_trace(model, inputs, subject_positions=None, target_token=None, noise_level=None, n_samples=10,
                  streams=STREAMS, window=10, seed=1, positions=None, layers=None, max_rows=None, progress=None,
                  compile=False, tracer="auto", prefix="auto", **dataset):
@@ -266,21 +286,7 @@ def causal_trace(model, inputs, subject_positions=None, target_token=None, noise
     if ids.shape[0] != 1:
         raise ValueError(f"inputs: causal tracing takes one prompt (batch 1), got batch {ids.shape[0]}")
     seq = ids.shape[1]
-    if isinstance(streams, str):
-        streams = (streams,)
-    streams = list(streams)
-    if not streams:
-        raise ValueError("streams must not be empty")
-    fam, _ = family_for(model)
-    if fam is None:
-        raise ValueError(f"causal_trace needs a model family fxvene knows; got {type(model).__name__}")
-    for st in streams:
-        if st not in fam.components:
-            raise ValueError(f"streams: unknown component {st!r}; known: {sorted(fam.components)}")
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be a positive int, got {window!r}")
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    fam, streams = check_trace_args(model, streams, window, n_samples)
     subj = _check_positions(subject_positions, seq, "subject_positions")
     n_layers = int(getattr(model.config, fam.n_layers))
     layers = _check_layers(layers, n_layers)
