@@ -11,15 +11,31 @@ from transformers.configuration_utils import PretrainedConfig
 from fxvene.interventions import VanillaIntervention
 
 # Field order and defaults are part of the API: configs are also given as positional lists.
+# pyvene 0.1.8's 14 fields come first, in its order; fxvene's extensions are appended after
+# them with default None, so pyvene's positional configs mean the same here.
 RepresentationConfig = namedtuple(
     "RepresentationConfig",
     "layer component unit "
     "max_number_of_units "
     "low_rank_dimension intervention_type intervention "
     "subspace_partition group_key intervention_link_key moe_key "
-    "source_representation hidden_source_representation latent_dim",
-    defaults=(0, "block_output", "pos", 1, None, None, None, None, None, None, None, None, None, None),
+    "source_representation hidden_source_representation latent_dim "
+    "source_layer source_component",
+    defaults=(0, "block_output", "pos", 1, None, None, None, None, None, None, None, None, None, None,
+              None, None),
 )
+RepresentationConfig.__doc__ = """Where and what to intervene on (pyvene 0.1.8's fields, in its order).
+
+fxvene extension, *patching from a different site*: ``source_layer`` / ``source_component``
+(default None: the same as ``layer`` / ``component``) name where the source run is read. The
+intervention still writes at (``component``, ``layer``) of the base; the source side of
+``unit_locations`` indexes the source site. Both sites must have the same unit width.
+"""
+
+# the fields fxvene adds after pyvene 0.1.8's (not passed to intervention constructors,
+# left out of saved configs while None so pyvene can read them)
+EXTENSION_FIELDS = ("source_layer", "source_component")
+PYVENE_FIELDS = RepresentationConfig._fields[: -len(EXTENSION_FIELDS)]
 
 RepresentationLike = Union[RepresentationConfig, list, tuple, dict]
 

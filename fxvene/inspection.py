@@ -174,8 +174,8 @@ def sites(intervenable, signature=DEFAULT_SIGNATURE):
         except ValueError as e:
             rows.append(_error_row(rep.component, rep.layer, traced, e, (), **extra))
             continue
-        if isinstance(iv, SkipIntervention):
-            src = intervenable._site(traced, key, source_side=True)
+        if isinstance(iv, SkipIntervention) or key in getattr(intervenable, "_source_axes", {}):
+            src = intervenable._site(traced, key, source_side=True)  # Skip, or a source read elsewhere
             if src.node != site.node:
                 extra["source_node"] = src.node
         rows.append(_row_from_site(site, traced, **extra))

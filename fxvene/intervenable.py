@@ -23,7 +23,7 @@ from fxvene import locations as L
 from fxvene import unit_checks as U
 from fxvene import validation as V
 from fxvene._interventions.swap import PerExampleSubspaces
-from fxvene.configuration import IntervenableConfig, RepresentationConfig
+from fxvene.configuration import EXTENSION_FIELDS, IntervenableConfig, RepresentationConfig
 from fxvene.interventions import (
     CollectIntervention,
     LambdaIntervention,
@@ -131,7 +131,70 @@ def _representation_key(rep, counter):
     return f"{base}#{k}", f"{legacy}#{k}"
 
 
-_UNITS = ("pos", "h", "h.pos", "t")  # "t": time steps of a recurrent model (fxvene/time_steps.py)
+_UNITS = ("pos", "h", "h.pos", "t")
+
+
+# ------------------------------------------------------------------ patching from a different site
+
+
+def _source_where(rep):
+    """``(component, layer)`` the source run is read at: ``source_component`` / ``source_layer``
+    where given (fxvene extension), else the representation's own."""
+    comp = rep.component if rep.source_component is None else rep.source_component
+    layer = rep.layer if rep.source_layer is None else rep.source_layer
+    return comp, layer
+
+
+def _reads_elsewhere(rep):
+    return _source_where(rep) != (rep.component, rep.layer)
+
+
+def _cross_site(traced, model, rep, i, site, axes):
+    """The source :class:`Site` of a representation that reads its source at another site (None
+    where it reads the site it writes); refuses a site that does not exist or whose units are
+    not as wide as the target's."""
+    for field in EXTENSION_FIELDS:
+        v = getattr(rep, field)
+        if field == "source_layer" and v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise TypeError(f"representations[{i}].source_layer must be an int or None, got {v!r}")
+        if field == "source_component" and v is not None and not isinstance(v, str):
+            raise TypeError(f"representations[{i}].source_component must be a str or None, got {v!r}")
+    if not _reads_elsewhere(rep):
+        return None
+    comp, layer = _source_where(rep)
+    if rep.unit == "t":
+        raise ValueError(
+            f"representations[{i}]: source_layer / source_component are not supported with unit 't' (time steps "
+            "of a recurrent model); read the source at the site the intervention writes"
+        )
+    arg = "source_component" if rep.source_component is not None and comp != rep.component else "source_layer"
+    try:
+        src = resolve_site(traced, model, comp, layer)
+    except (ValueError, TypeError) as e:
+        if rep.source_layer is not None and str(e).startswith("layer "):  # out of range / not an int
+            arg = "source_layer"
+        raise type(e)(f"representations[{i}].{arg}: the source site (component {comp!r}, layer {layer}) "
+                      f"cannot be read: {e}") from None
+    src_axes = U.site_axes(src, traced, model)
+    here, there = f"{rep.component!r} at layer {rep.layer}", f"{comp!r} at layer {layer}"
+    if (src.n_heads is None) != (site.n_heads is None):
+        raise ValueError(
+            f"representations[{i}].{arg}: the target {here} is {'' if site.n_heads else 'not '}split into heads "
+            f"but the source {there} is {'' if src.n_heads else 'not '}; unit {rep.unit!r} needs both sites alike"
+        )
+
+    def width(s, a):
+        w = a.width if a.width is not None else (s.shape[-1] if s.shape and isinstance(s.shape[-1], int) else None)
+        return s.dim if s.dim is not None and s.n_heads is None else w
+
+    wt, ws = width(site, axes), width(src, src_axes)
+    if (wt is not None and ws is not None and wt != ws) or axes.pos != src_axes.pos:
+        raise ValueError(
+            f"representations[{i}].{arg}: the source {there} has units of width {ws} ({src_axes.pos} positions), "
+            f"the target {here} has units of width {wt} ({axes.pos} positions); a source is patched only into a "
+            "site of the same width"
+        )
+    return src  # "t": time steps of a recurrent model (fxvene/time_steps.py)
 
 
 def _construction_signature(model):
@@ -190,6 +253,7 @@ class IntervenableModel(nn.Module):
         self._link_pointers = {}
         self._intervention_reverse_link = {}
         self._axes = {}
+        self._source_axes = {}  # keys that read their source at another site (fxvene extension)
         counter = {}
         any_group = False
         for i, rep in enumerate(config.representations):
@@ -219,7 +283,7 @@ class IntervenableModel(nn.Module):
                 itype = types_[i] if isinstance(types_, list) else types_
                 itype = V.check_intervention_type(itype, f"representations[{i}].intervention_type")
                 V.check_fields(rep, itype, i)
-                meta = rep._asdict()
+                meta = {k: v for k, v in rep._asdict().items() if k not in EXTENSION_FIELDS}
                 dim = site.dim * int(rep.max_number_of_units) if site.dim is not None else None
                 meta["embed_dim"] = dim
                 meta["use_fast"] = self.use_fast
@@ -236,6 +300,9 @@ class IntervenableModel(nn.Module):
             self.representations[key] = rep
             self.interventions[key] = intervention
             self._axes[key] = time_steps.axes(site) if rep.unit == "t" else U.site_axes(site, traced, model)
+            src_site = _cross_site(traced, model, rep, i, site, self._axes[key])
+            if src_site is not None:
+                self._source_axes[key] = U.site_axes(src_site, traced, model)
             U.check_partition(intervention, rep, self._axes[key], i)
             self.interventions._legacy[legacy] = key
             if rep.group_key is not None:
@@ -313,7 +380,10 @@ class IntervenableModel(nn.Module):
 
     def _site(self, traced, key, source_side=False):
         rep = self.representations[key]
-        site = resolve_site(traced, self.model, rep.component, rep.layer)
+        if source_side and _reads_elsewhere(rep):  # fxvene extension: the source run is read at another site
+            site = resolve_site(traced, self.model, *_source_where(rep))
+        else:
+            site = resolve_site(traced, self.model, rep.component, rep.layer)
         if source_side and isinstance(self.interventions[key], SkipIntervention):
             # Skip takes the *input* of the module from the source run
             node = module_input(traced.gm, site.path)
@@ -366,8 +436,13 @@ class IntervenableModel(nn.Module):
             return self._graphs[ck]
         traced = self._traced(sig)
         gm = traced.gm
+        written = {}  # (node, port, module) -> the last prior setter's node there
         if prior:  # serial mode: the previous group's setters act on this source run
             _, gm = self._base_graph(sig, tuple(prior), ())
+            for pk in prior:
+                if self.representations[pk].unit != "t":
+                    ps = self._site(traced, pk)
+                    written[(ps.node, ps.port, ps.path)] = f"fxv_site_{self.sorted_keys.index(pk)}"
         reqs = []
         for key in keys:
             i = self.sorted_keys.index(key)
@@ -375,7 +450,9 @@ class IntervenableModel(nn.Module):
                 reqs.append(time_steps.source_request(traced, self.model, self.representations[key], i, key))
                 continue
             site = self._site(traced, key, source_side=True)
-            reqs.append(dict(node=site.node, module=Gather(site, self.representations[key].unit, f"unit_locations (source side) of {key}"),
+            # a site a prior setter wrote is read after it (pyvene: the setter's hook runs before the getter's)
+            node = written.get((site.node, site.port, site.path), site.node)
+            reqs.append(dict(node=node, module=Gather(site, self.representations[key].unit, f"unit_locations (source side) of {key}"),
                              name=f"fxv_get_{i}", inputs=[f"fxv_sloc_{i}"]))
         n_out = len(traced.output_keys)
         gm = expose(gm, reqs)

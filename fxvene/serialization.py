@@ -43,7 +43,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from fxvene.basic_utils import get_type_from_string
-from fxvene.configuration import IntervenableConfig, RepresentationConfig
+from fxvene.configuration import EXTENSION_FIELDS, PYVENE_FIELDS, IntervenableConfig, RepresentationConfig
 
 __all__ = [
     "save",
@@ -312,7 +312,10 @@ def _serialize_representation(rep, intervention, i):
         else:
             d[k] = _jsonable(v, f"representations[{i}].{k}")
     d.setdefault("hidden_source_representation", None)
-    return [d[f] for f in RepresentationConfig._fields]
+    # fxvene's extension fields (source_layer, source_component) are written only when set, so
+    # a config without them keeps pyvene 0.1.8's 14 positional entries
+    fields = PYVENE_FIELDS if all(d[f] is None for f in EXTENSION_FIELDS) else RepresentationConfig._fields
+    return [d[f] for f in fields]
 
 
 def _interchange_dim_json(intervention):

@@ -376,7 +376,8 @@ def check_call(im, base_in, sources, locs, subs, srcreps, labels=None, extra=Non
         if reads and src_locs[i] is not None:
             sw = f"unit_locations (source side) of {key}"
             st = L.to_index(src_locs[i], unit, batch, device, sw)
-            check_index(st, unit, axes, lead_tensor(src).shape[1], sw, f"sources[{group_of[key]}]")
+            src_axes = getattr(im, "_source_axes", {}).get(key, axes)  # a source read at another site
+            check_index(st, unit, src_axes, lead_tensor(src).shape[1], sw, f"sources[{group_of[key]}]")
             if bt is not None and _forward_owner(iv) not in (None, "LambdaIntervention"):
                 _check_pairing(st, bt, unit, batch, _flattens(iv), key)
         if srcreps is not None and key in srcreps:
