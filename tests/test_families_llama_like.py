@@ -23,10 +23,11 @@ from _matrix import cell
 from _tiny import AVAILABLE, make_tiny
 from fxvene.models import family_for
 
-FAMILIES = [f for f in ("gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "qwen3", "granite", "mixtral", "qwen2_moe")
+FAMILIES = [f for f in ("llama", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "qwen3", "granite", "mixtral",
+                         "qwen2_moe")
             if f in AVAILABLE]
 SLIDING = [f for f in ("mistral", "gemma2", "gemma3_text") if f in AVAILABLE]  # tiny sliding_window = 4
-PYVENE_FAMILIES = ["gemma", "gemma2", "olmo"]
+PYVENE_FAMILIES = ["llama", "gemma", "gemma2", "olmo"]
 TF5 = int(transformers.__version__.split(".")[0]) >= 5
 L = 1  # the layer the component checks use (of 2)
 B, S = 2, 7

@@ -58,6 +58,10 @@ EXPECT[(METHODS, "python", 0)] = [r"^AttributionResult: first-order estimates of
                                   r"^L\d+H\d+ position \d+: estimate [-+]\d"]
 EXPECT[(METHODS, "python", 1)] = [r"^path patching: receivers \[\('q', 7, 3\), \('q', 10, 3\)\]"]
 EXPECT[(METHODS, "python", 2)] = [r"^1 Today I feel (happy|glad)"]
+CROSS = "Patching from a different site (fxvene extension)"
+EXPECT[(CROSS, "python")] = [r"^source layer 0 -> layer 8: p\(Rome\)=0\.0\d\d p\(Paris\)=0\.8",
+                             r"^source layer 8 -> layer 8: p\(Rome\)=0\.00\d p\(Paris\)=0\.99",
+                             r"^\S+ -> \S+$", r"^nodes: \d+ -> \d+ "]
 FILES = {(BEYOND, "python"): ["causal_trace.png", "steer_dir"], (BEYOND, "bash"): ["diff.dot"],
          (DATASET, "python"): ["aie.png", "aie_lines.png"], (DATASET, "bash"): ["run/summary.json", "run/aie.png",
                                                                                 "run2/summary.json"]}
