@@ -1,6 +1,20 @@
-"""The classification loss both toy classifiers compute from ``config.problem_type``."""
+"""What the two toy models share: their config base and the classification loss they compute
+from ``config.problem_type``."""
+import inspect
+
 import torch
 from torch import nn
+from transformers import PretrainedConfig
+
+
+class FieldsConfig(PretrainedConfig):
+    """A config whose fields are exactly the named parameters of its subclass's ``__init__`` (the
+    signature carries pyvene's field names, order and defaults); ``_keep(locals())`` stores them."""
+
+    def _keep(self, given):
+        for name, param in inspect.signature(type(self).__init__).parameters.items():
+            if name != "self" and param.kind is param.POSITIONAL_OR_KEYWORD:
+                setattr(self, name, given[name])
 
 
 def classification_loss(config, logits, labels, n_classes):

@@ -17,42 +17,24 @@ from typing import Optional, Tuple
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
-from fxvene.toy_models._heads import classification_loss
+from fxvene.toy_models._heads import FieldsConfig, classification_loss
 
 
-class GRUConfig(PretrainedConfig):
+class GRUConfig(FieldsConfig):
     """Fields and defaults of pyvene 0.1.8's ``GRUConfig``."""
 
     model_type = "gru"
 
     def __init__(
-        self,
-        include_emb=False,
-        vocab_size=50_257,
-        max_position_embeddings=512,
-        n_layer=2,
-        h_dim=512,
-        n_labels=2,
-        include_bias=True,
-        pdrop=0.3,
-        problem_type="single_label_classification",
-        initializer_range=0.02,
-        **kwargs,
+        self, include_emb=False, vocab_size=50_257, max_position_embeddings=512, n_layer=2,
+        h_dim=512, n_labels=2, include_bias=True, pdrop=0.3,
+        problem_type="single_label_classification", initializer_range=0.02, **kwargs
     ):
-        self.include_emb = include_emb
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.n_layer = n_layer
-        self.h_dim = h_dim
-        self.include_bias = include_bias
-        self.pdrop = pdrop
-        self.n_labels = n_labels
-        self.problem_type = problem_type
-        self.initializer_range = initializer_range
+        self._keep(locals())
         super().__init__(**kwargs)
 
 
@@ -100,23 +82,22 @@ class GRUPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         """Embeddings ~ N(0, initializer_range) (the padding row zeroed); the cells keep their own init."""
-        if isinstance(module, nn.Embedding):
-            module.weight.data.normal_(mean=0.0, std=self.config.initializer_range)
+        if not isinstance(module, nn.Embedding):
+            return
+        with torch.no_grad():
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
+                module.weight[module.padding_idx] = 0.0
 
 
 class GRUModel(GRUPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
-        self.config = config
-        self.h_dim = config.h_dim
-        self.include_bias = config.include_bias
-        self.n_layer = config.n_layer
-        if config.include_emb:
-            self.wte = nn.Embedding(config.vocab_size, self.h_dim)
-            self.wpe = nn.Embedding(config.max_position_embeddings, self.h_dim)
-        self.cells = nn.ModuleList(GRUCell(self.config) for _ in range(self.n_layer))
+        self.h_dim, self.n_layer, self.include_bias = config.h_dim, config.n_layer, config.include_bias
+        if config.include_emb:  # token then position embeddings, built before the cells (the init order)
+            self.wte = nn.Embedding(config.vocab_size, config.h_dim)
+            self.wpe = nn.Embedding(config.max_position_embeddings, config.h_dim)
+        self.cells = nn.ModuleList([GRUCell(config) for _ in range(config.n_layer)])
         self.post_init()
 
     def get_input_embeddings(self):
@@ -125,15 +106,8 @@ class GRUModel(GRUPreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.wte = new_embeddings
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        hidden_states: Optional[torch.FloatTensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
+    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, hidden_states=None,
+                output_hidden_states=None, return_dict=None):
         """``hidden_states``: the initial state (n_layer, batch, h_dim), zeros by default. Returns the
         last layer's state at every step (batch, seq, h_dim) and its state after the last step."""
         if inputs_embeds is None:
@@ -172,16 +146,8 @@ class GRUForClassification(GRUPreTrainedModel):
         self.gru = GRUModel(config)
         self.score = nn.Linear(config.h_dim, self.n_labels, bias=False)
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        attention_mask: Optional[torch.FloatTensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
+    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, attention_mask=None,
+                labels=None, output_hidden_states=None, return_dict=None):
         body = self.gru(input_ids=input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
         every_step = body[0]
         batch, steps = every_step.shape[0], every_step.shape[1]
@@ -214,15 +180,8 @@ class GRULMHeadModel(GRUPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
+    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, labels=None,
+                output_hidden_states=None, return_dict=None):
         body = self.gru(input_ids=input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
         logits = self.lm_head(body[0])
         loss = None

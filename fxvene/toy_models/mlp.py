@@ -15,45 +15,25 @@ from typing import Optional, Tuple
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
-from fxvene.toy_models._heads import classification_loss
+from fxvene.toy_models._heads import FieldsConfig, classification_loss
 
 
-class MLPConfig(PretrainedConfig):
+class MLPConfig(FieldsConfig):
     """Fields and defaults of pyvene 0.1.8's ``MLPConfig``."""
 
     model_type = "mlp"
 
     def __init__(
-        self,
-        include_emb=False,
-        vocab_size=50_257,
-        max_position_embeddings=512,
-        n_layer=2,
-        h_dim=512,
-        num_classes=2,
-        activation_function="gelu",
-        pdrop=0.3,
-        problem_type="single_label_classification",
-        include_bias=True,
-        squeeze_output=True,
-        **kwargs,
+        self, include_emb=False, vocab_size=50_257, max_position_embeddings=512, n_layer=2,
+        h_dim=512, num_classes=2, activation_function="gelu", pdrop=0.3,
+        problem_type="single_label_classification", include_bias=True, squeeze_output=True, **kwargs
     ):
-        self.include_emb = include_emb
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.n_layer = n_layer
-        self.h_dim = h_dim
-        self.activation_function = activation_function
-        self.pdrop = pdrop
-        self.num_classes = num_classes
-        self.problem_type = problem_type
-        self.include_bias = include_bias
-        self.squeeze_output = squeeze_output
+        self._keep(locals())
         super().__init__(**kwargs)
 
 
@@ -68,12 +48,13 @@ class MLPBlock(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ff1 = nn.Linear(config.h_dim, config.h_dim, bias=config.include_bias)
-        self.act = ACT2FN[config.activation_function]
-        self.dropout = nn.Dropout(config.pdrop)
+        width = config.h_dim
+        self.ff1 = nn.Linear(width, width, config.include_bias)  # the only parameters: built first
+        self.act, self.dropout = ACT2FN[config.activation_function], nn.Dropout(p=config.pdrop)
 
-    def forward(self, hidden_states):
-        return self.dropout(self.act(self.ff1(hidden_states)))
+    def forward(self, x):
+        activated = self.act(self.ff1(x))
+        return self.dropout(activated)
 
 
 def _as_tuple(*values):
@@ -94,14 +75,8 @@ class MLPModel(PreTrainedModel):
         self.h = nn.ModuleList(MLPBlock(config) for _ in range(config.n_layer))
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
+    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, output_hidden_states=None,
+                return_dict=None):
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("MLPModel: give input_ids or inputs_embeds")
@@ -135,15 +110,8 @@ class MLPForClassification(PreTrainedModel):
         self.score = nn.Linear(config.h_dim, self.num_classes, bias=config.include_bias)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ):
+    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, labels=None,
+                output_hidden_states=None, return_dict=None):
         body = self.mlp(
             input_ids=input_ids,
             position_ids=position_ids,
