@@ -92,26 +92,27 @@ def create_gpt2_lm(name="gpt2", config=None, cache_dir=None):
     return config, tokenizer, model
 
 
+def _create_hf(config_cls, model_cls, name, cache_dir):
+    """``(config, tokenizer, model)`` pretrained from ``name`` with the given config and model classes."""
+    name = _check_name(name)
+    config = config_cls.from_pretrained(name, cache_dir=cache_dir)
+    tokenizer = _tokenizer(name, cache_dir)
+    model = _pretrained(model_cls, name, config, cache_dir)
+    return config, tokenizer, model
+
+
 def create_gpt_neo(name="roneneldan/TinyStories-33M", cache_dir=None):
     """A ``GPTNeoForCausalLM`` (pyvene's default is TinyStories-33M), its config and tokenizer."""
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-    name = _check_name(name)
-    config = GPTNeoConfig.from_pretrained(name, cache_dir=cache_dir)
-    tokenizer = _tokenizer(name, cache_dir)
-    model = _pretrained(GPTNeoForCausalLM, name, config, cache_dir)
-    return config, tokenizer, model
+    return _create_hf(GPTNeoConfig, GPTNeoForCausalLM, name, cache_dir)
 
 
 def create_gpt_neox(name="EleutherAI/pythia-70m", cache_dir=None):
     """A ``GPTNeoXForCausalLM`` (pyvene's default is Pythia-70M), its config and tokenizer."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    name = _check_name(name)
-    config = GPTNeoXConfig.from_pretrained(name, cache_dir=cache_dir)
-    tokenizer = _tokenizer(name, cache_dir)
-    model = _pretrained(GPTNeoXForCausalLM, name, config, cache_dir)
-    return config, tokenizer, model
+    return _create_hf(GPTNeoXConfig, GPTNeoXForCausalLM, name, cache_dir)
 
 
 def create_llama(name="sharpbai/alpaca-7b-merged", cache_dir=None, dtype=torch.bfloat16, config=None):
