@@ -81,8 +81,11 @@ def _paths(node):
 
 
 def node_module(node):
-    """The innermost module path of ``node`` ('' for graph-level nodes and inserted nodes)."""
+    """The innermost module path of ``node`` ('' for graph-level nodes and inserted nodes; for the
+    stack of a time-step site (unit ``t``), the module of the steps it stacks)."""
     paths = _paths(node)
+    if not paths and node.meta.get("fxvene") == "time_steps" and node.all_input_nodes:
+        paths = _paths(node.all_input_nodes[0])
     return paths[-1] if paths else ""
 
 
@@ -608,7 +611,7 @@ def default_plan(intervenable):
     return rest, collect
 
 
-def rewritten_graph(intervenable, plan="base", group=0, signature=DEFAULT_SIGNATURE, active=None, collect=None):
+def rewritten_graph(intervenable, plan="base", group=0, signature=None, active=None, collect=None):
     """The rewritten GraphModule ``intervenable`` runs for a call, without running it.
 
     ``plan="base"``: the intervened base forward; by default every intervention is active (as
@@ -616,10 +619,13 @@ def rewritten_graph(intervenable, plan="base", group=0, signature=DEFAULT_SIGNAT
     ``collect`` (intervention keys) pick a subset. ``plan="source"``: the truncated source run
     of source group ``group`` (an index into the groups, in config order). Returns
     ``(traced, gm)``: the TracedGraph the rewrite started from and the rewritten GraphModule.
+    ``signature``: the model inputs of the call (default: those the model was built with,
+    :func:`fxvene.inspection.default_signature`).
     """
+    from fxvene.inspection import default_signature
     from fxvene.interventions import CollectIntervention
 
-    sig = tuple(signature)
+    sig = tuple(default_signature(intervenable.model) if signature is None else signature)
     if plan == "base":
         d_active, d_collect = default_plan(intervenable)
         act = _keys_arg(intervenable, active, "active")
@@ -648,7 +654,7 @@ def rewritten_graph(intervenable, plan="base", group=0, signature=DEFAULT_SIGNAT
     raise ValueError(f"plan must be 'base' or 'source', got {plan!r}")
 
 
-def intervenable_diff(intervenable, plan="base", group=0, signature=DEFAULT_SIGNATURE, active=None, collect=None):
+def intervenable_diff(intervenable, plan="base", group=0, signature=None, active=None, collect=None):
     """:class:`GraphDiff` between the traced model graph and :func:`rewritten_graph`'s graph."""
     traced, gm = rewritten_graph(intervenable, plan, group, signature, active, collect)
     if plan == "base":

@@ -51,6 +51,7 @@ class SiteInfo:
     source_node: str | None = None  # the node a source run reads, where it differs (SkipIntervention)
     candidates: tuple = ()  # node names, when the component resolved to zero or several nodes
     error: str | None = None
+    steps: tuple = ()  # unit "t": the node of each time step (``node`` is step 0's; ``shape`` the stacked steps')
 
     @property
     def ok(self):
@@ -153,16 +154,45 @@ def _locate_candidates(gm, spec, path, port):
     return ()
 
 
-def sites(intervenable, signature=DEFAULT_SIGNATURE):
+def default_signature(model):
+    """The inputs a listing traces with when none are given: those the IntervenableModel was built
+    with (``input_ids`` + ``attention_mask`` for a language model, ``inputs_embeds`` for pyvene's
+    MLP and GRU, plus ``decoder_input_ids`` for T5)."""
+    from fxvene.model_io import construction_inputs
+
+    return tuple(construction_inputs(model))
+
+
+def _step_row(intervenable, traced, **extra):
+    """The row of a unit ``t`` site: step 0's node, every step's node, the stacked steps' shape."""
+    from fxvene import time_steps
+
+    rep = intervenable.representations[extra["key"]]
+    step_site = time_steps.resolve(traced, intervenable.model, rep.component, rep.layer)
+    site = step_site.site
+    by_name = {n.name: n for n in traced.gm.graph.nodes}
+    shape = node_shape(by_name[step_site.nodes[0]])
+    if shape is not None:
+        shape = (shape[0], len(step_site.nodes), *shape[1:])
+    return SiteInfo(component=site.component, layer=site.layer, node=site.node, module=site.path, port=site.port,
+                    shape=shape, dtype=_dtype(by_name[site.node].meta.get("val")), frontend=traced.frontend,
+                    view=shape, dim=site.dim, steps=tuple(step_site.nodes), **extra)
+
+
+def sites(intervenable, signature=None):
     """The sites of ``intervenable``: one :class:`SiteInfo` per intervention key, in key order.
 
-    ``signature`` names the model inputs of the call the graph is traced for (the default is
-    what a tokenizer's ``input_ids`` + ``attention_mask`` give).
+    ``signature`` names the model inputs of the call the graph is traced for (default: the inputs
+    the model was built with, :func:`default_signature`). A time-step site (unit ``t``) lists
+    step 0's node in ``node``, every step's in ``steps`` and the stacked steps' shape
+    ``(batch, steps, dim)``.
     """
     from fxvene.interventions import SkipIntervention
 
     if not hasattr(intervenable, "representations") or not hasattr(intervenable, "sorted_keys"):
         raise TypeError(f"intervenable must be an fxvene IntervenableModel, got {type(intervenable).__name__}")
+    if signature is None:
+        signature = default_signature(intervenable.model)
     traced = intervenable._traced(tuple(signature))
     rows = []
     for key in intervenable.sorted_keys:
@@ -170,6 +200,9 @@ def sites(intervenable, signature=DEFAULT_SIGNATURE):
         iv = intervenable.interventions[key]
         extra = dict(unit=rep.unit, key=key, intervention=type(iv).__name__)
         try:
+            if rep.unit == "t":
+                rows.append(_step_row(intervenable, traced, **extra))
+                continue
             site = intervenable._site(traced, key)
         except ValueError as e:
             rows.append(_error_row(rep.component, rep.layer, traced, e, (), **extra))
@@ -198,7 +231,7 @@ def _error_row(component, layer, traced, err, candidates, module=None, port=None
     )
 
 
-def component_table(model, tracer="auto", layer=None, components=None, signature=DEFAULT_SIGNATURE):
+def component_table(model, tracer="auto", layer=None, components=None, signature=None):
     """Every component of ``model``'s family at every layer (or at ``layer``), resolved in its traced graph.
 
     Returns a list of :class:`SiteInfo`, components in the family spec's order, layers ascending.
@@ -231,6 +264,8 @@ def component_table(model, tracer="auto", layer=None, components=None, signature
         unknown = [c for c in components if c not in fam.components]
         if unknown:
             raise ValueError(f"components: unknown {unknown} for {type(model).__name__}; known: {list(fam.components)}")
+    if signature is None:
+        signature = default_signature(model)
     traced = trace(model, tuple(signature), tracer=tracer)
     rows = []
     for comp in components:
@@ -259,6 +294,8 @@ def _cell(row, col):
         return fmt_shape(v) if v is not None else "-"
     if col == "node" and v is None:
         return "UNRESOLVED"
+    if col == "node" and len(row.steps) > 1:
+        return f"{v} .. {row.steps[-1]} ({len(row.steps)} steps)"
     if v is None:
         return "-"
     return str(v)
@@ -314,8 +351,10 @@ def describe(model, traced=None):
     return " | ".join(parts)
 
 
-def print_sites(intervenable, file=None, signature=DEFAULT_SIGNATURE):
+def print_sites(intervenable, file=None, signature=None):
     """Print the site listing of ``intervenable`` (to ``file``, default stdout)."""
+    if signature is None:
+        signature = default_signature(intervenable.model)
     rows = sites(intervenable, signature=signature)
     traced = intervenable._traced(tuple(signature))
     file = sys.stdout if file is None else file
@@ -334,4 +373,5 @@ __all__ = [
     "view_shape",
     "fmt_shape",
     "describe",
+    "default_signature",
 ]

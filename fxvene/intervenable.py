@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
 import torch.nn as nn
 from transformers.utils import ModelOutput
 
@@ -329,14 +330,19 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
         if use_cache:
             outputs["past_key_values"] = self._past_key_values(base_in, tuple(active), feeds, calls)
         collected = []
+        self.activations = {}
         for j, key in enumerate(collect):
             i = self.sorted_keys.index(key)
             val = flat[nout + j]
             kw = dict(extra) if extra else {}
             res = do_intervention(self.interventions[key], val, None,
                                   engine_subspaces(subs[i]) if subs is not None else None, **kw)
-            collected.append(res)
-        self.activations = dict(zip(collect, collected))
+            if self.representations[key].unit == "t" and isinstance(res, torch.Tensor):
+                res = list(res.unbind(1))  # one (batch, ...) tensor per listed time step, as pyvene's hooks give
+                collected.extend(res)
+            else:
+                collected.append(res)
+            self.activations[key] = res
 
         if self.return_collect_activations:
             if return_dict:

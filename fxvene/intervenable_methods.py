@@ -85,25 +85,25 @@ class ModelMethods:
 
     # ------------------------------------------------------------------ inspection (fxvene.inspection, fxvene.graphdiff)
 
-    def sites(self, signature=("input_ids", "attention_mask")):
+    def sites(self, signature=None):
         """Where each intervention acts: a list of :class:`fxvene.inspection.SiteInfo` (node, module, shape, ...)."""
         from fxvene.inspection import sites
 
         return sites(self, signature=signature)
 
-    def print_sites(self, file=None, signature=("input_ids", "attention_mask")):
+    def print_sites(self, file=None, signature=None):
         """Print the site table (before a run, to check what will be changed); returns the rows."""
         from fxvene.inspection import print_sites
 
         return print_sites(self, file=file, signature=signature)
 
-    def rewritten_graph(self, plan="base", group=0, signature=("input_ids", "attention_mask"), active=None, collect=None):
+    def rewritten_graph(self, plan="base", group=0, signature=None, active=None, collect=None):
         """``(traced, gm)``: the rewritten GraphModule a call runs; see :func:`fxvene.graphdiff.rewritten_graph`."""
         from fxvene.graphdiff import rewritten_graph
 
         return rewritten_graph(self, plan=plan, group=group, signature=signature, active=active, collect=collect)
 
-    def graph_diff(self, plan="base", group=0, signature=("input_ids", "attention_mask"), active=None, collect=None):
+    def graph_diff(self, plan="base", group=0, signature=None, active=None, collect=None):
         """The :class:`fxvene.graphdiff.GraphDiff` from the traced model graph to :meth:`rewritten_graph`'s."""
         from fxvene.graphdiff import intervenable_diff
 

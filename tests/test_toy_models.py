@@ -275,8 +275,9 @@ def test_gru_time_step_patch_matches_manual_hooks(gru_pair):
 
 
 def test_gru_collect_and_vanilla_every_component_match_pyvene(pyvene, gru_pair):
-    """With every step listed, fxvene's unit "t" gives pyvene's numbers (pyvene also acts at the steps it
-    is not given: it feeds zeros as the source there, and Collect returns every step)."""
+    """With every step listed, fxvene's unit "t" gives pyvene's numbers and Collect pyvene's list of
+    per-step tensors (pyvene also acts at the steps it is not given: it feeds zeros as the source there,
+    and Collect returns every step)."""
     theirs, ours = gru_pair
     base, source = _gru_inputs(1)
     every = [list(range(STEPS))]
@@ -295,8 +296,9 @@ def test_gru_collect_and_vanilla_every_component_match_pyvene(pyvene, gru_pair):
                              unit_locations={"sources->base": ([every], [every])}, subspaces=[[[0, 1, 2]]])
             got[lib.__name__] = (collected, patched[0])
         (pc, pp), (fc, fp) = got["pyvene"], got["fxvene"]
-        assert len(pc) == STEPS and len(fc) == 1 and fc[0].shape == (1, STEPS, pc[0].shape[-1]), component
-        assert torch.allclose(fc[0], torch.stack(pc, dim=1), atol=1e-6), component
+        # pyvene's list of one (batch, dim) tensor per step
+        assert len(pc) == len(fc) == STEPS and all(f.shape == p.shape for f, p in zip(fc, pc)), component
+        assert all(torch.allclose(f, p, atol=1e-6) for f, p in zip(fc, pc)), component
         assert torch.allclose(fp, pp, atol=1e-6), component
         assert not torch.allclose(fp, ours(**base)[0]), component
 
@@ -374,3 +376,31 @@ def test_gru_distributed_intervention_acts_one_step_at_a_time(gru_pair):
 
     ref = _hooked(ours, cell, base, patch)
     assert torch.allclose(out[0], ref[0], atol=1e-5)
+
+
+def test_gru_collect_listed_steps_sites_and_graph_diff(gru_pair):
+    """Collect at unit "t" returns pyvene's type: a list of one (batch, dim) tensor per listed step
+    (each example's k-th listed step); sites() and graph_diff() show the per-step nodes."""
+    _, ours = gru_pair
+    base, _ = _gru_inputs(5, b=2)
+    kept = []
+    _hooked(ours, ours.gru.cells[1], base, lambda t, o: kept.append(o.clone()))
+    im = pv_fx.IntervenableModel({"layer": 1, "component": "cell_output", "unit": "t",
+                                  "intervention_type": pv_fx.CollectIntervention}, model=ours)
+    collected = im(base=base, unit_locations={"base": [[[1, 4], [6, 2]]]})[0][1]
+    assert isinstance(collected, list) and len(collected) == 2
+    for k, steps in enumerate(([1, 6], [4, 2])):  # the k-th listed step of each example
+        assert torch.equal(collected[k], torch.stack([kept[t][row] for row, t in enumerate(steps)]))
+    every = im(base=base, unit_locations=None)[0][1]
+    assert len(every) == STEPS and all(torch.equal(c, kept[t]) for t, c in enumerate(every))
+
+    (row,) = im.sites()
+    assert row.ok and row.unit == "t" and len(row.steps) == STEPS and row.node == row.steps[0]
+    assert row.module == "gru.cells.1" and row.shape == (2, STEPS, 6)
+    van = pv_fx.IntervenableModel({"layer": 1, "component": "cell_output", "unit": "t",
+                                   "intervention_type": pv_fx.VanillaIntervention}, model=ours)
+    (vrow,) = van.sites()
+    assert vrow.steps == row.steps
+    d = van.graph_diff()
+    assert d.sites == list(row.steps)  # a setter at every step
+    assert "gru.cells.1" in d.summary()
