@@ -176,7 +176,7 @@ def attention_probs(gm, path):
     """
     nodes = region(gm, path)
     g = to_networkx(gm, nodes)
-    found = []
+    found, stops = [], []  # stops: where a softmax's walk to the matmul ended (the op it cannot look through)
     for name, data in g.nodes(data=True):
         if data["target"] not in _SOFTMAX:
             continue
@@ -185,19 +185,28 @@ def attention_probs(gm, path):
         while True:
             succ = list(g.successors(cur))
             if len(succ) != 1:
+                stops.append(f"{len(succ)} users of {cur!r}")
                 break
             t = g.nodes[succ[0]]["target"]
             if t in _MATMUL:
                 found.append(chain)
                 break
             if t not in _PASS_THROUGH and not (g.nodes[succ[0]]["op"] == "call_module" and "drop" in t):
+                stops.append(f"{t!r} after {cur!r}")
                 break
             cur = succ[0]
             chain.append(cur)
     if len(found) != 1:
+        if found:
+            why = "the probabilities are ambiguous here"
+        elif stops:  # eager attention, but the probabilities are not fed straight to the matmul with V
+            why = (f"the softmax reaches the matmul with the values only through an operation this pattern does not "
+                   f"look through ({'; '.join(stops)}; e.g. the reshape of Falcon's ALiBi attention), so "
+                   "attention_weight is not available for this attention variant")
+        else:  # no softmax in the module: a fused kernel (SDPA, flash)
+            why = "there is no softmax in this module: attention_weight needs eager attention (attn_implementation='eager')"
         raise LocateError(
-            f"attention probabilities of {path!r}: found {len(found)} softmax->matmul chains; "
-            "attention_weight needs eager attention (attn_implementation='eager')",
+            f"attention probabilities of {path!r}: found {len(found)} softmax->matmul chains; {why}",
             candidates=[c[-1] for c in found],
         )
     chain = found[0]

@@ -800,3 +800,40 @@ def test_fused_layout_that_does_not_fit_is_a_clear_error():
             pv.IntervenableModel(_cfg("head_query_output", pv.CollectIntervention, unit="h"), model)
     finally:
         model.config.num_attention_heads = 4
+
+
+def test_attention_weight_behind_a_reshape_says_why_not_eager():
+    """Falcon's ALiBi attention (eager) reshapes the probabilities between the softmax and the matmul with the
+    values (softmax -> dropout -> view -> matmul): attention_weight is refused with that reason, not with
+    "needs eager" (the model is eager). A toy module with that tail stands in for Falcon-ALiBi (an export of
+    the real model costs seconds per line); a fused kernel (no softmax at all) still says it needs eager."""
+    from fxvene.passes import locate
+
+    class Attn(torch.nn.Module):
+        def __init__(self, reshape):
+            super().__init__()
+            self.reshape, self.drop = reshape, torch.nn.Dropout(0.0)
+
+        def forward(self, q, k, v):
+            if self.reshape is None:
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            p = self.drop(torch.softmax(q @ k.transpose(-1, -2), -1))
+            return (p.view(*p.shape) if self.reshape else p) @ v
+
+    class Toy(torch.nn.Module):
+        def __init__(self, reshape):
+            super().__init__()
+            self.attn = Attn(reshape)
+
+        def forward(self, x):
+            return self.attn(x, x, x)
+
+    x = torch.randn(1, 2, 3, 4)
+    graphs = {r: torch.export.export(Toy(r).eval(), (x,)).module() for r in (False, True, None)}
+    assert locate.attention_probs(graphs[False], "attn").target in (torch.ops.aten.softmax.int,
+                                                                     torch.ops.aten._softmax.default)
+    with pytest.raises(locate.LocateError, match=r"'view' after .*Falcon's ALiBi") as e:
+        locate.attention_probs(graphs[True], "attn")
+    assert "needs eager" not in str(e.value)
+    with pytest.raises(locate.LocateError, match=r"no softmax in this module: attention_weight needs eager"):
+        locate.attention_probs(graphs[None], "attn")
