@@ -76,13 +76,18 @@ def broadcast_unit_locations(unit_locations, batch_size, keys, mode="parallel"):
     return out
 
 
+class TooFewLocations(ValueError, IndexError):
+    """A location list with fewer entries than interventions: a ValueError, and the IndexError that
+    pyvene 0.1.8 raises there ("list index out of range"), so code catching either keeps working."""
+
+
 def _per_key(side, n, which, exact=True):
     if side is None:
         return [None] * n
     if not isinstance(side, (list, tuple)):
         raise ValueError(f"unit_locations ({which} side): expected a list with one entry per intervention, got {side!r}")
     if exact and len(side) != n:
-        raise ValueError(
+        raise (TooFewLocations if len(side) < n else ValueError)(
             f"unit_locations ({which} side) has {len(side)} entries but the model has {n} interventions; "
             "give one per intervention (None to skip one)"
         )
