@@ -165,8 +165,7 @@ def patching_sweep(model, base, source=None, components=("block_output",), layer
 
 def _patching_rows(eng, base, source, components, layers, positions, heads, tok, readout_tokens, metric, B, sites,
                    max_rows, progress):
-    b = eng.prepare(base, tokens=tok if readout_tokens else None)
-    s = eng.prepare(source, tokens=tok if readout_tokens else None)
+    b, s = eng.prepare_pair(base, source, tokens=tok if readout_tokens else None)
     hs = heads if heads is not None else [0]
     grid = [(ci, li, p, h, e) for ci in range(len(components)) for li in range(len(layers)) for p in positions
             for h in hs for e in range(B)]
@@ -325,9 +324,9 @@ def causal_trace(model, inputs, subject_positions=None, target_token=None, noise
         for l in lays:
             loc[c * n_samples:(c + 1) * n_samples, site_index[(st, l)]] = positions[pi]
     with eng.compiling():
-        base = eng.prepare({"input_ids": ids.expand(n_samples, seq), "attention_mask": mask.expand(n_samples, seq)},
-                           perturb=perturb)
-        clean = eng.prepare({"input_ids": ids, "attention_mask": mask})
+        base, clean = eng.prepare_pair({"input_ids": ids.expand(n_samples, seq),
+                                        "attention_mask": mask.expand(n_samples, seq)},
+                                       {"input_ids": ids, "attention_mask": mask}, perturb=perturb)
         out = eng.run_rows(base, clean, {"sample": sample, "loc": loc, "head": None}, max_rows=max_rows,
                            progress=progress)
     probs = torch.softmax(out.float(), -1)[:, target_token].reshape(len(cells), n_samples).mean(1)

@@ -20,7 +20,9 @@ from fxvene.models import family_for
 from fxvene.passes.rewrite import expose
 from fxvene.passes.slice import boundary_after, node_order, segment
 from fxvene.passes.sweep import insert_selectors, readout
-from fxvene.sites import gather, resolve_site, scatter, site_view, slot_columns
+from fxvene.sites import gather, resolve_site, scatter, slot_columns
+from fxvene.sweep_pack import packable, run_packed
+from fxvene.sweep_groups import RowGroups, _bar
 from fxvene.tracing import TracingError, trace
 
 _PREFIX = "fxv_in_"
@@ -40,6 +42,11 @@ class SweepSite(nn.Module):
         if src is None:
             return x
         cols = slot_columns(self.site, x.shape[-1])
+        if self.unit == "pos" and loc.shape[-1] == 2:
+            # packed rows (fxvene/sweep_pack.py): ``loc`` is (batch row, position) of each patch
+            rows = torch.nonzero(on).flatten()
+            x[loc[rows, 0], loc[rows, 1], cols] = src[rows, 0].to(x.dtype)
+            return x
         if not torch.compiler.is_compiling() and not torch.is_grad_enabled() and self.site.n_heads is None and cols is not None:
             # eager fast path: write only the active rows, in place (the runtime owns ``x``:
             # it is a fresh batch built for this call, never a cached or user tensor)
@@ -63,9 +70,11 @@ class _Segment:
     tail: bool = False
     fn: object = None
     used: set = field(default_factory=set)  # the placeholders the segment reads
+    pfn: object = None  # the segment with the packing mask (fxvene/sweep_pack.py; None: not packable)
+    pused: set = field(default_factory=set)  # the packing-mask placeholders it reads
 
 
-class SweepEngine:
+class SweepEngine(RowGroups):
     """Segments of one model's traced graph for a set of sweep sites (built once, reused).
 
     ``sites``: list of ``(component, layer)``. ``tokens``: readout only the logits of token ids
@@ -177,6 +186,27 @@ class SweepEngine:
             else:
                 seg.fn = seg.gm
             seg.used = {n.target for n in seg.gm.graph.nodes if n.op == "placeholder" and n.users}
+        self.packed_segments = False
+        if self.prefix and copts is None:
+            self._build_packed(fam)
+
+    def _build_packed(self, fam):
+        """The packed variants of the segments before the position-wise tail (fxvene/sweep_pack.py):
+        families whose attention was checked against references (GPT-2, the Llama layout), every
+        attention found (``passes.pack.pack_attention``); else rows keep their start-position groups."""
+        from fxvene.passes.pack import PackError, pack_attention
+
+        if fam.name not in _PACKED_FAMILIES or self.tail_bound is None:
+            return
+        try:
+            for seg in self.segments:
+                if not seg.tail:
+                    gm, seg.pused = pack_attention(seg.gm)
+                    seg.pfn = gm
+        except PackError as e:
+            self.pack_note = str(e)
+            return
+        self.packed_segments = True
 
     def _build_step_cache(self, step, gm, tokens):
         """The cache run of a chunk-graph engine: the step graph from the first block's input to the
@@ -244,7 +274,7 @@ class SweepEngine:
             kw["fxv_tokens"] = tokens
         return kw
 
-    def _call(self, seg, feeds, values, sel):
+    def _call(self, seg, feeds, values, sel, fn=None):
         kw = dict(feeds)
         for name in seg.ins:
             kw[_PREFIX + name] = values[name]
@@ -266,7 +296,7 @@ class SweepEngine:
                 from fxvene.compile import unmark
 
                 unmark(marked)
-        return seg.fn(**kw)
+        return (fn or seg.fn)(**kw)
 
     def compiling(self):
         """Context for a sweep call: the first call of a compiled engine says that it compiles (one
@@ -366,196 +396,53 @@ class SweepEngine:
         if bool((entry >= len(self.segments)).any()):
             raise ValueError("sweep: a row has no active site")
         seq = base["ids"].shape[1]
-        if self.prefix and base.get("kv") is not None:
-            offset = torch.where(loc >= 0, loc, torch.full_like(loc, seq)).min(1).values.clamp(max=seq - 1)
-            # rows are grouped by start position, one group per ``q`` positions: a group starts at the
-            # first position of its rows, the rest recompute a few unchanged positions (exact either
-            # way). ``q`` is chosen by expected cost (``plan``): every segment call has a fixed cost
-            # (op dispatch, streaming the layer's weights through thin matmuls) that more groups pay
-            # more often; ``q = seq`` is one group of full-length rows.
-            q = self.offset_quantum or (-(-seq // 8) if self.compiled else self.plan(offset, entry, seq, base))
-            if q > 1:
-                offset = offset // q * q
-            self.last_quantum = q
-        else:
-            offset = torch.zeros(R, dtype=torch.long)
-        order = torch.from_numpy(np.lexsort((entry.numpy(), offset.numpy()))).long()
-        max_rows = R if max_rows is None else int(max_rows)
-        chunks = []
-        for off in torch.unique(offset).tolist():
-            grp = order[offset[order] == off]
-            chunks += [(grp[i:i + max_rows], off) for i in range(0, len(grp), max_rows)]
-        results = [None] * len(chunks)
-        bar = None
-        if progress is not False:
-            try:
-                from tqdm.auto import tqdm
+        self.last_packed = packable(self, base, loc, head)
+        if self.last_packed:
+            return self._run_packed(base, source, sample, loc, entry, tokens, max_rows, progress)
+        return self._run_groups(base, source, sample, loc, head, entry, tokens, max_rows, progress)
 
-                bar = tqdm(total=sum(len(self.segments) - int(entry[c].min()) for c, _ in chunks), desc="fxvene sweep",
-                           delay=0 if progress else 3.0, leave=False)
-            except ImportError:  # pragma: no cover - tqdm is a dependency
-                bar = None
+    def _run_packed(self, base, source, sample, loc, entry, tokens, max_rows, progress):
+        """Rows packed in lanes (fxvene/sweep_pack.py), in chunks of ``max_rows`` rows."""
+        R, seq = sample.shape[0], base["ids"].shape[1]
+        first = torch.where(loc >= 0, loc, torch.full_like(loc, seq)).min(1).values.clamp(max=seq - 1)
+        order = torch.from_numpy(np.argsort(entry.numpy(), kind="stable")).long()
+        max_rows = R if max_rows is None else int(max_rows)
+        chunks = [order[i:i + max_rows] for i in range(0, R, max_rows)]
+        bar = _bar(sum(len(self.segments) - int(entry[c].min()) for c in chunks), progress)
         try:
-            for ci, (idx, off) in enumerate(chunks):
-                results[ci] = self._run_chunk(base, source, sample[idx], loc[idx], None if head is None else head[idx],
-                                              entry[idx], tokens, bar, off)
+            out = torch.cat([run_packed(self, base, source, sample[c], loc[c], entry[c], first[c], tokens, bar)
+                             for c in chunks], 0)
         finally:
             if bar is not None:
                 bar.close()
-        out = torch.cat(results, 0)
-        done = torch.cat([idx for idx, _ in chunks])
-        inv = torch.empty_like(done)
-        inv[done] = torch.arange(R)
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(R)
         return out[inv]
-
-    def _run_chunk(self, base, source, sample, loc, head, entry, tokens, bar, off=0):
-        seq = base["ids"].shape[1]
-        carried = None
-        n = 0
-        first = int(entry.min())
-        final = None
-        sliced = False
-        # the chunk's rows' cached keys/values of the positions before ``off`` (step graphs; a group that
-        # starts at 0 has no past), gathered once per chunk
-        kv = self._kv_rows(base, sample, off) if off else None
-        # rows are sorted by entry segment: the rows entering segment i are the next counts[i] rows
-        counts = np.bincount(entry.numpy(), minlength=len(self.segments) + 1).tolist()
-        zero = torch.zeros_like(sample)
-        src_rows = {}  # the source run's example of each row (a batch-1 source serves every row)
-        ids_n = None  # (n, ids, mask) of the rows so far
-        for i in range(first, len(self.segments)):
-            seg = self.segments[i]
-            tail = seg.tail and self._tail_ok
-            if tail and not sliced and carried is not None:
-                carried = {k: v[:, -1:].contiguous() for k, v in carried.items()}
-            sliced = sliced or tail
-            start = seq - 1 if tail else off
-            k_new = counts[i]
-            if k_new:
-                vals = {}
-                for name in seg.ins:
-                    # always a fresh, contiguous copy (index_select): selectors write rows in place, graphs
-                    # view() their inputs; a value the graph broadcasts (leading dim 1) is repeated
-                    v = base["cache"][i][name]
-                    rows = sample[n:n + k_new] if v.shape[0] > 1 else zero[n:n + k_new]
-                    vals[name] = (v[:, start:] if start else v).index_select(0, rows)
-                if carried is None:
-                    carried = vals
-                else:  # values a segment broadcasts (leading dim 1: rotary tables) are expanded to the rows
-                    carried = {k: torch.cat([_rows(carried[k], n), vals[k]], 0) for k in seg.ins}
-                n += k_new
-            if ids_n is None or ids_n[0] != n:
-                rs = sample[:n]
-                ids_n = (n, base["ids"].index_select(0, rs), base["mask"].index_select(0, rs))
-            ids, mask = ids_n[1], ids_n[2]
-            if start:
-                ids = ids[:, start:]
-                if self.step is None:  # the plain graph sees the tail alone; a step graph masks the past too
-                    mask = mask[:, start:]
-            sel = {}
-            for j in seg.ops:
-                s = self.sites[j]
-                lj = loc[:n, j]
-                on = lj >= 0
-                pos = lj.clamp(min=0).unsqueeze(1)
-                fsrc = source["cache"][i][s.node]
-                if s.n_heads is not None:
-                    hj = head[:n, j].clamp(min=0).unsqueeze(1)
-                    src = gather(_take(fsrc, sample[:n]), s, "h.pos", (hj, pos), "sweep positions")
-                else:  # the source units of the rows, read straight off the cached source values
-                    key = (n, fsrc.shape[0] > 1)
-                    if key not in src_rows:
-                        src_rows[key] = (sample[:n] if key[1] else zero[:n]).unsqueeze(1)
-                    src = site_view(fsrc, s)[src_rows[key], pos]
-                on = on & (pos[:, 0] >= start)
-                pos = (pos - start).clamp(min=0)
-                lt = torch.cat([hj, pos], 1) if s.n_heads is not None else pos
-                sel[j] = (src, lt, on)
-            feeds = self._feeds(seg, ids, mask, start, kv if start else None, tokens)
-            res = self._call(seg, feeds, carried, sel)
-            if bar is not None:
-                bar.update(1)
-            if seg.outs is None:
-                final = res[0]
-            else:
-                carried = dict(zip(seg.outs, res))
-        return final
-
-    # ------------------------------------------------------------------ choosing the row groups
-
-    def plan(self, first_pos, entry, seq, base):
-        """The group width ``q`` (positions per row group) with the lowest expected cost among
-        1, 2, seq/8, seq/4, seq/2 and seq (one group: full-length rows). Cost model: a segment call
-        costs ``call + token * rows * positions`` (:meth:`_costs`, measured once per engine)."""
-        fp, en = first_pos.numpy(), entry.numpy()
-        key = (seq, bool(self._tail_ok), fp.tobytes(), en.tobytes())
-        plans = self.__dict__.setdefault("_plans", {})
-        if key in plans:
-            return plans[key]
-        call, tok, last = self._costs(base)
-        nseg = len(self.segments)
-        width = np.array([1 if (sg.tail and self._tail_ok) else 0 for sg in self.segments])
-        best = None
-        for q in sorted({1, 2, -(-seq // 8), -(-seq // 4), -(-seq // 2), seq}):
-            off = fp // q * q
-            cost = 0.0
-            for o in np.unique(off):
-                e = en[off == o]
-                active = np.bincount(e, minlength=nseg + 1)[:nseg].cumsum()
-                lo = int(e.min())
-                pos = np.where(width[lo:] == 1, 1, seq - int(o))
-                cost += call * (nseg - lo - 1) + last + tok * float((active[lo:] * pos).sum())
-            if best is None or cost < best[0] - 1e-12:
-                best = (cost, q)
-        if len(plans) > 64:
-            plans.clear()
-        plans[key] = best[1]
-        return best[1]
-
-    def _costs(self, base):
-        """(fixed cost of a segment call, cost per row-position, fixed cost of the last segment call
-        (the LM head: its weights are streamed once per call)) in seconds, measured once per engine:
-        a middle block segment on one position of one row and on all positions of 16 rows, the last
-        segment on one row (best of two each)."""
-        if getattr(self, "_cost_model", None) is not None:
-            return self._cost_model
-        import time
-
-        i = max(0, min(len(self.segments) - 1, (len(self.segments) - 1) // 2))
-        while i > 0 and self.segments[i].tail:
-            i -= 1
-        seq = base["ids"].shape[1]
-        k = 16
-
-        def call(rows, S, i=i):
-            seg = self.segments[i]
-            rs = torch.zeros(rows, dtype=torch.long)
-            vals = {n: base["cache"][i][n][:, :S].index_select(0, rs) for n in seg.ins}
-            ids, mask = base["ids"][:1, :S].expand(rows, S), base["mask"][:1, :S].expand(rows, S)
-            feeds = self._feeds(seg, ids, mask, 0, None, None if not self.tokens else torch.zeros(1, dtype=torch.long))
-            t0 = time.perf_counter()
-            self._call(seg, feeds, vals, {})
-            return time.perf_counter() - t0
-
-        try:
-            with torch.no_grad():
-                t1 = min(call(1, 1) for _ in range(2))
-                t2 = min(call(k, seq) for _ in range(2))
-                t3 = min(call(1, 1, len(self.segments) - 1) for _ in range(2))
-            tok = max(t2 - t1, 1e-9) / (k * seq - 1)
-            self._cost_model = (t1, tok, t3)
-        except (RuntimeError, ValueError, IndexError):  # a segment that cannot run on a one-position
-            self._cost_model = (1.0, 0.0, 1.0)  # slice: count calls only (fewest groups)
-        return self._cost_model
-
-    last_quantum = None
-
-    def _kv_rows(self, base, rs, upto):
-        return None if base.get("kv") is None else [_take(t[:, :, :upto], rs) for t in base["kv"]]
 
     def prepare(self, inputs, perturb=None, tokens=None):
         ids, mask = _ids_mask(inputs, "inputs")
-        cache, final, kv = self.cache(ids, mask, perturb, tokens)
+        return self._prepared(ids, mask, *self.cache(ids, mask, perturb, tokens))
+
+    def prepare_pair(self, base, source, perturb=None, tokens=None):
+        """:meth:`prepare` of ``base`` (``perturb`` edits its rows only) and of ``source`` (the same
+        length) in one cache run: every layer's weights are read once for both."""
+        b_ids, b_mask = _ids_mask(base, "base")
+        s_ids, s_mask = _ids_mask(source, "source")
+        nb, N = b_ids.shape[0], b_ids.shape[0] + s_ids.shape[0]
+        if b_ids.shape[1] != s_ids.shape[1] or N == 1:
+            return self.prepare(base, perturb, tokens), self.prepare(source, None, tokens)
+        ids, mask = torch.cat([b_ids, s_ids]), torch.cat([b_mask, s_mask])
+        edit = None if perturb is None else (lambda x: torch.cat([perturb(x[:nb]), x[nb:]]))
+        cache, final, kv = self.cache(ids, mask, edit, tokens)
+
+        def part(v, lo, hi):
+            return v[lo:hi] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == N else v
+
+        return tuple(self._prepared(i, m, [{k: part(v, lo, hi) for k, v in vals.items()} for vals in cache],
+                                    part(final, lo, hi), None if kv is None else [part(t, lo, hi) for t in kv])
+                     for i, m, lo, hi in ((b_ids, b_mask, 0, nb), (s_ids, s_mask, nb, N)))
+
+    def _prepared(self, ids, mask, cache, final, kv):
         self._check_batched(cache, ids.shape[0])
         self._tail_ok = self.tail_bound is not None and self._check_tail(cache, ids.shape[1])
         out = {"ids": ids, "mask": mask, "cache": cache, "final": final, "batch": ids.shape[0], "kv": kv}
@@ -579,17 +466,13 @@ class SweepEngine:
                                      "this graph cannot be sliced for sweeps")
 
     _tail_ok = False
+    pack = True  # pack rows in lanes where the engine can (fxvene/sweep_pack.py); False: start-position groups
+    pack_note = None  # why the segments could not be packed
+    last_packed = None  # whether the last run_rows packed its rows
     offset_quantum = None  # positions per row group (None: chosen by expected cost, :meth:`plan`)
 
 
-def _take(v, rows):
-    """Rows ``rows`` of a cached value; a value the graph broadcasts over the batch (leading dim 1:
-    rotary tables) is expanded instead."""
-    return v.index_select(0, rows) if v.shape[0] > 1 else v.expand((len(rows),) + tuple(v.shape[1:]))
-
-
-def _rows(v, n):
-    return v.expand((n,) + tuple(v.shape[1:])) if v.shape[0] == 1 and n > 1 else v
+_PACKED_FAMILIES = ("gpt2", "llama")
 
 
 def _ids_mask(inputs, what):

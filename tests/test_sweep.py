@@ -305,8 +305,10 @@ def test_prefix_rows_run_only_the_positions_from_the_patched_one(gpt4):
     eng = SweepEngine(gpt4, [("block_output", l) for l in range(4)], prefix=True)
     assert eng.prefix
     seen = []
-    for i, seg in enumerate(eng.segments):
+    for i, seg in enumerate(eng.segments):  # the packed variants (a row in a lane of its own length) too
         seg.fn = (lambda fn, i: lambda **kw: (seen.append((i, kw["input_ids"].shape[1])), fn(**kw))[1])(seg.fn, i)
+        if seg.pfn is not None:
+            seg.pfn = (lambda fn, i: lambda **kw: (seen.append((i, kw["input_ids"].shape[1])), fn(**kw))[1])(seg.pfn, i)
     b, s = eng.prepare(base), eng.prepare(src)
     seen.clear()
     loc = np.full((1, 4), -1)
@@ -358,6 +360,7 @@ def test_prefix_plan_chosen_by_cost_equals_pyvene(gpt4, monkeypatch, costs, quan
     from fxvene.sweep import SweepEngine
 
     monkeypatch.setattr(SweepEngine, "_costs", lambda self, base: costs)
+    monkeypatch.setattr(SweepEngine, "pack", False)  # the start-position groups, not lanes
     g = torch.Generator().manual_seed(13)
     base = {"input_ids": torch.randint(0, 50, (1, 7), generator=g)}
     src = {"input_ids": torch.randint(0, 50, (1, 7), generator=g)}
