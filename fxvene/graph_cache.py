@@ -2,11 +2,16 @@
 
 What is stored
 --------------
-One JSON file per graph: the ``ExportedProgram``'s own JSON serialisation (``torch._export.serde``,
-the JSON part of ``torch.export.save``) **without weights**, plus the few constant tensors the
-trace created itself (e.g. a scalar ``finfo.min``), as safetensors bytes in base64. No pickle, no
-stored Python code: loading deserialises the program and reattaches the live model's own
-parameters and buffers (nothing of the model is ever copied to disk).
+One JSON file per graph, **without weights**, plus the few constant tensors the trace created
+itself (e.g. a scalar ``finfo.min``) as safetensors bytes in base64. No pickle, no stored Python
+code; loading reattaches the live model's own parameters and buffers (nothing of the model is ever
+copied to disk). Two forms:
+
+* ``"graph"``: the finished fx graph in fxvene's own format (:mod:`fxvene.graph_format`: nodes,
+  targets, arguments, shapes as plain data). The KV-cache step graphs are stored this way: a load
+  builds the graph directly, without torch's deserialiser (the cost of a warm first call).
+* ``"program"``: the ``ExportedProgram``'s own JSON serialisation (``torch._export.serde``, the
+  JSON part of ``torch.export.save``): forward graphs, and any graph the own format does not cover.
 
 The key is a hash of: the model class, its config (``to_json_string``), attention implementation,
 dtype and device kind, the versions of torch, transformers and fxvene (and a hash of the fxvene
@@ -36,7 +41,7 @@ from pathlib import Path
 
 log = logging.getLogger("fxvene.graph_cache")
 
-FORMAT = 1
+FORMAT = 2
 _SUFFIX = ".fxgraph.json"
 _SOURCE_HASH = None
 
@@ -99,7 +104,7 @@ def _source_hash():
     if _SOURCE_HASH is None:
         h = hashlib.sha256()
         here = Path(__file__).parent
-        for name in ("tracing.py", "step_graphs.py", "graph_cache.py"):
+        for name in ("tracing.py", "step_graphs.py", "graph_cache.py", "graph_format.py"):
             try:
                 h.update((here / name).read_bytes())
             except OSError:
@@ -215,16 +220,61 @@ def _live_tensors(root):
     return named
 
 
-def save(key, about, ep, root):
+def save(key, about, ep, root, graph=None):
     """Store ``ep`` (exported from ``root``) under ``key``; returns the path, or None if it was not
-    storable (custom objects, a read-only directory: the cache is only an optimisation)."""
+    storable (custom objects, a read-only directory: the cache is only an optimisation).
+
+    ``graph``: the finished GraphModule fxvene made of ``ep`` (its ``meta`` names the model tensor
+    each attribute aliases, ``fxvene_attr_sources``): stored in fxvene's own format
+    (:mod:`fxvene.graph_format`), which loads without torch's deserialiser; a graph that format does
+    not cover is stored as the exported program."""
     if key is None or not enabled():
         return None
+    from safetensors.torch import save as st_save
+
+    live = _live_tensors(root)
+    if graph is not None:
+        from fxvene import graph_format
+
+        try:
+            doc, consts = graph_format.dump(graph, graph.meta.get("fxvene_attr_sources", {}), live,
+                                            graph.meta.get("fxvene_param_attrs", ()))
+        except Exception as e:  # noqa: BLE001 - graph_format.Unsupported, or a surprise: torch's format
+            log.debug("fxvene graph cache: %s stored as an exported program (%s: %s)", about.get("kind"),
+                      type(e).__name__, e)
+        else:
+            return _write(key, about, {"graph": doc,
+                                       "constants": base64.b64encode(st_save(consts)).decode("ascii") if consts else ""})
+    return _save_program(key, about, ep, live)
+
+
+def _write(key, about, body):
+    """Write one entry atomically (a temporary file renamed into place); None if it cannot be written."""
+    try:
+        d = cache_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=d)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"about": about, **body}, f)
+            os.replace(tmp, _path(key))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except Exception as e:  # noqa: BLE001 - the cache never breaks tracing
+        log.debug("fxvene graph cache: could not store %s: %s", about.get("kind"), e)
+        return None
+    return _path(key)
+
+
+def _save_program(key, about, ep, live):
     import torch
     from safetensors.torch import save as st_save
     from torch._export.serde import serialize as serde
 
-    live = _live_tensors(root)
     own = {}
     for name, val in ep.constants.items():
         if name in live:
@@ -243,36 +293,24 @@ def save(key, about, ep, root):
         with _quiet_torch_logs():
             art = serde.serialize(ep, serialize_state_dict=False, serialize_constants=False,
                                   serialize_example_inputs=False)
-        doc = {
-            "about": about,
+        body = {
             "program": art.exported_program.decode("utf-8"),
             "constants": base64.b64encode(st_save(own)).decode("ascii") if own else "",
         }
-        d = cache_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=d)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f)
-            os.replace(tmp, _path(key))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
     except Exception as e:  # noqa: BLE001 - the cache never breaks tracing
         log.debug("fxvene graph cache: could not store %s: %s", about.get("kind"), e)
         return None
     finally:
         if guards is not None:
             ep._guards_code = guards
-    return _path(key)
+    return _write(key, about, body)
 
 
-def load(key, about, root):
-    """The cached ``ExportedProgram`` for ``key`` with ``root``'s live tensors attached, or None.
-    A file that cannot be read as an entry of this key is deleted (with a debug note)."""
+def load(key, about, root, class_name="FxveneGraph"):
+    """The cached graph for ``key`` with ``root``'s live tensors attached, or None: a
+    ``torch.fx.GraphModule`` (named ``class_name``) for an entry in fxvene's own format, else an
+    ``ExportedProgram``. A file that cannot be read as an entry of this key is deleted (with a debug
+    note)."""
     if key is None or not enabled():
         return None
     p = _path(key)
@@ -288,10 +326,15 @@ def load(key, about, root):
         if not isinstance(doc, dict) or doc.get("about") != json.loads(json.dumps(about, default=str)):
             raise ValueError("its key does not match")
         from safetensors.torch import load as st_load
-        from torch._export.serde import serialize as serde
 
         live = _live_tensors(root)
         consts = st_load(base64.b64decode(doc["constants"])) if doc.get("constants") else {}
+        if "graph" in doc:
+            from fxvene import graph_format
+
+            return graph_format.load(doc["graph"], consts, live, class_name)
+        from torch._export.serde import serialize as serde
+
         raw = doc["program"]
         _check_expressions(raw)
         program = _to_dataclass(serde.ExportedProgram, json.loads(raw))

@@ -295,12 +295,13 @@ def _examples(model, wrapper, phase):
     return (ids1, mask1, pos1, past), dyn
 
 
-def _flat_attrs(gm, graph, params):
+def _flat_attrs(gm, graph, params, sources=None):
     """Give every weight a flat attribute name on the step graph, bound to a detached alias of the
     model's tensor (same storage: nothing is copied). The generated code then reads
     ``self.fxw_3`` instead of walking ``self.model.transformer.h[3]...`` through ``nn.Module.__getattr__``
     on every decode step (about a millisecond per token on a 12-layer model). The aliases are buffers
-    of the new GraphModule; ``params`` (a set) receives the names that alias parameters."""
+    of the new GraphModule; ``params`` (a set) receives the names that alias parameters, ``sources``
+    (a dict) the original attribute path of each name (the graph cache stores those)."""
     root = {}
     for i, n in enumerate(n for n in graph.nodes if n.op == "get_attr"):
         obj = gm
@@ -310,6 +311,8 @@ def _flat_attrs(gm, graph, params):
         root[flat] = obj.detach() if isinstance(obj, torch.Tensor) else obj
         if isinstance(obj, nn.Parameter):
             params.add(flat)
+        if sources is not None:
+            sources[flat] = str(n.target)
         n.target = flat
     return root
 
@@ -343,10 +346,12 @@ def _export_step(model, phase):
     ep = None
     if key is not None and graph_cache.enabled() and graph_cache.has(key):
         with progress(f"loading the KV-cache graph of {name} from the graph cache"):
-            ep = graph_cache.load(key, about, wrapper)
-            if ep is not None:
+            got = graph_cache.load(key, about, wrapper, class_name=f"FxveneStep_{phase}")
+            if got is not None:
                 try:
-                    return _finish(ep, model, wrapper, phase, args, ref, from_cache=True)
+                    if isinstance(got, fx.GraphModule):  # fxvene's own format: the finished graph
+                        return _checked(got, model, wrapper, phase, args, ref, from_cache=True)
+                    return _finish(got, model, wrapper, phase, args, ref, from_cache=True)
                 except Exception as e:  # noqa: BLE001 - a stale or corrupt entry: export afresh
                     graph_cache.discard(key, f"failed its check: {type(e).__name__}: {e}"[:300])
     what = "the KV-cache graph" if phase == "chunk" else f"the {phase} step"
@@ -354,7 +359,7 @@ def _export_step(model, phase):
     with progress(f"exporting {name} with a KV cache ({what}{later})"):
         ep = _export(wrapper, args, dyn, model, phase)
         sg = _finish(ep, model, wrapper, phase, args, ref)
-        graph_cache.save(key, about, ep, wrapper)
+        graph_cache.save(key, about, ep, wrapper, graph=sg.gm)
     return sg
 
 
@@ -365,9 +370,16 @@ def _finish(ep, model, wrapper, phase, args, ref, from_cache=False):
     graph = export_graph(gm)
     _strip_prefix(graph)
     graph.eliminate_dead_code()
-    params = set()
-    gm = fx.GraphModule(_flat_attrs(gm, graph, params), graph, class_name=f"FxveneStep_{phase}")
+    params, sources = set(), {}
+    gm = fx.GraphModule(_flat_attrs(gm, graph, params, sources), graph, class_name=f"FxveneStep_{phase}")
     gm.meta["fxvene_param_attrs"] = frozenset(params)  # weights, for the slice passes (heavy values)
+    gm.meta["fxvene_attr_sources"] = sources
+    return _checked(gm, model, wrapper, phase, args, ref, from_cache)
+
+
+def _checked(gm, model, wrapper, phase, args, ref, from_cache=False):
+    """The finished step graph ``gm`` checked against the model (as :func:`_finish` says)."""
+    graph = gm.graph
     with torch.no_grad():
         got = gm(*args[:3], *args[3])
     if len(got) != len(ref) or not all(a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=1e-4)

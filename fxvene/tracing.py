@@ -31,7 +31,6 @@ import weakref
 from dataclasses import dataclass, field
 
 import torch
-import torch._dynamo  # noqa: F401  (import before HF's tracer patches torch.finfo; see DESIGN.md)
 import torch.fx as fx
 
 from fxvene.model_io import (  # noqa: F401  (construction_inputs, lead_input, steps_signature: public here too)
@@ -152,6 +151,8 @@ def _shape_prop(gm, example, input_names):
 
 
 def _trace_hf_fx(model, input_names, example, out_keys):
+    import torch._dynamo  # noqa: F401  (before HF's tracer patches torch.finfo; see DESIGN.md. Here, not at
+    # module level: a process that loads its graphs from the graph cache never needs it)
     from transformers.utils.fx import symbolic_trace
 
     use_cache = getattr(model.config, "use_cache", None)

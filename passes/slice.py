@@ -32,7 +32,24 @@ class SliceError(ValueError):
 
 
 def node_order(gm):
-    return {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    """``{node name: index}`` in graph order (computed once per graph state; do not modify it)."""
+    graph = gm.graph
+    state = _state(graph)
+    hit = _ORDERS.get(gm)
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    _ORDERS[gm] = (state, order)
+    return order
+
+
+def _state(graph):
+    """What changes when a pass edits ``graph`` (a sweep cuts one graph dozens of times; each cut asks
+    for the node order and the heavy values)."""
+    return id(graph), len(graph.nodes), id(graph._root.prev), id(graph._root.next)
+
+
+_ORDERS = weakref.WeakKeyDictionary()
 
 
 def heavy_nodes(gm):
@@ -271,8 +288,7 @@ _ANALYSES = weakref.WeakKeyDictionary()
 def _analysis(gm):
     """``(heavy node names, node order)`` of ``gm``, computed once per graph state (a sweep cuts one
     graph into dozens of segments)."""
-    graph = gm.graph
-    state = (id(graph), len(graph.nodes), id(graph._root.prev))
+    state = _state(gm.graph)
     hit = _ANALYSES.get(gm)
     if hit is not None and hit[0] == state:
         return hit[1], hit[2]

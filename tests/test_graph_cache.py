@@ -110,8 +110,11 @@ def test_cache_holds_json_only_no_pickle_no_weights(cache):
         total += len(raw)
         assert raw[:1] == b"{" and b"\x80\x02" not in raw and b"\x80\x04" not in raw  # pickle protocol headers
         doc = json.loads(raw)
-        assert set(doc) == {"about", "program", "constants"}
-        json.loads(doc["program"])  # the program is JSON too
+        # step graphs in fxvene's own format (plain data), forward graphs as torch's exported-program JSON
+        form = "graph" if doc["about"]["kind"].startswith("step:") else "program"
+        assert set(doc) == {"about", form, "constants"}, (doc["about"]["kind"], set(doc))
+        if form == "program":
+            json.loads(doc["program"])  # the program is JSON too
         if doc["constants"]:  # safetensors bytes: an 8-byte header length, then a JSON header
             import base64
 
@@ -128,21 +131,47 @@ def _corrupt_truncate(path):
     path.write_bytes(raw[: len(raw) // 2])
 
 
+def _graph_nodes(doc, target):
+    return [n for n in doc["graph"]["nodes"] if n.get("target") == target]
+
+
 def _corrupt_semantics(path):
+    """Every addition becomes a subtraction: a well-formed entry that computes something else."""
     doc = json.loads(path.read_text())
-    assert "torch.ops.aten.add.Tensor" in doc["program"]
-    doc["program"] = doc["program"].replace("torch.ops.aten.add.Tensor", "torch.ops.aten.sub.Tensor")
+    adds = _graph_nodes(doc, {"op": ["aten", "add", "Tensor"]})
+    assert adds
+    for n in adds:
+        n["target"] = {"op": ["aten", "sub", "Tensor"]}
     path.write_text(json.dumps(doc))
 
 
 def _corrupt_code(path):
+    """A call target outside torch's operators (``os.system``) is never resolved."""
     doc = json.loads(path.read_text())
-    assert '"expr_str": "' in doc["program"]
-    doc["program"] = doc["program"].replace('"expr_str": "', '"expr_str": "__import__(\'os\').getpid() + ', 1)
+    (getitem, *_) = _graph_nodes(doc, {"py": ["operator", "getitem"]})
+    getitem["target"] = {"py": ["os", "system"]}
     path.write_text(json.dumps(doc))
 
 
-@pytest.mark.parametrize("corrupt", [_corrupt_truncate, _corrupt_semantics, _corrupt_code])
+def _corrupt_weights(path):
+    """An attribute names a tensor the model does not have (an entry of another model)."""
+    doc = json.loads(path.read_text())
+    attr = next(a for a in doc["graph"]["attrs"].values() if "model" in a)
+    attr["model"] = attr["model"] + "_gone"
+    path.write_text(json.dumps(doc))
+
+
+def _corrupt_shapes(path):
+    """Shape metadata that no longer says which sizes are symbolic: the graph fails its checks."""
+    doc = json.loads(path.read_text())
+    for n in doc["graph"]["nodes"]:
+        if n["op"] == "placeholder" and n.get("val"):
+            n["val"]["t"][0] = [d if isinstance(d, int) else d["h"] for d in n["val"]["t"][0]]
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_truncate, _corrupt_semantics, _corrupt_code, _corrupt_weights,
+                                     _corrupt_shapes])
 def test_corrupt_entry_is_detected_and_re_exported(cache, corrupt, caplog):
     import logging
 
@@ -292,3 +321,98 @@ def test_top_level_names(cache):
     assert pv.set_verbosity is progress.set_verbosity
     SG.step_graph(_model(), "chunk")
     assert pv.clear_graph_cache() == 1
+
+
+def _entry_doc(cache, kind="step:chunk"):
+    docs = [json.loads(p.read_text()) for p in cache.glob("*.fxgraph.json")]
+    (doc,) = [d for d in docs if d["about"]["kind"] == kind]
+    return doc
+
+
+def test_entry_from_another_key_is_rejected(cache, caplog):
+    """A file under this key whose recorded key data is another model's (renamed, copied): re-exported."""
+    import logging
+
+    SG.step_graph(_model(), "chunk")
+    (entry,) = cache.glob("*.fxgraph.json")
+    doc = json.loads(entry.read_text())
+    doc["about"]["config"]["n_embd"] = 64
+    entry.write_text(json.dumps(doc))
+    with caplog.at_level(logging.DEBUG, logger="fxvene.graph_cache"):
+        assert not SG.step_graph(_model(), "chunk").from_cache
+    assert any("does not match" in r.getMessage() for r in caplog.records)
+
+
+def test_program_form_still_loads_when_the_own_format_cannot_store_a_graph(cache, monkeypatch):
+    """A graph fxvene's format does not cover is stored as torch's exported program, and loads."""
+    from fxvene import graph_format
+
+    def refuse(*a, **k):
+        raise graph_format.Unsupported("test")
+
+    monkeypatch.setattr(graph_format, "dump", refuse)
+    SG.step_graph(_model(), "chunk")
+    assert set(_entry_doc(cache)) == {"about", "program", "constants"}
+    model = _model()
+    sg = SG.step_graph(model, "chunk")
+    assert sg.from_cache
+    ids = torch.randint(0, 3000, (2, 5), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits[:, -1]
+        got = sg.gm(*sg.inputs(ids, torch.ones_like(ids), torch.arange(5).expand(2, -1)))[0]
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_loaded_graph_sweeps_and_generates_like_pyvene_and_hf(cache, which):
+    """The own format, end to end: a graph loaded by a new model object (nothing in memory) has the
+    fresh export's nodes and metadata, and a prefix sweep and generation on it give pyvene 0.1.8's
+    and Hugging Face's numbers."""
+    import pyvene
+
+    import fxvene as pv
+    from conftest import make_gpt2, make_llama
+
+    make = (lambda: make_gpt2(n_layer=2)) if which == "gpt2" else (lambda: make_llama(n_layer=2))
+    fresh = SG.step_graph(make(), "chunk")
+    assert not fresh.from_cache
+    doc = _entry_doc(cache)
+    assert "graph" in doc
+    if doc["constants"]:  # only small tensors the trace made itself; the weights are the model's
+        import base64
+
+        from safetensors.torch import load as st_load
+
+        assert all(t.numel() <= 16 for t in st_load(base64.b64decode(doc["constants"])).values())
+    model = make()
+    loaded = SG.step_graph(model, "chunk")
+    assert loaded.from_cache
+    a, b = list(fresh.gm.graph.nodes), list(loaded.gm.graph.nodes)
+    assert [(n.op, n.name, str(n.target)) for n in a] == [(n.op, n.name, str(n.target)) for n in b]
+
+    def shape(v):
+        if isinstance(v, (tuple, list)):
+            return type(v).__name__, [shape(x) for x in v]
+        return tuple(str(d) for d in v.shape) + (str(v.dtype),) if isinstance(v, torch.Tensor) else str(v)
+
+    assert [shape(n.meta.get("val")) for n in a] == [shape(n.meta.get("val")) for n in b]
+    assert [n.meta.get("nn_module_stack") for n in a] == [n.meta.get("nn_module_stack") for n in b]
+
+    g = torch.Generator().manual_seed(3)
+    base = {"input_ids": torch.randint(1, 50, (1, 6), generator=g)}
+    src = {"input_ids": torch.randint(1, 50, (1, 6), generator=g)}
+    r = pv.patching_sweep(model, base, src, components=["block_output"], prefix=True, progress=False)
+    for layer, pos in ((0, 1), (1, 4)):
+        iv = pyvene.IntervenableModel(pyvene.IntervenableConfig([pyvene.RepresentationConfig(layer, "block_output")]),
+                                      model)
+        _, out = iv(base, [src], unit_locations={"sources->base": pos})
+        torch.testing.assert_close(r.values[0, layer, pos], out.logits[:, -1], atol=1e-5, rtol=1e-5)
+
+    im = pv.IntervenableModel({"layer": 1, "component": "mlp_output", "intervention_type": pv.AdditionIntervention},
+                              model)
+    vec = torch.zeros(model.config.hidden_size)  # a zero steering vector: HF's own greedy text
+    kw = dict(max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)
+    _, out = im.generate(base, source_representations=vec, **kw)
+    with torch.no_grad():
+        ref = model.generate(**base, attention_mask=torch.ones_like(base["input_ids"]), **kw)
+    assert torch.equal(out, ref)
