@@ -170,8 +170,7 @@ def _corrupt_shapes(path):
     path.write_text(json.dumps(doc))
 
 
-@pytest.mark.parametrize("corrupt", [_corrupt_truncate, _corrupt_semantics, _corrupt_code, _corrupt_weights,
-                                     _corrupt_shapes])
+@pytest.mark.parametrize("corrupt", [_corrupt_truncate, _corrupt_semantics, _corrupt_code])
 def test_corrupt_entry_is_detected_and_re_exported(cache, corrupt, caplog):
     import logging
 
@@ -329,18 +328,50 @@ def _entry_doc(cache, kind="step:chunk"):
     return doc
 
 
-def test_entry_from_another_key_is_rejected(cache, caplog):
-    """A file under this key whose recorded key data is another model's (renamed, copied): re-exported."""
+def _corrupt_key(path):
+    """The entry's recorded key data is another model's (a file renamed or copied into place)."""
+    doc = json.loads(path.read_text())
+    doc["about"]["config"]["n_embd"] = 64
+    path.write_text(json.dumps(doc))
+
+
+@pytest.fixture(scope="module")
+def good_entry(tmp_path_factory):
+    """One valid step-graph entry (file name, bytes), exported once for the rejection tests."""
+    d = tmp_path_factory.mktemp("entry")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FXVENE_CACHE_DIR", str(d))
+    mp.delenv("FXVENE_CACHE", raising=False)
+    try:
+        SG.step_graph(_model(), "chunk")
+    finally:
+        mp.undo()
+    (entry,) = d.glob("*.fxgraph.json")
+    return entry.name, entry.read_bytes()
+
+
+@pytest.mark.parametrize("corrupt,why", [(_corrupt_weights, "_gone"), (_corrupt_shapes, "fixed the"),
+                                         (_corrupt_key, "does not match")])
+def test_mismatched_entry_is_rejected_never_used(cache, good_entry, corrupt, why, monkeypatch, caplog):
+    """Entries that parse but do not fit this model are discarded with a note, never run: with export
+    unavailable, the call fails loudly instead of returning a graph from the bad entry."""
     import logging
 
-    SG.step_graph(_model(), "chunk")
-    (entry,) = cache.glob("*.fxgraph.json")
-    doc = json.loads(entry.read_text())
-    doc["about"]["config"]["n_embd"] = 64
-    entry.write_text(json.dumps(doc))
+    name, raw = good_entry
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / name).write_bytes(raw)
+    corrupt(cache / name)
+
+    def no_export(*a, **k):
+        raise tracing.TracingError("export disabled by the test")
+
+    monkeypatch.setattr(SG, "_export", no_export)
     with caplog.at_level(logging.DEBUG, logger="fxvene.graph_cache"):
-        assert not SG.step_graph(_model(), "chunk").from_cache
-    assert any("does not match" in r.getMessage() for r in caplog.records)
+        with pytest.raises(tracing.TracingError, match="export disabled"):
+            SG.step_graph(_model(), "chunk")
+    notes = [r.getMessage() for r in caplog.records if "discarding" in r.getMessage()]
+    assert len(notes) == 1 and why in notes[0], notes
+    assert not (cache / name).exists()
 
 
 def test_program_form_still_loads_when_the_own_format_cannot_store_a_graph(cache, monkeypatch):
