@@ -7,30 +7,12 @@ that holds ``q_proj``/``k_proj``/``v_proj``/``out_proj``. pyvene 0.1.8 maps the 
 they point at ``attn.attention``. ``attention_output`` is the wrapper's output, as in pyvene. Local
 (windowed) and global layers alternate (``attention_types``); both have the same components.
 """
-from . import Component, Family
+from . import Family
+from ._layouts import separate_layout
 
-_C = Component
-_ATT = "h.{layer}.attn.attention"
-_HEAD = "hidden_size/num_heads"
-
-COMPONENTS = {
-    "block_input": _C("h.{layer}", "input", dim="hidden_size"),
-    "block_output": _C("h.{layer}", "output", dim="hidden_size"),
-    "mlp_activation": _C("h.{layer}.mlp.act", "output", dim="intermediate_size|hidden_size*4"),
-    "mlp_output": _C("h.{layer}.mlp", "output", dim="hidden_size"),
-    "mlp_input": _C("h.{layer}.mlp", "input", dim="hidden_size"),
-    "attention_value_output": _C(f"{_ATT}.out_proj", "input", dim="hidden_size"),
-    "head_attention_value_output": _C(f"{_ATT}.out_proj", "input", heads="num_heads", dim=_HEAD),
-    "attention_weight": _C(_ATT, "output", dim="max_position_embeddings", pattern="attention_probs", needs="eager"),
-    "attention_output": _C("h.{layer}.attn", "output", dim="hidden_size"),
-    "attention_input": _C("h.{layer}.attn", "input", dim="hidden_size"),
-    "query_output": _C(f"{_ATT}.q_proj", "output", dim="hidden_size"),
-    "key_output": _C(f"{_ATT}.k_proj", "output", dim="hidden_size"),
-    "value_output": _C(f"{_ATT}.v_proj", "output", dim="hidden_size"),
-    "head_query_output": _C(f"{_ATT}.q_proj", "output", heads="num_heads", dim=_HEAD),
-    "head_key_output": _C(f"{_ATT}.k_proj", "output", heads="num_heads", dim=_HEAD),
-    "head_value_output": _C(f"{_ATT}.v_proj", "output", heads="num_heads", dim=_HEAD),
-}
+COMPONENTS = separate_layout("h.{layer}.attn.attention", "h.{layer}.attn", "out_proj", hidden="hidden_size",
+                             heads="num_heads", head="hidden_size/num_heads",
+                             act_dim="intermediate_size|hidden_size*4", positions="max_position_embeddings")
 
 FAMILY = Family(
     name="gpt_neo",
