@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import fxvene as pv
+from _hooks import capture, head_view, hooked
 from _matrix import cell
 from _tiny import AVAILABLE, make_tiny
 from fxvene.models import family_for
@@ -87,11 +88,6 @@ def _inputs(seed, b=B, s=S, pad=0):
 # Written from the HF modeling code, not from models/.
 
 
-def _heads(t, n):
-    b, s, w = t.shape
-    return t.reshape(b, s, n, w // n).transpose(1, 2)
-
-
 def _qkv_neox(t, slot, H):  # GPT-NeoX / classic Falcon: qkv.view(b, s, H, 3 * d), then chunk(3, -1)
     b, s, w = t.shape
     d = w // (3 * H)
@@ -141,7 +137,7 @@ class View:
         self.cols, self.n = cols, n
 
     def _split(self, f):
-        return f if self.n is None else _heads(f, self.n)
+        return f if self.n is None else head_view(f, self.n)
 
     def __call__(self, t):
         return self._split(t if self.cols is None else t[..., self.cols])
@@ -208,53 +204,6 @@ def hand_table(variant, model):
     return table
 
 
-def _first_tensor(args, kwargs):
-    if args and isinstance(args[0], torch.Tensor):
-        return args[0]
-    for k in ("hidden_states", "input", "x"):
-        if isinstance(kwargs.get(k), torch.Tensor):
-            return kwargs[k]
-    raise AssertionError("no tensor input")
-
-
-def hooked(model, inputs, hooks, **kw):
-    """``model(**inputs)`` with hooks: each (path, port, fn); fn(tensor) -> replacement or None."""
-    handles = []
-    for path, port, fn in hooks:
-        mod = model.get_submodule(path)
-        if port == "output":
-            def h(m, a, out, fn=fn):
-                t = out[0] if isinstance(out, tuple) else out
-                new = fn(t)
-                if new is None:
-                    return None
-                return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
-            handles.append(mod.register_forward_hook(h))
-        else:
-            def h(m, args, kwargs, fn=fn):
-                t = _first_tensor(args, kwargs)
-                new = fn(t)
-                if new is None:
-                    return None
-                if args and args[0] is t:
-                    return (new,) + tuple(args[1:]), kwargs
-                key = next(k for k, v in kwargs.items() if v is t)
-                return args, {**kwargs, key: new}
-            handles.append(mod.register_forward_pre_hook(h, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            return model(**inputs, use_cache=False, **kw)
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _capture(store):
-    def fn(t):
-        store.append(t.detach().clone())
-    return fn
-
-
 def _patch_view(view, pos, src_view, heads=None):
     """fn replacing the view's units at ``pos`` (and ``heads``) by ``src_view``'s."""
     def put(v):
@@ -319,7 +268,7 @@ def test_base_model_and_classifier_collect_equals_hook(variant, head):
     for c, got in zip(comps, coll):
         path, port, view = table[c]
         store = []
-        hooked(model, inputs, [(path, port, _capture(store))])
+        hooked(model, inputs, [(path, port, capture(store))])
         torch.testing.assert_close(got, view(store[0]), atol=0, rtol=0, msg=c)
 
 
@@ -360,7 +309,7 @@ def test_collect_every_component_equals_hook(variant, frontend):
     for c in comps:
         path, port, view = table[c]
         store = []
-        hooked(model, inputs, [(path, port, _capture(store))])
+        hooked(model, inputs, [(path, port, capture(store))])
         ref = view(store[0])
         torch.testing.assert_close(got[c], ref, atol=0, rtol=0, msg=f"{variant} {c}")
     # attention_weight (eager): the attention probabilities, rows sum to 1, causal
@@ -404,7 +353,7 @@ def test_fused_head_slices_equal_qkv_from_the_weights(variant):
         rows = lambda slot, h: torch.arange(((0, H, H + KV)[slot] + h) * d, ((0, H, H + KV)[slot] + h + 1) * d)  # noqa: E731
     inputs = _inputs(12)
     store = []
-    hooked(model, inputs, [(path, "input", _capture(store))])
+    hooked(model, inputs, [(path, "input", capture(store))])
     x = store[0]
     comps = ["head_query_output", "head_key_output", "head_value_output"]
     reps = [pv.RepresentationConfig(layer=L, component=c, unit="h.pos", intervention_type=pv.CollectIntervention)
@@ -424,15 +373,15 @@ def test_fused_head_slices_equal_qkv_from_the_weights(variant):
     _, out = im(base=inputs, unit_locations={"base": [[[g]] * B]})
     avo = table["attention_value_output"][0]
     clean, zeroed = [], []
-    hooked(model, inputs, [(avo, "input", _capture(clean))])
+    hooked(model, inputs, [(avo, "input", capture(clean))])
 
     def zero_v(t):
         def put(v):
             v[:, g] = 0
         return table["head_value_output"][2].write(t, put)
-    ref = hooked(model, inputs, [(path, "output", zero_v), (avo, "input", _capture(zeroed))])
+    ref = hooked(model, inputs, [(path, "output", zero_v), (avo, "input", capture(zeroed))])
     torch.testing.assert_close(out.logits, ref.logits, atol=1e-6, rtol=1e-5)
-    z, c = _heads(zeroed[0], H), _heads(clean[0], H)
+    z, c = head_view(zeroed[0], H), head_view(clean[0], H)
     for h in range(H):
         if h in readers:
             assert torch.all(z[:, h] == 0), h
@@ -452,7 +401,7 @@ def test_vanilla_patch_every_component_equals_hooked_patch(variant, frontend):
     for c in sorted(table):
         path, port, view = table[c]
         store = []
-        hooked(model, src, [(path, port, _capture(store))])
+        hooked(model, src, [(path, port, capture(store))])
         src_view = view(store[0])
         heads = [0, src_view.shape[1] - 1] if _is_head(c) else None
         unit = "h.pos" if heads is not None else "pos"
@@ -474,7 +423,7 @@ def test_trainable_rotation_on_a_qkv_slot_equals_hook_and_backward(variant):
     path, port, view = hand_table(variant, model)["value_output"]
     base, src = _inputs(31), _inputs(32)
     store = []
-    hooked(model, src, [(path, port, _capture(store))])
+    hooked(model, src, [(path, port, capture(store))])
     src_v = view(store[0])
     width = src_v.shape[-1]
     torch.manual_seed(0)
@@ -535,7 +484,7 @@ def test_patching_sweep_equals_hooked_cells(variant):
             path, port, view = table[c]
             path = path.replace(f".{L}", f".{layer}", 1) if layer != L else path
             store = []
-            hooked(model, src, [(path, port, _capture(store))])
+            hooked(model, src, [(path, port, capture(store))])
             sv = view(store[0])
             for pos in range(S):
                 ref = hooked(model, base, [(path, port, _patch_view(view, pos, sv))]).logits[:, -1, toks]
@@ -543,7 +492,7 @@ def test_patching_sweep_equals_hooked_cells(variant):
     # a head sweep on the key heads (the fused key slot where the family fuses)
     path, port, view = table["head_key_output"]
     store = []
-    hooked(model, src, [(path, port, _capture(store))])
+    hooked(model, src, [(path, port, capture(store))])
     sv = view(store[0])
     r = patching_sweep(model, base, src, components="head_key_output", layers=[L], positions=[1, 4], tokens=toks,
                        progress=False)
@@ -583,7 +532,7 @@ def test_causal_trace_equals_hooked_noise_and_restore(variant):
             path, port, _ = table[st]
             path = path.replace(f".{L}", f".{layer}", 1) if layer != L else path
             store = []
-            hooked(model, {"input_ids": ids}, [(path, port, _capture(store))])
+            hooked(model, {"input_ids": ids}, [(path, port, capture(store))])
             clean[st, layer] = (path, port, store[0])
     for si, st in enumerate(streams):
         for pos in range(6):
@@ -675,7 +624,7 @@ def test_left_padding_generate_and_patch_equal_hf(variant):
     path, port, view = hand_table(variant, model)["block_output"]
     base, src = _inputs(71, pad=2), _inputs(72, pad=1)
     store = []
-    hooked(model, src, [(path, port, _capture(store))])
+    hooked(model, src, [(path, port, capture(store))])
     im = pv.IntervenableModel(_cfg("block_output", pv.VanillaIntervention), model)
     _, out = im(base, [src], unit_locations=_ul([4]))
     ref = hooked(model, base, [(path, port, _patch_view(view, 4, store[0]))])
@@ -683,7 +632,7 @@ def test_left_padding_generate_and_patch_equal_hf(variant):
     # the un-intervened graph on a padded batch is HF's forward
     _, coll = pv.IntervenableModel(_cfg("block_output", pv.CollectIntervention), model)(base=base)
     st = []
-    hooked(model, base, [(path, port, _capture(st))])
+    hooked(model, base, [(path, port, capture(st))])
     torch.testing.assert_close(coll[0], st[0], atol=0, rtol=0)
 
 
@@ -730,7 +679,7 @@ def test_cli_components_on_a_saved_model(variant, tmp_path):
     ex = {"input_ids": _ids(91, 2, 8), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
     for c, (path, port, view) in table.items():
         store = []
-        hooked(model, ex, [(path, port, _capture(store))])
+        hooked(model, ex, [(path, port, capture(store))])
         assert tuple(by[c]["view"]) == tuple(view(store[0]).shape), c
         assert by[c]["module"] == path, c
 
@@ -750,7 +699,8 @@ def test_every_component_pyvene_maps_equals_pyvene(variant):
     model = model_for(variant)
     pmodel = make_tiny(VARIANTS[variant][0], **VARIANTS[variant][1])  # pyvene removes the hooks of a model it wraps
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), pmodel.state_dict().values()))
-    base, src = {"input_ids": _ids(101)}, {"input_ids": _ids(102)}
+    # with attention masks: the forward graph the other tests of the family traced serves these calls too
+    base, src = _inputs(101), _inputs(102)
     if variant == "gpt_neo":
         mapped = ["block_input", "block_output", "mlp_activation", "mlp_output", "mlp_input", "attention_output",
                   "attention_input"]

@@ -11,7 +11,7 @@ Every family is traced with torch.export: transformers 4.47's fx tracer does not
 """
 import io
 import json
-from contextlib import contextmanager, redirect_stdout
+from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ import torch
 import transformers
 
 import fxvene as pv
+from _hooks import capture, head_view, hooks
 from _matrix import cell
 from _tiny import AVAILABLE, make_tiny
 from fxvene.models import family_for
@@ -92,51 +93,6 @@ def hand_table(model, layer=L):
     if model.config.model_type in ("mixtral", "qwen2_moe"):
         del t["mlp_activation"]  # experts have their own activations; no single module
     return t
-
-
-def head_view(x, n_heads):
-    b, s, d = x.shape
-    return x.view(b, s, n_heads, d // n_heads).transpose(1, 2)  # (b, H, s, dh)
-
-
-def _first(x):
-    return x[0] if isinstance(x, (tuple, list)) else x
-
-
-def _with_first(x, new):
-    return (new, *x[1:]) if isinstance(x, (tuple, list)) else new
-
-
-@contextmanager
-def hooks(model, specs):
-    """specs: (module path, port, fn(tensor) -> tensor or None); a returned tensor replaces the port's value."""
-    handles = []
-    for path, port, fn in specs:
-        mod = model.get_submodule(path)
-        if port == "output":
-            def post(m, args, out, fn=fn):
-                new = fn(_first(out))
-                return None if new is None else _with_first(out, new)
-            handles.append(mod.register_forward_hook(post))
-        else:
-            def pre(m, args, kwargs, fn=fn):
-                if args:
-                    new = fn(args[0])
-                    return None if new is None else ((new, *args[1:]), kwargs)
-                new = fn(kwargs["hidden_states"])
-                return None if new is None else (args, {**kwargs, "hidden_states": new})
-            handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def capture(store, key):
-    def fn(x):
-        store[key] = x.detach().clone()
-    return fn
 
 
 # ------------------------------------------------------------------------------------- specs and components
@@ -569,7 +525,8 @@ def test_every_component_equals_pyvene(family):
     pyvene = pytest.importorskip("pyvene")
     model = model_for(family)
     pmodel = make_tiny(family)  # pyvene removes the forward hooks of a model it wraps
-    base, src = {"input_ids": _ids(101)}, {"input_ids": _ids(102)}
+    # with attention masks: the forward graph the other tests of the family traced serves these calls too
+    base, src = _inputs(101), _inputs(102)
     comps = [c for c in hand_table(model) if not (family == "gemma" and c == "head_value_output")]
     for c in comps:
         unit = "h" if c.startswith("head_") else "pos"

@@ -1,0 +1,80 @@
+"""Forward-hook oracles shared by the family tests (tests/test_families_*.py): read or replace a module's
+input or output in the Hugging Face model itself, the reference fxvene's rewritten graphs are checked against.
+
+A hook spec is ``(module path, port, fn)``, port ``"output"`` or ``"input"``; ``fn(tensor)`` returns a
+replacement tensor or None (read only). For a module returning a tuple (or list) the first element is the
+tensor; an input is the first positional tensor, else the ``hidden_states`` (``input``, ``x``) keyword.
+"""
+from contextlib import contextmanager
+
+import torch
+
+_INPUT_KWARGS = ("hidden_states", "input", "x")
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _with_first(out, new):
+    return (new, *out[1:]) if isinstance(out, (tuple, list)) else new
+
+
+def _pre_hook(fn):
+    def pre(module, args, kwargs):
+        if args and isinstance(args[0], torch.Tensor):
+            new = fn(args[0])
+            return None if new is None else ((new, *args[1:]), kwargs)
+        key = next((k for k in _INPUT_KWARGS if isinstance(kwargs.get(k), torch.Tensor)), None)
+        if key is None:
+            raise AssertionError(f"{type(module).__name__}: no tensor input to hook")
+        new = fn(kwargs[key])
+        return None if new is None else (args, {**kwargs, key: new})
+    return pre
+
+
+def _post_hook(fn):
+    def post(module, args, out):
+        new = fn(_first(out))
+        return None if new is None else _with_first(out, new)
+    return post
+
+
+@contextmanager
+def hooks(model, specs):
+    """``model`` with the hooks of ``specs`` registered for the ``with`` block (gradients as the caller has them)."""
+    handles = []
+    try:
+        for path, port, fn in specs:
+            mod = model.get_submodule(path)
+            if port == "output":
+                handles.append(mod.register_forward_hook(_post_hook(fn)))
+            else:
+                handles.append(mod.register_forward_pre_hook(_pre_hook(fn), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def hooked(model, inputs, specs, **kw):
+    """``model(**inputs, use_cache=False)`` under ``torch.no_grad()`` with the hooks of ``specs``."""
+    with hooks(model, specs), torch.no_grad():
+        return model(**inputs, use_cache=False, **kw)
+
+
+def capture(store, key=None):
+    """A read-only hook fn: a detached copy of the tensor into ``store[key]`` (a dict), or appended to
+    ``store`` (a list) when ``key`` is None."""
+    def fn(t):
+        if key is None:
+            store.append(t.detach().clone())
+        else:
+            store[key] = t.detach().clone()
+    return fn
+
+
+def head_view(t, n_heads):
+    """(batch, seq, heads * d) -> (batch, heads, seq, d); a view where ``t`` is contiguous."""
+    b, s, w = t.shape
+    return t.reshape(b, s, n_heads, w // n_heads).transpose(1, 2)
