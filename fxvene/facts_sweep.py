@@ -141,6 +141,28 @@ def _bar(total, progress, desc):
                 dynamic_ncols=True)
 
 
+def _run_batches(eng, todo, results, done, on_result, progress, ctx, desc):
+    """Every batch of ``todo`` under the engine's compile context, with a progress bar (rank 0 only):
+    ``results(batch)`` yields ``(fact, result)`` pairs; those of facts not in ``done`` are kept and
+    passed to ``on_result`` as each finishes. Returns ``{record index: result}``."""
+    got = {}
+    bar = _bar(sum(len(b) for b in todo), progress if (ctx is None or ctx.rank == 0) else False, desc)
+    try:
+        with eng.compiling():
+            for batch in todo:
+                for f, res in results(batch):
+                    if f.index not in done:
+                        got[f.index] = res
+                        if on_result is not None:
+                            on_result(f, res)
+                if bar is not None:
+                    bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+    return got
+
+
 # ------------------------------------------------------------------------------------ causal tracing
 
 
@@ -196,27 +218,20 @@ def trace_facts(model, facts, tokenizer=None, noise_level=None, n_samples=10, st
     got = {}
     if todo:
         eng = _engine(model, sites, tracer, False, compile, prefix)
+
+        def results(batch):
+            for f, res in zip(batch, _trace_batch(eng, model, batch, streams, layers, n_layers, window, n_samples,
+                                                  seed, noise_level, site_index, max_rows_)):
+                if tokenizer is not None:
+                    res.decode(tokenizer)
+                yield f, res
+
         old_q = eng.offset_quantum
         eng.offset_quantum = row_groups
-        bar = _bar(sum(len(b) for b in todo), progress if (ctx is None or ctx.rank == 0) else False,
-                   "fxvene causal trace")
         try:
-            with eng.compiling():
-                for batch in todo:
-                    for f, res in zip(batch, _trace_batch(eng, model, batch, streams, layers, n_layers, window,
-                                                          n_samples, seed, noise_level, site_index, max_rows_)):
-                        if tokenizer is not None:
-                            res.decode(tokenizer)
-                        if f.index not in done:
-                            got[f.index] = res
-                            if on_result is not None:
-                                on_result(f, res)
-                    if bar is not None:
-                        bar.update(len(batch))
+            got = _run_batches(eng, todo, results, done, on_result, progress, ctx, "fxvene causal trace")
         finally:
             eng.offset_quantum = old_q
-            if bar is not None:
-                bar.close()
     got = distributed.gather(got, ctx)
     if got is None:
         return None
@@ -335,35 +350,26 @@ def patch_facts(model, facts, tokenizer=None, components=("block_output",), laye
         eng = _engine(model, sites, tracer, readout_tokens, compile, prefix)
         if any(s.n_heads is not None for s in eng.sites):
             raise ValueError("components: head components are not supported in dataset patching sweeps")
-        bar = _bar(sum(len(b) for b in todo), progress if (ctx is None or ctx.rank == 0) else False,
-                   "fxvene patching sweep")
-        try:
-            with eng.compiling():
-                for batch in todo:
-                    S = batch[0].n_tokens
-                    b = {"input_ids": torch.tensor([f.input_ids for f in batch], device=device)}
-                    s = {"input_ids": torch.tensor([f.source_ids for f in batch], device=device)}
-                    b["attention_mask"] = torch.ones_like(b["input_ids"])
-                    s["attention_mask"] = torch.ones_like(s["input_ids"])
-                    tok = torch.tensor(sorted({f.target_token for f in batch}))
-                    res = _patching_rows(eng, b, s, components, layers, list(range(S)), None, tok, readout_tokens,
-                                         metric, len(batch), sites, max_rows_, False)
-                    cols = tok.tolist()
-                    for i, f in enumerate(batch):
-                        if f.index in done:
-                            continue
-                        c = cols.index(f.target_token)
-                        one = type(res)(res.values[..., i:i + 1, c:c + 1].clone(), res.base[i:i + 1, c:c + 1].clone(),
-                                        list(components), list(layers), list(range(S)), None, tokens=[f.target_token],
-                                        metric=metric)
-                        got[f.index] = one
-                        if on_result is not None:
-                            on_result(f, one)
-                    if bar is not None:
-                        bar.update(len(batch))
-        finally:
-            if bar is not None:
-                bar.close()
+
+        def results(batch):
+            S = batch[0].n_tokens
+            b = {"input_ids": torch.tensor([f.input_ids for f in batch], device=device)}
+            s = {"input_ids": torch.tensor([f.source_ids for f in batch], device=device)}
+            b["attention_mask"] = torch.ones_like(b["input_ids"])
+            s["attention_mask"] = torch.ones_like(s["input_ids"])
+            tok = torch.tensor(sorted({f.target_token for f in batch}))
+            res = _patching_rows(eng, b, s, components, layers, list(range(S)), None, tok, readout_tokens,
+                                 metric, len(batch), sites, max_rows_, False)
+            cols = tok.tolist()
+            for i, f in enumerate(batch):
+                if f.index in done:
+                    continue
+                c = cols.index(f.target_token)
+                yield f, type(res)(res.values[..., i:i + 1, c:c + 1].clone(), res.base[i:i + 1, c:c + 1].clone(),
+                                   list(components), list(layers), list(range(S)), None, tokens=[f.target_token],
+                                   metric=metric)
+
+        got = _run_batches(eng, todo, results, done, on_result, progress, ctx, "fxvene patching sweep")
     got = distributed.gather(got, ctx)
     if got is None:
         return None
