@@ -88,6 +88,9 @@ class ShapeRecord(torch.Tensor):
     def __repr__(self):
         return f"ShapeRecord(size={self._fxv_sizes}, dtype={self.dtype})"
 
+    def __deepcopy__(self, memo):  # immutable metadata (a deep-copied graph shares it)
+        return self
+
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         raise TypeError(f"{func}: a ShapeRecord is shape metadata of a loaded graph, not a value")
