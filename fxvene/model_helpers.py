@@ -1,7 +1,9 @@
 """pyvene's model helpers, exported at top level: each returns ``(config, tokenizer, model)``.
 
 The Hugging Face helpers take a hub name or a local directory (``name``) and ``cache_dir``, with
-pyvene 0.1.8's defaults. fxvene loads the tokenizer from ``name`` too (pyvene fetches some from fixed
+pyvene 0.1.8's defaults. With ``FXVENE_MODELS_DIR`` set, a hub name is first looked up there as a
+local checkpoint (``$FXVENE_MODELS_DIR/gpt2``, ``$FXVENE_MODELS_DIR/roneneldan/TinyStories-33M``), so
+code that names hub models runs offline unchanged. fxvene loads the tokenizer from ``name`` too (pyvene fetches some from fixed
 hub repositories, e.g. ``"gpt2"``), so a local checkpoint needs no network. GPT-2 helpers switch the
 config to eager attention, as pyvene does (its ``attention_weight`` component needs it).
 
@@ -29,11 +31,20 @@ __all__ = [
 
 
 def _check_name(name, what="name"):
+    """``name`` as a string, or its local copy under ``$FXVENE_MODELS_DIR`` when there is one."""
     import os
 
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"{what} must be a hub model name or a local directory (str), got {type(name).__name__}")
-    return str(name)
+    name = str(name)
+    root = os.environ.get("FXVENE_MODELS_DIR")
+    if root and not os.path.isdir(name):
+        if not os.path.isdir(root):
+            raise ValueError(f"FXVENE_MODELS_DIR must be a directory of local checkpoints, got {root!r}")
+        local = os.path.join(root, name)
+        if os.path.isdir(local):
+            return local
+    return name
 
 
 def _tokenizer(name, cache_dir):

@@ -115,6 +115,31 @@ print("ok")
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
+def test_models_dir_serves_hub_names_offline(tmp_path, monkeypatch):
+    """FXVENE_MODELS_DIR: the helpers load a hub name from a local copy there (how the harness runs
+    pyvene's ``pv.create_gpt2()`` calls offline); names without a copy are left to the hub."""
+    from transformers import GPT2Config
+
+    from tests.conftest import build_offline_tokenizer
+
+    saved, tok = make_gpt2(), build_offline_tokenizer()
+    for name, model in (("gpt2", saved.transformer), ("org/lm", saved)):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    monkeypatch.setenv("FXVENE_MODELS_DIR", str(tmp_path))
+    config, tokenizer, model = fv.create_gpt2()
+    assert type(model).__name__ == "GPT2Model" and config._attn_implementation == "eager"
+    assert torch.equal(model.wte.weight, saved.transformer.wte.weight)
+    assert tokenizer("Rome Paris")["input_ids"] == tok("Rome Paris")["input_ids"]
+    _, _, lm = fv.create_gpt2_lm("org/lm")
+    assert torch.equal(lm.lm_head.weight, saved.lm_head.weight)
+    _, tokenizer, fresh = fv.create_gpt2_lm(config=GPT2Config(n_embd=8, n_layer=1, n_head=2, vocab_size=60))
+    assert fresh.config.n_embd == 8 and len(tokenizer) == len(tok)  # random weights, the local tokenizer
+    monkeypatch.setenv("FXVENE_MODELS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="FXVENE_MODELS_DIR must be a directory"):
+        fv.create_gpt2()
+
+
 # ------------------------------------------------- pyvene's IntervenableBasicTestCase flows, with numbers
 # pyvene's suite runs these on its hub GPT-2 and asserts little; here each gives pyvene's numbers on the
 # session's tiny GPT-2 (n_embd 24: its partitions [[0, 128], [128, 256]] become [[0, 8], [8, 16]]).
