@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fxvene.sites import site_view, slot_columns
+from fxvene.sites import site_view
 from fxvene.sweep_groups import _rows, _take
 
 
@@ -33,18 +33,26 @@ def packable(eng, base, loc, head):
     if not bool(base["mask"].bool().all()):  # padding: the grouped path feeds the graph's own padding mask
         return False
     for j in range(loc.shape[1]):
-        s = eng.sites[j]
-        if bool((loc[:, j] >= 0).any()) and (s.n_heads is not None or slot_columns(s, 2 * 3 * 4 * 5) is None):
+        s = eng.sites[j]  # whole units or one contiguous slot of a fused output (what the selector writes)
+        if bool((loc[:, j] >= 0).any()) and (s.n_heads is not None or (s.fused is not None and s.fused[0] != 1)):
             return False
-    return True
+    # GPT-2 on transformers 4 slices its causal mask off a buffer of n_positions: a lane's keys (the
+    # cached positions and the lane's own) must fit
+    limit = _key_limit(eng)
+    return limit is None or 2 * base["ids"].shape[1] <= limit
 
 
-def lanes(first_pos, length, entry, sample, packed_entry, n_segments):
+def _key_limit(eng):
+    n = getattr(eng.model.config, "n_positions", None)
+    return int(n) if isinstance(n, int) else None
+
+
+def lanes(first_pos, length, entry, sample, packed_entry, n_segments, max_width=None):
     """The lane layout of rows (numpy int arrays, one value per row). Rows with ``packed_entry[r]``
     False (they enter in the position-wise tail) get no lane. Returns ``(lane, slot, lane_entry,
     lane_sample, W)``: row r's tokens are ``slot[r] ..`` of lane ``lane[r]`` (-1 when unpacked);
     lanes are ordered by entry segment. The lane width ``W`` is the one (from the longest row to 1.5x
-    it) with the fewest slots computed over the segments (rows of 10, 9, ..., 1 tokens fill lanes of
+    it, at most ``max_width``) with the fewest slots computed over the segments (rows of 10, 9, ..., 1 tokens fill lanes of
     11 with no padding: 10+1, 9+2, ...)."""
     rows = np.nonzero(packed_entry)[0]
     if not len(rows):
@@ -52,7 +60,10 @@ def lanes(first_pos, length, entry, sample, packed_entry, n_segments):
         return np.full(R, -1, dtype=np.int64), np.zeros(R, dtype=np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 1
     longest = int(length[rows].max())
     best = None
-    for W in range(longest, longest + max(1, longest // 2) + 1):
+    widths = range(longest, longest + max(1, longest // 2) + 1)
+    if max_width is not None:
+        widths = [w for w in widths if w <= max_width] or [longest]
+    for W in widths:
         got = _fill(length, entry, sample, rows, W)
         cost = W * float((n_segments - got[2]).sum())
         if best is None or cost < best[0]:
@@ -115,8 +126,10 @@ def run_packed(eng, base, source, sample, loc, entry, first_pos, tokens, bar):
     t0 = next(i for i, sg in enumerate(eng.segments) if sg.tail)  # _tail_ok: the tail exists
     en, sm = entry.numpy(), sample.numpy()
     fp = first_pos.numpy()
+    limit = _key_limit(eng)
     length = seq - fp
-    lane, slot, lane_entry, lane_sample, W = lanes(fp, length, en, sm, en < t0, t0)
+    lane, slot, lane_entry, lane_sample, W = lanes(fp, length, en, sm, en < t0, t0,
+                                                    None if limit is None else limit - seq)
     n_lanes = len(lane_entry)
     first = int(en.min())
     carried = None
