@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import re
 
-import networkx as nx
 import torch
 import torch.fx as fx
 
@@ -126,6 +125,8 @@ def region_users(node, path):
 
 def to_networkx(gm, nodes=None):
     """The fx graph (or a node subset) as a networkx DiGraph; nodes carry op/target/name."""
+    import networkx as nx  # here, not at module level: sweeps and generation never need it (cold start)
+
     g = nx.DiGraph()
     keep = set(nodes) if nodes is not None else None
     for n in gm.graph.nodes:
