@@ -14,11 +14,15 @@ fxvene runs it as rows of batched forwards, and computes less than one forward p
   cell that patches position p changes nothing before p, at any layer. Sweeps run the model's
   *chunk* step graph (``generation.step_graph(model, "chunk")``: an S-token input after P cached
   positions), so a row starts at its first patched position and attends over the base run's
-  cached keys/values of the positions before it. Rows are grouped by start position (a group
-  starts at the first position of its rows); how many groups is chosen by expected cost
-  (``SweepEngine.plan``: a segment call has a fixed cost, measured once per engine, that more groups
-  pay more often; one group is full-length rows). ``compile=True`` compiles the segments once
-  (fxvene/compile.py: rows unbacked, positions dynamic), prefix or not;
+  cached keys/values of the positions before it. Rows of different lengths are *packed* end to end
+  in lanes (fxvene/sweep_pack.py; pass ``passes.pack.pack_attention`` gives every attention a mask
+  that keeps each token to its own row), so every segment is one call for all rows and no position
+  is computed twice. Where packing does not apply (compiled engines, head components, padded
+  prompts, families other than GPT-2 and the Llama layout) rows are grouped by start position
+  instead, as many groups as expected cost says (fxvene/sweep_groups.py: a segment call has a fixed
+  cost, measured once per engine, that more groups pay more often; one group is full-length rows).
+  ``compile=True`` compiles the segments once (fxvene/compile.py: rows unbacked, positions dynamic),
+  prefix or not;
 * **position-wise tail**: after the last layer's attention mixes positions, only the last
   position matters for the readout, so the rest of the last block runs on that position;
 * **per-row selectors** (pass ``passes.sweep.insert_selectors``): every site gets an op fed
@@ -28,8 +32,10 @@ fxvene runs it as rows of batched forwards, and computes less than one forward p
 Source (clean) activations are computed once per sweep (they are the source run's values at
 the same boundaries). Rows are chunked to ``max_rows``; a tqdm bar shows on long sweeps.
 
-This module holds the public functions; the engine (segments, caching, row plans, selectors) is
-:mod:`fxvene.sweep_engine`.
+The base (corrupted) and source (clean) runs are one cache call (``SweepEngine.prepare_pair``).
+This module holds the public functions; the engine (segments, caching, selectors) is
+:mod:`fxvene.sweep_engine`, its two ways of running rows :mod:`fxvene.sweep_pack` and
+:mod:`fxvene.sweep_groups`.
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ What it computes less of, and how (readout, layer-start reuse, causal prefix, po
 per-row selectors), is told in :mod:`fxvene.sweep`, which holds the public ``patching_sweep`` and
 ``causal_trace``. Here: the per-row selector op (:class:`SweepSite`), the engine that builds the
 segments once per (model, sites) (:class:`SweepEngine`), caches a base run at every cut
-(:meth:`SweepEngine.prepare`), chooses the row groups by expected cost (:meth:`SweepEngine.plan`)
-and runs the rows (:meth:`SweepEngine.run_rows`).
+(:meth:`SweepEngine.prepare`, :meth:`SweepEngine.prepare_pair`) and runs the rows
+(:meth:`SweepEngine.run_rows`): packed in lanes (:mod:`fxvene.sweep_pack`) where it can, else in
+start-position groups chosen by expected cost (:mod:`fxvene.sweep_groups`).
 """
 from __future__ import annotations
 
@@ -382,7 +383,7 @@ class SweepEngine(RowGroups):
         With the causal prefix (``self.prefix``) a row whose first patched position is ``p`` runs
         only positions ``p ...``, attending over the base run's cached keys/values of ``0 .. p-1``
         (positions before ``p`` are the base run's at every layer: nothing there changes); rows
-        are grouped by ``p``."""
+        are packed in lanes (:mod:`fxvene.sweep_pack`) or grouped by ``p``."""
         sample = torch.as_tensor(rows["sample"], dtype=torch.long)
         loc = torch.as_tensor(rows["loc"], dtype=torch.long)
         head = torch.as_tensor(rows["head"], dtype=torch.long) if rows.get("head") is not None else None
@@ -445,10 +446,8 @@ class SweepEngine(RowGroups):
     def _prepared(self, ids, mask, cache, final, kv):
         self._check_batched(cache, ids.shape[0])
         self._tail_ok = self.tail_bound is not None and self._check_tail(cache, ids.shape[1])
-        out = {"ids": ids, "mask": mask, "cache": cache, "final": final, "batch": ids.shape[0], "kv": kv}
-        if self.prefix and kv is not None and not self.compiled and self.offset_quantum is None:
-            self._costs(out)  # once per engine: the cost model that chooses the row groups
-        return out
+        # (the cost model of the row groups is measured on the first grouped run: packed rows need none)
+        return {"ids": ids, "mask": mask, "cache": cache, "final": final, "batch": ids.shape[0], "kv": kv}
 
     def _check_tail(self, cache, seq):
         for seg, vals in zip(self.segments, cache):
