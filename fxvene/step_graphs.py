@@ -344,7 +344,9 @@ def _export_step(model, phase):
     key, about = graph_cache.key_for(model, f"step:{phase}", {"phase": phase, "cache_mode": wrapper._mode})
     name = type(model).__name__
     ep = None
+    stale = False
     if key is not None and graph_cache.enabled() and graph_cache.has(key):
+        stale = True  # unless it loads and passes its check below
         with progress(f"loading the KV-cache graph of {name} from the graph cache"):
             got = graph_cache.load(key, about, wrapper, class_name=f"FxveneStep_{phase}")
             if got is not None:
@@ -356,6 +358,8 @@ def _export_step(model, phase):
                     graph_cache.discard(key, f"failed its check: {type(e).__name__}: {e}"[:300])
     what = "the KV-cache graph" if phase == "chunk" else f"the {phase} step"
     later = "; first use, cached for next time" if key is not None and graph_cache.enabled() else ""
+    if stale:
+        later = "; its graph-cache entry was stale or damaged and is replaced"
     with progress(f"exporting {name} with a KV cache ({what}{later})"):
         ep = _export(wrapper, args, dyn, model, phase)
         sg = _finish(ep, model, wrapper, phase, args, ref)

@@ -171,17 +171,24 @@ def _corrupt_shapes(path):
 
 
 @pytest.mark.parametrize("corrupt", [_corrupt_truncate, _corrupt_semantics, _corrupt_code])
-def test_corrupt_entry_is_detected_and_re_exported(cache, corrupt, caplog):
+def test_corrupt_entry_is_detected_and_re_exported(cache, corrupt, caplog, capfd, monkeypatch):
     import logging
+
+    from fxvene import progress
 
     SG.step_graph(_model(), "chunk")
     (entry,) = cache.glob("*.fxgraph.json")
     corrupt(entry)
     model = _model()  # a new model object: nothing in memory, the file is all there is
+    monkeypatch.setattr(progress, "_LEVEL", 1)
+    orig = progress.progress
+    monkeypatch.setattr(SG, "progress", lambda what, **k: orig(what, delay=0))
+    capfd.readouterr()
     with caplog.at_level(logging.DEBUG, logger="fxvene.graph_cache"):
         sg = SG.step_graph(model, "chunk")
     assert not sg.from_cache
     assert any("discarding" in r.getMessage() for r in caplog.records)
+    assert "graph-cache entry was stale or damaged and is replaced" in capfd.readouterr().err  # the user is told
     assert all(r.levelno <= logging.DEBUG for r in caplog.records if r.name.startswith("fxvene"))
     ids = torch.randint(0, 3000, (2, 6), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
