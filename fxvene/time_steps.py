@@ -10,7 +10,8 @@ A site with unit ``t`` is one node per step. Setters are one :class:`StepOp` per
 sharing the intervention and the per-call data of the first, ``fxv_site_{i}``): at step t, the
 examples whose unit locations list t take the intervention, with the source value of the step
 listed at the same place on the source side. Source runs and Collect read the steps stacked into
-``(batch, steps, dim)`` and gather them like positions, so a Collect result is ``(batch, n, dim)``.
+``(batch, steps, dim)`` and gather them like positions; a call returns a Collect's result as pyvene's
+hooks do, a list of one ``(batch, dim)`` tensor per listed step (``IntervenableModel.forward``).
 
 Where pyvene 0.1.8 differs (its time-step hooks are stateful counters): a setter that needs a
 source feeds zeros at the steps *not* listed (so Vanilla zeroes them), a constant-source
