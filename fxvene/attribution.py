@@ -140,25 +140,58 @@ def source_graph(traced, sites):
     return truncate(gm, list(range(n_out, n_out + len(sites))))
 
 
-_GRAPHS = {}
+class PerModelCache:
+    """Graphs built for one model's traced graph, by key: an entry serves only while its model is alive
+    and its traced graph is the same object (a re-trace builds again); cleared past ``size`` entries.
+    Shared by attribution and path patching (:mod:`fxvene.path_patching`)."""
+
+    def __init__(self, size=32):
+        self._entries, self.size = {}, size
+
+    def get(self, model, traced, key):
+        hit = self._entries.get((id(model), traced.frontend, key))
+        if hit is not None and hit[0]() is model and hit[1] is traced.gm:
+            return hit[2]
+        return None
+
+    def put(self, model, traced, key, value):
+        import weakref
+
+        if len(self._entries) > self.size:
+            self._entries.clear()
+        self._entries[(id(model), traced.frontend, key)] = (weakref.ref(model), traced.gm, value)
+        return value
+
+
+_GRAPHS = PerModelCache()
 
 
 def _graphs(model, traced, keys):
     """(sites, source graph, interpolation graph) of a grid, built once per (model, frontend, grid)."""
-    import weakref
-
     from fxvene.sites import resolve_site
 
-    key = (id(model), traced.frontend, tuple(keys))
-    hit = _GRAPHS.get(key)
-    if hit is not None and hit[0]() is model and hit[1] is traced.gm:
-        return hit[2]
+    hit = _GRAPHS.get(model, traced, tuple(keys))
+    if hit is not None:
+        return hit
     sites = [resolve_site(traced, model, c, l) for c, l in keys]
-    graphs = (sites, source_graph(traced, sites), interpolation_graph(traced, sites))
-    if len(_GRAPHS) > 32:
-        _GRAPHS.clear()
-    _GRAPHS[key] = (weakref.ref(model), traced.gm, graphs)
-    return graphs
+    return _GRAPHS.put(model, traced, tuple(keys),
+                       (sites, source_graph(traced, sites), interpolation_graph(traced, sites)))
+
+
+def position_pair(base, source, what):
+    """``(base ids, base mask, source ids, source mask)`` of a base and a source that are patched position p
+    into position p: the same length, and a source batch of 1 or the base's. ``what`` says that in the
+    length error (e.g. ``"path patching patches"``)."""
+    from fxvene.sweep import _ids_mask
+
+    b_ids, b_mask = _ids_mask(base, "base")
+    s_ids, s_mask = _ids_mask(source, "source")
+    if s_ids.shape[1] != b_ids.shape[1]:
+        raise ValueError(f"source has {s_ids.shape[1]} tokens and base {b_ids.shape[1]}: {what} position p of the "
+                         "source into position p of the base, so they must have the same length")
+    if s_ids.shape[0] not in (1, b_ids.shape[0]):
+        raise ValueError(f"source batch {s_ids.shape[0]} must be 1 or the base batch {b_ids.shape[0]}")
+    return b_ids, b_mask, s_ids, s_mask
 
 
 # ------------------------------------------------------------------------------------ the result
@@ -254,7 +287,7 @@ def attribution_patching(model, base, source, components=("block_output",), metr
     ``progress``: as in :func:`fxvene.patching_sweep`, for that re-run). Returns an :class:`AttributionResult`.
     """
     from fxvene.models import family_for
-    from fxvene.sweep import _check_layers, _check_positions, _ids_mask
+    from fxvene.sweep import _check_layers, _check_positions
     from fxvene.tracing import trace
 
     if isinstance(components, str):
@@ -263,14 +296,7 @@ def attribution_patching(model, base, source, components=("block_output",), metr
     if not components:
         raise ValueError("components must not be empty")
     met = make_metric(metric, tokens, model)
-    b_ids, b_mask = _ids_mask(base, "base")
-    s_ids, s_mask = _ids_mask(source, "source")
-    if s_ids.shape[1] != b_ids.shape[1]:
-        raise ValueError(f"source has {s_ids.shape[1]} tokens and base {b_ids.shape[1]}: attribution patching "
-                         "estimates patching position p of the source into position p of the base, so they must have "
-                         "the same length")
-    if s_ids.shape[0] not in (1, b_ids.shape[0]):
-        raise ValueError(f"source batch {s_ids.shape[0]} must be 1 or the base batch {b_ids.shape[0]}")
+    b_ids, b_mask, s_ids, s_mask = position_pair(base, source, "attribution patching estimates patching")
     if exact_top_k is not None and (not isinstance(exact_top_k, (int, np.integer)) or isinstance(exact_top_k, bool)
                                     or exact_top_k < 1):
         raise ValueError(f"exact_top_k must be a positive int or None, got {exact_top_k!r}")

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fxvene.attribution import PerModelCache
+
 SENDER_KINDS = ("head", "attn", "mlp")
 RECEIVER_KINDS = ("q", "k", "v", "head", "mlp", "logits")
 _QKV = {"q": "head_query_output", "k": "head_key_output", "v": "head_value_output"}
@@ -160,23 +162,20 @@ class PathPatchingResult:
         return "\n".join(lines)
 
 
-_CACHE = {}
+_CACHE = PerModelCache()  # receivers -> the plan
 
 
 def _plan(model, traced, receivers):
     """(collect graph, sender graph, receiver graph, receiver requests) for one call structure."""
-    import weakref
-
     from fxvene.passes.path import rewire
     from fxvene.passes.rewrite import expose, truncate
     from fxvene.sites import resolve_site
 
     # the graphs depend on the receivers only: which heads and MLPs are senders, and what is frozen, is
     # data (a splice fed no value is the identity)
-    key = (id(model), traced.frontend, tuple(receivers))
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0]() is model and hit[1] is traced.gm:
-        return hit[2]
+    hit = _CACHE.get(model, traced, tuple(receivers))
+    if hit is not None:
+        return hit
     from fxvene.models import family_for
 
     fam, _ = family_for(model)
@@ -223,9 +222,7 @@ def _plan(model, traced, receivers):
         rreqs.append(dict(name=f"fxv_receiver_{i}", module=Splice(cols, width, what=f"receiver {r}"), node=s.node,
                           port=s.port, region=s.path, index=nodes.index(s.node)))
     receiver_gm = rewire(traced.gm, rreqs)
-    plan = (collect, n_out, z, mlp, sender_gm, receiver_gm, rreqs)
-    _CACHE[key] = (weakref.ref(model), traced.gm, plan)
-    return plan
+    return _CACHE.put(model, traced, tuple(receivers), (collect, n_out, z, mlp, sender_gm, receiver_gm, rreqs))
 
 
 _RUNS = {}
@@ -254,9 +251,8 @@ def path_patching(model, base, source, senders, receivers, metric=None, tokens=N
     frozen too: direct paths only). ``metric``/``tokens``: as in :func:`fxvene.attribution_patching`
     (optional). Returns a :class:`PathPatchingResult` (last-position logits of the three runs, the
     metric, and the graph diff of the rewired receivers)."""
-    from fxvene.attribution import make_metric
+    from fxvene.attribution import make_metric, position_pair
     from fxvene.models import family_for
-    from fxvene.sweep import _ids_mask
     from fxvene.tracing import trace
 
     if freeze not in ("heads", "all"):
@@ -279,13 +275,7 @@ def path_patching(model, base, source, senders, receivers, metric=None, tokens=N
     met = None if metric is None else make_metric(metric, tokens, model)
     if met is None and tokens is not None:
         raise ValueError("tokens: give a metric (metric='logit_diff', 'prob', ...) to read tokens")
-    b_ids, b_mask = _ids_mask(base, "base")
-    s_ids, s_mask = _ids_mask(source, "source")
-    if s_ids.shape[1] != b_ids.shape[1]:
-        raise ValueError(f"source has {s_ids.shape[1]} tokens and base {b_ids.shape[1]}: path patching patches position "
-                         "p of the source into position p of the base, so they must have the same length")
-    if s_ids.shape[0] not in (1, b_ids.shape[0]):
-        raise ValueError(f"source batch {s_ids.shape[0]} must be 1 or the base batch {b_ids.shape[0]}")
+    b_ids, b_mask, s_ids, s_mask = position_pair(base, source, "path patching patches")
     traced = trace(model, ("input_ids", "attention_mask"), tracer=tracer)
     collect, n_out, z, mlp, sender_gm, receiver_gm, rreqs = _plan(model, traced, receivers)
     with torch.no_grad():
