@@ -21,7 +21,8 @@ Usage:
 Targets (issue 11; GPT-2-small shape, 2 cores): warm cache, a new process's first causal_trace
 costs at most 2 s more than its steady-state call; cold cache, at most 8 s more. Times depend on
 the machine being quiet; the table's "cpu extra" column (main-thread CPU time of first - steady)
-shows the first call's extra work when other processes share the cores.
+shows the first call's extra work when other processes share the cores (run with ``--threads 1``
+then: with more threads, the main thread's spinning while it waits for descheduled workers lands in it).
 """
 from __future__ import annotations
 
@@ -175,7 +176,8 @@ def main(argv=None):
         print(f"{name:<16}{state:<7}{first:>15.2f}{steady:>12.2f}{extra:>11.2f}{cpu_extra:>15.2f}  {mark}")
     print("\nfirst call: from `import fxvene` to the first result in a fresh process (model already built); "
           "extra = first - steady (the same call again in that process); cpu extra = the same difference in "
-          "CPU time of the main thread (less sensitive to other load on the machine; targets are wall time)")
+          "CPU time of the main thread (less sensitive to other load on the machine, with --threads 1; targets are "
+          "wall time)")
     return 0 if ok else 1
 
 
