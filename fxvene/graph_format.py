@@ -13,8 +13,10 @@ registered operators (``torch.ops.<ns>``) or to whitelisted functions (``operato
 sizes are ints and :class:`SymDim` (what fxvene's passes read of export's fake tensors: rank,
 dtype, device, which sizes are symbolic and which are the same), one per distinct shape.
 
-:func:`dump` raises :class:`Unsupported` for a graph this format does not cover (submodules,
-higher-order operators, custom objects); the cache then keeps torch's own serialisation.
+Submodules that are bodies of higher-order operators (export's ``wrap_with_autocast`` around
+Llama's rotary tables) are stored the same way, nested. :func:`dump` raises :class:`Unsupported`
+for a graph this format does not cover (call_module / call_method nodes, other targets, custom
+objects, large tensors that are not the model's); the cache then keeps torch's own serialisation.
 """
 from __future__ import annotations
 
