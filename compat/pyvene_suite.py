@@ -83,11 +83,13 @@ OUT_OF_SCOPE = {
         "source into every row); fxvene refuses a location list whose length is not the batch size "
         "with a ValueError (README Differences)",
 }
-# tests whose reference is a manual forward in pyvene's tests/utils.py: name -> the tests it judges
+# tests that cannot judge where a reference (a manual forward in pyvene's tests/utils.py) or a module
+# they hook does not behave as they assume on the installed transformers: check -> the tests
 ORACLE_TESTS = {
     "GPT2_RUN": ("ComplexInterventionWithGPT2TestCase.test_clean_run_positive",
                  "InterventionWithGPT2TestCase.test_with_multiple_heads_positions_vanilla_intervention_positive"),
     "Llama_RUN": ("InterventionWithLlamaTestCase.test_with_multiple_heads_positions_vanilla_intervention_positive",),
+    "attn_dropout": ("IntervenableBasicTestCase.test_customized_intervention_function_get",),
 }
 PRIVATE_MODULES = {
     "pyvene.models.modeling_utils": "pyvene's private hook machinery (gather_neurons, scatter_neurons, "
@@ -182,8 +184,9 @@ def write_local_models(root):
 
 
 def broken_oracles():
-    """``{name: reason}`` for the manual forwards of pyvene's tests/utils.py that do not reproduce the
-    installed transformers' own forward on a tiny random model (their tests cannot judge here)."""
+    """``{check: reason}`` for the assumptions of pyvene's tests that the installed transformers breaks:
+    the manual forwards of pyvene's tests/utils.py that do not reproduce its own forward on a tiny random
+    model, and GPT-2's attn_dropout module, which transformers >= 4.48 no longer calls."""
     import torch
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -202,6 +205,17 @@ def broken_oracles():
                                          bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
     ids = torch.randint(0, 10, (2, 6))
     broken = {}
+    calls = []
+    hook = gpt2.transformer.h[0].attn.attn_dropout.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        gpt2(input_ids=ids)
+    hook.remove()
+    if not calls:
+        broken["attn_dropout"] = (f"transformers {transformers.__version__}'s GPT-2 attention never calls its "
+                                  "attn_dropout module (it applies dropout functionally), so the test's component "
+                                  "'h[10].attn.attn_dropout.input' is never reached: pyvene 0.1.8's hook never fires "
+                                  "(the test's cached_w['attn_w'] is a KeyError), fxvene says the module has no "
+                                  "nodes; tests/test_compat_suite.py compares the two where transformers calls it")
     with torch.no_grad():
         for name, model in (("GPT2_RUN", gpt2), ("Llama_RUN", llama)):
             gap = (getattr(utils, name)(model, ids, {}, {}) - model(input_ids=ids).logits).abs().max().item()

@@ -140,6 +140,33 @@ def test_models_dir_serves_hub_names_offline(tmp_path, monkeypatch):
         fv.create_gpt2()
 
 
+def test_lambda_on_attention_dropout_input(gpt2, pv_gpt2):
+    """pyvene's test_customized_intervention_function_get: a lambda on the string component
+    ``h[L].attn.attn_dropout.input`` sees the attention weights, as pyvene's hook does, and equals the
+    ``attention_weight`` Collect. transformers >= 4.48 never calls GPT-2's attn_dropout module (pyvene's
+    hook never fires there): fxvene says the module has no nodes."""
+    base = _prompts()[0]
+    calls = []
+    hook = gpt2.transformer.h[1].attn.attn_dropout.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        gpt2(**base)
+    hook.remove()
+    component = "transformer.h[1].attn.attn_dropout.input"
+    if not calls:
+        with pytest.raises(ValueError, match="attn_dropout' has no nodes"):
+            fv.IntervenableModel({"component": component, "intervention": lambda b, s: b}, model=gpt2)
+        return
+    seen = {}
+    for lib, model in ((pv, pv_gpt2), (fv, gpt2)):
+        lib.IntervenableModel({"component": component, "intervention": lambda b, s, k=lib.__name__:
+                               seen.setdefault(k, b.detach().clone())}, model=model)(base)
+    torch.testing.assert_close(seen["fxvene"], seen["pyvene"])
+    collected = fv.IntervenableModel({"layer": 1, "component": "attention_weight",
+                                      "intervention_type": fv.CollectIntervention}, model=gpt2)(
+        base=base, unit_locations={"base": [[list(range(4))]]})[0][-1][0]
+    torch.testing.assert_close(collected, seen["fxvene"])
+
+
 # ------------------------------------------------- pyvene's IntervenableBasicTestCase flows, with numbers
 # pyvene's suite runs these on its hub GPT-2 and asserts little; here each gives pyvene's numbers on the
 # session's tiny GPT-2 (n_embd 24: its partitions [[0, 128], [128, 256]] become [[0, 8], [8, 16]]).
