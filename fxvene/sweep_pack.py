@@ -52,12 +52,12 @@ def lanes(first_pos, length, entry, sample, packed_entry, n_segments, max_width=
     False (they enter in the position-wise tail) get no lane. Returns ``(lane, slot, lane_entry,
     lane_sample, W)``: row r's tokens are ``slot[r] ..`` of lane ``lane[r]`` (-1 when unpacked);
     lanes are ordered by entry segment. The lane width ``W`` is the one (from the longest row to 1.5x
-    it, at most ``max_width``) with the fewest slots computed over the segments (rows of 10, 9, ..., 1 tokens fill lanes of
-    11 with no padding: 10+1, 9+2, ...)."""
+    it, at most ``max_width``) with the fewest slots computed over the segments (rows of 10, 9, ...,
+    1 tokens fill lanes of 11 with no padding: 10+1, 9+2, ...)."""
     rows = np.nonzero(packed_entry)[0]
     if not len(rows):
-        R = len(first_pos)
-        return np.full(R, -1, dtype=np.int64), np.zeros(R, dtype=np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 1
+        R, none = len(first_pos), np.zeros(0, np.int64)
+        return np.full(R, -1, dtype=np.int64), np.zeros(R, dtype=np.int64), none, none, 1
     longest = int(length[rows].max())
     best = None
     widths = range(longest, longest + max(1, longest // 2) + 1)

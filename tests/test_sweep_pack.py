@@ -86,8 +86,10 @@ def _hook_trace(model, ids, subj, noise, level, layer, pos, clean_out):
 def _clean_block_outputs(model, ids):
     blocks = model.transformer.h if hasattr(model, "transformer") else model.model.layers
     got = {}
-    hs = [b.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(i, (o[0] if isinstance(o, tuple) else o).clone()))
-          for i, b in enumerate(blocks)]
+    def keep(i):
+        return lambda m, a, o: got.__setitem__(i, (o[0] if isinstance(o, tuple) else o).clone())
+
+    hs = [b.register_forward_hook(keep(i)) for i, b in enumerate(blocks)]
     try:
         with torch.no_grad():
             model(input_ids=ids, use_cache=False)
