@@ -36,15 +36,20 @@ def packable(eng, base, loc, head):
         s = eng.sites[j]  # whole units or one contiguous slot of a fused output (what the selector writes)
         if bool((loc[:, j] >= 0).any()) and (s.n_heads is not None or (s.fused is not None and s.fused[0] != 1)):
             return False
-    # GPT-2 on transformers 4 slices its causal mask off a buffer of n_positions: a lane's keys (the
-    # cached positions and the lane's own) must fit
     limit = _key_limit(eng)
     return limit is None or 2 * base["ids"].shape[1] <= limit
 
 
 def _key_limit(eng):
-    n = getattr(eng.model.config, "n_positions", None)
-    return int(n) if isinstance(n, int) else None
+    """How many keys a lane may have (None: no limit). GPT-2 on transformers 4 slices its causal mask
+    off a buffer of ``n_positions``; a sliding window (Mistral) counts distances from the lane's
+    positions, not the tokens' own: the lane's keys (the cached positions and its own) must fit both."""
+    cfg = eng.model.config
+    limits = [getattr(cfg, "n_positions", None), getattr(cfg, "sliding_window", None)]
+    if getattr(cfg, "use_sliding_window", True) is False:
+        limits[1] = None
+    limits = [int(n) for n in limits if isinstance(n, int) and not isinstance(n, bool)]
+    return min(limits) if limits else None
 
 
 def lanes(first_pos, length, entry, sample, packed_entry, n_segments, max_width=None):
