@@ -4,8 +4,11 @@ input or output in the Hugging Face model itself, the reference fxvene's rewritt
 A hook spec is ``(module path, port, fn)``, port ``"output"`` or ``"input"``; ``fn(tensor)`` returns a
 replacement tensor or None (read only). For a module returning a tuple (or list) the first element is the
 tensor; an input is the first positional tensor, else the ``hidden_states`` (``input``, ``x``) keyword.
+Also :func:`cli_components`, the CLI's component table of a saved model, which the family tests compare with hooks.
 """
-from contextlib import contextmanager
+import io
+import json
+from contextlib import contextmanager, redirect_stdout
 
 import torch
 
@@ -78,3 +81,16 @@ def head_view(t, n_heads):
     """(batch, seq, heads * d) -> (batch, heads, seq, d); a view where ``t`` is contiguous."""
     b, s, w = t.shape
     return t.reshape(b, s, n_heads, w // n_heads).transpose(1, 2)
+
+
+def cli_components(model, directory, layer):
+    """``fxvene components DIRECTORY --layer LAYER --json`` after ``model.save_pretrained(DIRECTORY)`` (the CLI
+    loads the directory as a user's code does, SDPA attention included): component -> the CLI's row."""
+    from fxvene.cli import main
+
+    model.save_pretrained(directory)
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = main(["components", str(directory), "--layer", str(layer), "--json"])
+    assert rc in (0, None)
+    return {r["component"]: r for r in json.loads(buf.getvalue())}

@@ -8,15 +8,11 @@ fused projection's weights; the attention output per head (a head's zeroed value
 head's columns of the attention output); HF's own forward and ``generate``; pyvene 0.1.8 for GPT-Neo and
 GPT-NeoX. Never fxvene itself.
 """
-import io
-import json
-from contextlib import redirect_stdout
-
 import pytest
 import torch
 
 import fxvene as pv
-from _hooks import capture, head_view, hooked
+from _hooks import capture, cli_components, head_view, hooked
 from _matrix import cell
 from _tiny import AVAILABLE, make_tiny
 from fxvene.models import family_for
@@ -664,23 +660,15 @@ def test_unintervened_graph_equals_hf_and_graph_diff(variant, frontend):
 
 @pytest.mark.parametrize("variant", _params("cli"))
 def test_cli_components_on_a_saved_model(variant, tmp_path):
-    from fxvene.cli import main
-
     model = model_for(variant)
-    model.save_pretrained(tmp_path)
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        rc = main(["components", str(tmp_path), "--layer", str(L), "--json"])
-    assert rc in (0, None)
-    rows = json.loads(buf.getvalue())
-    by = {r["component"]: r for r in rows}
+    by = cli_components(model, tmp_path, L)
     table = hand_table(variant, model)
     assert set(table) <= set(by)
     ex = {"input_ids": _ids(91, 2, 8), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    store = {}
+    hooked(model, ex, [(path, port, capture(store, c)) for c, (path, port, _) in table.items()])
     for c, (path, port, view) in table.items():
-        store = []
-        hooked(model, ex, [(path, port, capture(store))])
-        assert tuple(by[c]["view"]) == tuple(view(store[0]).shape), c
+        assert tuple(by[c]["view"]) == tuple(view(store[c]).shape), c
         assert by[c]["module"] == path, c
 
 

@@ -9,17 +9,13 @@ row alone, see test_left_padding); pyvene 0.1.8 for Gemma, Gemma 2 and OLMo. Nev
 Every family is traced with torch.export: transformers 4.47's fx tracer does not support these families
 (Mixtral and Qwen2-MoE it traces to wrong logits, which fxvene's output check refuses).
 """
-import io
-import json
-from contextlib import redirect_stdout
-
 import numpy as np
 import pytest
 import torch
 import transformers
 
 import fxvene as pv
-from _hooks import capture, head_view, hooks
+from _hooks import capture, cli_components, head_view, hooks
 from _matrix import cell
 from _tiny import AVAILABLE, make_tiny
 from fxvene.models import family_for
@@ -490,16 +486,8 @@ def test_unintervened_graph_equals_hf_and_graph_diff(family):
 
 @pytest.mark.parametrize("family", _params("cli"))
 def test_cli_components_on_a_saved_model(family, tmp_path):
-    from fxvene.cli import main
-
     model = model_for(family)
-    model.save_pretrained(tmp_path)
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        rc = main(["components", str(tmp_path), "--layer", str(L), "--json"])
-    assert rc in (0, None)
-    rows = json.loads(buf.getvalue())
-    by = {r["component"]: r for r in rows}
+    by = cli_components(model, tmp_path, L)
     table = hand_table(model)
     ex = {"input_ids": _ids(92, 2, 8), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
     store = {}
