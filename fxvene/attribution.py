@@ -178,22 +178,6 @@ def _graphs(model, traced, keys):
                        (sites, source_graph(traced, sites), interpolation_graph(traced, sites)))
 
 
-def position_pair(base, source, what):
-    """``(base ids, base mask, source ids, source mask)`` of a base and a source that are patched position p
-    into position p: the same length, and a source batch of 1 or the base's. ``what`` says that in the
-    length error (e.g. ``"path patching patches"``)."""
-    from fxvene.sweep import _ids_mask
-
-    b_ids, b_mask = _ids_mask(base, "base")
-    s_ids, s_mask = _ids_mask(source, "source")
-    if s_ids.shape[1] != b_ids.shape[1]:
-        raise ValueError(f"source has {s_ids.shape[1]} tokens and base {b_ids.shape[1]}: {what} position p of the "
-                         "source into position p of the base, so they must have the same length")
-    if s_ids.shape[0] not in (1, b_ids.shape[0]):
-        raise ValueError(f"source batch {s_ids.shape[0]} must be 1 or the base batch {b_ids.shape[0]}")
-    return b_ids, b_mask, s_ids, s_mask
-
-
 # ------------------------------------------------------------------------------------ the result
 
 
@@ -287,7 +271,7 @@ def attribution_patching(model, base, source, components=("block_output",), metr
     ``progress``: as in :func:`fxvene.patching_sweep`, for that re-run). Returns an :class:`AttributionResult`.
     """
     from fxvene.models import family_for
-    from fxvene.sweep import _check_layers, _check_positions
+    from fxvene.sweep import _check_layers, _check_positions, position_pair
     from fxvene.tracing import trace
 
     if isinstance(components, str):

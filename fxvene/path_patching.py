@@ -251,7 +251,8 @@ def path_patching(model, base, source, senders, receivers, metric=None, tokens=N
     frozen too: direct paths only). ``metric``/``tokens``: as in :func:`fxvene.attribution_patching`
     (optional). Returns a :class:`PathPatchingResult` (last-position logits of the three runs, the
     metric, and the graph diff of the rewired receivers)."""
-    from fxvene.attribution import make_metric, position_pair
+    from fxvene.attribution import make_metric
+    from fxvene.sweep import position_pair
     from fxvene.models import family_for
     from fxvene.tracing import trace
 

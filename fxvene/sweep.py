@@ -44,7 +44,7 @@ import torch
 
 from fxvene.models import family_for
 from fxvene.results import CausalTraceResult, SweepResult, plot_causal_trace
-from fxvene.sweep_engine import SweepEngine, SweepSite, _ids_mask  # noqa: F401  (the engine, re-exported)
+from fxvene.sweep_engine import SweepEngine, SweepSite, _ids_mask, position_pair  # noqa: F401  (re-exported)
 
 PYVENE_NOISE_LEVEL = 0.13462981581687927
 STREAMS = ("block_output", "mlp_activation", "attention_output")
@@ -137,13 +137,7 @@ def patching_sweep(model, base, source=None, components=("block_output",), layer
         components = (components,)
     if metric not in ("logits", "prob"):
         raise ValueError(f"metric must be 'logits' or 'prob', got {metric!r}")
-    b_ids, _ = _ids_mask(base, "base")
-    s_ids, _ = _ids_mask(source, "source")
-    if s_ids.shape[1] != b_ids.shape[1]:
-        raise ValueError(f"source has {s_ids.shape[1]} tokens and base {b_ids.shape[1]}: sweeps patch position p of "
-                         "the source into position p of the base, so they must have the same length")
-    if s_ids.shape[0] not in (1, b_ids.shape[0]):
-        raise ValueError(f"source batch {s_ids.shape[0]} must be 1 or the base batch {b_ids.shape[0]}")
+    b_ids, _, s_ids, _ = position_pair(base, source, "sweeps patch")
     fam, _ = family_for(model)
     n_layers = int(getattr(model.config, fam.n_layers)) if fam is not None else 0
     layers = _check_layers(layers, n_layers)

@@ -275,6 +275,16 @@ class SweepEngine(RowGroups):
             kw["fxv_tokens"] = tokens
         return kw
 
+    def _step(self, seg, feeds, values, sel, bar, fn=None):
+        """Run one segment for the rows: ``(readout, values)`` — the readout of the last segment (else
+        None) and the values carried into the next segment (the same ones after the last)."""
+        res = self._call(seg, feeds, values, sel, fn)
+        if bar is not None:
+            bar.update(1)
+        if seg.outs is None:
+            return res[0], values
+        return None, dict(zip(seg.outs, res))
+
     def _call(self, seg, feeds, values, sel, fn=None):
         kw = dict(feeds)
         for name in seg.ins:
@@ -472,6 +482,20 @@ class SweepEngine(RowGroups):
 
 
 _PACKED_FAMILIES = ("gpt2", "llama")
+
+
+def position_pair(base, source, what):
+    """``(base ids, base mask, source ids, source mask)`` of a base and a source that are patched position p
+    into position p: the same length, and a source batch of 1 or the base's. ``what`` says that in the
+    length error (e.g. ``"path patching patches"``)."""
+    b_ids, b_mask = _ids_mask(base, "base")
+    s_ids, s_mask = _ids_mask(source, "source")
+    if s_ids.shape[1] != b_ids.shape[1]:
+        raise ValueError(f"source has {s_ids.shape[1]} tokens and base {b_ids.shape[1]}: {what} position p of the "
+                         "source into position p of the base, so they must have the same length")
+    if s_ids.shape[0] not in (1, b_ids.shape[0]):
+        raise ValueError(f"source batch {s_ids.shape[0]} must be 1 or the base batch {b_ids.shape[0]}")
+    return b_ids, b_mask, s_ids, s_mask
 
 
 def _ids_mask(inputs, what):

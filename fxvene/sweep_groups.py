@@ -119,13 +119,7 @@ class RowGroups:
                 lt = torch.cat([hj, pos], 1) if s.n_heads is not None else pos
                 sel[j] = (src, lt, on)
             feeds = self._feeds(seg, ids, mask, start, kv if start else None, tokens)
-            res = self._call(seg, feeds, carried, sel)
-            if bar is not None:
-                bar.update(1)
-            if seg.outs is None:
-                final = res[0]
-            else:
-                carried = dict(zip(seg.outs, res))
+            final, carried = self._step(seg, feeds, carried, sel, bar)
         return final
 
     last_quantum = None

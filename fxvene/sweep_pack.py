@@ -180,10 +180,7 @@ def run_packed(eng, base, source, sample, loc, entry, first_pos, tokens, bar):
                 kw["fxv_pack_add"] = add[:n]
             if "fxv_pack_keep" in seg.pused:
                 kw["fxv_pack_keep"] = keep[:n]
-            res = eng._call(seg, kw, carried, sel, fn=seg.pfn)
-            if bar is not None:
-                bar.update(1)
-            carried = dict(zip(seg.outs, res))
+            _, carried = eng._step(seg, kw, carried, sel, bar, fn=seg.pfn)
     # the position-wise tail: each packed row's last token, as a row of one position
     done = lane >= 0
     n = int(done.sum())
@@ -218,13 +215,7 @@ def run_packed(eng, base, source, sample, loc, entry, first_pos, tokens, bar):
         rs = sample[:n]
         feeds = eng._feeds(seg, base["ids"].index_select(0, rs)[:, seq - 1:], base["mask"].index_select(0, rs),
                            seq - 1, None, tokens)
-        res = eng._call(seg, feeds, carried, sel)
-        if bar is not None:
-            bar.update(1)
-        if seg.outs is None:
-            final = res[0]
-        else:
-            carried = dict(zip(seg.outs, res))
+        final, carried = eng._step(seg, feeds, carried, sel, bar)
     return final
 
 
