@@ -331,8 +331,11 @@ class SweepEngine(RowGroups):
         for k, v in kw.items():
             if isinstance(v, torch.Tensor) and k != "fxv_tokens" and v.dim() >= 1 and v.shape[0] != rows:
                 kw[k] = v.expand((rows,) + tuple(v.shape[1:])).contiguous()
-            elif k in ("input_ids", "attention_mask", "position_ids"):
-                kw[k] = v.contiguous()  # strides are guarded: a sliced view would recompile
+            elif isinstance(v, torch.Tensor) and v.stride() != _dense_strides(v.shape):
+                # strides are guarded (a sliced view would recompile), and a view's symbolic strides can
+                # reach a guard inductor emits without binding their symbol (the tail's one-position rows
+                # are "contiguous" views with the full length's strides): a dense copy
+                kw[k] = v.clone(memory_format=torch.contiguous_format)
         seq = {"input_ids": 1, "attention_mask": 1, "position_ids": 1}
         for k, v in kw.items():
             if isinstance(v, torch.Tensor) and v.dim() >= 2 and k.startswith(("fxv_in_", "fxv_shape_")):
@@ -482,6 +485,14 @@ class SweepEngine(RowGroups):
 
 
 _PACKED_FAMILIES = ("gpt2", "llama")
+
+
+def _dense_strides(shape):
+    out, step = [], 1
+    for n in reversed(shape):
+        out.append(step)
+        step *= max(int(n), 1)
+    return tuple(reversed(out))
 
 
 def position_pair(base, source, what):

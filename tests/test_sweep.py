@@ -483,6 +483,24 @@ def test_compiled_prefix_sweep_equals_pyvene_and_compiles_once(which, gpt4, llam
     assert "compiling" not in capfd.readouterr().err
 
 
+def test_inductor_prefix_sweep_one_row_reaches_the_tail_equals_pyvene():
+    """The default backend (inductor) on a batch-1 prompt: the tail segments get one-position rows that
+    are views with the full length's strides; inductor once emitted a guard on an unbound stride symbol
+    there (NameError at run time). Every cell equals pyvene's."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = make_gpt2(n_layer=2)
+    g = torch.Generator().manual_seed(5)
+    base = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
+    src = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
+    r = patching_sweep(model, base, src, components=["block_output"], layers=[0], positions=[2, 5], prefix=True,
+                       compile=True, progress=False)
+    for pi, pos in enumerate([2, 5]):
+        ref = _pyvene_patch(model, "block_output", 0, pos, base, src)
+        torch.testing.assert_close(r.values[0, 0, pi], ref, atol=1e-5, rtol=1e-5)
+
+
 def test_compiled_causal_trace_with_prefix_equals_pyvene_loop(gpt4):
     import torch._dynamo
 
