@@ -8,6 +8,7 @@ import pytest
 
 from fxvene import cli
 from fxvene.demo import demo_model_path
+from _matrix import cell
 from conftest import frontends, make_gpt2
 
 GPT2_COMPONENTS = [
@@ -41,6 +42,7 @@ def test_help_exits_zero(capsys, argv):
         assert "gpt2-tiny" in out and "--tracer" in out
 
 
+@cell("gpt2", "cli")
 def test_components(capsys):
     code, out, err = run(capsys, "components", "gpt2-tiny", "--layer", "2")
     assert code == 0, err
@@ -66,6 +68,7 @@ def test_components_json_all_layers(capsys):
     assert all(r["frontend"] in frontends() for r in rows)
 
 
+@cell("gpt2", "cli")
 def test_trace(capsys):
     code, out, err = run(capsys, "trace", "gpt2-tiny")
     assert code == 0, err

@@ -1,11 +1,11 @@
-"""Gemma, Gemma 2, Gemma 3 (text), OLMo, OLMo 2, Qwen3, Granite, Mixtral and Qwen2-MoE (the families with
+"""Llama, Mistral, Qwen2, Gemma, Gemma 2, Gemma 3 (text), OLMo, OLMo 2, Qwen3, Granite, Mixtral and Qwen2-MoE (the families with
 separate q/k/v projections, issue 12): every component and every feature on a tiny random config per family,
 plus the sliding-window generation of Mistral and Gemma 2/3 (window 4, prompts longer than it).
 
 Oracles: forward hooks on the HF modules, written here from each family's HF code (module paths, the
 (batch, seq, heads, head_dim) layout of the projections); HF's attention probabilities
 (``output_attentions=True``); HF's own forward and greedy ``generate`` (left-padded rows: HF's generate of the
-row alone, see test_left_padding); pyvene 0.1.8 for Gemma, Gemma 2 and OLMo. Never fxvene itself.
+row alone, see test_left_padding); pyvene 0.1.8 for Llama, Mistral, Qwen2, Gemma, Gemma 2 and OLMo. Never fxvene itself.
 Every family is traced with torch.export: transformers 4.47's fx tracer does not support these families
 (Mixtral and Qwen2-MoE it traces to wrong logits, which fxvene's output check refuses).
 """
@@ -20,11 +20,11 @@ from _matrix import cell
 from _tiny import AVAILABLE, make_tiny
 from fxvene.models import family_for
 
-FAMILIES = [f for f in ("llama", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "qwen3", "granite", "mixtral",
-                         "qwen2_moe")
+FAMILIES = [f for f in ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "qwen3",
+                         "granite", "mixtral", "qwen2_moe")
             if f in AVAILABLE]
 SLIDING = [f for f in ("mistral", "gemma2", "gemma3_text") if f in AVAILABLE]  # tiny sliding_window = 4
-PYVENE_FAMILIES = ["llama", "gemma", "gemma2", "olmo"]
+PYVENE_FAMILIES = ["llama", "mistral", "qwen2", "gemma", "gemma2", "olmo"]
 TF5 = int(transformers.__version__.split(".")[0]) >= 5
 L = 1  # the layer the component checks use (of 2)
 B, S = 2, 7
@@ -509,10 +509,14 @@ def test_cli_components_on_a_saved_model(family, tmp_path):
 def test_every_component_equals_pyvene(family):
     """Vanilla (pos units; h units for heads) and Collect at every component pyvene 0.1.8 maps, against pyvene
     on an identical model. pyvene's Gemma map names a config attribute that does not exist for
-    head_value_output ("hhead_dim"): pyvene crashes there; that component is checked by hooks above."""
+    head_value_output ("hhead_dim"): pyvene crashes there; that component is checked by hooks above. pyvene's
+    Qwen2 map reads ``config.head_dim``, which Qwen2Config does not have: pyvene's copy of the model gets it
+    (the value the model uses)."""
     pyvene = pytest.importorskip("pyvene")
     model = model_for(family)
     pmodel = make_tiny(family)  # pyvene removes the forward hooks of a model it wraps
+    if getattr(pmodel.config, "head_dim", None) is None:  # pyvene's Qwen2 map reads config.head_dim, which
+        pmodel.config.head_dim = pmodel.config.hidden_size // pmodel.config.num_attention_heads  # Qwen2Config lacks
     # with attention masks: the forward graph the other tests of the family traced serves these calls too
     base, src = _inputs(101), _inputs(102)
     comps = [c for c in hand_table(model) if not (family == "gemma" and c == "head_value_output")]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fxvene as fv
+from _matrix import cell
 from fxvene import generation as G
 
 pv = pytest.importorskip("pyvene")
@@ -26,7 +27,7 @@ def _width(model):
     return model.config.hidden_size
 
 
-@pytest.fixture(params=["gpt2", "llama"])
+@pytest.fixture(params=[pytest.param("gpt2", marks=cell("gpt2", "generate")), "llama"])
 def model(request):
     return request.getfixturevalue(request.param)
 
@@ -144,6 +145,7 @@ def test_sampling_equals_hf_hook(gpt2):
     assert torch.equal(out, ref)
 
 
+@cell("gpt2", "left_padding")
 def test_eos_stopping_scores_and_padding_equal_hf(gpt2):
     base = _base(True)
     plain = _plain(gpt2, base, **KW)

@@ -9,6 +9,7 @@ import torch
 import transformers
 
 import fxvene as fv
+from _matrix import cell
 from conftest import frontends, make_gpt2, make_llama
 
 pv = pytest.importorskip("pyvene")
@@ -48,7 +49,11 @@ def cases():
                     comp == "attention_output" and model == "gpt2"):
                 types.append("Skip")
             for t in types:
-                out.append((model, comp, unit, t))
+                # GPT-2's row of the support matrix (Llama's comes from test_families_llama_like.py)
+                marks = [cell("gpt2", "components"), cell("gpt2", "pyvene_diff")] if model == "gpt2" else []
+                if model == "gpt2" and t == "Vanilla":
+                    marks.append(cell("gpt2", "intervene"))
+                out.append(pytest.param(model, comp, unit, t, marks=marks, id=f"{model}-{comp}-{unit}-{t}"))
     return out
 
 

@@ -8,6 +8,7 @@ import pyvene
 import torch
 
 import fxvene as pv
+from _matrix import cell
 from conftest import frontends, make_gpt2
 from fxvene.passes.locate import module_paths
 from fxvene.passes.slice import boundary_after, heavy_nodes, segment
@@ -117,6 +118,7 @@ def _pyvene_patch(model, comp, layer, pos, base, src):
     return out.logits[:, -1]
 
 
+@cell("gpt2", "patching_sweep")
 @pytest.mark.parametrize("frontend", frontends())
 def test_patching_sweep_equals_pyvene_per_cell(gpt4, frontend):
     g = torch.Generator().manual_seed(3)
@@ -196,6 +198,7 @@ def _pyvene_trace_cell(model, stream, layer, pos, window, n_layers, prompt=PROMP
     return torch.softmax(out.logits[0, -1], -1)[TARGET].item()
 
 
+@cell("gpt2", "causal_trace")
 @pytest.mark.parametrize("frontend", frontends())
 def test_causal_trace_equals_pyvene_loop(gpt4, frontend):
     r = causal_trace(gpt4, {"input_ids": PROMPT}, [0, 1, 2, 3], TARGET, noise_level=PYVENE_NOISE_LEVEL,
