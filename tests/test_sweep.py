@@ -486,6 +486,7 @@ def test_compiled_prefix_sweep_equals_pyvene_and_compiles_once(which, gpt4, llam
     assert "compiling" not in capfd.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor's own
 def test_inductor_prefix_sweep_one_row_reaches_the_tail_equals_pyvene():
     """The default backend (inductor) on a batch-1 prompt: the tail segments get one-position rows that
     are views with the full length's strides; inductor once emitted a guard on an unbound stride symbol
