@@ -43,21 +43,41 @@ def _post_hook(fn):
     return post
 
 
+def _register(module, port, fn):
+    if port == "output":
+        return module.register_forward_hook(_post_hook(fn))
+    return module.register_forward_pre_hook(_pre_hook(fn), with_kwargs=True)
+
+
 @contextmanager
 def hooks(model, specs):
     """``model`` with the hooks of ``specs`` registered for the ``with`` block (gradients as the caller has them)."""
     handles = []
     try:
         for path, port, fn in specs:
-            mod = model.get_submodule(path)
-            if port == "output":
-                handles.append(mod.register_forward_hook(_post_hook(fn)))
-            else:
-                handles.append(mod.register_forward_pre_hook(_pre_hook(fn), with_kwargs=True))
+            handles.append(_register(model.get_submodule(path), port, fn))
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def module_hook(module, port, fn):
+    """One hook as in :func:`hooks`, on a module object rather than a path."""
+    h = _register(module, port, fn)
+    try:
+        yield
+    finally:
+        h.remove()
+
+
+def read(model, module, inputs, port="output"):
+    """A detached copy of the tensor at ``module``'s ``port`` in a plain run of ``model`` on ``inputs``."""
+    got = {}
+    with module_hook(module, port, capture(got, "v")), torch.no_grad():
+        model(**inputs)
+    return got["v"]
 
 
 def hooked(model, inputs, specs, **kw):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fxvene as pv
+from _hooks import module_hook, read
 from conftest import make_gpt2, make_llama
 
 SEQ = 6
@@ -26,31 +27,17 @@ def _o_proj(model, layer):
     return blk.attn.c_proj if hasattr(blk, "attn") else blk.self_attn.o_proj
 
 
-def _first(out):
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _with_first(out, new):
-    return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
+def _site(model, component, layer):
+    """(module, port) of the site: the block's output, or the input of the attention's output projection."""
+    if component == "block_output":
+        return _blocks(model)[layer], "output"
+    return _o_proj(model, layer), "input"
 
 
 def _record(model, ids, component, layer):
     """The site's value in a plain run of the HF model, read by a hook."""
-    got = {}
-
-    def keep(x):
-        got["x"] = x.detach()  # returns None: the hook changes nothing
-
-    if component == "block_output":
-        h = _blocks(model)[layer].register_forward_hook(lambda m, a, o: keep(_first(o)))
-    else:
-        h = _o_proj(model, layer).register_forward_pre_hook(lambda m, a: keep(a[0]))
-    try:
-        with torch.no_grad():
-            model(**ids)
-    finally:
-        h.remove()
-    return got["x"]
+    module, port = _site(model, component, layer)
+    return read(model, module, ids, port)
 
 
 def _metric_with(model, ids, component, layer, pos, head, src, eps, a, b, grad=False):
@@ -67,15 +54,8 @@ def _metric_with(model, ids, component, layer, pos, head, src, eps, a, b, grad=F
             x[:, pos, cols] = x[:, pos, cols] + eps * (src[:, pos, cols] - x[:, pos, cols])
         return x
 
-    if component == "block_output":
-        h = _blocks(model)[layer].register_forward_hook(lambda m, args, o: _with_first(o, edit(_first(o))))
-    else:
-        h = _o_proj(model, layer).register_forward_pre_hook(lambda m, args: (edit(args[0]),) + tuple(args[1:]))
-    try:
-        with torch.set_grad_enabled(grad):
-            lg = model(**ids).logits[:, -1]
-    finally:
-        h.remove()
+    with module_hook(*_site(model, component, layer), edit), torch.set_grad_enabled(grad):
+        lg = model(**ids).logits[:, -1]
     return lg[:, a] - lg[:, b]
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import fxvene as pv
+from _hooks import module_hook, read
 from conftest import batch_ids, make_gpt2, make_llama
 from fxvene.sites import resolve_site
 
@@ -23,40 +24,15 @@ def _blocks(model):
     return model.transformer.h if hasattr(model, "transformer") else model.model.layers
 
 
-def _first(out):
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _with_first(out, x):
-    return (x,) + tuple(out[1:]) if isinstance(out, tuple) else x
-
-
 def _collect(model, module, inputs, pre=False):
     """The output (or, ``pre``, the first input) of ``module`` in a plain run of ``model``."""
-    got = {}
-    if pre:
-        h = module.register_forward_pre_hook(lambda m, a: got.__setitem__("v", a[0].detach().clone()))
-    else:
-        h = module.register_forward_hook(lambda m, a, o: got.__setitem__("v", _first(o).detach().clone()))
-    try:
-        with torch.no_grad():
-            model(**inputs)
-    finally:
-        h.remove()
-    return got["v"]
+    return read(model, module, inputs, "input" if pre else "output")
 
 
 def _patched_logits(model, module, inputs, edit, pre=False, grad=False):
     """Logits of ``model`` on ``inputs`` with ``edit(x) -> x'`` applied to ``module``'s output (input, ``pre``)."""
-    if pre:
-        h = module.register_forward_pre_hook(lambda m, a: (edit(a[0]),) + tuple(a[1:]))
-    else:
-        h = module.register_forward_hook(lambda m, a, o: _with_first(o, edit(_first(o))))
-    try:
-        with torch.set_grad_enabled(grad):
-            return model(**inputs).logits
-    finally:
-        h.remove()
+    with module_hook(module, "input" if pre else "output", edit), torch.set_grad_enabled(grad):
+        return model(**inputs).logits
 
 
 def _put(pos_dst, value):
@@ -176,13 +152,9 @@ def test_generate_reads_the_other_site_on_the_prompt(models):
     def edit(x):  # the prompt forward only (later steps of the KV-cached loop see one token)
         return _put(5, v)(x) if x.shape[1] == seq else x
 
-    h = blocks[3].register_forward_hook(lambda m, a, o: _with_first(o, edit(_first(o))))
-    try:
-        with torch.no_grad():
-            ref = model.generate(**BASE, attention_mask=torch.ones_like(BASE["input_ids"]), max_new_tokens=3,
-                                 do_sample=False, pad_token_id=0)
-    finally:
-        h.remove()
+    with module_hook(blocks[3], "output", edit), torch.no_grad():
+        ref = model.generate(**BASE, attention_mask=torch.ones_like(BASE["input_ids"]), max_new_tokens=3,
+                             do_sample=False, pad_token_id=0)
     iv = pv.IntervenableModel(pv.RepresentationConfig(3, "block_output", source_layer=0), model)
     _, seqs = iv.generate(BASE, sources=[SRC], unit_locations={"sources->base": (2, 5)}, intervene_on_prompt=True,
                           max_new_tokens=3, do_sample=False)
