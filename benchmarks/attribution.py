@@ -15,6 +15,7 @@ of two tokens at the last position, for a few prompt pairs. For each pair it rep
 Times are the best of ``--repeat`` runs after one warm-up call (tracing and the KV-cache export are
 one-time costs, not counted). Run on a quiet machine: ``python benchmarks/attribution.py``.
 """
+
 import argparse
 import time
 
@@ -24,11 +25,19 @@ import torch
 import fxvene as pv
 
 PAIRS = [
-    ("John and Mary went to the store. John gave a drink to",
-     "John and Mary went to the store. Mary gave a drink to", " Mary", " John"),
+    (
+        "John and Mary went to the store. John gave a drink to",
+        "John and Mary went to the store. Mary gave a drink to",
+        " Mary",
+        " John",
+    ),
     ("The Colosseum is in the city of", "The Louvre is in the city of", " Paris", " Rome"),
-    ("When Tom and Emma went to the park, Emma gave a ball to",
-     "When Tom and Emma went to the park, Tom gave a ball to", " Tom", " Emma"),
+    (
+        "When Tom and Emma went to the park, Emma gave a ball to",
+        "When Tom and Emma went to the park, Tom gave a ball to",
+        " Tom",
+        " Emma",
+    ),
 ]
 
 
@@ -69,8 +78,10 @@ def main():
     pv.set_verbosity(0)
     model, tok = pv.load_demo()
     comp = args.component
-    print(f"demo model: {model.config.n_layer} layers x {model.config.n_head} heads, width {model.config.n_embd}; "
-          f"component {comp}; torch {torch.__version__}, {args.threads} threads; best of {args.repeat}")
+    print(
+        f"demo model: {model.config.n_layer} layers x {model.config.n_head} heads, width {model.config.n_embd}; "
+        f"component {comp}; torch {torch.__version__}, {args.threads} threads; best of {args.repeat}"
+    )
     rows = []
     for base_text, source_text, good, bad in PAIRS:
         base = tok(base_text, return_tensors="pt")
@@ -83,26 +94,46 @@ def main():
 
         t_fwd, _ = best(plain, args.repeat)
         t_est, est = best(lambda: pv.attribution_patching(model, base, source, comp, tokens=toks), args.repeat)
-        t_top, _ = best(lambda: pv.attribution_patching(model, base, source, comp, tokens=toks, exact_top_k=10,
-                                                        progress=False), args.repeat)
+        t_top, _ = best(
+            lambda: pv.attribution_patching(model, base, source, comp, tokens=toks, exact_top_k=10, progress=False),
+            args.repeat,
+        )
         t_ex, sw = best(lambda: pv.patching_sweep(model, base, source, comp, tokens=toks, progress=False), args.repeat)
         exact = ((sw.values[..., 0] - sw.values[..., 1]) - (sw.base[:, 0] - sw.base[:, 1])).flatten().double().numpy()
         e = est.effects[..., 0].flatten().double().numpy()
         cells = e.size
         top_ex = set(np.argsort(-np.abs(exact))[:10].tolist())
         top_est = set(np.argsort(-np.abs(e))[:10].tolist())
-        rows.append(dict(prompt=base_text, cells=cells, t_fwd=t_fwd, t_est=t_est, t_top=t_top, t_ex=t_ex,
-                         rho=spearman(e, exact), r=float(np.corrcoef(e, exact)[0, 1]), top=len(top_ex & top_est)))
+        rows.append(
+            dict(
+                prompt=base_text,
+                cells=cells,
+                t_fwd=t_fwd,
+                t_est=t_est,
+                t_top=t_top,
+                t_ex=t_ex,
+                rho=spearman(e, exact),
+                r=float(np.corrcoef(e, exact)[0, 1]),
+                top=len(top_ex & top_est),
+            )
+        )
     print()
-    print("| base prompt | cells | estimate: forwards | estimate | exact sweep: rows | exact sweep | estimate + exact top-10 "
-          "| Spearman | Pearson | exact top-10 in estimate's top-10 |")
+    print(
+        "| base prompt | cells | estimate: forwards | estimate | exact sweep: rows | exact sweep | estimate + exact top-10 "
+        "| Spearman | Pearson | exact top-10 in estimate's top-10 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['prompt']} | {r['cells']} | 2 + 1 backward | {r['t_est'] * 1e3:.1f} ms ({r['t_est'] / r['t_fwd']:.1f} F) "
-              f"| {r['cells']} | {r['t_ex'] * 1e3:.1f} ms ({r['t_ex'] / r['t_fwd']:.1f} F) | {r['t_top'] * 1e3:.1f} ms "
-              f"| {r['rho']:.3f} | {r['r']:.3f} | {r['top']}/10 |")
-    print("\nF = one plain forward of the base prompt "
-          + ", ".join(f"{r['t_fwd'] * 1e3:.2f} ms" for r in rows) + " (per row above).")
+        print(
+            f"| {r['prompt']} | {r['cells']} | 2 + 1 backward | {r['t_est'] * 1e3:.1f} ms ({r['t_est'] / r['t_fwd']:.1f} F) "
+            f"| {r['cells']} | {r['t_ex'] * 1e3:.1f} ms ({r['t_ex'] / r['t_fwd']:.1f} F) | {r['t_top'] * 1e3:.1f} ms "
+            f"| {r['rho']:.3f} | {r['r']:.3f} | {r['top']}/10 |"
+        )
+    print(
+        "\nF = one plain forward of the base prompt "
+        + ", ".join(f"{r['t_fwd'] * 1e3:.2f} ms" for r in rows)
+        + " (per row above)."
+    )
 
 
 if __name__ == "__main__":

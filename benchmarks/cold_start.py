@@ -24,6 +24,7 @@ the machine being quiet; the table's "cpu extra" column (main-thread CPU time of
 shows the first call's extra work when other processes share the cores (run with ``--threads 1``
 then: with more threads, the main thread's spinning while it waits for descheduled workers lands in it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,27 +72,42 @@ def _workload(name, model, pv, quick):
     src = torch.randint(0, vocab, (1, 8), generator=g)
     n_layer = model.config.n_layer
     if name == "intervenable":
-        cfg = pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-            layer=n_layer // 2, component="block_output", intervention_type=pv.VanillaIntervention)])
+        cfg = pv.IntervenableConfig(
+            representations=[
+                pv.RepresentationConfig(
+                    layer=n_layer // 2, component="block_output", intervention_type=pv.VanillaIntervention
+                )
+            ]
+        )
         im = pv.IntervenableModel(cfg, model)
 
         def run():
             with torch.no_grad():
-                return im(base={"input_ids": ids}, sources=[{"input_ids": src}],
-                          unit_locations={"sources->base": (7, 7)})[1].logits
+                return im(
+                    base={"input_ids": ids}, sources=[{"input_ids": src}], unit_locations={"sources->base": (7, 7)}
+                )[1].logits
+
         return run
     if name == "causal_trace":
-        return lambda: pv.causal_trace(model, {"input_ids": ids}, [1, 2, 3], 5, n_samples=1 if quick else 2,
-                                       progress=False)
+        return lambda: pv.causal_trace(
+            model, {"input_ids": ids}, [1, 2, 3], 5, n_samples=1 if quick else 2, progress=False
+        )
     if name == "patching_sweep":
         return lambda: pv.patching_sweep(model, {"input_ids": ids}, {"input_ids": src}, progress=False)
     if name == "generate":
+
         def run():
-            cfg = pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-                layer=n_layer // 2, component="block_output", intervention_type=pv.AdditionIntervention)])
+            cfg = pv.IntervenableConfig(
+                representations=[
+                    pv.RepresentationConfig(
+                        layer=n_layer // 2, component="block_output", intervention_type=pv.AdditionIntervention
+                    )
+                ]
+            )
             im = pv.IntervenableModel(cfg, model)
             vec = torch.randn(model.config.n_embd, generator=torch.Generator().manual_seed(1))
             return im.generate({"input_ids": ids}, source_representations=vec, max_new_tokens=8)
+
         return run
     raise ValueError(name)
 
@@ -115,8 +131,18 @@ def child(args):
 
 
 def measure(args, workload, cache_dir):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", workload, "--model", args.model,
-           "--attn", args.attn, "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        workload,
+        "--model",
+        args.model,
+        "--attn",
+        args.attn,
+        "--threads",
+        str(args.threads),
+    ] + (["--quick"] if args.quick else [])
     env = dict(os.environ, FXVENE_CACHE_DIR=cache_dir, FXVENE_QUIET="1")
     env.pop("FXVENE_CACHE", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,11 +155,19 @@ def measure(args, workload, cache_dir):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="gpt2-small", choices=("demo", "gpt2-small"),
-                    help="demo: the shipped demo model; gpt2-small: random weights, GPT-2-small config")
+    ap.add_argument(
+        "--model",
+        default="gpt2-small",
+        choices=("demo", "gpt2-small"),
+        help="demo: the shipped demo model; gpt2-small: random weights, GPT-2-small config",
+    )
     ap.add_argument("--shape", default=None, choices=("gpt2-small",), help="same as --model gpt2-small")
-    ap.add_argument("--attn", default="default", choices=("default", "eager"),
-                    help="attention implementation: transformers' default (SDPA) or eager")
+    ap.add_argument(
+        "--attn",
+        default="default",
+        choices=("default", "eager"),
+        help="attention implementation: transformers' default (SDPA) or eager",
+    )
     ap.add_argument("--quick", action="store_true", help="smaller workloads, causal_trace and generate only")
     ap.add_argument("--workloads", default=None, help="comma-separated subset of " + ",".join(WORKLOADS))
     ap.add_argument("--threads", type=int, default=2)
@@ -143,25 +177,33 @@ def main(argv=None):
         args.model = args.shape
     if args.child:
         return child(args)
-    names = args.workloads.split(",") if args.workloads else (
-        ["causal_trace", "generate"] if args.quick else list(WORKLOADS))
+    names = (
+        args.workloads.split(",")
+        if args.workloads
+        else (["causal_trace", "generate"] if args.quick else list(WORKLOADS))
+    )
     for n in names:
         if n not in WORKLOADS:
             ap.error(f"--workloads: unknown workload {n!r}; known: {', '.join(WORKLOADS)}")
     shape = "GPT-2-small shape (12 x 768, random weights)" if args.model == "gpt2-small" else "demo GPT-2 (shipped)"
-    print(f"cold start: {shape}, attention {args.attn}, {args.threads} threads, "
-          f"{'quick' if args.quick else 'full'} workloads; one fresh process per row")
+    print(
+        f"cold start: {shape}, attention {args.attn}, {args.threads} threads, "
+        f"{'quick' if args.quick else 'full'} workloads; one fresh process per row"
+    )
     rows = []
     for name in names:
         with tempfile.TemporaryDirectory(prefix="fxvene-cold-") as d:
             for state in ("cold", "warm"):  # the warm process reuses what the cold one stored
                 r = measure(args, name, d)
                 rows.append((name, state, r["first"], r["steady"], r["cpu_first"] - r["cpu_steady"]))
-                print(f"  measured {name:<15} {state}: first {r['first']:.2f} s, steady {r['steady']:.2f} s",
-                      flush=True)
+                print(
+                    f"  measured {name:<15} {state}: first {r['first']:.2f} s, steady {r['steady']:.2f} s", flush=True
+                )
     print()
-    print(f"{'workload':<16}{'cache':<7}{'first call (s)':>15}{'steady (s)':>12}{'extra (s)':>11}"
-          f"{'cpu extra (s)':>15}  target")
+    print(
+        f"{'workload':<16}{'cache':<7}{'first call (s)':>15}{'steady (s)':>12}{'extra (s)':>11}"
+        f"{'cpu extra (s)':>15}  target"
+    )
     ok = True
     for name, state, first, steady, cpu_extra in rows:
         extra = first - steady
@@ -174,10 +216,12 @@ def main(argv=None):
             if args.model != "gpt2-small":
                 mark += " (target is for GPT-2-small shape)"
         print(f"{name:<16}{state:<7}{first:>15.2f}{steady:>12.2f}{extra:>11.2f}{cpu_extra:>15.2f}  {mark}")
-    print("\nfirst call: from `import fxvene` to the first result in a fresh process (model already built); "
-          "extra = first - steady (the same call again in that process); cpu extra = the same difference in "
-          "CPU time of the main thread (less sensitive to other load on the machine, with --threads 1; targets are "
-          "wall time)")
+    print(
+        "\nfirst call: from `import fxvene` to the first result in a fresh process (model already built); "
+        "extra = first - steady (the same call again in that process); cpu extra = the same difference in "
+        "CPU time of the main thread (less sensitive to other load on the machine, with --threads 1; targets are "
+        "wall time)"
+    )
     return 0 if ok else 1
 
 

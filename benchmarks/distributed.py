@@ -21,6 +21,7 @@ Usage:
 
 Numbers depend on the machine being quiet (two processes each with one thread need two free cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,13 +59,18 @@ def child(args):
 
     facts_path = args.facts or demo_facts_path()
     facts, _ = load_facts(facts_path, tok)
-    facts = facts[:args.limit] if args.limit else facts
+    facts = facts[: args.limit] if args.limit else facts
     records = [f.record for f in facts]
     opts = dict(n_samples=args.samples, window=args.window, progress=False)
     # warm-up on every rank: trace the model, build and run the sweep engine once (one prompt, one process)
     f0 = facts[0]
-    pv.causal_trace(model, {"input_ids": torch.tensor([f0.input_ids], device=next(model.parameters()).device)},
-                    f0.subject_positions, f0.target_token, **opts)
+    pv.causal_trace(
+        model,
+        {"input_ids": torch.tensor([f0.input_ids], device=next(model.parameters()).device)},
+        f0.subject_positions,
+        f0.target_token,
+        **opts,
+    )
     distributed.barrier(ctx)
     t0 = time.perf_counter()
     res = pv.causal_trace(model, records, tokenizer=tok, **opts)
@@ -77,8 +83,18 @@ def child(args):
         from safetensors.torch import save_file
 
         save_file({str(i): r.probs.contiguous() for i, r in enumerate(res)}, args.dump)
-        print("RESULT " + json.dumps({"prompts": len(res), "seconds": dt, "skipped": res.n_skipped,
-                                      "digest": h.hexdigest()[:16], "batch_prompts": res.memory["batch_prompts"]}))
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "prompts": len(res),
+                    "seconds": dt,
+                    "skipped": res.n_skipped,
+                    "digest": h.hexdigest()[:16],
+                    "batch_prompts": res.memory["batch_prompts"],
+                }
+            )
+        )
     distributed.close(ctx)
 
 
@@ -87,8 +103,19 @@ def run_row(procs, threads, args):
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     dump = os.path.join(args.tmp, f"probs-{procs}x{threads}.safetensors")
-    tail = ["--dump", dump, "--child", "--threads", str(threads), "--samples", str(args.samples),
-            "--window", str(args.window), "--limit", str(args.limit)]
+    tail = [
+        "--dump",
+        dump,
+        "--child",
+        "--threads",
+        str(threads),
+        "--samples",
+        str(args.samples),
+        "--window",
+        str(args.window),
+        "--limit",
+        str(args.limit),
+    ]
     if args.model:
         tail += ["--model", args.model]
     if args.facts:
@@ -96,15 +123,22 @@ def run_row(procs, threads, args):
     if procs == 1:
         cmd = [sys.executable, os.path.abspath(__file__), *tail]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-               os.path.abspath(__file__), *tail]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={procs}",
+            os.path.abspath(__file__),
+            *tail,
+        ]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))
-    out = json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT ") :])
     out.update(procs=procs, threads=threads, wall=wall, dump=dump)
     return out
 
@@ -137,18 +171,24 @@ def main(argv=None):
 
         probs = {(r["procs"], r["threads"]): load_file(r["dump"]) for r in rows}
     base = next((r for r in rows if r["procs"] == 1 and r["threads"] == 1), None)
-    print(f"dataset causal tracing: {rows[0]['prompts']} prompts, {args.samples} samples, window {args.window}"
-          f"{' (--quick: not a measurement)' if args.quick else ''}")
+    print(
+        f"dataset causal tracing: {rows[0]['prompts']} prompts, {args.samples} samples, window {args.window}"
+        f"{' (--quick: not a measurement)' if args.quick else ''}"
+    )
     ref = probs[(rows[1]["procs"], 1)]
-    print(f"{'processes':>9} {'threads':>7} {'sweep s':>8} {'prompts/s':>9} {'vs 1x1':>7} {'process wall s':>14}  "
-          f"max |diff| vs {rows[1]['procs']}x1")
+    print(
+        f"{'processes':>9} {'threads':>7} {'sweep s':>8} {'prompts/s':>9} {'vs 1x1':>7} {'process wall s':>14}  "
+        f"max |diff| vs {rows[1]['procs']}x1"
+    )
     for r in sorted(rows, key=lambda r: (r["procs"], r["threads"])):
         tput = r["prompts"] / r["seconds"]
         rel = f"{tput / (base['prompts'] / base['seconds']):.2f}x" if base else "-"
         got = probs[(r["procs"], r["threads"])]
         diff = max(float((got[k] - ref[k]).abs().max()) for k in ref)
-        print(f"{r['procs']:>9} {r['threads']:>7} {r['seconds']:>8.2f} {tput:>9.3f} {rel:>7} {r['wall']:>14.1f}  "
-              f"{diff:.3g}")
+        print(
+            f"{r['procs']:>9} {r['threads']:>7} {r['seconds']:>8.2f} {tput:>9.3f} {rel:>7} {r['wall']:>14.1f}  "
+            f"{diff:.3g}"
+        )
     same = len({r["digest"] for r in rows if r["threads"] == 1}) == 1
     print("one-thread rows (1 and K processes) bit for bit identical: " + ("yes" if same else "NO"))
     return 0 if same else 1

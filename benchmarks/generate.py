@@ -8,6 +8,7 @@ against HF generate with the equivalent forward hook.
     python benchmarks/generate.py            # full table
     python benchmarks/generate.py --quick    # fewer repeats, smaller model
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,18 +76,22 @@ def main():
     import transformers
 
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {name}, threads {torch.get_num_threads()}, GPT-2 {model.config.n_layer}x{d}, "
-          f"layer {layer} mlp_output Addition, {args.new_tokens} new tokens, prompt {args.prompt_len}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {name}, threads {torch.get_num_threads()}, GPT-2 {model.config.n_layer}x{d}, "
+        f"layer {layer} mlp_output Addition, {args.new_tokens} new tokens, prompt {args.prompt_len}"
+    )
 
-    fim = fv.IntervenableModel({"layer": layer, "component": "mlp_output",
-                                "intervention_type": fv.AdditionIntervention}, model)
+    fim = fv.IntervenableModel(
+        {"layer": layer, "component": "mlp_output", "intervention_type": fv.AdditionIntervention}, model
+    )
     pim = None
     if not args.no_pyvene:
         try:
             import pyvene as pv
 
-            pim = pv.IntervenableModel({"layer": layer, "component": "mlp_output",
-                                        "intervention_type": pv.AdditionIntervention}, model)
+            pim = pv.IntervenableModel(
+                {"layer": layer, "component": "mlp_output", "intervention_type": pv.AdditionIntervention}, model
+            )
         except Exception as e:  # noqa: BLE001
             print(f"pyvene unavailable: {type(e).__name__}: {e}")
 

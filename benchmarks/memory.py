@@ -18,6 +18,7 @@ Usage:
                               [--budgets default,256MB,64MB] [--device cpu|cuda]
   --quick: 1 prompt, 2 samples, budgets default and 16MB (checks that the rows run)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,6 @@ def _model(name, device):
     else:
         from fxvene.cli import builtin_model
 
-
         model = builtin_model(name)
         _, tok = pv.load_demo()
     return model.to(device), tok
@@ -89,8 +89,9 @@ def child(args):
     budget = None if args.budget == "default" else args.budget
 
     def sweep(recs=records, n=args.samples):
-        return pv.causal_trace(model, recs, tokenizer=tok, n_samples=n, only_correct=False, memory_budget=budget,
-                               progress=False)
+        return pv.causal_trace(
+            model, recs, tokenizer=tok, n_samples=n, only_correct=False, memory_budget=budget, progress=False
+        )
 
     def forward():
         x = torch.tensor([ids], device=device).expand(rows, S).contiguous()
@@ -134,18 +135,32 @@ def child(args):
 
 
 def run_row(case, budget, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--case", case, "--budget", budget,
-           "--model", args.model, "--prompts", str(args.prompts), "--samples", str(args.samples),
-           "--device", args.device]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        "--case",
+        case,
+        "--budget",
+        budget,
+        "--model",
+        args.model,
+        "--prompts",
+        str(args.prompts),
+        "--samples",
+        str(args.samples),
+        "--device",
+        args.device,
+    ]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def _mb(n):
-    return f"{n / 2 ** 20:,.1f}"
+    return f"{n / 2**20:,.1f}"
 
 
 def main(argv=None):
@@ -155,7 +170,9 @@ def main(argv=None):
     p.add_argument("--budget", default="default", help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="1 prompt, 2 samples, two budgets: checks that the rows run")
     p.add_argument("--model", default="demo", help="demo (default) or a built-in random model: gpt2-small-shape")
-    p.add_argument("--prompts", type=int, default=4, help="prompts (copies of one fact; one batch when the budget allows)")
+    p.add_argument(
+        "--prompts", type=int, default=4, help="prompts (copies of one fact; one batch when the budget allows)"
+    )
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--budgets", default="default,256MB,64MB", help="comma-separated memory budgets")
     p.add_argument("--device", default="cpu")
@@ -166,17 +183,23 @@ def main(argv=None):
         args.prompts, args.samples, args.budgets = 1, 2, "default,16MB"
     fwd = run_row("forward", "default", args)
     rows = [(b, run_row("sweep", b, args)) for b in args.budgets.split(",")]
-    print(f"peak memory above the loaded model ({args.device}; {args.model}; {args.prompts} prompt(s) x 3 streams x "
-          f"all positions x all layers x {args.samples} samples = {fwd['rows']} rows)"
-          f"{' (--quick: not a measurement)' if args.quick else ''}")
+    print(
+        f"peak memory above the loaded model ({args.device}; {args.model}; {args.prompts} prompt(s) x 3 streams x "
+        f"all positions x all layers x {args.samples} samples = {fwd['rows']} rows)"
+        f"{' (--quick: not a measurement)' if args.quick else ''}"
+    )
     print(f"{'workload':<34} {'budget':>10} {'prompts/batch':>13} {'rows/chunk':>10} {'peak MiB':>10} {'seconds':>8}")
-    print(f"{'plain batched forward, all rows':<34} {'-':>10} {'-':>13} {fwd['rows']:>10} {_mb(fwd['peak']):>10} "
-          f"{fwd['seconds']:>8.2f}")
+    print(
+        f"{'plain batched forward, all rows':<34} {'-':>10} {'-':>13} {fwd['rows']:>10} {_mb(fwd['peak']):>10} "
+        f"{fwd['seconds']:>8.2f}"
+    )
     for b, r in rows:
         pl = r["plan"]
         label = f"{_mb(pl['budget'])} MiB" if b == "default" else b
-        print(f"{'dataset causal trace':<34} {label:>10} {pl['batch_prompts']:>13} {pl['max_rows']:>10} "
-              f"{_mb(r['peak']):>10} {r['seconds']:>8.2f}")
+        print(
+            f"{'dataset causal trace':<34} {label:>10} {pl['batch_prompts']:>13} {pl['max_rows']:>10} "
+            f"{_mb(r['peak']):>10} {r['seconds']:>8.2f}"
+        )
     return 0
 
 

@@ -1,6 +1,7 @@
 """nnsight baselines for benchmarks/run.py, in nnsight's fastest idiomatic form (issue 4): one trace,
 a clean invoke plus one invoke whose rows carry the per-cell patches, ``logits_to_keep=1``.
 Edits are vectorised per (layer, stream): one indexed assignment per module, in forward order."""
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,11 @@ def _wrap(model):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")),
-                                  unk_token="<unk>", pad_token="<unk>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")),
+        unk_token="<unk>",
+        pad_token="<unk>",
+    )
     return LanguageModel(model, tokenizer=tok)
 
 
@@ -31,7 +35,7 @@ def causal_trace(nn_model, ids, subj, target, noise, cells, window_of, n_layers)
     h = nn_model.transformer.h
     by_layer = {}
     for r, (st, l, p) in enumerate(cells):
-        for ll in ([l] if st == "block_output" else window_of(l)):
+        for ll in [l] if st == "block_output" else window_of(l):
             by_layer.setdefault((ll, st), []).append((r, p))
     by_layer = {k: (torch.tensor([r for r, _ in v]), torch.tensor([p for _, p in v])) for k, v in by_layer.items()}
     rows_ids = ids.expand(R, ids.shape[1])
@@ -75,7 +79,10 @@ def patching_sweep(nn_model, base_ids, src_ids, cells, target):
     by_layer = {}
     for l in range(n_layers):
         rp = [(r, p) for r, (ll, p) in enumerate(cells) if ll == l]
-        by_layer[l] = (torch.tensor([r for r, _ in rp], dtype=torch.long), torch.tensor([p for _, p in rp], dtype=torch.long))
+        by_layer[l] = (
+            torch.tensor([r for r, _ in rp], dtype=torch.long),
+            torch.tensor([p for _, p in rp], dtype=torch.long),
+        )
     src = {}  # filled by the clean invoke, read by the patched one
     with nn_model.trace(logits_to_keep=1) as tracer:
         barriers = [tracer.barrier(2) for _ in range(n_layers)]  # hand layer l from invoke 1 to invoke 2

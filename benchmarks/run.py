@@ -16,6 +16,7 @@ subset of cells and extrapolated (the table says so). ``--quick`` uses a 6-layer
 fewer repetitions (same widths). nnsight (optional; benchmarks/nnsight_bench.py) is timed on
 (b) and (e) in its fastest idiomatic form when it is installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ import time
 
 import torch
 
-sys.path.insert(0, __import__('os').path.dirname(__file__))
+sys.path.insert(0, __import__("os").path.dirname(__file__))
 
 
 def _best(fn, reps):
@@ -109,8 +110,9 @@ def _trace_rows(model, label, L, reps, has_nn, pyvene, vocab):
 
     def py_cell(layer, pos):
         reps_ = [pyvene.RepresentationConfig(0, "block_input"), pyvene.RepresentationConfig(layer, "block_output")]
-        c = pyvene.IntervenableConfig(representations=reps_, intervention_types=[pyvene.NoiseIntervention,
-                                                                                  pyvene.VanillaIntervention])
+        c = pyvene.IntervenableConfig(
+            representations=reps_, intervention_types=[pyvene.NoiseIntervention, pyvene.VanillaIntervention]
+        )
         iv = pyvene.IntervenableModel(c, model)
         with torch.no_grad():
             iv(prompt, [None, prompt], {"sources->base": ([None, [[pos]]], [[[0, 1, 2, 3]], [[pos]]])})
@@ -123,6 +125,7 @@ def _trace_rows(model, label, L, reps, has_nn, pyvene, vocab):
     t_nn = None
     if has_nn:
         import nnsight_bench as nb
+
         from fxvene.sweep import window_layers
 
         nnm = nb._wrap(model)
@@ -130,14 +133,25 @@ def _trace_rows(model, label, L, reps, has_nn, pyvene, vocab):
         d = model.config.n_embd
         noise = trace_noise(1, 4, d)[0].float() * PYVENE_NOISE_LEVEL
         with torch.no_grad():
-            t_nn = _best(lambda: nb.causal_trace(nnm, prompt["input_ids"], subj, target, noise, cells,
-                                                 lambda l: window_layers(l, 10, L), L), reps)
+            t_nn = _best(
+                lambda: nb.causal_trace(
+                    nnm, prompt["input_ids"], subj, target, noise, cells, lambda l: window_layers(l, 10, L), L
+                ),
+                reps,
+            )
     cfg = model.config
-    return (f"{label} causal tracing, block_output only, {L} layers x 10 positions, 1 sample, 4 subject tokens "
-            f"({cfg.n_layer}x{cfg.n_embd}, vocab {cfg.vocab_size})", t_fx, None, t_py, t_nn, t_B,
-            f"B = plain batched forward of {n} rows x 10 tokens, full logits; fxvene packs the rows in lanes "
-            f"(causal prefix, one call per segment); with start-position groups instead {t_grp / t_B:.2f} B, "
-            f"without the causal prefix {t_np / t_B:.2f} B; pyvene: {len(sample)} cells timed, extrapolated")
+    return (
+        f"{label} causal tracing, block_output only, {L} layers x 10 positions, 1 sample, 4 subject tokens "
+        f"({cfg.n_layer}x{cfg.n_embd}, vocab {cfg.vocab_size})",
+        t_fx,
+        None,
+        t_py,
+        t_nn,
+        t_B,
+        f"B = plain batched forward of {n} rows x 10 tokens, full logits; fxvene packs the rows in lanes "
+        f"(causal prefix, one call per segment); with start-position groups instead {t_grp / t_B:.2f} B, "
+        f"without the causal prefix {t_np / t_B:.2f} B; pyvene: {len(sample)} cells timed, extrapolated",
+    )
 
 
 def main(argv=None):
@@ -146,8 +160,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd IntervenableModel (a, c)")
     ap.add_argument("--out", default=None, help="also write the table to this file")
-    ap.add_argument("--sweeps-only", action="store_true",
-                    help="only the causal-tracing rows (b), (b1), (b2), (b3) (issue 11's side-by-side workloads)")
+    ap.add_argument(
+        "--sweeps-only",
+        action="store_true",
+        help="only the causal-tracing rows (b), (b1), (b2), (b3) (issue 11's side-by-side workloads)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     import pyvene
@@ -168,14 +185,17 @@ def main(argv=None):
             return model(input_ids=ids, use_cache=False).logits
 
     if args.sweeps_only:
-        return _finish(args, _sweep_rows(args, model, L, reps, has_nn, pyvene, []), L, has_nn, nn_note, pyvene,
-                       transformers)
+        return _finish(
+            args, _sweep_rows(args, model, L, reps, has_nn, pyvene, []), L, has_nn, nn_note, pyvene, transformers
+        )
     # ---------------------------------------------------------------- (a) one Vanilla patch
     base, src = {"input_ids": _ids(8, 16, 1)}, {"input_ids": _ids(8, 16, 2)}
     mid = L // 2
     cfg = pv.RepresentationConfig(mid, "block_output")
     fx_iv = pv.IntervenableModel(cfg, model)
-    py_iv = pyvene.IntervenableModel(pyvene.IntervenableConfig([pyvene.RepresentationConfig(mid, "block_output")]), model)
+    py_iv = pyvene.IntervenableModel(
+        pyvene.IntervenableConfig([pyvene.RepresentationConfig(mid, "block_output")]), model
+    )
     with torch.no_grad():
         t_fx = _best(lambda: fx_iv(base, [src], unit_locations={"sources->base": 3}), 3 * reps)
         t_py = _best(lambda: py_iv(base, [src], unit_locations={"sources->base": 3}), 3 * reps)
@@ -196,10 +216,28 @@ def main(argv=None):
             cplain = torch.compile(model, dynamic=True)
             cplain(input_ids=base["input_ids"], use_cache=False)
             t_cplain1 = _best(lambda: cplain(input_ids=base["input_ids"], use_cache=False), 3 * reps)
-    rows.append(("(a) Vanilla patch, b=8, 16 tok (2 forwards)", t_fx, t_fxc, t_py, None, t_floor,
-                 "floor: plain source + base forward" + (f"; compile took {comp_s:.0f} s" if args.compile else "")))
-    rows.append(("(a') same with source_representations (1 forward)", t_fx1, t_fxc1, None, None, t_plain1,
-                 "floor: one plain forward" + (f"; compiled plain forward {t_cplain1 * 1e3:.1f} ms" if args.compile else "")))
+    rows.append(
+        (
+            "(a) Vanilla patch, b=8, 16 tok (2 forwards)",
+            t_fx,
+            t_fxc,
+            t_py,
+            None,
+            t_floor,
+            "floor: plain source + base forward" + (f"; compile took {comp_s:.0f} s" if args.compile else ""),
+        )
+    )
+    rows.append(
+        (
+            "(a') same with source_representations (1 forward)",
+            t_fx1,
+            t_fxc1,
+            None,
+            None,
+            t_plain1,
+            "floor: one plain forward" + (f"; compiled plain forward {t_cplain1 * 1e3:.1f} ms" if args.compile else ""),
+        )
+    )
 
     _log("a done", rows[-2][1:6], rows[-1][1:6])
     _sweep_rows(args, model, L, reps, has_nn, pyvene, rows)
@@ -207,8 +245,10 @@ def main(argv=None):
     many = {"input_ids": _ids(32, 16, 4)}
     ccfg = [pv.RepresentationConfig(l, "block_output", intervention_type=pv.CollectIntervention) for l in range(L)]
     fx_c = pv.IntervenableModel(ccfg, model)
-    pcfg = pyvene.IntervenableConfig([pyvene.RepresentationConfig(l, "block_output") for l in range(L)],
-                                     intervention_types=pyvene.CollectIntervention)
+    pcfg = pyvene.IntervenableConfig(
+        [pyvene.RepresentationConfig(l, "block_output") for l in range(L)],
+        intervention_types=pyvene.CollectIntervention,
+    )
     py_c = pyvene.IntervenableModel(pcfg, model)
     with torch.no_grad():
         t_fx = _best(lambda: fx_c(many, unit_locations=None), reps)
@@ -231,8 +271,10 @@ def main(argv=None):
         rep = lib.RepresentationConfig(mid, "block_output", low_rank_dimension=64)
         cfg_ = lib.IntervenableConfig([rep], intervention_types=lib.LowRankRotatedSpaceIntervention)
         iv = lib.IntervenableModel(cfg_, model)
-        opt = torch.optim.Adam([p for iv_ in iv.interventions.values()
-                                for p in (iv_[0] if isinstance(iv_, tuple) else iv_).parameters()], lr=1e-3)
+        opt = torch.optim.Adam(
+            [p for iv_ in iv.interventions.values() for p in (iv_[0] if isinstance(iv_, tuple) else iv_).parameters()],
+            lr=1e-3,
+        )
 
         def step():
             _, out = iv(b32, [s32], unit_locations={"sources->base": 15})
@@ -254,8 +296,17 @@ def main(argv=None):
         torch.nn.functional.cross_entropy(out.logits[:, -1], labels[:, -1]).backward()
 
     t_floor = _best(floor_step, reps)
-    rows.append(("(d) LowRankRotatedSpace r=64 DAS step, b=32", t_fx, None, t_py, None, t_floor,
-                 "floor: plain source forward + base forward/backward"))
+    rows.append(
+        (
+            "(d) LowRankRotatedSpace r=64 DAS step, b=32",
+            t_fx,
+            None,
+            t_py,
+            None,
+            t_floor,
+            "floor: plain source forward + base forward/backward",
+        )
+    )
 
     _log("d done", rows[-1][1:6])
     # ---------------------------------------------------------------- (e) 12 x 16 sweep
@@ -264,11 +315,14 @@ def main(argv=None):
     eb, es = {"input_ids": _ids(1, 16, 8)}, {"input_ids": _ids(1, 16, 9)}
     n_e = L * 16
     t_fx = _best(lambda: patching_sweep(model, eb, es, "block_output", tokens=[target], progress=False), reps)
-    t_np = _best(lambda: patching_sweep(model, eb, es, "block_output", tokens=[target], progress=False, prefix=False),
-                 reps)
+    t_np = _best(
+        lambda: patching_sweep(model, eb, es, "block_output", tokens=[target], progress=False, prefix=False), reps
+    )
 
     def py_e(l, p):
-        iv = pyvene.IntervenableModel(pyvene.IntervenableConfig([pyvene.RepresentationConfig(l, "block_output")]), model)
+        iv = pyvene.IntervenableModel(
+            pyvene.IntervenableConfig([pyvene.RepresentationConfig(l, "block_output")]), model
+        )
         with torch.no_grad():
             _, out = iv(eb, [es], unit_locations={"sources->base": p})
         return out.logits[0, -1, target]
@@ -287,9 +341,18 @@ def main(argv=None):
         cells_e = [(l, p) for l in range(L) for p in range(16)]
         with torch.no_grad():
             t_nn = _best(lambda: nb.patching_sweep(nnm, eb["input_ids"], es["input_ids"], cells_e, target), reps)
-    rows.append((f"(e) patching sweep {L}x16, block_output", t_fx, None, t_py, t_nn, t_B,
-                 f"pyvene: {len(cells)} cells timed, extrapolated; floor B = plain batched forward of {n_e} rows; "
-                 f"fxvene without the causal prefix {t_np:.2f} s"))
+    rows.append(
+        (
+            f"(e) patching sweep {L}x16, block_output",
+            t_fx,
+            None,
+            t_py,
+            t_nn,
+            t_B,
+            f"pyvene: {len(cells)} cells timed, extrapolated; floor B = plain batched forward of {n_e} rows; "
+            f"fxvene without the causal prefix {t_np:.2f} s",
+        )
+    )
 
     return _finish(args, rows, L, has_nn, nn_note, pyvene, transformers)
 
@@ -312,21 +375,32 @@ def _sweep_rows(args, model, L, reps, has_nn, pyvene, rows):
     t0 = time.perf_counter()
     causal_trace(model, prompt, subj, target, noise_level=PYVENE_NOISE_LEVEL, n_samples=1, progress=False)
     t_first = time.perf_counter() - t0
-    t_fx = _best(lambda: causal_trace(model, prompt, subj, target, noise_level=PYVENE_NOISE_LEVEL, n_samples=1,
-                                      progress=False), reps)
-    t_np = _best(lambda: causal_trace(model, prompt, subj, target, noise_level=PYVENE_NOISE_LEVEL, n_samples=1,
-                                      progress=False, prefix=False), reps)
+    t_fx = _best(
+        lambda: causal_trace(model, prompt, subj, target, noise_level=PYVENE_NOISE_LEVEL, n_samples=1, progress=False),
+        reps,
+    )
+    t_np = _best(
+        lambda: causal_trace(
+            model, prompt, subj, target, noise_level=PYVENE_NOISE_LEVEL, n_samples=1, progress=False, prefix=False
+        ),
+        reps,
+    )
 
     def py_cell(stream, layer, pos):
         lays = [layer] if stream == "block_output" else window_layers(layer, 10, L)
         reps_ = [pyvene.RepresentationConfig(0, "block_input")] + [pyvene.RepresentationConfig(i, stream) for i in lays]
-        c = pyvene.IntervenableConfig(representations=reps_, intervention_types=[pyvene.NoiseIntervention]
-                                      + [pyvene.VanillaIntervention] * len(lays))
+        c = pyvene.IntervenableConfig(
+            representations=reps_,
+            intervention_types=[pyvene.NoiseIntervention] + [pyvene.VanillaIntervention] * len(lays),
+        )
         iv = pyvene.IntervenableModel(c, model)
         n = len(lays)
         with torch.no_grad():
-            _, out = iv(prompt, [None] + [prompt] * n,
-                        {"sources->base": ([None] + [[[pos]]] * n, [[[0, 1, 2, 3]]] + [[[pos]]] * n)})
+            _, out = iv(
+                prompt,
+                [None] + [prompt] * n,
+                {"sources->base": ([None] + [[[pos]]] * n, [[[0, 1, 2, 3]]] + [[[pos]]] * n)},
+            )
         return torch.softmax(out.logits[0, -1], -1)[target].item()
 
     sample_layers = sorted({0, L // 3, (2 * L) // 3, L - 1})
@@ -344,18 +418,32 @@ def _sweep_rows(args, model, L, reps, has_nn, pyvene, rows):
     t_nn = None
     if has_nn:
         import nnsight_bench as nb
+
         from fxvene.sweep import trace_noise
 
         nnm = nb._wrap(model)
         cells_b = [(st, l, p) for st in streams for p in range(10) for l in range(L)]
         noise_b = trace_noise(1, 4, 768)[0].float() * PYVENE_NOISE_LEVEL
         with torch.no_grad():
-            t_nn = _best(lambda: nb.causal_trace(nnm, prompt["input_ids"], subj, target, noise_b, cells_b,
-                                                 lambda l: window_layers(l, 10, L), L), reps)
-    rows.append((f"(b) causal tracing, {L}x10x3 cells", t_fx, None, t_py, t_nn, t_B,
-                 f"pyvene: {len(sample_layers) * len(sample_pos)} cells/stream timed, x{10 * L // (len(sample_layers) * len(sample_pos))} "
-                 f"extrapolated; floor B = plain batched forward of {n_cells} rows with full logits; "
-                 f"fxvene first call (tracing + slicing) {t_first:.1f} s; fxvene without the causal prefix {t_np:.2f} s"))
+            t_nn = _best(
+                lambda: nb.causal_trace(
+                    nnm, prompt["input_ids"], subj, target, noise_b, cells_b, lambda l: window_layers(l, 10, L), L
+                ),
+                reps,
+            )
+    rows.append(
+        (
+            f"(b) causal tracing, {L}x10x3 cells",
+            t_fx,
+            None,
+            t_py,
+            t_nn,
+            t_B,
+            f"pyvene: {len(sample_layers) * len(sample_pos)} cells/stream timed, x{10 * L // (len(sample_layers) * len(sample_pos))} "
+            f"extrapolated; floor B = plain batched forward of {n_cells} rows with full logits; "
+            f"fxvene first call (tracing + slicing) {t_first:.1f} s; fxvene without the causal prefix {t_np:.2f} s",
+        )
+    )
 
     _log("b done", rows[-1][1:6])
 
@@ -366,10 +454,18 @@ def _sweep_rows(args, model, L, reps, has_nn, pyvene, rows):
     _log("b2 done", rows[-1][1:6])
     # (b3): 3 streams x L layers x 10 positions x 10 samples = 3600 rows (window 10, default noise)
     t_fx10 = _best(lambda: causal_trace(model, prompt, subj, target, n_samples=10, progress=False), 1)
-    rows.append((f"(b3) causal tracing, {L}x10x3 cells, 10 noise samples (the default; {n_cells * 10} rows)", t_fx10,
-                 None, t_py * 10, None, t_B * 10,
-                 f"floor = 10 x (b)'s B (plain batched forward of {n_cells * 10} rows, full logits); pyvene: (b)'s "
-                 "extrapolation x 10"))
+    rows.append(
+        (
+            f"(b3) causal tracing, {L}x10x3 cells, 10 noise samples (the default; {n_cells * 10} rows)",
+            t_fx10,
+            None,
+            t_py * 10,
+            None,
+            t_B * 10,
+            f"floor = 10 x (b)'s B (plain batched forward of {n_cells * 10} rows, full logits); pyvene: (b)'s "
+            "extrapolation x 10",
+        )
+    )
     _log("b3 done", rows[-1][1:6])
     return rows
 
@@ -393,8 +489,10 @@ def _finish(args, rows, L, has_nn, nn_note, pyvene, transformers):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, fx, fxc, py, nns, floor, note in rows:
-        lines.append(f"| {name} | {fmt(fx)} | {fmt(fxc)} | {fmt(py)} | {fmt(nns)} | {fmt(floor)} | "
-                     f"{ratio(fx, floor)} | {ratio(py, fx)} | {ratio(nns, fx)} | {note} |")
+        lines.append(
+            f"| {name} | {fmt(fx)} | {fmt(fxc)} | {fmt(py)} | {fmt(nns)} | {fmt(floor)} | "
+            f"{ratio(fx, floor)} | {ratio(py, fx)} | {ratio(nns, fx)} | {note} |"
+        )
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -27,6 +27,7 @@ source tree), imported under the package name ``pyvene_tests``, never copied. Th
 
 The exit status is 1 when an in-scope test fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,31 +70,29 @@ PARTIAL = {
 
 # tests that need what fxvene does not offer on purpose: test id suffix -> reason
 OUT_OF_SCOPE = {
-    "IntervenableBasicTestCase.test_new_model_type":
-        "registers T5 in pv.type_to_module_mapping / type_to_dimension_mapping (pyvene's private hook "
-        "tables) and downloads google/flan-t5-small from the hub",
-    "InterventionUtilsTestCase.test_initialization_positive":
-        "asserts pyvene's private bookkeeping (_intervention_group, _key_getter_call_counter, "
-        "_key_setter_call_counter, _batched_setter_activation_select, hot_activations, is_model_stateless)",
-    "InterventionUtilsTestCase.test_local_trainable_save_positive":
-        "differs on purpose: counts pyvene's pickled intervention files (*.bin); fxvene saves "
-        "safetensors + JSON (README Differences)",
-    "InterventionUtilsTestCase.test_local_load_positive":
-        "differs on purpose: gives one location entry for a batch of 10 (pyvene patches example 0's "
-        "source into every row); fxvene refuses a location list whose length is not the batch size "
-        "with a ValueError (README Differences)",
+    "IntervenableBasicTestCase.test_new_model_type": "registers T5 in pv.type_to_module_mapping / type_to_dimension_mapping (pyvene's private hook "
+    "tables) and downloads google/flan-t5-small from the hub",
+    "InterventionUtilsTestCase.test_initialization_positive": "asserts pyvene's private bookkeeping (_intervention_group, _key_getter_call_counter, "
+    "_key_setter_call_counter, _batched_setter_activation_select, hot_activations, is_model_stateless)",
+    "InterventionUtilsTestCase.test_local_trainable_save_positive": "differs on purpose: counts pyvene's pickled intervention files (*.bin); fxvene saves "
+    "safetensors + JSON (README Differences)",
+    "InterventionUtilsTestCase.test_local_load_positive": "differs on purpose: gives one location entry for a batch of 10 (pyvene patches example 0's "
+    "source into every row); fxvene refuses a location list whose length is not the batch size "
+    "with a ValueError (README Differences)",
 }
 # tests that cannot judge where a reference (a manual forward in pyvene's tests/utils.py) or a module
 # they hook does not behave as they assume on the installed transformers: check -> the tests
 ORACLE_TESTS = {
-    "GPT2_RUN": ("ComplexInterventionWithGPT2TestCase.test_clean_run_positive",
-                 "InterventionWithGPT2TestCase.test_with_multiple_heads_positions_vanilla_intervention_positive"),
+    "GPT2_RUN": (
+        "ComplexInterventionWithGPT2TestCase.test_clean_run_positive",
+        "InterventionWithGPT2TestCase.test_with_multiple_heads_positions_vanilla_intervention_positive",
+    ),
     "Llama_RUN": ("InterventionWithLlamaTestCase.test_with_multiple_heads_positions_vanilla_intervention_positive",),
     "attn_dropout": ("IntervenableBasicTestCase.test_customized_intervention_function_get",),
 }
 PRIVATE_MODULES = {
     "pyvene.models.modeling_utils": "pyvene's private hook machinery (gather_neurons, scatter_neurons, "
-                                    "output_to_subcomponent)",
+    "output_to_subcomponent)",
 }
 
 
@@ -163,12 +162,21 @@ def write_local_models(root):
     models = {
         # GPT-2's geometry (the tests hard-code 768 dimensions, 12 heads, layers up to 10); a smaller
         # MLP, vocabulary and context than the real one, which no test depends on
-        "gpt2": GPT2Model(GPT2Config(
-            n_inner=768, vocab_size=len(tokenizer), n_positions=128, bos_token_id=0, eos_token_id=0)),
+        "gpt2": GPT2Model(
+            GPT2Config(n_inner=768, vocab_size=len(tokenizer), n_positions=128, bos_token_id=0, eos_token_id=0)
+        ),
         # TinyStories-33M's layer layout, tiny widths; the vocabulary holds the id the tests embed
-        "roneneldan/TinyStories-33M": GPTNeoForCausalLM(GPTNeoConfig(
-            hidden_size=32, num_layers=4, num_heads=4, attention_types=[[["global", "local"], 2]],
-            vocab_size=50257, max_position_embeddings=64, window_size=16)),
+        "roneneldan/TinyStories-33M": GPTNeoForCausalLM(
+            GPTNeoConfig(
+                hidden_size=32,
+                num_layers=4,
+                num_heads=4,
+                attention_types=[[["global", "local"], 2]],
+                vocab_size=50257,
+                max_position_embeddings=64,
+                window_size=16,
+            )
+        ),
         # the Llama helper's default name: the tests build the model from a config, only the tokenizer loads
         "sharpbai/alpaca-7b-merged": None,
     }
@@ -197,12 +205,33 @@ def broken_oracles():
     except Exception:  # noqa: BLE001 - the files that import utils are reported as not importable
         return {}
     torch.manual_seed(0)
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=24, n_layer=2, vocab_size=10, n_positions=32, bos_token_id=0,
-                                      eos_token_id=0, attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0)).eval()
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(
+            n_embd=24,
+            n_layer=2,
+            vocab_size=10,
+            n_positions=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            attn_pdrop=0.0,
+            embd_pdrop=0.0,
+            resid_pdrop=0.0,
+        )
+    ).eval()
     gpt2.config._attn_implementation = "eager"
-    llama = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
-                                         num_hidden_layers=2, intermediate_size=48, vocab_size=10,
-                                         bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            num_hidden_layers=2,
+            intermediate_size=48,
+            vocab_size=10,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    ).eval()
     ids = torch.randint(0, 10, (2, 6))
     broken = {}
     calls = []
@@ -211,20 +240,23 @@ def broken_oracles():
         gpt2(input_ids=ids)
     hook.remove()
     if not calls:
-        broken["attn_dropout"] = (f"transformers {transformers.__version__}'s GPT-2 attention never calls its "
-                                  "attn_dropout module (it applies dropout functionally), so the test's component "
-                                  "'h[10].attn.attn_dropout.input' is never reached: pyvene 0.1.8's hook never fires "
-                                  "(the test's cached_w['attn_w'] is a KeyError), fxvene says the module has no "
-                                  "nodes; tests/test_compat_suite.py compares the two where transformers calls it")
+        broken["attn_dropout"] = (
+            f"transformers {transformers.__version__}'s GPT-2 attention never calls its "
+            "attn_dropout module (it applies dropout functionally), so the test's component "
+            "'h[10].attn.attn_dropout.input' is never reached: pyvene 0.1.8's hook never fires "
+            "(the test's cached_w['attn_w'] is a KeyError), fxvene says the module has no "
+            "nodes; tests/test_compat_suite.py compares the two where transformers calls it"
+        )
     with torch.no_grad():
         for name, model in (("GPT2_RUN", gpt2), ("Llama_RUN", llama)):
             gap = (getattr(utils, name)(model, ids, {}, {}) - model(input_ids=ids).logits).abs().max().item()
             if gap > 1e-5:
-                broken[name] = (f"its reference, pyvene's tests/utils.{name}, differs from transformers "
-                                f"{transformers.__version__}'s own forward by {gap:.3g} so it cannot judge "
-                                "here; tests/test_compat_suite.py compares with pyvene 0.1.8 instead")
+                broken[name] = (
+                    f"its reference, pyvene's tests/utils.{name}, differs from transformers "
+                    f"{transformers.__version__}'s own forward by {gap:.3g} so it cannot judge "
+                    "here; tests/test_compat_suite.py compares with pyvene 0.1.8 instead"
+                )
     return broken
-
 
 
 def _test_names(path):
@@ -241,7 +273,8 @@ def _test_names(path):
 
 def _load_tests_package(tests_dir):
     spec = importlib.util.spec_from_file_location(
-        "pyvene_tests", tests_dir / "__init__.py", submodule_search_locations=[str(tests_dir)])
+        "pyvene_tests", tests_dir / "__init__.py", submodule_search_locations=[str(tests_dir)]
+    )
     package = importlib.util.module_from_spec(spec)
     sys.modules["pyvene_tests"] = package
     spec.loader.exec_module(package)
@@ -259,8 +292,10 @@ def _import_failure(exc):
     if isinstance(exc, ImportError) and "eager_attention_forward" in str(exc):
         import transformers
 
-        return "not run", (f"pyvene's tests/utils.py imports eager_attention_forward from transformers' GPT-2, "
-                           f"which transformers {transformers.__version__} does not have (>= 4.48 does)")
+        return "not run", (
+            f"pyvene's tests/utils.py imports eager_attention_forward from transformers' GPT-2, "
+            f"which transformers {transformers.__version__} does not have (>= 4.48 does)"
+        )
     return "FAIL", "import: " + _first_line(exc)
 
 

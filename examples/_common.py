@@ -1,11 +1,13 @@
 """Shared by the examples: load the shipped demo model (default) or any local / hub model."""
+
 import argparse
 
 
 def parser(doc):
     p = argparse.ArgumentParser(description=doc)
-    p.add_argument("--model", default=None,
-                   help="a local model directory or hub name (default: fxvene's shipped demo GPT-2)")
+    p.add_argument(
+        "--model", default=None, help="a local model directory or hub name (default: fxvene's shipped demo GPT-2)"
+    )
     p.add_argument("--quick", action="store_true", help="a reduced run (for CI smoke tests)")
     return p
 

@@ -26,6 +26,7 @@ the one that aligns best; try others to see DAS say "only partly".
     python examples/das_hierarchical_equality.py            # full run (about a minute on a quiet CPU)
     python examples/das_hierarchical_equality.py --quick    # CI smoke test (< 30 s)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,9 @@ def fresh_entity_sampler(dim):
     def sample(output_var=None, output_var_value=None):
         a, b, c, d = (randvec(dim) for _ in range(4))
         if output_var is None:
-            return random.choice([dict(W=a, X=b, Y=c, Z=d), dict(W=a, X=a, Y=b, Z=b),
-                                  dict(W=a, X=a, Y=c, Z=d), dict(W=a, X=b, Y=c, Z=c)])
+            return random.choice(
+                [dict(W=a, X=b, Y=c, Z=d), dict(W=a, X=a, Y=b, Z=b), dict(W=a, X=a, Y=c, Z=d), dict(W=a, X=b, Y=c, Z=c)]
+            )
         if output_var == "WX":  # YZ is free
             x = a if output_var_value else b
             return random.choice([dict(W=a, X=x, Y=c, Z=d), dict(W=a, X=x, Y=c, Z=c)])
@@ -124,8 +126,9 @@ def iia(intervenable, data, batch_size, subspaces):
     for start in range(0, len(data["input_ids"]), batch_size):
         rows = slice(start, start + batch_size)
         iid = int(data["intervention_id"][start])
-        logits = counterfactual_logits(intervenable, data["input_ids"][rows], data["source_input_ids"][rows], iid,
-                                       subspaces)
+        logits = counterfactual_logits(
+            intervenable, data["input_ids"][rows], data["source_input_ids"][rows], iid, subspaces
+        )
         hits[iid] += (logits.argmax(-1) == data["labels"][rows, 0].long()).sum()
         counts[iid] += logits.shape[0]
     per = hits / counts.clamp(min=1)
@@ -148,11 +151,11 @@ def handcrafted_mlp(k=1e4):
         eye = torch.eye(2)
         for pair, (a, b) in enumerate(((0, 1), (2, 3))):  # entities (W, X) and (Y, Z), 2 coordinates each
             r = 4 * pair
-            l0.weight[r:r + 2, 2 * a:2 * a + 2] = eye
-            l0.weight[r:r + 2, 2 * b:2 * b + 2] = -eye
-            l0.weight[r + 2:r + 4, 2 * a:2 * a + 2] = -eye
-            l0.weight[r + 2:r + 4, 2 * b:2 * b + 2] = eye
-            l1.weight[pair, r:r + 4] = -k
+            l0.weight[r : r + 2, 2 * a : 2 * a + 2] = eye
+            l0.weight[r : r + 2, 2 * b : 2 * b + 2] = -eye
+            l0.weight[r + 2 : r + 4, 2 * a : 2 * a + 2] = -eye
+            l0.weight[r + 2 : r + 4, 2 * b : 2 * b + 2] = eye
+            l1.weight[pair, r : r + 4] = -k
             l1.bias[pair] = 1.0
         l2.weight[:2, :2] = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
         l2.bias[:2] = torch.tensor([-1.0, 1.0])
@@ -169,12 +172,14 @@ def run_handcrafted(causal, n):
     acc = (preds == factual["labels"][:, 0].long()).float().mean().item()
 
     rep = pv.RepresentationConfig(0, "block_output", subspace_partition=[[0, 4], [4, 8]])
-    config = pv.IntervenableConfig(model_type=type(model), representations=[rep, rep],
-                                   intervention_types=pv.VanillaIntervention)
+    config = pv.IntervenableConfig(
+        model_type=type(model), representations=[rep, rep], intervention_types=pv.VanillaIntervention
+    )
     intervenable = pv.IntervenableModel(config, model)
     batch = 16
-    data = stack(causal.generate_counterfactual_dataset(n, intervention_id, batch,
-                                                        sampler=causal.sample_input_tree_balanced))
+    data = stack(
+        causal.generate_counterfactual_dataset(n, intervention_id, batch, sampler=causal.sample_input_tree_balanced)
+    )
     return acc, iia(intervenable, data, batch, subspaces=([0], [1]))
 
 
@@ -200,7 +205,7 @@ def train_mlp(causal, test_causal, n_train, epochs, seed, batch=256, lr=3e-3):
     for _ in range(epochs):
         order = torch.randperm(n_train)
         for start in range(0, n_train, batch):
-            rows = order[start:start + batch]
+            rows = order[start : start + batch]
             loss = F.cross_entropy(model(inputs_embeds=train["input_ids"][rows])[0], train["labels"][rows, 0].long())
             opt.zero_grad()
             loss.backward()
@@ -214,8 +219,9 @@ def train_mlp(causal, test_causal, n_train, epochs, seed, batch=256, lr=3e-3):
 def run_das(model, train, batch, epochs, lr, log=False):
     torch.manual_seed(0)
     rep = pv.RepresentationConfig(0, "block_output", "pos", 1, subspace_partition=None, intervention_link_key=0)
-    config = pv.IntervenableConfig(model_type=type(model), representations=[rep, rep],
-                                   intervention_types=pv.RotatedSpaceIntervention)
+    config = pv.IntervenableConfig(
+        model_type=type(model), representations=[rep, rep], intervention_types=pv.RotatedSpaceIntervention
+    )
     intervenable = pv.IntervenableModel(config, model, use_fast=True)
     intervenable.disable_model_gradients()
     n_params = intervenable.count_parameters()
@@ -229,16 +235,23 @@ def run_das(model, train, batch, epochs, lr, log=False):
             labels = train["labels"][rows, 0].long()
             # the rotation is a parametrization: compute it once per step instead of once per use
             with torch.nn.utils.parametrize.cached():
-                logits = counterfactual_logits(intervenable, train["input_ids"][rows], train["source_input_ids"][rows],
-                                               int(train["intervention_id"][b * batch]), subspaces)
+                logits = counterfactual_logits(
+                    intervenable,
+                    train["input_ids"][rows],
+                    train["source_input_ids"][rows],
+                    int(train["intervention_id"][b * batch]),
+                    subspaces,
+                )
                 loss = F.cross_entropy(logits, labels)
                 opt.zero_grad()
                 loss.backward()
             opt.step()
             hits += (logits.argmax(-1) == labels).sum().item()
         if log:
-            print(f"  DAS epoch {epoch + 1:2d}  last loss {loss.item():.4f}  train IIA {hits / (n_batches * batch):.3f}",
-                  flush=True)
+            print(
+                f"  DAS epoch {epoch + 1:2d}  last loss {loss.item():.4f}  train IIA {hits / (n_batches * batch):.3f}",
+                flush=True,
+            )
     return intervenable, n_params, subspaces
 
 
@@ -252,31 +265,63 @@ def main(argv=None):
     random.seed(args.seed)
     np.random.seed(args.seed)
     if args.quick:
-        n_hand, n_mlp, mlp_epochs, n_das, das_batch, das_epochs, das_lr, n_test = 256, 65536, 8, 6144, 64, 15, 3e-3, 1536
+        n_hand, n_mlp, mlp_epochs, n_das, das_batch, das_epochs, das_lr, n_test = (
+            256,
+            65536,
+            8,
+            6144,
+            64,
+            15,
+            3e-3,
+            1536,
+        )
     else:
-        n_hand, n_mlp, mlp_epochs, n_das, das_batch, das_epochs, das_lr, n_test = 2048, 262144, 10, 64000, 128, 10, 3e-3, 12800
+        n_hand, n_mlp, mlp_epochs, n_das, das_batch, das_epochs, das_lr, n_test = (
+            2048,
+            262144,
+            10,
+            64000,
+            128,
+            10,
+            3e-3,
+            12800,
+        )
 
     t0 = time.time()
     causal = equality_model([randvec(2) for _ in range(20)])
     print("causal model timesteps:", causal.timesteps)
-    base = {"W": causal.values["W"][0], "X": causal.values["W"][0], "Y": causal.values["W"][1],
-            "Z": causal.values["W"][3]}
-    source = {"W": causal.values["W"][0], "X": causal.values["W"][1], "Y": causal.values["W"][2],
-              "Z": causal.values["W"][2]}
-    print(f"O on the base: {causal.run_forward(base)['O']}; with WX from the source: "
-          f"{causal.run_interchange(base, {'WX': source})['O']}")
+    base = {
+        "W": causal.values["W"][0],
+        "X": causal.values["W"][0],
+        "Y": causal.values["W"][1],
+        "Z": causal.values["W"][3],
+    }
+    source = {
+        "W": causal.values["W"][0],
+        "X": causal.values["W"][1],
+        "Y": causal.values["W"][2],
+        "Z": causal.values["W"][2],
+    }
+    print(
+        f"O on the base: {causal.run_forward(base)['O']}; with WX from the source: "
+        f"{causal.run_interchange(base, {'WX': source})['O']}"
+    )
 
     hand_acc, hand = run_handcrafted(causal, n_hand)
     print(f"handcrafted MLP: task accuracy {hand_acc:.2f} on {n_hand} inputs")
-    print(f"handcrafted MLP, Vanilla + subspace_partition at layer 0: IIA "
-          f"WX {hand['WX']:.2f}  YZ {hand['YZ']:.2f}  both {hand['both']:.2f}  ({time.time() - t0:.1f} s)")
+    print(
+        f"handcrafted MLP, Vanilla + subspace_partition at layer 0: IIA "
+        f"WX {hand['WX']:.2f}  YZ {hand['YZ']:.2f}  both {hand['both']:.2f}  ({time.time() - t0:.1f} s)"
+    )
 
     t1 = time.time()
     causal = equality_model([randvec(2) for _ in range(20)])  # the training data uses fresh entities anyway
     test_causal = equality_model([randvec(4) for _ in range(100)])  # entities the MLP never saw
     model, acc = train_mlp(causal, test_causal, n_mlp, mlp_epochs, args.mlp_seed)
-    print(f"trained MLP (entities of 4, hidden 16, 3 layers, {n_mlp} examples x {mlp_epochs} epochs): "
-          f"test accuracy {acc:.4f} on 2000 inputs with unseen entities ({time.time() - t1:.1f} s)")
+    print(
+        f"trained MLP (entities of 4, hidden 16, 3 layers, {n_mlp} examples x {mlp_epochs} epochs): "
+        f"test accuracy {acc:.4f} on 2000 inputs with unseen entities ({time.time() - t1:.1f} s)"
+    )
 
     t2 = time.time()
     sampler = fresh_entity_sampler(4)
@@ -285,9 +330,11 @@ def main(argv=None):
     t_data = time.time() - t2
     intervenable, n_params, subspaces = run_das(model, train, das_batch, das_epochs, das_lr, log=not args.quick)
     res = iia(intervenable, test, das_batch, subspaces)
-    print(f"DAS (RotatedSpace, linked, {n_params} trainable parameters, {das_epochs} epochs of {n_das}): "
-          f"test IIA WX {res['WX']:.3f}  YZ {res['YZ']:.3f}  both {res['both']:.3f}  all {res['all']:.3f} "
-          f"on {n_test} examples ({time.time() - t2:.1f} s, of which {t_data:.1f} s generating the data)")
+    print(
+        f"DAS (RotatedSpace, linked, {n_params} trainable parameters, {das_epochs} epochs of {n_das}): "
+        f"test IIA WX {res['WX']:.3f}  YZ {res['YZ']:.3f}  both {res['both']:.3f}  all {res['all']:.3f} "
+        f"on {n_test} examples ({time.time() - t2:.1f} s, of which {t_data:.1f} s generating the data)"
+    )
     print(f"total {time.time() - t0:.1f} s")
     return {"handcrafted_accuracy": hand_acc, "handcrafted_iia": hand, "mlp_accuracy": acc, "das_iia": res}
 

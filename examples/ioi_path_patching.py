@@ -15,15 +15,36 @@ paths only, and reports the change of the logit difference (negative: the path c
 
 Draws the two layer x head heatmaps to ``ioi_path_patching.png`` (matplotlib) and prints what it found.
 """
+
 import random
 
 import torch
-
-import fxvene as pv
 from _common import load, n_layers, parser
 
-NAMES = ["John", "Mary", "Alice", "Bob", "James", "Sarah", "Michael", "Emma", "David", "Anna", "Tom", "Lisa",
-         "Paul", "Kate", "Mark", "Laura", "Peter", "Julia", "Daniel", "Rachel"]
+import fxvene as pv
+
+NAMES = [
+    "John",
+    "Mary",
+    "Alice",
+    "Bob",
+    "James",
+    "Sarah",
+    "Michael",
+    "Emma",
+    "David",
+    "Anna",
+    "Tom",
+    "Lisa",
+    "Paul",
+    "Kate",
+    "Mark",
+    "Laura",
+    "Peter",
+    "Julia",
+    "Daniel",
+    "Rachel",
+]
 PLACES = ["store", "park", "school", "beach", "station", "garden", "office", "library"]
 OBJECTS = ["drink", "book", "ball", "gift", "letter", "flower", "key", "pen"]
 TEMPLATE = "{A} and {B} went to the {P}. {S} gave a {O} to"
@@ -50,8 +71,9 @@ def head_grid(model, base, source, metric, receivers, freeze, n_layers, n_heads,
     top = n_layers if last_layer is None else last_layer
     for layer in range(top):
         for head in range(n_heads):
-            r = pv.path_patching(model, base, source, senders=[("head", layer, head)], receivers=receivers,
-                                 metric=metric, freeze=freeze)
+            r = pv.path_patching(
+                model, base, source, senders=[("head", layer, head)], receivers=receivers, metric=metric, freeze=freeze
+            )
             grid[layer, head] = r.effect.mean()
     return grid, r
 
@@ -77,7 +99,7 @@ def plot(grids, titles, label, path, marks=()):
         ax.set_xticks(range(g.shape[1]))
         ax.set_yticks(range(g.shape[0]))
         ax.set_title(title, fontsize=9)
-        for l, h in (marks[i] if i < len(marks) else ()):
+        for l, h in marks[i] if i < len(marks) else ():
             ax.text(h, l, "R", ha="center", va="center", fontsize=9, fontweight="bold")
         cbar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
         cbar.set_label(label, fontsize=8)
@@ -106,10 +128,14 @@ def main(argv=None):
     with torch.no_grad():
         clean = logit_diff(model(**base).logits[:, -1])
         abc = logit_diff(model(**source).logits[:, -1])
-    print(f"{n} IOI prompts, e.g. {tok.decode(base['input_ids'][0])!r}; source e.g. "
-          f"{tok.decode(source['input_ids'][0])!r}")
-    print(f"logit diff IO - S: clean {clean.mean():.2f} (IO wins in {int((clean > 0).sum())}/{n}), "
-          f"ABC source {abc.mean():.2f}")
+    print(
+        f"{n} IOI prompts, e.g. {tok.decode(base['input_ids'][0])!r}; source e.g. "
+        f"{tok.decode(source['input_ids'][0])!r}"
+    )
+    print(
+        f"logit diff IO - S: clean {clean.mean():.2f} (IO wins in {int((clean > 0).sum())}/{n}), "
+        f"ABC source {abc.mean():.2f}"
+    )
     label = "change of logit diff (IO - S)"
 
     # 1. direct paths into the logits
@@ -119,43 +145,69 @@ def main(argv=None):
     print("layer  " + "  ".join(f"head {h:<3}" for h in range(H)))
     for layer in range(L):
         print(f"{layer:>5}  " + "  ".join(f"{v:+8.3f}" for v in direct[layer].tolist()))
-    print("name-mover candidates (largest drop): "
-          + ", ".join(f"L{l}H{h} {direct[l, h]:+.3f}" for l, h in movers))
-    mlp = [pv.path_patching(model, base, source, senders=[("mlp", l)], receivers="logits", metric=logit_diff,
-                            freeze="all").effect.mean().item() for l in range(L)]
-    attn = [pv.path_patching(model, base, source, senders=[("attn", l)], receivers="logits", metric=logit_diff,
-                             freeze="all").effect.mean().item() for l in range(L)]
+    print("name-mover candidates (largest drop): " + ", ".join(f"L{l}H{h} {direct[l, h]:+.3f}" for l, h in movers))
+    mlp = [
+        pv.path_patching(model, base, source, senders=[("mlp", l)], receivers="logits", metric=logit_diff, freeze="all")
+        .effect.mean()
+        .item()
+        for l in range(L)
+    ]
+    attn = [
+        pv.path_patching(
+            model, base, source, senders=[("attn", l)], receivers="logits", metric=logit_diff, freeze="all"
+        )
+        .effect.mean()
+        .item()
+        for l in range(L)
+    ]
     total = (abc - clean).mean().item()
-    print(f"direct paths summed: all heads {direct.sum():+.2f}, whole attention layers {sum(attn):+.2f}, "
-          f"MLPs {sum(mlp):+.2f}; clean -> ABC total {total:+.2f}")
-    print("  per layer (attention / MLP): " + ", ".join(f"L{l} {a:+.2f}/{m:+.2f}" for l, (a, m) in
-                                                        enumerate(zip(attn, mlp))))
+    print(
+        f"direct paths summed: all heads {direct.sum():+.2f}, whole attention layers {sum(attn):+.2f}, "
+        f"MLPs {sum(mlp):+.2f}; clean -> ABC total {total:+.2f}"
+    )
+    print(
+        "  per layer (attention / MLP): "
+        + ", ".join(f"L{l} {a:+.2f}/{m:+.2f}" for l, (a, m) in enumerate(zip(attn, mlp)))
+    )
 
     # 2. heads that feed the name movers through their queries
     receivers = [("q", l, h) for l, h in movers]
-    into_q, last = head_grid(model, base, source, logit_diff, receivers, "heads", L, H,
-                             last_layer=max(l for l, _ in movers))
+    into_q, last = head_grid(
+        model, base, source, logit_diff, receivers, "heads", L, H, last_layer=max(l for l, _ in movers)
+    )
     feeders = top_heads(torch.nan_to_num(into_q), 3)
-    print(f"\nstep 2: heads' paths into the queries of {', '.join(f'L{l}H{h}' for l, h in movers)} "
-          "(freeze='heads'), change of the logit diff")
+    print(
+        f"\nstep 2: heads' paths into the queries of {', '.join(f'L{l}H{h}' for l, h in movers)} "
+        "(freeze='heads'), change of the logit diff"
+    )
     for layer in range(max(l for l, _ in movers)):
         print(f"{layer:>5}  " + "  ".join(f"{v:+8.3f}" for v in into_q[layer].tolist()))
-    print("strongest senders into the name movers' queries: "
-          + ", ".join(f"L{l}H{h} {into_q[l, h]:+.3f}" for l, h in feeders))
+    print(
+        "strongest senders into the name movers' queries: "
+        + ", ".join(f"L{l}H{h} {into_q[l, h]:+.3f}" for l, h in feeders)
+    )
     print("\nthe receiver run's graph diff (the rewired edges into the receivers' queries):")
     print(last.graph_diff().summary())
 
     share = direct.min().item() / total if total else float("nan")
-    print(f"\nfound: the strongest single name-mover candidate L{movers[0][0]}H{movers[0][1]} carries "
-          f"{100 * share:.0f}% of the clean -> ABC drop on its direct path (all heads' direct paths together "
-          f"{100 * direct.sum().item() / total:.0f}%); "
-          f"L{feeders[0][0]}H{feeders[0][1]} is the main head feeding the name movers' queries.")
+    print(
+        f"\nfound: the strongest single name-mover candidate L{movers[0][0]}H{movers[0][1]} carries "
+        f"{100 * share:.0f}% of the clean -> ABC drop on its direct path (all heads' direct paths together "
+        f"{100 * direct.sum().item() / total:.0f}%); "
+        f"L{feeders[0][0]}H{feeders[0][1]} is the main head feeding the name movers' queries."
+    )
     if abs(share) < 0.25:
-        print("note: the demo model's IOI answer is not concentrated in a few name-mover heads: most of the "
-              "direct effect comes from the MLPs at the last position (per-layer sums above).")
-    plot([direct, into_q], ["1. direct path to the logits (freeze='all')",
-                            "2. into the name movers' queries R (freeze='heads')"], label, args.out,
-         marks=[(), movers])
+        print(
+            "note: the demo model's IOI answer is not concentrated in a few name-mover heads: most of the "
+            "direct effect comes from the MLPs at the last position (per-layer sums above)."
+        )
+    plot(
+        [direct, into_q],
+        ["1. direct path to the logits (freeze='all')", "2. into the name movers' queries R (freeze='heads')"],
+        label,
+        args.out,
+        marks=[(), movers],
+    )
 
 
 if __name__ == "__main__":

@@ -16,19 +16,29 @@ along probe directions for a concept the model knows, happy vs sad, at every gen
    rewritten graph per new token). No hook code: it is a config of fxvene interventions.
 4. Print greedy generations before, steered towards happy (+alpha) and towards sad (-alpha).
 """
+
 import random
 
 import torch
+from _common import load, n_layers, parser
 
 import fxvene as pv
-from _common import load, n_layers, parser
 
 HAPPY = ["happy", "glad", "cheerful", "joyful", "delighted"]
 SAD = ["sad", "unhappy", "gloomy", "miserable", "upset"]
 # the probes read the token after the mood word, never the word itself
-TEMPLATES = ["I am very {w} and", "Today I feel {w} and", "She is very {w} and", "He is very {w} and",
-             "We are very {w} and", "They are very {w} and", "I am {w} because", "Today I feel {w}. I",
-             "I am so {w} and", "She is {w} because"]
+TEMPLATES = [
+    "I am very {w} and",
+    "Today I feel {w} and",
+    "She is very {w} and",
+    "He is very {w} and",
+    "We are very {w} and",
+    "They are very {w} and",
+    "I am {w} because",
+    "Today I feel {w}. I",
+    "I am so {w} and",
+    "She is {w} because",
+]
 PROMPTS = ["Today I feel", "I am very", "She is very", "They are"]
 
 
@@ -47,9 +57,14 @@ def dataset(seed=0, held_out_words=2):
 
 def head_outputs(model, tok, texts, L, H):
     """(n, L, H, head_dim): every head's output at the last token of each text."""
-    config = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=l, component="attention_value_output", intervention_type=pv.CollectIntervention)
-        for l in range(L)])
+    config = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(
+                layer=l, component="attention_value_output", intervention_type=pv.CollectIntervention
+            )
+            for l in range(L)
+        ]
+    )
     collect = pv.IntervenableModel(config, model)
     rows = [None] * len(texts)
     by_len = {}
@@ -77,7 +92,7 @@ def train_probes(x, y, steps=300, lr=0.05):
     for _ in range(steps):
         opt.zero_grad()
         logits = (z * w).sum(-1) + b
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + 1e-3 * (w ** 2).sum() / (L * H)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + 1e-3 * (w**2).sum() / (L * H)
         loss.backward()
         opt.step()
     return lambda xs: (((xs - mu) / sd) * w.detach()).sum(-1) + b.detach()  # logits (n, L, H)
@@ -117,16 +132,21 @@ def shift_vectors(x, y, chosen, n_heads):
         direction = x[y, l, h].mean(0) - x[~y, l, h].mean(0)
         direction = direction / direction.norm()
         std = (x[:, l, h] @ direction).std()
-        shift[l][h * d:(h + 1) * d] = std * direction
+        shift[l][h * d : (h + 1) * d] = std * direction
     return shift
 
 
 def steering_model(model, layers):
     """An AdditionIntervention at ``attention_value_output`` of each layer (the heads' outputs, before
     the output projection): the shift is the source representation."""
-    config = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=l, component="attention_value_output", intervention_type=pv.AdditionIntervention)
-        for l in layers])
+    config = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(
+                layer=l, component="attention_value_output", intervention_type=pv.AdditionIntervention
+            )
+            for l in layers
+        ]
+    )
     return pv.IntervenableModel(config, model)
 
 
@@ -140,14 +160,18 @@ def main(argv=None):
     model, tok = load(args.model)
     L, H = n_layers(model), model.config.num_attention_heads
     acc, xent, x, y, n_train, n_test = probe_heads(model, tok, steps=150 if args.quick else 300)
-    print(f"probe accuracy on {n_test} held-out sentences (mood words unseen in training; train {n_train}), "
-          "happy vs sad, per head:")
+    print(
+        f"probe accuracy on {n_test} held-out sentences (mood words unseen in training; train {n_train}), "
+        "happy vs sad, per head:"
+    )
     print("layer  " + "  ".join(f"head {h}" for h in range(H)))
     for layer in range(L):
         print(f"{layer:>5}  " + "  ".join(f"{a:6.2f}" for a in acc[layer].tolist()))
     chosen = top_heads(acc, xent, args.top_k)
-    print(f"top-{args.top_k} heads (held-out accuracy, then held-out cross-entropy): "
-          + ", ".join(f"L{l}H{h} ({acc[l, h]:.2f}, {xent[l, h]:.3f})" for l, h in chosen))
+    print(
+        f"top-{args.top_k} heads (held-out accuracy, then held-out cross-entropy): "
+        + ", ".join(f"L{l}H{h} ({acc[l, h]:.2f}, {xent[l, h]:.3f})" for l, h in chosen)
+    )
     shift = shift_vectors(x, y, chosen, H)
     layers = sorted(shift)
     steer = steering_model(model, layers)
@@ -158,12 +182,20 @@ def main(argv=None):
         if alpha == 0:
             out = model.generate(**inputs, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.eos_token_id)
         else:
-            _, out = steer.generate(inputs, source_representations=[alpha * shift[l] for l in layers],
-                                    intervene_on="all", unit_locations=None, max_new_tokens=n_new, do_sample=False)
+            _, out = steer.generate(
+                inputs,
+                source_representations=[alpha * shift[l] for l in layers],
+                intervene_on="all",
+                unit_locations=None,
+                max_new_tokens=n_new,
+                do_sample=False,
+            )
         return tok.decode(out[0], skip_special_tokens=True)
 
-    print(f"\ngenerations (greedy, {n_new} new tokens; steering {len(chosen)} heads by +-{args.alpha:g} std at every "
-          "position and every generated token, KV cache):")
+    print(
+        f"\ngenerations (greedy, {n_new} new tokens; steering {len(chosen)} heads by +-{args.alpha:g} std at every "
+        "position and every generated token, KV cache):"
+    )
     for prompt in PROMPTS[:2] if args.quick else PROMPTS:
         print(f"  before:        {generate(prompt, 0)}")
         print(f"  ITI +{args.alpha:g} (happy): {generate(prompt, args.alpha)}")

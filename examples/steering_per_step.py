@@ -14,6 +14,7 @@ Decoding uses a KV cache: each new token is one single-token forward of the rewr
     python examples/steering_per_step.py           # the shipped demo model if built, else a tiny random GPT-2
     python examples/steering_per_step.py --quick   # fewer tokens
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,16 +66,26 @@ def main():
 
     # 1. a steering direction: mean mlp_output on a happy prompt minus on a sad one (seed tutorial 6)
     collector = pv.IntervenableModel(
-        pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-            layer=layer, component="mlp_output", intervention_type=pv.CollectIntervention)]), model)
+        pv.IntervenableConfig(
+            representations=[
+                pv.RepresentationConfig(layer=layer, component="mlp_output", intervention_type=pv.CollectIntervention)
+            ]
+        ),
+        model,
+    )
     _, happy = collector(base=encode(tok, "I am very happy and", vocab))
     _, sad = collector(base=encode(tok, "I am very sad and", vocab))
     direction = happy[0].mean(dim=1) - sad[0].mean(dim=1)  # (1, d)
     steer = direction[0] * args.scale  # the mean over 5 positions dilutes it; it needs a large factor
 
     im = pv.IntervenableModel(
-        pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-            layer=layer, component="mlp_output", intervention_type=pv.AdditionIntervention)]), model)
+        pv.IntervenableConfig(
+            representations=[
+                pv.RepresentationConfig(layer=layer, component="mlp_output", intervention_type=pv.AdditionIntervention)
+            ]
+        ),
+        model,
+    )
     inputs = encode(tok, "Today I feel", vocab)
     S = inputs["input_ids"].shape[1]
     kw = dict(max_new_tokens=6 if args.quick else 12, do_sample=False)
@@ -86,8 +97,12 @@ def main():
         ("pyvene default: every decode step, not the prompt", dict(source_representations=steer)),
         ("prompt only (all prompt positions)", dict(source_representations=steer, intervene_on="prompt")),
         ("fxvene: prompt AND every generated token", dict(source_representations=steer, intervene_on="all")),
-        ("fxvene: prompt's last position and decode steps 0-2 only",
-         dict(source_representations=steer, intervene_on="all", unit_locations={"base": S - 1}, decode_steps=[0, 1, 2])),
+        (
+            "fxvene: prompt's last position and decode steps 0-2 only",
+            dict(
+                source_representations=steer, intervene_on="all", unit_locations={"base": S - 1}, decode_steps=[0, 1, 2]
+            ),
+        ),
     ]
     for name, extra in runs:
         _, out = im.generate(inputs, **extra, **kw)
@@ -95,8 +110,10 @@ def main():
 
     # 2. collection during decoding: one tensor per forward the collector acts on
     (_, acts), out = collector.generate(inputs, intervene_on="all", **kw)
-    print(f"collected {len(acts)} tensors: prompt {tuple(acts[0].shape)}, then "
-          f"{len(acts) - 1} x {tuple(acts[1].shape)} (one per decode step)")
+    print(
+        f"collected {len(acts)} tensors: prompt {tuple(acts[0].shape)}, then "
+        f"{len(acts) - 1} x {tuple(acts[1].shape)} (one per decode step)"
+    )
     # how far each generated token's layer-{layer} MLP output points along the happy-sad direction
     unit = direction[0] / direction[0].norm()
     proj = [float(a[0, -1] @ unit) for a in acts]

@@ -8,10 +8,11 @@ replaces the whole residual stream, so the base simply becomes the source. To sh
 fact lives, this script patches one position at a time, at every layer: the subject's last token
 ("Tower" -> "Colosseum") and the last token ("of" -> "of").
 """
+
 import torch
+from _common import load, n_layers, parser
 
 import fxvene as pv
-from _common import load, n_layers, parser
 
 
 def main(argv=None):
@@ -37,8 +38,13 @@ def main(argv=None):
         layers = range(n_layers(model)) if not args.quick else range(0, n_layers(model), 4)
         rows = []
         for layer in layers:
-            config = pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-                layer=layer, component="block_output", intervention_type=pv.VanillaIntervention)])
+            config = pv.IntervenableConfig(
+                representations=[
+                    pv.RepresentationConfig(
+                        layer=layer, component="block_output", intervention_type=pv.VanillaIntervention
+                    )
+                ]
+            )
             intervenable = pv.IntervenableModel(config, model)
             row = []
             for loc in (subject, last):

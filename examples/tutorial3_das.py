@@ -17,6 +17,7 @@ so there would be no counterfactual behaviour to align).
     python examples/tutorial3_das.py            # full run
     python examples/tutorial3_das.py --quick    # CI smoke test (< 60 s)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,31 @@ import torch
 import fxvene as pv
 
 COUNTRIES = [
-    ("Italy", "Rome"), ("France", "Paris"), ("Germany", "Berlin"), ("England", "London"), ("Spain", "Madrid"),
-    ("Greece", "Athens"), ("Russia", "Moscow"), ("China", "Beijing"), ("Japan", "Tokyo"), ("Turkey", "Ankara"),
-    ("Egypt", "Cairo"), ("Portugal", "Lisbon"), ("Belgium", "Brussels"), ("Denmark", "Copenhagen"),
-    ("Austria", "Vienna"), ("Canada", "Ottawa"), ("Australia", "Canberra"), ("Poland", "Warsaw"),
-    ("Sweden", "Stockholm"), ("Norway", "Oslo"), ("Ireland", "Dublin"), ("Hungary", "Budapest"),
-    ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Finland", "Helsinki"),
+    ("Italy", "Rome"),
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("England", "London"),
+    ("Spain", "Madrid"),
+    ("Greece", "Athens"),
+    ("Russia", "Moscow"),
+    ("China", "Beijing"),
+    ("Japan", "Tokyo"),
+    ("Turkey", "Ankara"),
+    ("Egypt", "Cairo"),
+    ("Portugal", "Lisbon"),
+    ("Belgium", "Brussels"),
+    ("Denmark", "Copenhagen"),
+    ("Austria", "Vienna"),
+    ("Canada", "Ottawa"),
+    ("Australia", "Canberra"),
+    ("Poland", "Warsaw"),
+    ("Sweden", "Stockholm"),
+    ("Norway", "Oslo"),
+    ("Ireland", "Dublin"),
+    ("Hungary", "Budapest"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Finland", "Helsinki"),
 ]
 TEMPLATE = "The capital of {} is"
 
@@ -55,25 +75,34 @@ def fallback_gpt2(max_steps=200):
             vocab.setdefault(piece, len(vocab))
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
     tk.pre_tokenizer = pre
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                        model_input_names=["input_ids", "attention_mask"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=12, n_embd=64, n_head=4, vocab_size=len(vocab), n_positions=32,
-                     bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        n_layer=12, n_embd=64, n_head=4, vocab_size=len(vocab), n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     cfg._attn_implementation = "eager"
     model = GPT2LMHeadModel(cfg)
     ids = tokenizer([TEMPLATE.format(k) for k, _ in COUNTRIES], return_tensors="pt")["input_ids"]
     answers = torch.tensor([vocab["Ġ" + c.split()[0]] for _, c in COUNTRIES])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for step in range(max_steps):
+    for step in range(max_steps):  # noqa: B007 - the count is reported after the loop
         loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, -1], answers)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if loss.item() < 0.05:
             break
-    return model.eval(), tokenizer, f"a 12-layer GPT-2 (width 64) trained here for {step + 1} steps on the capital facts"
+    return (
+        model.eval(),
+        tokenizer,
+        f"a 12-layer GPT-2 (width 64) trained here for {step + 1} steps on the capital facts",
+    )
 
 
 def load_model():
@@ -112,13 +141,15 @@ def main(argv=None):
         logits = model(**encode(tokenizer, list(prompts.values()))).logits[:, -1, cities]
     pred = {k: int(i) for k, i in zip(prompts, logits.argmax(-1))}  # index into `cities`
     correct = sum(pred[k] == i for i, k in enumerate(prompts))
-    print(f"{len(countries)} countries; among their capitals the model picks the right one for {correct}, "
-          f"and {len(set(pred.values()))} different ones in all")
+    print(
+        f"{len(countries)} countries; among their capitals the model picks the right one for {correct}, "
+        f"and {len(set(pred.values()))} different ones in all"
+    )
 
     rng = random.Random(args.seed)
     pairs = [p for p in itertools.permutations(prompts, 2)]
     rng.shuffle(pairs)
-    test, train = pairs[: len(pairs) // 4], pairs[len(pairs) // 4:]
+    test, train = pairs[: len(pairs) // 4], pairs[len(pairs) // 4 :]
 
     def batch_of(ps):
         base = encode(tokenizer, [prompts[b] for b, _ in ps])
@@ -139,22 +170,41 @@ def main(argv=None):
     n_layer = model.config.n_layer
     scores = []
     for layer in range(n_layer):
-        vanilla = pv.IntervenableModel(pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-            layer=layer, component="block_input", intervention_type=pv.VanillaIntervention)]), model)
+        vanilla = pv.IntervenableModel(
+            pv.IntervenableConfig(
+                representations=[
+                    pv.RepresentationConfig(
+                        layer=layer, component="block_input", intervention_type=pv.VanillaIntervention
+                    )
+                ]
+            ),
+            model,
+        )
         scores.append(iia(vanilla, test))
-    print("Vanilla patching of the country token (block_input), IIA per layer: "
-          + " ".join(f"{i}:{s:.2f}" for i, s in enumerate(scores)))
+    print(
+        "Vanilla patching of the country token (block_input), IIA per layer: "
+        + " ".join(f"{i}:{s:.2f}" for i, s in enumerate(scores))
+    )
     layer = max(range(n_layer), key=lambda i: (scores[i] >= max(scores) - 0.05, i))  # deepest near-best layer
 
     # 2. DAS: a rank-r subspace at that layer (tutorial 3's config, with real counterfactual sources)
     torch.manual_seed(args.seed)
-    config = pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-        layer=layer, component="block_input", intervention_type=pv.LowRankRotatedSpaceIntervention,
-        low_rank_dimension=args.rank)])
+    config = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(
+                layer=layer,
+                component="block_input",
+                intervention_type=pv.LowRankRotatedSpaceIntervention,
+                low_rank_dimension=args.rank,
+            )
+        ]
+    )
     intervenable = pv.IntervenableModel(config, model)
     optimizer = torch.optim.Adam(intervenable.get_trainable_parameters(), lr=1e-2)
-    print(f"DAS at layer {layer}, rank {args.rank} ({intervenable.count_parameters()} trainable parameters): "
-          f"held-out IIA before training {iia(intervenable, test):.2f}")
+    print(
+        f"DAS at layer {layer}, rank {args.rank} ({intervenable.count_parameters()} trainable parameters): "
+        f"held-out IIA before training {iia(intervenable, test):.2f}"
+    )
     for step in range(steps):
         ps = rng.sample(train, batch)
         with torch.nn.utils.parametrize.cached():
@@ -174,9 +224,11 @@ def main(argv=None):
         p = torch.softmax(logits[0], -1)  # over the capitals
         names = [c for _, c in countries]
         top = names[int(p.argmax())]
-        print(f"'{prompts['Italy']}' with France's subspace: P(Paris)={p[names.index('Paris')]:.3f}  "
-              f"P(Rome)={p[names.index('Rome')]:.3f} (among the capitals; top: {top}; "
-              f"the model's answer for France: {names[pred['France']]})")
+        print(
+            f"'{prompts['Italy']}' with France's subspace: P(Paris)={p[names.index('Paris')]:.3f}  "
+            f"P(Rome)={p[names.index('Rome')]:.3f} (among the capitals; top: {top}; "
+            f"the model's answer for France: {names[pred['France']]})"
+        )
     key = f"layer.{layer}.comp.block_input.unit.pos.nunit.1#0"  # the tutorial's (pre-0.1.7) key
     rotation = intervenable.interventions[key][0]
     print(f"Learned rotation shape: {tuple(rotation.rotate_layer.weight.shape)}; total {time.time() - t0:.1f} s")

@@ -6,10 +6,11 @@ the layer-5 hidden states differ from the clean run exactly at the patched posit
 positions before the first patched one keep their logits, and the indirect-object prediction of
 the continuation follows the patched names.
 """
+
 import torch
+from _common import load, parser
 
 import fxvene as pv
-from _common import load, parser
 
 
 def main(argv=None):
@@ -19,10 +20,18 @@ def main(argv=None):
     source = tok("Alice and Bob went to the store. Alice gave a drink to", return_tensors="pt")
     layer = 5 if model.config.num_hidden_layers > 5 else model.config.num_hidden_layers - 1
 
-    config = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=layer, component="block_output", intervention_type=pv.VanillaIntervention,
-                                unit="pos", max_number_of_units=1),
-        pv.RepresentationConfig(layer=layer, component="block_output", intervention_type=pv.CollectIntervention)])
+    config = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(
+                layer=layer,
+                component="block_output",
+                intervention_type=pv.VanillaIntervention,
+                unit="pos",
+                max_number_of_units=1,
+            ),
+            pv.RepresentationConfig(layer=layer, component="block_output", intervention_type=pv.CollectIntervention),
+        ]
+    )
     intervenable = pv.IntervenableModel(config, model)
     with torch.no_grad():
         clean_h = model(**base, output_hidden_states=True).hidden_states[layer + 1]
@@ -30,13 +39,15 @@ def main(argv=None):
         for positions in ([0], [0, 2], [2]):
             loc = [positions]  # one example: its list of positions
             (_, collected), out = intervenable(
-                base=base, sources=[source, None],
-                unit_locations={"sources->base": ([loc, None], [loc, None])})
+                base=base, sources=[source, None], unit_locations={"sources->base": ([loc, None], [loc, None])}
+            )
             changed = (collected[0][0] - clean_h[0]).abs().amax(-1) > 1e-6
-            same_before = torch.allclose(out.logits[0, :min(positions)], clean_logits[0, :min(positions)], atol=1e-5)
+            same_before = torch.allclose(out.logits[0, : min(positions)], clean_logits[0, : min(positions)], atol=1e-5)
             nxt = tok.decode([int(out.logits[0, -1].argmax())])
-            print(f"patch positions {positions}: layer-{layer} states changed at {changed.nonzero().flatten().tolist()}; "
-                  f"logits before position {min(positions)} unchanged: {same_before}; next token: {nxt!r}")
+            print(
+                f"patch positions {positions}: layer-{layer} states changed at {changed.nonzero().flatten().tolist()}; "
+                f"logits before position {min(positions)} unchanged: {same_before}; next token: {nxt!r}"
+            )
         print(f"clean next token: {tok.decode([int(clean_logits[0, -1].argmax())])!r}")
 
 

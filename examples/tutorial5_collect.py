@@ -4,20 +4,27 @@ Collects layer 5's block output and layer 10's attention output (the seed's conf
 shapes, and checks them against the model's own ``output_hidden_states`` and that the model's
 output is unchanged.
 """
+
 import torch
+from _common import load, n_layers, parser
 
 import fxvene as pv
-from _common import load, n_layers, parser
 
 
 def main(argv=None):
     args = parser(__doc__).parse_args(argv)
     model, tok = load(args.model)
     L = n_layers(model)
-    config = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=min(5, L - 1), component="block_output", intervention_type=pv.CollectIntervention),
-        pv.RepresentationConfig(layer=min(10, L - 1), component="attention_output",
-                                intervention_type=pv.CollectIntervention)])
+    config = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(
+                layer=min(5, L - 1), component="block_output", intervention_type=pv.CollectIntervention
+            ),
+            pv.RepresentationConfig(
+                layer=min(10, L - 1), component="attention_output", intervention_type=pv.CollectIntervention
+            ),
+        ]
+    )
     intervenable = pv.IntervenableModel(config, model)
     inputs = tok("Hello world", return_tensors="pt")
     with torch.no_grad():

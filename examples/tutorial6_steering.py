@@ -12,10 +12,11 @@ taken at the emotion word's position (the seed's mean over all positions is most
 words, so it is short), and it is added to the residual stream (``block_output``) — on this
 model a direction added to one layer's MLP output moves the next-token distribution much less.
 """
+
 import torch
+from _common import load, parser
 
 import fxvene as pv
-from _common import load, parser
 
 
 def main(argv=None):
@@ -27,8 +28,11 @@ def main(argv=None):
     layer = min(6, model.config.num_hidden_layers - 1)
 
     # 1. the happy - sad direction (the seed's collection, read at the emotion word)
-    config = pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-        layer=layer, component=args.component, intervention_type=pv.CollectIntervention)])
+    config = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=layer, component=args.component, intervention_type=pv.CollectIntervention)
+        ]
+    )
     collector = pv.IntervenableModel(config, model)
     happy, sad = tok("I am very happy and", return_tensors="pt"), tok("I am very sad and", return_tensors="pt")
     word = happy["input_ids"].shape[1] - 2  # the position of "happy" / "sad"
@@ -39,8 +43,11 @@ def main(argv=None):
     print(f"direction: {args.component} of layer {layer} at the emotion word, norm {steering_direction.norm():.3f}")
 
     # 2. steering during generation
-    config = pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-        layer=layer, component=args.component, intervention_type=pv.AdditionIntervention)])
+    config = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=layer, component=args.component, intervention_type=pv.AdditionIntervention)
+        ]
+    )
     intervenable = pv.IntervenableModel(config, model)
     inputs = tok("Today I feel", return_tensors="pt")
     try:
@@ -51,9 +58,15 @@ def main(argv=None):
     n = 8 if args.quick else 20
     # greedy decoding, so the only difference between the lines is the steering
     for name, scale in (("unsteered", 0.0), ("happy - sad", args.scale), ("sad - happy", -args.scale)):
-        _, out = intervenable.generate(inputs, source_representations=scale * steering_direction,
-                                       intervene_on_prompt=True, unit_locations=None,
-                                       max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
+        _, out = intervenable.generate(
+            inputs,
+            source_representations=scale * steering_direction,
+            intervene_on_prompt=True,
+            unit_locations=None,
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=tok.eos_token_id,
+        )
         print(f"{name:>12}: {tok.decode(out[0], skip_special_tokens=True)}")
 
 

@@ -7,31 +7,71 @@ name (PEP 562 module ``__getattr__``), so ``fxvene --help`` and ``from fxvene.de
 demo_model_path`` never pay for them. ``pv.IntervenableModel``, ``from fxvene import X`` and
 ``dir(fxvene)`` behave as with eager imports.
 """
+
 from importlib import import_module as _import_module  # bound here: tests may patch importlib.import_module
 
 __version__ = "0.1.0"
 
 # public name -> the submodule that defines it (loaded on first access)
 _BASIC_UTILS = (
-    "lsm", "sm", "get_type_from_string", "create_directory", "embed_to_distrib", "set_seed",
-    "sigmoid_boundary", "harmonic_sigmoid_boundary", "count_parameters",
-    "random_permutation_matrix", "closeness_to_permutation_loss", "format_token", "top_vals",
-    "get_list_depth", "get_batch_size", "GET_LOC",
+    "lsm",
+    "sm",
+    "get_type_from_string",
+    "create_directory",
+    "embed_to_distrib",
+    "set_seed",
+    "sigmoid_boundary",
+    "harmonic_sigmoid_boundary",
+    "count_parameters",
+    "random_permutation_matrix",
+    "closeness_to_permutation_loss",
+    "format_token",
+    "top_vals",
+    "get_list_depth",
+    "get_batch_size",
+    "GET_LOC",
 )  # pyvene exports its basic_utils at top level (fxvene.basic_utils.__all__; a test keeps them equal)
 _INTERVENTIONS = (
-    "AdditionIntervention", "AutoencoderIntervention", "BasisAgnosticIntervention",
-    "BoundlessRotatedSpaceIntervention", "CollectIntervention", "ConstantSourceIntervention",
-    "DistributedRepresentationIntervention", "Intervention", "InterventionOutput",
-    "JumpReLUAutoencoderIntervention", "LambdaIntervention", "LocalistRepresentationIntervention",
-    "LowRankRotatedSpaceIntervention", "NoiseIntervention", "PCARotatedSpaceIntervention",
-    "RotatedSpaceIntervention", "SharedWeightsTrainableIntervention", "SigmoidMaskIntervention",
-    "SigmoidMaskRotatedSpaceIntervention", "SkipIntervention", "SourcelessIntervention",
-    "SubtractionIntervention", "TrainableIntervention", "VanillaIntervention", "ZeroIntervention",
+    "AdditionIntervention",
+    "AutoencoderIntervention",
+    "BasisAgnosticIntervention",
+    "BoundlessRotatedSpaceIntervention",
+    "CollectIntervention",
+    "ConstantSourceIntervention",
+    "DistributedRepresentationIntervention",
+    "Intervention",
+    "InterventionOutput",
+    "JumpReLUAutoencoderIntervention",
+    "LambdaIntervention",
+    "LocalistRepresentationIntervention",
+    "LowRankRotatedSpaceIntervention",
+    "NoiseIntervention",
+    "PCARotatedSpaceIntervention",
+    "RotatedSpaceIntervention",
+    "SharedWeightsTrainableIntervention",
+    "SigmoidMaskIntervention",
+    "SigmoidMaskRotatedSpaceIntervention",
+    "SkipIntervention",
+    "SourcelessIntervention",
+    "SubtractionIntervention",
+    "TrainableIntervention",
+    "VanillaIntervention",
+    "ZeroIntervention",
     "_do_intervention_by_swap",
 )
 _MODEL_HELPERS = (
-    "create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox", "create_llama", "create_olmo",
-    "create_gru", "create_gru_lm", "create_gru_classifier", "create_mlp_classifier", "GRUConfig", "MLPConfig",
+    "create_gpt2",
+    "create_gpt2_lm",
+    "create_gpt_neo",
+    "create_gpt_neox",
+    "create_llama",
+    "create_olmo",
+    "create_gru",
+    "create_gru_lm",
+    "create_gru_classifier",
+    "create_mlp_classifier",
+    "GRUConfig",
+    "MLPConfig",
 )  # pyvene's model helpers (its __init__ exports them); fxvene.model_helpers
 _LAZY = {
     **{name: "fxvene.basic_utils" for name in _BASIC_UTILS},

@@ -1,5 +1,6 @@
 """``python -m fxvene``: the main job. Causal tracing (ROME) on the GPT-2 shipped with fxvene,
 written to ``causal_trace.png`` — fxvene working within a minute of installing it, offline."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,7 @@ def _subject_positions(tokenizer, prompt, subject):
     ids = tokenizer(prompt)["input_ids"]
     sub = tokenizer(" " + subject)["input_ids"] if not prompt.startswith(subject) else tokenizer(subject)["input_ids"]
     for i in range(len(ids) - len(sub) + 1):
-        if ids[i:i + len(sub)] == sub:
+        if ids[i : i + len(sub)] == sub:
             return list(range(i, i + len(sub)))
     raise ValueError(f"--subject {subject!r} is not a token span of --prompt {prompt!r}")
 
@@ -83,8 +84,10 @@ def main(argv=None):
     eager = {"attn_implementation": "eager"} if args.model is None else {}
     model = AutoModelForCausalLM.from_pretrained(path, **eager).eval()
     print(f"model: {path}")
-    print(f"prompt: {args.prompt!r}  subject: {args.subject!r} (positions {subject})  target: {args.target!r}"
-          + (f" (its first token {tok.decode([target])!r} of {len(target_ids)})" if len(target_ids) > 1 else ""))
+    print(
+        f"prompt: {args.prompt!r}  subject: {args.subject!r} (positions {subject})  target: {args.target!r}"
+        + (f" (its first token {tok.decode([target])!r} of {len(target_ids)})" if len(target_ids) > 1 else "")
+    )
     print(f"causal tracing: {args.samples} noise samples per cell (the first call traces the model) ...", flush=True)
     with torch.no_grad():
         res = causal_trace(model, inputs, subject, target, n_samples=args.samples, window=args.window)

@@ -21,10 +21,10 @@ token of ``tokens``), or a callable ``f(logits (batch, vocab)) -> (batch,)`` or 
 ``values`` are the *estimated* patched metric (``base + estimate``) and whose ``exact`` tensor holds
 the exact values of the re-run cells (NaN elsewhere).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -45,8 +45,8 @@ class Metric:
     column (None when the columns are not tokens); ``label``: how results name it."""
 
     fn: object
-    readout: Optional[list]
-    tokens: Optional[list]
+    readout: list | None
+    tokens: list | None
     label: str
 
     def __call__(self, logits, readout_columns=False):
@@ -61,8 +61,10 @@ class Metric:
         if out.dim() == 1:
             out = out[:, None]
         if out.dim() != 2 or out.shape[0] != logits.shape[0]:
-            raise ValueError(f"metric: the callable must return (batch,) or (batch, k) values, got shape "
-                             f"{tuple(out.shape)} for a batch of {logits.shape[0]}")
+            raise ValueError(
+                f"metric: the callable must return (batch,) or (batch, k) values, got shape "
+                f"{tuple(out.shape)} for a batch of {logits.shape[0]}"
+            )
         return out
 
 
@@ -74,8 +76,9 @@ def make_metric(metric, tokens, model):
             raise ValueError("tokens: a callable metric reads the logits itself; give tokens=None")
         return Metric(metric, None, None, getattr(metric, "__name__", "metric"))
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)} or a callable of the last position's logits, "
-                         f"got {metric!r}")
+        raise ValueError(
+            f"metric must be one of {', '.join(METRICS)} or a callable of the last position's logits, got {metric!r}"
+        )
     if tokens is None:
         raise ValueError(f"tokens: metric={metric!r} needs token ids (tokens=[id, ...])")
     toks = [tokens] if isinstance(tokens, (int, np.integer)) else list(tokens)
@@ -85,16 +88,26 @@ def make_metric(metric, tokens, model):
     toks = [int(t) for t in toks]
     if metric == "logit_diff":
         if len(toks) != 2:
-            raise ValueError(f"tokens: metric='logit_diff' takes two token ids [a, b] (logit a - logit b), got {tokens!r}")
+            raise ValueError(
+                f"tokens: metric='logit_diff' takes two token ids [a, b] (logit a - logit b), got {tokens!r}"
+            )
         a, b = toks
         return Metric(lambda lg: (lg[:, a] - lg[:, b])[:, None], toks, None, f"logit({a}) - logit({b})")
     if metric == "logit":
         return Metric(lambda lg: lg[:, toks], toks, toks, "logit")
     if metric == "prob":
-        return Metric(lambda lg: torch.softmax(lg.double() if lg.dtype == torch.float64 else lg.float(), -1)[:, toks],
-                      None, toks, "prob")
-    return Metric(lambda lg: torch.log_softmax(lg.double() if lg.dtype == torch.float64 else lg.float(), -1)[:, toks],
-                  None, toks, "logprob")
+        return Metric(
+            lambda lg: torch.softmax(lg.double() if lg.dtype == torch.float64 else lg.float(), -1)[:, toks],
+            None,
+            toks,
+            "prob",
+        )
+    return Metric(
+        lambda lg: torch.log_softmax(lg.double() if lg.dtype == torch.float64 else lg.float(), -1)[:, toks],
+        None,
+        toks,
+        "logprob",
+    )
 
 
 # ------------------------------------------------------------------------------------ the rewrite
@@ -126,8 +139,17 @@ def interpolation_graph(traced, sites):
     ``fxv_alpha_j``): at ``alpha = 0`` it is the base run."""
     from fxvene.passes.rewrite import insert_interventions
 
-    reqs = [dict(name=f"fxv_interp_{j}", module=Interpolate(s), node=s.node, port=s.port, region=s.path,
-                 inputs=[f"fxv_src_{j}", f"fxv_alpha_{j}"]) for j, s in enumerate(sites)]
+    reqs = [
+        dict(
+            name=f"fxv_interp_{j}",
+            module=Interpolate(s),
+            node=s.node,
+            port=s.port,
+            region=s.path,
+            inputs=[f"fxv_src_{j}", f"fxv_alpha_{j}"],
+        )
+        for j, s in enumerate(sites)
+    ]
     return insert_interventions(traced.gm, reqs)
 
 
@@ -174,8 +196,9 @@ def _graphs(model, traced, keys):
     if hit is not None:
         return hit
     sites = [resolve_site(traced, model, c, l) for c, l in keys]
-    return _GRAPHS.put(model, traced, tuple(keys),
-                       (sites, source_graph(traced, sites), interpolation_graph(traced, sites)))
+    return _GRAPHS.put(
+        model, traced, tuple(keys), (sites, source_graph(traced, sites), interpolation_graph(traced, sites))
+    )
 
 
 # ------------------------------------------------------------------------------------ the result
@@ -188,8 +211,8 @@ class AttributionResult(SweepResult):
     estimated changes. ``exact``: the same shape, the exact patched metric of the cells re-run with
     ``exact_top_k`` (NaN elsewhere); ``forwards``: what the estimate cost (forwards, backwards)."""
 
-    exact: Optional[torch.Tensor] = None
-    forwards: Optional[dict] = None
+    exact: torch.Tensor | None = None
+    forwards: dict | None = None
 
     @property
     def exact_effects(self):
@@ -227,21 +250,26 @@ class AttributionResult(SweepResult):
     def __repr__(self):
         shape = " x ".join(f"{n} {a}{'s' if n != 1 else ''}" for n, a in zip(self.values.shape, self.axes))
         what = self.metric if self.tokens is None else f"{self.metric} of tokens {self.tokens}"
-        lines = [f"AttributionResult: first-order estimates of patching, last-position {what}",
-                 f"  values [{shape}] (base + estimate)",
-                 f"  components {', '.join(self.components)}; layers {_span(self.layers)}; positions "
-                 f"{_span(self.positions)}" + (f"; heads {_span(self.heads)}" if self.heads is not None else "")]
+        lines = [
+            f"AttributionResult: first-order estimates of patching, last-position {what}",
+            f"  values [{shape}] (base + estimate)",
+            f"  components {', '.join(self.components)}; layers {_span(self.layers)}; positions "
+            f"{_span(self.positions)}" + (f"; heads {_span(self.heads)}" if self.heads is not None else ""),
+        ]
         if self.forwards:
-            lines.append(f"  cost: {self.forwards['forwards']} forwards + {self.forwards['backwards']} backward(s)"
-                         + (f"; exact re-run of {self.forwards['exact_rows']} cells" if self.forwards.get("exact_rows")
-                            else ""))
+            lines.append(
+                f"  cost: {self.forwards['forwards']} forwards + {self.forwards['backwards']} backward(s)"
+                + (f"; exact re-run of {self.forwards['exact_rows']} cells" if self.forwards.get("exact_rows") else "")
+            )
         if self.values.numel():
             lines.append("  largest estimated changes:")
             for r in self.top(3):
                 head = f" head {r['head']}" if "head" in r else ""
                 ex = f", exact {r['exact_effect']:+.4g}" if "exact" in r else ""
-                lines.append(f"    {r['component']} layer {r['layer']} position {r['position']}{head}, example "
-                             f"{r['example']}: {r['estimate']:+.4g}{ex} (base {r['base']:.4g})")
+                lines.append(
+                    f"    {r['component']} layer {r['layer']} position {r['position']}{head}, example "
+                    f"{r['example']}: {r['estimate']:+.4g}{ex} (base {r['base']:.4g})"
+                )
         lines.append("  .top(k), .exact_cells(), .values, .effects, .exact")
         return "\n".join(lines)
 
@@ -255,9 +283,22 @@ def _span(values):
 # ------------------------------------------------------------------------------------ the method
 
 
-def attribution_patching(model, base, source, components=("block_output",), metric="logit_diff", tokens=None,
-                         layers=None, positions=None, heads=None, exact_top_k=None, tracer="auto", max_rows=None,
-                         progress=None, prefix="auto"):
+def attribution_patching(
+    model,
+    base,
+    source,
+    components=("block_output",),
+    metric="logit_diff",
+    tokens=None,
+    layers=None,
+    positions=None,
+    heads=None,
+    exact_top_k=None,
+    tracer="auto",
+    max_rows=None,
+    progress=None,
+    prefix="auto",
+):
     """First-order estimates of activation patching at every component x layer x position (x head)
     cell: ``(a_source - a_base) . d metric / d a`` at the base run, from one forward of each input
     and one backward per metric column (see the module docstring for how the graph is rewritten).
@@ -281,19 +322,23 @@ def attribution_patching(model, base, source, components=("block_output",), metr
         raise ValueError("components must not be empty")
     met = make_metric(metric, tokens, model)
     b_ids, b_mask, s_ids, s_mask = position_pair(base, source, "attribution patching estimates patching")
-    if exact_top_k is not None and (not isinstance(exact_top_k, (int, np.integer)) or isinstance(exact_top_k, bool)
-                                    or exact_top_k < 1):
+    if exact_top_k is not None and (
+        not isinstance(exact_top_k, (int, np.integer)) or isinstance(exact_top_k, bool) or exact_top_k < 1
+    ):
         raise ValueError(f"exact_top_k must be a positive int or None, got {exact_top_k!r}")
     fam, _ = family_for(model)
     if fam is None:
-        raise ValueError(f"attribution_patching needs a model family fxvene knows (GPT-2, Llama, ...); got "
-                         f"{type(model).__name__}")
+        raise ValueError(
+            f"attribution_patching needs a model family fxvene knows (GPT-2, Llama, ...); got {type(model).__name__}"
+        )
     for c in components:
         if c not in fam.components:
             raise ValueError(f"components: unknown component {c!r}; known: {sorted(fam.components)}")
         if c == "attention_weight":
-            raise ValueError("components: 'attention_weight' has no position units (it is (batch, heads, query, key)); "
-                             "attribution patching takes position or head components")
+            raise ValueError(
+                "components: 'attention_weight' has no position units (it is (batch, heads, query, key)); "
+                "attribution patching takes position or head components"
+            )
     n_layers = int(getattr(model.config, fam.n_layers))
     layers = _check_layers(layers, n_layers)
     seq = b_ids.shape[1]
@@ -320,8 +365,14 @@ def attribution_patching(model, base, source, components=("block_output",), metr
     alphas = []
     for s in sites:
         shape = (B, s.n_heads, seq) if s.n_heads is not None else (B, seq)
-        alphas.append(torch.zeros(shape, dtype=torch.float64 if _dtype(model) == torch.float64 else torch.float32,
-                                  device=b_ids.device, requires_grad=True))
+        alphas.append(
+            torch.zeros(
+                shape,
+                dtype=torch.float64 if _dtype(model) == torch.float64 else torch.float32,
+                device=b_ids.device,
+                requires_grad=True,
+            )
+        )
     feeds = {"input_ids": b_ids, "attention_mask": b_mask}
     for j in range(len(sites)):
         feeds[f"fxv_src_{j}"] = src_vals[j]
@@ -350,12 +401,21 @@ def attribution_patching(model, base, source, components=("block_output",), metr
         per_site.append(torch.stack(cols, -1))
     est = torch.stack(per_site, 0)
     est = est.reshape((len(components), len(layers)) + tuple(est.shape[1:]))
-    result = AttributionResult(values=base_vals + est, base=base_vals, components=components, layers=layers,
-                               positions=positions, heads=heads, tokens=met.tokens, metric=met.label,
-                               forwards={"forwards": 2, "backwards": k, "exact_rows": 0})
+    result = AttributionResult(
+        values=base_vals + est,
+        base=base_vals,
+        components=components,
+        layers=layers,
+        positions=positions,
+        heads=heads,
+        tokens=met.tokens,
+        metric=met.label,
+        forwards={"forwards": 2, "backwards": k, "exact_rows": 0},
+    )
     if exact_top_k:
-        result.exact = _exact(model, base, source, result, keys, met, int(exact_top_k), tracer, max_rows, progress,
-                              prefix)
+        result.exact = _exact(
+            model, base, source, result, keys, met, int(exact_top_k), tracer, max_rows, progress, prefix
+        )
         result.forwards["exact_rows"] = int((~torch.isnan(result.exact)).sum())
     return result
 
@@ -393,8 +453,14 @@ def _exact(model, base, source, result, keys, met, k, tracer, max_rows, progress
     with eng.compiling():
         b = eng.prepare(base, tokens=tok)
         s = eng.prepare(source, tokens=tok)
-        out = eng.run_rows(b, s, {"sample": sample, "loc": loc, "head": head if has_heads else None}, tokens=tok,
-                           max_rows=max_rows, progress=progress)
+        out = eng.run_rows(
+            b,
+            s,
+            {"sample": sample, "loc": loc, "head": head if has_heads else None},
+            tokens=tok,
+            max_rows=max_rows,
+            progress=progress,
+        )
     vals = met(out.to(result.base.dtype), readout_columns=use_tokens)
     exact = torch.full_like(result.values, float("nan"))
     row_of = {cell: r for r, cell in enumerate(cells)}
@@ -403,5 +469,13 @@ def _exact(model, base, source, result, keys, met, k, tracer, max_rows, progress
     return exact
 
 
-__all__ = ["attribution_patching", "AttributionResult", "Interpolate", "interpolation_graph", "source_graph",
-           "make_metric", "Metric", "METRICS"]
+__all__ = [
+    "attribution_patching",
+    "AttributionResult",
+    "Interpolate",
+    "interpolation_graph",
+    "source_graph",
+    "make_metric",
+    "Metric",
+    "METRICS",
+]

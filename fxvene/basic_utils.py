@@ -4,21 +4,35 @@ Same names, signatures and results as pyvene 0.1.8's, except that ``get_type_fro
 resolves only fxvene's own intervention classes (it never imports a module named in a
 file) and ``embed_to_distrib`` raises for a model that is not GPT-2 (pyvene returns None).
 """
+
 from __future__ import annotations
 
 import os
 import random
-from typing import Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
-    "lsm", "sm", "get_type_from_string", "create_directory", "embed_to_distrib", "set_seed",
-    "sigmoid_boundary", "harmonic_sigmoid_boundary", "count_parameters",
-    "random_permutation_matrix", "closeness_to_permutation_loss", "format_token", "top_vals",
-    "get_list_depth", "get_batch_size", "GET_LOC",
+    "lsm",
+    "sm",
+    "get_type_from_string",
+    "create_directory",
+    "embed_to_distrib",
+    "set_seed",
+    "sigmoid_boundary",
+    "harmonic_sigmoid_boundary",
+    "count_parameters",
+    "random_permutation_matrix",
+    "closeness_to_permutation_loss",
+    "format_token",
+    "top_vals",
+    "get_list_depth",
+    "get_batch_size",
+    "GET_LOC",
 ]
 
 # (log-)softmax over the vocabulary axis of a (batch, positions, vocab) tensor
@@ -72,7 +86,7 @@ def get_type_from_string(type_str: str) -> type:
         raise ValueError(f"intervention type must be a string, got {type(type_str).__name__}")
     dotted = type_str.strip()
     if dotted.startswith("<class '") and dotted.endswith("'>"):
-        dotted = dotted[len("<class '"):-len("'>")]
+        dotted = dotted[len("<class '") : -len("'>")]
     module_name, _, class_name = dotted.rpartition(".")
     if not module_name:
         raise ValueError(f"unsupported intervention type string: {type_str!r}")
@@ -163,7 +177,7 @@ def embed_to_distrib(model: nn.Module, embed: torch.Tensor, log: bool = False, l
         return (lsm if log else sm)(scores)
 
 
-def format_token(tokenizer: Any, tok: Union[int, torch.Tensor]) -> str:
+def format_token(tokenizer: Any, tok: int | torch.Tensor) -> str:
     """The decoded token with spaces shown as ``_`` and newlines as ``\\n``."""
     return tokenizer.decode(tok).replace(" ", "_").replace("\n", "\\n")
 
@@ -189,7 +203,7 @@ def get_list_depth(lst: Any) -> int:
     return 1 + max(map(get_list_depth, lst), default=0)
 
 
-def get_batch_size(model_input: Union[torch.Tensor, Mapping[str, torch.Tensor]]) -> int:
+def get_batch_size(model_input: torch.Tensor | Mapping[str, torch.Tensor]) -> int:
     """The first dimension of a tensor, or of the first tensor in a dict of inputs."""
     if isinstance(model_input, torch.Tensor):
         return model_input.shape[0]

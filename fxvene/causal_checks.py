@@ -5,6 +5,7 @@ that names no variable is a KeyError, a cycle loops forever, a repeated variable
 ``run_forward`` loop forever). Here each is a ValueError or TypeError that names the argument,
 what was given and what was expected.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -31,8 +32,10 @@ def check_per_variable(arg, mapping, names, *, required=True):
         raise TypeError(f"{arg}: expected a dict keyed by variable name, got {type(mapping).__name__}")
     unknown = [k for k in mapping if k not in names]
     if unknown:
-        raise ValueError(f"{arg}: {unknown} {'is not a variable' if len(unknown) == 1 else 'are not variables'}; "
-                         f"the variables are {sorted(names)}")
+        raise ValueError(
+            f"{arg}: {unknown} {'is not a variable' if len(unknown) == 1 else 'are not variables'}; "
+            f"the variables are {sorted(names)}"
+        )
     if required:
         missing = [n for n in sorted(names) if n not in mapping]
         if missing:
@@ -44,8 +47,9 @@ def check_values(values, names):
     values = check_per_variable("values", values, names)
     for name, vals in values.items():
         if isinstance(vals, (str, bytes, Mapping)) or not hasattr(vals, "__len__") or not hasattr(vals, "__getitem__"):
-            raise TypeError(f"values[{name!r}]: expected a list of the values {name!r} can take, "
-                            f"got {type(vals).__name__}")
+            raise TypeError(
+                f"values[{name!r}]: expected a list of the values {name!r} can take, got {type(vals).__name__}"
+            )
         if len(vals) == 0:
             raise ValueError(f"values[{name!r}]: empty; a variable needs at least one value")
     return values
@@ -74,7 +78,7 @@ def find_cycle(parents):
         path.append(name)
         for p in parents[name]:
             if state.get(p) == 1:  # p is a descendant's ancestor and its own: close the loop
-                loop = path[path.index(p):] + [p]
+                loop = path[path.index(p) :] + [p]
                 return loop[::-1]  # as parent -> child
             if p not in state:
                 found = visit(p, path)
@@ -105,8 +109,10 @@ def check_functions(functions, names, parents):
         try:
             sig.bind(*([None] * n))
         except TypeError:
-            raise TypeError(f"functions[{name!r}]: is called with the values of its {n} parent(s) "
-                            f"{list(parents[name])} in that order, but its signature is {sig}") from None
+            raise TypeError(
+                f"functions[{name!r}]: is called with the values of its {n} parent(s) "
+                f"{list(parents[name])} in that order, but its signature is {sig}"
+            ) from None
     return functions
 
 
@@ -115,8 +121,10 @@ def check_timesteps(timesteps, names, parents):
     for name, ps in parents.items():
         for p in ps:
             if not timesteps[p] < timesteps[name]:
-                raise ValueError(f"timesteps: the parent {p!r} (timestep {timesteps[p]}) must come before its child "
-                                 f"{name!r} (timestep {timesteps[name]})")
+                raise ValueError(
+                    f"timesteps: the parent {p!r} (timestep {timesteps[p]}) must come before its child "
+                    f"{name!r} (timestep {timesteps[name]})"
+                )
     return timesteps
 
 
@@ -128,8 +136,9 @@ def check_setting(arg, setting, names):
         raise TypeError(f"{arg}: expected a dict {{variable: value}}, got {type(setting).__name__}")
     for key in setting:
         if key not in names:
-            raise ValueError(f"{arg}: {key!r} is not a variable of this causal model; "
-                             f"the variables are {sorted(names)}")
+            raise ValueError(
+                f"{arg}: {key!r} is not a variable of this causal model; the variables are {sorted(names)}"
+            )
     return setting
 
 

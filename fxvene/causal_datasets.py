@@ -4,6 +4,7 @@ The samplers are called, and the model run, in pyvene 0.1.8's order, so a seeded
 pyvene's examples. One deliberate difference: ``input_function``/``output_function`` given to
 ``generate_counterfactual_dataset`` are used (pyvene accepts and ignores them there).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,9 @@ def factual_dataset(model, size, sampler, filter, device, input_function, output
     _check_count("size", size, 0)
     sampler = _check_callable("sampler", model.sample_input if sampler is None else sampler)
     encode_in = _check_callable("input_function", model.input_to_tensor if input_function is None else input_function)
-    encode_out = _check_callable("output_function",
-                                 model.output_to_tensor if output_function is None else output_function)
+    encode_out = _check_callable(
+        "output_function", model.output_to_tensor if output_function is None else output_function
+    )
     examples = []
     while len(examples) < size:
         input = sampler()
@@ -41,17 +43,30 @@ def factual_dataset(model, size, sampler, filter, device, input_function, output
     return examples
 
 
-def counterfactual_dataset(model, size, intervention_id, batch_size, sampler, intervention_sampler, filter, device,
-                           input_function, output_function, return_tensors):
+def counterfactual_dataset(
+    model,
+    size,
+    intervention_id,
+    batch_size,
+    sampler,
+    intervention_sampler,
+    filter,
+    device,
+    input_function,
+    output_function,
+    return_tensors,
+):
     _check_count("size", size, 0)
     _check_count("batch_size", batch_size, 1)
     _check_callable("intervention_id", intervention_id)
     sampler = _check_callable("sampler", model.sample_input if sampler is None else sampler)
     draw_intervention = _check_callable(
-        "intervention_sampler", model.sample_intervention if intervention_sampler is None else intervention_sampler)
+        "intervention_sampler", model.sample_intervention if intervention_sampler is None else intervention_sampler
+    )
     encode_in = _check_callable("input_function", model.input_to_tensor if input_function is None else input_function)
-    encode_out = _check_callable("output_function",
-                                 model.output_to_tensor if output_function is None else output_function)
+    encode_out = _check_callable(
+        "output_function", model.output_to_tensor if output_function is None else output_function
+    )
     # every example carries one source slot per intermediate variable
     n_slots = sum(1 for v in model.variables if v not in model.inputs and v not in model.outputs)
 
@@ -74,23 +89,29 @@ def counterfactual_dataset(model, size, intervention_id, batch_size, sampler, in
             padding = n_slots - len(sources)
             if return_tensors:
                 if not sources and padding <= 0:
-                    raise ValueError("generate_counterfactual_dataset: an empty intervention on a model with no "
-                                     "intermediate variable leaves no source to stack")
+                    raise ValueError(
+                        "generate_counterfactual_dataset: an empty intervention on a model with no "
+                        "intermediate variable leaves no source to stack"
+                    )
                 sources += [torch.zeros(encode_in(base).shape) for _ in range(padding)]
-                examples.append({
-                    "labels": encode_out(model.run_interchange(base, by_var)).to(device),
-                    "base_labels": encode_out(model.run_forward(base)).to(device),
-                    "input_ids": encode_in(base).to(device),
-                    "source_input_ids": torch.stack(sources).to(device),
-                    "intervention_id": torch.tensor([intervention_id(intervention)]).to(device),
-                })
+                examples.append(
+                    {
+                        "labels": encode_out(model.run_interchange(base, by_var)).to(device),
+                        "base_labels": encode_out(model.run_forward(base)).to(device),
+                        "input_ids": encode_in(base).to(device),
+                        "source_input_ids": torch.stack(sources).to(device),
+                        "intervention_id": torch.tensor([intervention_id(intervention)]).to(device),
+                    }
+                )
             else:
                 sources += [{} for _ in range(padding)]
-                examples.append({
-                    "labels": model.run_interchange(base, by_var),
-                    "base_labels": model.run_forward(base),
-                    "input_ids": base,
-                    "source_input_ids": sources,
-                    "intervention_id": [intervention_id(intervention)],
-                })
+                examples.append(
+                    {
+                        "labels": model.run_interchange(base, by_var),
+                        "base_labels": model.run_forward(base),
+                        "input_ids": base,
+                        "source_input_ids": sources,
+                        "intervention_id": [intervention_id(intervention)],
+                    }
+                )
     return examples

@@ -13,6 +13,7 @@ pyvene crashes obscurely or never returns (a cycle, a parent that names no varia
 variable in an intervention, a value a variable cannot take) this raises a ValueError/TypeError;
 see the README's "Differences".
 """
+
 from __future__ import annotations
 
 import itertools
@@ -82,8 +83,11 @@ class CausalModel:
                 self.pos[v] = (width[step], step)
                 width[step] += 1
 
-        self.equiv_classes = {} if equiv_classes is None else checks.check_per_variable(
-            "equiv_classes", equiv_classes, self._names, required=False)
+        self.equiv_classes = (
+            {}
+            if equiv_classes is None
+            else checks.check_per_variable("equiv_classes", equiv_classes, self._names, required=False)
+        )
 
     # ------------------------------------------------------------------------------ structure
 
@@ -114,20 +118,25 @@ class CausalModel:
             try:
                 classes = {val: [] for val in self.values[var]}
             except TypeError:
-                raise TypeError(f"values[{var!r}]: the values of a non-input variable must be hashable "
-                                f"(they key its equivalence classes)") from None
+                raise TypeError(
+                    f"values[{var!r}]: the values of a non-input variable must be hashable "
+                    f"(they key its equivalence classes)"
+                ) from None
             ps = self.parents[var]
             for combo in itertools.product(*(self.values[p] for p in ps)):
                 out = self._call(var, combo)
                 if out not in classes:
-                    raise ValueError(f"functions[{var!r}] gives {out!r} for parents {dict(zip(ps, combo))}, "
-                                     f"which is not in values[{var!r}] = {list(self.values[var])!r}")
+                    raise ValueError(
+                        f"functions[{var!r}] gives {out!r} for parents {dict(zip(ps, combo))}, "
+                        f"which is not in values[{var!r}] = {list(self.values[var])!r}"
+                    )
                 classes[out].append(dict(zip(ps, combo)))
             self.equiv_classes[var] = classes
 
     def marginalize(self, target):
-        raise NotImplementedError("CausalModel.marginalize: pyvene 0.1.8 declares it but does nothing; "
-                                  "not implemented here")
+        raise NotImplementedError(
+            "CausalModel.marginalize: pyvene 0.1.8 declares it but does nothing; not implemented here"
+        )
 
     def add_variable(self, variable, values, parents, children, function, timestep=None):
         """Register a variable's values, parents, children, mechanism (and timestep) as pyvene does.
@@ -207,8 +216,10 @@ class CausalModel:
         probability 1/2 and set to a uniformly drawn value (``mandatory`` is unused, as in pyvene)."""
         hidden = [v for v in self.variables if v not in self.inputs and v not in self.outputs]
         if not hidden:
-            raise ValueError("sample_intervention: this causal model has no intermediate variable to intervene "
-                             "on (every variable is an input or an output)")
+            raise ValueError(
+                "sample_intervention: this causal model has no intermediate variable to intervene "
+                "on (every variable is an input or an output)"
+            )
         intervention = {}
         while not intervention:
             for var in hidden:
@@ -238,8 +249,10 @@ class CausalModel:
                 return input
             tries += 1
             if output_var is not None and tries >= 100_000:
-                raise ValueError(f"sample_input: no input with {output_var} == {output_var_value!r} "
-                                 f"in 100000 draws; is that value reachable?")
+                raise ValueError(
+                    f"sample_input: no input with {output_var} == {output_var_value!r} "
+                    f"in 100000 draws; is that value reachable?"
+                )
 
     def sample_input_tree_balanced(self, output_var=None, output_var_value=None):
         """An input whose ``output_var`` is ``output_var_value`` (default: a uniformly drawn value),
@@ -247,13 +260,17 @@ class CausalModel:
         the wanted value, then any input left unset uniformly."""
         if output_var is None:
             if len(self.outputs) != 1:
-                raise ValueError(f"sample_input_tree_balanced: this model has {len(self.outputs)} outputs "
-                                 f"{self.outputs}; pass output_var")
+                raise ValueError(
+                    f"sample_input_tree_balanced: this model has {len(self.outputs)} outputs "
+                    f"{self.outputs}; pass output_var"
+                )
             output_var = self.outputs[0]
         checks.check_variable("sample_input_tree_balanced(output_var)", output_var, self._names)
         if output_var in self.inputs:
-            raise ValueError(f"sample_input_tree_balanced: output_var {output_var!r} is an input variable; "
-                             f"it needs parents to balance over")
+            raise ValueError(
+                f"sample_input_tree_balanced: output_var {output_var!r} is an input variable; "
+                f"it needs parents to balance over"
+            )
         self.generate_equiv_classes()
         if output_var_value is None:
             output_var_value = random.choice(self.values[output_var])
@@ -268,11 +285,14 @@ class CausalModel:
     def _fill_parents(self, var, value, setting):
         classes = self.equiv_classes[var]
         if value not in classes:
-            raise ValueError(f"sample_input_tree_balanced: {value!r} is not a value of {var!r} "
-                             f"(values[{var!r}] = {list(self.values[var])!r})")
+            raise ValueError(
+                f"sample_input_tree_balanced: {value!r} is not a value of {var!r} "
+                f"(values[{var!r}] = {list(self.values[var])!r})"
+            )
         if not classes[value]:
-            raise ValueError(f"sample_input_tree_balanced: no setting of the parents of {var!r} gives it the "
-                             f"value {value!r}")
+            raise ValueError(
+                f"sample_input_tree_balanced: no setting of the parents of {var!r} gives it the value {value!r}"
+            )
         chosen = random.choice(classes[value])
         for parent, parent_value in chosen.items():
             if parent in self.inputs:
@@ -285,6 +305,7 @@ class CausalModel:
     def get_path_maxlen_filter(self, lengths):
         """A filter on total settings: the longest live path (``find_live_paths`` on the setting's
         inputs) has a length in ``lengths``."""
+
         def check_path(total_setting):
             paths = self.find_live_paths({v: total_setting[v] for v in self.inputs})
             longest = [n for n, ps in paths.items() if ps]
@@ -329,25 +350,54 @@ class CausalModel:
 
     # ------------------------------------------------------------------------------ datasets
 
-    def generate_factual_dataset(self, size, sampler=None, filter=None, device="cpu", input_function=None,
-                                 output_function=None, return_tensors=True):
+    def generate_factual_dataset(
+        self,
+        size,
+        sampler=None,
+        filter=None,
+        device="cpu",
+        input_function=None,
+        output_function=None,
+        return_tensors=True,
+    ):
         """``size`` examples ``{"input_ids": input, "labels": total setting}`` (encoded as tensors on
         ``device`` unless ``return_tensors=False``) from ``sampler()`` inputs that pass ``filter``."""
         from .causal_datasets import factual_dataset
 
         return factual_dataset(self, size, sampler, filter, device, input_function, output_function, return_tensors)
 
-    def generate_counterfactual_dataset(self, size, intervention_id, batch_size, sampler=None,
-                                        intervention_sampler=None, filter=None, device="cpu", input_function=None,
-                                        output_function=None, return_tensors=True):
+    def generate_counterfactual_dataset(
+        self,
+        size,
+        intervention_id,
+        batch_size,
+        sampler=None,
+        intervention_sampler=None,
+        filter=None,
+        device="cpu",
+        input_function=None,
+        output_function=None,
+        return_tensors=True,
+    ):
         """Interchange-intervention examples, ``batch_size`` per sampled intervention, until at least
         ``size``: ``labels`` (the counterfactual output), ``base_labels``, ``input_ids`` (the base),
         ``source_input_ids`` (one source per intervened variable, in ``variables`` order, padded with
         zeros / ``{}`` to the number of intermediate variables) and ``intervention_id``."""
         from .causal_datasets import counterfactual_dataset
 
-        return counterfactual_dataset(self, size, intervention_id, batch_size, sampler, intervention_sampler, filter,
-                                      device, input_function, output_function, return_tensors)
+        return counterfactual_dataset(
+            self,
+            size,
+            intervention_id,
+            batch_size,
+            sampler,
+            intervention_sampler,
+            filter,
+            device,
+            input_function,
+            output_function,
+            return_tensors,
+        )
 
     # ------------------------------------------------------------------------------ plots
 

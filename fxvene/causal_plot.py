@@ -1,4 +1,5 @@
 """The graph plots of a CausalModel (``print_structure``, ``print_setting``); matplotlib is optional."""
+
 from __future__ import annotations
 
 
@@ -17,6 +18,12 @@ def draw(model, labels, pos, font, node_size):
     graph.add_nodes_from(labels[v] for v in model.variables)  # isolated variables are drawn too
     graph.add_edges_from((labels[p], labels[c]) for c in model.variables for p in model.parents[c])
     plt.figure(figsize=(10, 10))
-    nx.draw_networkx(graph, pos={labels[v]: pos[v] for v in model.variables}, with_labels=True, node_color="green",
-                     font_size=font, node_size=node_size)
+    nx.draw_networkx(
+        graph,
+        pos={labels[v]: pos[v] for v in model.variables},
+        with_labels=True,
+        node_color="green",
+        font_size=font,
+        node_size=node_size,
+    )
     plt.show()

@@ -13,6 +13,7 @@ usage errors exit with status 2. Arguments are checked before torch, transformer
 load (:func:`check_args`: the model path, layer and component names, the config's JSON), so
 ``--help`` and most mistakes answer at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ BUILTINS = {
 }
 TRACERS = ("auto", "hf_fx", "export")
 # what the checks need to know of a random-weight built-in without building it: (class, layers)
-_BUILTIN_SHAPES = {"gpt2-tiny": ("GPT2LMHeadModel", 4), "llama-tiny": ("LlamaForCausalLM", 3),
-                   "gpt2-small-shape": ("GPT2LMHeadModel", 12)}
+_BUILTIN_SHAPES = {
+    "gpt2-tiny": ("GPT2LMHeadModel", 4),
+    "llama-tiny": ("LlamaForCausalLM", 3),
+    "gpt2-small-shape": ("GPT2LMHeadModel", 12),
+}
 
 
 class CLIError(Exception):
@@ -56,15 +60,24 @@ def _gpt2_config(**kw):
 def builtin_config(name):
     """The config of a random-weight built-in model (``demo`` has none: it is loaded from disk)."""
     if name == "gpt2-tiny":
-        return _gpt2_config(n_layer=4, n_embd=24, n_head=4, vocab_size=50, n_positions=64, bos_token_id=0, eos_token_id=0)
+        return _gpt2_config(
+            n_layer=4, n_embd=24, n_head=4, vocab_size=50, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
     if name == "gpt2-small-shape":
         return _gpt2_config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
     if name == "llama-tiny":
         from transformers import LlamaConfig
 
         return LlamaConfig(
-            num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=48, vocab_size=50, max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
+            num_hidden_layers=3,
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            vocab_size=50,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=0,
             pad_token_id=0,
         )
     raise CLIError(f"unknown built-in model {name!r}; built-ins: {', '.join(BUILTINS)}")
@@ -107,9 +120,7 @@ def load_model(spec):
         return load_model_dir(spec)
     if spec in BUILTINS:
         return builtin_model(spec)
-    raise CLIError(
-        f"model {spec!r} is neither a local model directory nor a built-in name ({', '.join(BUILTINS)})"
-    )
+    raise CLIError(f"model {spec!r} is neither a local model directory nor a built-in name ({', '.join(BUILTINS)})")
 
 
 # ---------------------------------------------------------------------------------- checks
@@ -154,9 +165,7 @@ def model_shape(spec):
     elif os.sep in spec or spec.startswith(".") or (os.altsep and os.altsep in spec):
         raise CLIError(f"model directory {spec!r} does not exist")
     else:
-        raise CLIError(
-            f"model {spec!r} is neither a local model directory nor a built-in name ({', '.join(BUILTINS)})"
-        )
+        raise CLIError(f"model {spec!r} is neither a local model directory nor a built-in name ({', '.join(BUILTINS)})")
     fam = next((f for f in _families() for a in archs if a in f.prefixes), None)
     if fam is None:
         return None, None
@@ -179,8 +188,9 @@ def _check_component(name, fam, what):
         raise CLIError(f"{what} must be a string, got {name!r}")
     # pyvene's string components ("transformer.h[0].mlp.output") are resolved on the model
     if fam is not None and "." not in name and name not in fam.components:
-        raise CLIError(f"{what}: unknown component {name!r} for the {fam.name} family; known: "
-                       f"{', '.join(fam.components)}")
+        raise CLIError(
+            f"{what}: unknown component {name!r} for the {fam.name} family; known: {', '.join(fam.components)}"
+        )
 
 
 def read_intervention_config(path):
@@ -263,7 +273,9 @@ def resolve_intervention_type(name, where="intervention_type"):
     except ValueError:
         from fxvene.basic_utils import _ALLOWED_TYPE_NAMES
 
-        raise CLIError(f"{where}: unknown intervention type {name!r}; known: {', '.join(sorted(_ALLOWED_TYPE_NAMES))}") from None
+        raise CLIError(
+            f"{where}: unknown intervention type {name!r}; known: {', '.join(sorted(_ALLOWED_TYPE_NAMES))}"
+        ) from None
 
 
 def load_config(path):
@@ -285,10 +297,14 @@ def load_config(path):
         if bad:
             raise CLIError(f"--config: representations[{i}] has unknown keys {bad}")
         if "intervention" in r:
-            raise CLIError(f"--config: representations[{i}]: use 'intervention_type' (a class name), not 'intervention'")
+            raise CLIError(
+                f"--config: representations[{i}]: use 'intervention_type' (a class name), not 'intervention'"
+            )
         r = dict(r)
         if r.get("intervention_type") is not None:
-            r["intervention_type"] = resolve_intervention_type(r["intervention_type"], f"representations[{i}].intervention_type")
+            r["intervention_type"] = resolve_intervention_type(
+                r["intervention_type"], f"representations[{i}].intervention_type"
+            )
         out.append(RepresentationConfig(**r))
     kwargs = {}
     if "mode" in data:
@@ -329,10 +345,9 @@ def _jsonable(d):
 
 
 def cmd_trace(args, out):
+    from fxvene import tracing
     from fxvene.models import family_for
     from fxvene.tracing import trace
-
-    from fxvene import tracing
 
     model = load_model(args.model)
     sig = ("input_ids", "attention_mask")
@@ -349,14 +364,23 @@ def cmd_trace(args, out):
     print(f"model:      {type(model).__name__} ({args.model}){layers}, {n_params / 1e6:.2f}M parameters", file=out)
     print(f"family:     {fam.name if fam is not None else '(none: use string components)'}", file=out)
     print(f"frontend:   {traced.frontend} (tracer={args.tracer})", file=out)
-    print(f"nodes:      {len(traced.gm.graph.nodes)} (" + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())) + ")", file=out)
+    print(
+        f"nodes:      {len(traced.gm.graph.nodes)} (" + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())) + ")",
+        file=out,
+    )
     print(f"inputs:     {', '.join(traced.input_names)} -> outputs: {', '.join(traced.output_keys)}", file=out)
     if cached:
-        print(f"trace time: {traced.trace_seconds:.2f} s in the frontend (measured when first traced in this "
-              "process; this call reused the cached graph)", file=out)
+        print(
+            f"trace time: {traced.trace_seconds:.2f} s in the frontend (measured when first traced in this "
+            "process; this call reused the cached graph)",
+            file=out,
+        )
     else:
-        print(f"trace time: {traced.trace_seconds:.2f} s in the frontend (trace + output check), "
-              f"{total:.2f} s in all (with the reference forward)", file=out)
+        print(
+            f"trace time: {traced.trace_seconds:.2f} s in the frontend (trace + output check), "
+            f"{total:.2f} s in all (with the reference forward)",
+            file=out,
+        )
     return 0
 
 
@@ -417,8 +441,12 @@ def cmd_diff(args, out):
         else:
             print(d.text(context=args.context, max_run=None if args.full else 20), file=out)
         if dot_files:
-            d.write_dot(dot_files[i], neighbourhood=neighbourhood, cluster_depth=args.cluster_depth,
-                        collapse_removed=not args.expand_removed)
+            d.write_dot(
+                dot_files[i],
+                neighbourhood=neighbourhood,
+                cluster_depth=args.cluster_depth,
+                collapse_removed=not args.expand_removed,
+            )
             msg = f"wrote {dot_files[i]}"
             if args.render:
                 img = os.path.splitext(dot_files[i])[0] + "." + args.render
@@ -450,50 +478,77 @@ def build_parser():
     def common(sp):
         sp.add_argument("model", metavar="MODEL", help="local model directory or built-in name: " + ", ".join(BUILTINS))
         sp.add_argument("--tracer", choices=TRACERS, default="auto", help="tracing frontend (default: auto)")
-        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="show library warnings and tracebacks")
+        sp.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show library warnings and tracebacks",
+        )
 
-    sp = sub.add_parser("components", help="every component at every layer: node, module, shape, dtype",
-                        description="List every component of the model's family at every layer (or one) with the "
-                                    "fx node it resolves to, its module path, port, shape and dtype.")
+    sp = sub.add_parser(
+        "components",
+        help="every component at every layer: node, module, shape, dtype",
+        description="List every component of the model's family at every layer (or one) with the "
+        "fx node it resolves to, its module path, port, shape and dtype.",
+    )
     common(sp)
     sp.add_argument("--layer", type=int, default=None, help="only this layer")
     sp.add_argument("--component", action="append", metavar="NAME", help="only this component (repeatable)")
     sp.add_argument("--json", action="store_true", help="print the rows as JSON")
     sp.set_defaults(func=cmd_components)
 
-    sp = sub.add_parser("diff", help="graph diff between the traced model and the rewritten graphs of a config",
-                        description="Show the sites of a pyvene-style config and the graph diff between the traced "
-                                    "model and the rewritten graphs (the intervened base forward and the truncated "
-                                    "source runs).",
-                        epilog='CONFIG.json: {"representations": [{"layer": 3, "component": "block_output", '
-                               '"intervention_type": "VanillaIntervention"}], "mode": "parallel"}')
+    sp = sub.add_parser(
+        "diff",
+        help="graph diff between the traced model and the rewritten graphs of a config",
+        description="Show the sites of a pyvene-style config and the graph diff between the traced "
+        "model and the rewritten graphs (the intervened base forward and the truncated "
+        "source runs).",
+        epilog='CONFIG.json: {"representations": [{"layer": 3, "component": "block_output", '
+        '"intervention_type": "VanillaIntervention"}], "mode": "parallel"}',
+    )
     common(sp)
     sp.add_argument("--config", required=True, metavar="CONFIG.json", help="pyvene-style intervenable config (JSON)")
-    sp.add_argument("--graph", choices=("base", "source", "all"), default="all",
-                    help="which rewritten graph(s): the intervened base forward, the source runs, or all (default)")
+    sp.add_argument(
+        "--graph",
+        choices=("base", "source", "all"),
+        default="all",
+        help="which rewritten graph(s): the intervened base forward, the source runs, or all (default)",
+    )
     sp.add_argument("--group", type=int, default=None, help="only this source group (with --graph source/all)")
     sp.add_argument("--context", type=int, default=3, help="unchanged lines around each change (default 3)")
     sp.add_argument("--full", action="store_true", help="do not shorten long runs of added/removed lines")
     sp.add_argument("--code", action="store_true", help="diff the generated Python code (gm.code) instead")
-    sp.add_argument("--dot", metavar="PATH", help="write Graphviz DOT (one file per graph: PATH, PATH-stem.sourceG.dot)")
+    sp.add_argument(
+        "--dot", metavar="PATH", help="write Graphviz DOT (one file per graph: PATH, PATH-stem.sourceG.dot)"
+    )
     sp.add_argument("--render", metavar="FMT", help="also render each DOT file with Graphviz 'dot' (svg, png, pdf)")
-    sp.add_argument("--neighbourhood", type=int, default=2,
-                    help="DOT: keep nodes within N hops of a change (default 2)")
+    sp.add_argument(
+        "--neighbourhood", type=int, default=2, help="DOT: keep nodes within N hops of a change (default 2)"
+    )
     sp.add_argument("--whole-graph", action="store_true", help="DOT: keep every node")
-    sp.add_argument("--expand-removed", action="store_true",
-                    help="DOT: draw every removed node (default: one node per module for removed nodes)")
+    sp.add_argument(
+        "--expand-removed",
+        action="store_true",
+        help="DOT: draw every removed node (default: one node per module for removed nodes)",
+    )
     sp.add_argument("--cluster-depth", type=int, default=3, help="DOT: module levels grouped as clusters (default 3)")
     sp.set_defaults(func=cmd_diff)
 
-    sp = sub.add_parser("trace", help="trace the model: node count, frontend, time to trace",
-                        description="Trace the model once and report the frontend, node counts and time to trace.")
+    sp = sub.add_parser(
+        "trace",
+        help="trace the model: node count, frontend, time to trace",
+        description="Trace the model once and report the frontend, node counts and time to trace.",
+    )
     common(sp)
     sp.set_defaults(func=cmd_trace)
 
-    sp = sub.add_parser("cache", help="the on-disk graph cache: info (where, what) or clear",
-                        description="Exported graphs are cached on disk ($FXVENE_CACHE_DIR, default ~/.cache/fxvene; "
-                                    "FXVENE_CACHE=0 turns it off). 'info' lists them, 'clear' deletes them.")
+    sp = sub.add_parser(
+        "cache",
+        help="the on-disk graph cache: info (where, what) or clear",
+        description="Exported graphs are cached on disk ($FXVENE_CACHE_DIR, default ~/.cache/fxvene; "
+        "FXVENE_CACHE=0 turns it off). 'info' lists them, 'clear' deletes them.",
+    )
     sp.add_argument("action", choices=("info", "clear"))
     sp.set_defaults(func=cmd_cache)
 

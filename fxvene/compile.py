@@ -26,10 +26,10 @@ steering vector): its leading dim is marked as the batch only when it equals a b
 defaults to True. The first call of each structure says on stderr that it is compiling and how
 long it took.
 """
+
 from __future__ import annotations
 
 import contextlib
-import time
 
 import torch
 
@@ -69,8 +69,15 @@ def _mark_seq(t, dim):
         torch._dynamo.decorators.maybe_mark_dynamic(t, dim)
 
 
-_MARKS = ("_dynamo_unbacked_indices", "_dynamo_shape_ids", "_dynamo_unbacked_bounds", "_specialize_on",
-          "_dynamo_hint_overrides", "_dynamo_weak_dynamic_indices", "_has_dynamo_dim_marking")
+_MARKS = (
+    "_dynamo_unbacked_indices",
+    "_dynamo_shape_ids",
+    "_dynamo_unbacked_bounds",
+    "_specialize_on",
+    "_dynamo_hint_overrides",
+    "_dynamo_weak_dynamic_indices",
+    "_has_dynamo_dim_marking",
+)
 
 
 def unmark(tensors):
@@ -100,7 +107,9 @@ def mark_dims(kwargs, batch, seq_dims=None, batch_names=None, loose=()):
             if not isinstance(t, torch.Tensor):
                 continue
             marked.append(t)
-            is_batch = batch_names(name) if batch_names is not None else (name in MODEL_INPUTS or name.startswith("fxv_"))
+            is_batch = (
+                batch_names(name) if batch_names is not None else (name in MODEL_INPUTS or name.startswith("fxv_"))
+            )
             if is_batch and (name not in loose or batch > 1):
                 _mark_batch(t, batch)
             if name in seq_dims:
@@ -158,7 +167,7 @@ def _user_sources(gm, kwargs):
     for name in kwargs:
         if name.startswith("fxv_src_"):
             try:
-                op = gm.get_submodule("fxv_site_" + name[len("fxv_src_"):])
+                op = gm.get_submodule("fxv_site_" + name[len("fxv_src_") :])
             except AttributeError:
                 continue
             call = getattr(op, "call", None) or {}
@@ -182,8 +191,10 @@ def run(intervenable, gm, kwargs):
     try:
         if not first:
             return fn(**kwargs)
-        with _say("compiling the intervened graph (first call of this structure; later batch sizes, lengths and "
-                  "locations reuse it)"):
+        with _say(
+            "compiling the intervened graph (first call of this structure; later batch sizes, lengths and "
+            "locations reuse it)"
+        ):
             return fn(**kwargs)
     finally:
         unmark(marked)

@@ -1,10 +1,11 @@
 """The configuration objects of pyvene 0.1.8's API: ``RepresentationConfig`` (where and
 what to intervene on) and ``IntervenableConfig`` (a list of them plus the run mode)."""
+
 from __future__ import annotations
 
 import json
 from collections import namedtuple
-from typing import Any, Optional, Union
+from typing import Any
 
 from transformers.configuration_utils import PretrainedConfig
 
@@ -21,8 +22,7 @@ RepresentationConfig = namedtuple(
     "subspace_partition group_key intervention_link_key moe_key "
     "source_representation hidden_source_representation latent_dim "
     "source_layer source_component",
-    defaults=(0, "block_output", "pos", 1, None, None, None, None, None, None, None, None, None, None,
-              None, None),
+    defaults=(0, "block_output", "pos", 1, None, None, None, None, None, None, None, None, None, None, None, None),
 )
 RepresentationConfig.__doc__ = """Where and what to intervene on (pyvene 0.1.8's fields, in its order).
 
@@ -37,7 +37,7 @@ intervention still writes at (``component``, ``layer``) of the base; the source 
 EXTENSION_FIELDS = ("source_layer", "source_component")
 PYVENE_FIELDS = RepresentationConfig._fields[: -len(EXTENSION_FIELDS)]
 
-RepresentationLike = Union[RepresentationConfig, list, tuple, dict]
+RepresentationLike = RepresentationConfig | list | tuple | dict
 
 
 def _as_representation(item: RepresentationLike) -> RepresentationConfig:
@@ -51,7 +51,7 @@ def _as_representation(item: RepresentationLike) -> RepresentationConfig:
     raise ValueError(f"representations: {item!r} is not a RepresentationConfig, list or dict")
 
 
-def _type_of(rep: RepresentationConfig, where: str) -> Optional[type]:
+def _type_of(rep: RepresentationConfig, where: str) -> type | None:
     """The intervention class a representation names itself, or None."""
     if rep.intervention_type is not None and rep.intervention is not None:
         raise ValueError(
@@ -121,7 +121,7 @@ class IntervenableConfig(PretrainedConfig):
         self.model_type = model_type
         super().__init__(**kwargs)
 
-    def add_intervention(self, representations: Union[RepresentationLike, list]) -> None:
+    def add_intervention(self, representations: RepresentationLike | list) -> None:
         """Append representations; each must name its ``intervention_type``."""
         if not isinstance(representations, list):
             representations = [representations]

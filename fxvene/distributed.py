@@ -12,6 +12,7 @@ processes: torchrun starts the ranks and ``init_process_group`` (env://) connect
 Outside torchrun (no ``WORLD_SIZE`` > 1 in the environment and no initialised process group) every
 function here is the single-process identity.
 """
+
 from __future__ import annotations
 
 import os

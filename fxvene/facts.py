@@ -16,6 +16,7 @@ token, ...) is not fatal: :func:`load_facts` returns it as a :class:`Malformed` 
 what it predicts, and p(target). ROME traces only the facts the model gets right; so do the
 dataset sweeps unless told otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 TEXT_FIELDS = ("prompt", "subject", "target")
 TOKEN_FIELDS = ("input_ids", "subject_positions", "target_token")
@@ -39,11 +40,11 @@ class Fact:
     input_ids: list
     subject_positions: list
     target_token: int
-    prompt: Optional[str] = None
-    subject: Optional[str] = None
-    target: Optional[str] = None
+    prompt: str | None = None
+    subject: str | None = None
+    target: str | None = None
     record: dict = field(default_factory=dict)
-    source_ids: Optional[list] = None  # patching datasets: the source prompt's ids (same length)
+    source_ids: list | None = None  # patching datasets: the source prompt's ids (same length)
 
     @property
     def n_tokens(self):
@@ -106,8 +107,10 @@ def read_records(facts):
     if isinstance(facts, (list, tuple)):
         if not facts:
             raise ValueError("facts: the list of records is empty")
-        return [(n, dict(r), None) if isinstance(r, Mapping) else
-                (n, None, f"expected a dict, got {type(r).__name__}") for n, r in enumerate(facts, 1)]
+        return [
+            (n, dict(r), None) if isinstance(r, Mapping) else (n, None, f"expected a dict, got {type(r).__name__}")
+            for n, r in enumerate(facts, 1)
+        ]
     raise TypeError(f"facts must be a JSONL file path or a list of dicts, got {type(facts).__name__}")
 
 
@@ -145,22 +148,28 @@ def _fact(index, line, rec, tokenizer, vocab_size, source_field):
         missing = [k for k in TEXT_FIELDS if k not in rec]
         if missing:
             have = ", ".join(sorted(rec)) or "none"
-            raise _Bad(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                       f"(a record needs {', '.join(TEXT_FIELDS)} or {', '.join(TOKEN_FIELDS)}; it has {have})")
+            raise _Bad(
+                f"missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                f"(a record needs {', '.join(TEXT_FIELDS)} or {', '.join(TOKEN_FIELDS)}; it has {have})"
+            )
         for k in TEXT_FIELDS:
             if not isinstance(rec[k], str) or not rec[k].strip():
                 raise _Bad(f"{k} must be a non-empty string, got {rec[k]!r}")
         if tokenizer is None:
-            raise ValueError("tokenizer: text records (prompt, subject, target) need the model's tokenizer "
-                             "(tokenizer=...); or give input_ids, subject_positions, target_token")
+            raise ValueError(
+                "tokenizer: text records (prompt, subject, target) need the model's tokenizer "
+                "(tokenizer=...); or give input_ids, subject_positions, target_token"
+            )
         prompt, subject, target = rec["prompt"], rec["subject"], rec["target"]
         ids = list(tokenizer(prompt)["input_ids"])
         subj = subject_span(tokenizer, prompt, subject, ids)
         tids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
         if len(tids) != 1:
             shown = [tokenizer.decode([t]) for t in tids]
-            raise _Bad(f"target {target!r} is {len(tids)} tokens {shown}, expected exactly one "
-                       "(give its first token, with its leading space)")
+            raise _Bad(
+                f"target {target!r} is {len(tids)} tokens {shown}, expected exactly one "
+                "(give its first token, with its leading space)"
+            )
         if vocab_size and any(not 0 <= t < vocab_size for t in ids + tids):
             raise _Bad(f"token ids outside the model's vocabulary of {vocab_size}")
         fact = Fact(index, line, ids, subj, int(tids[0]), prompt, subject, target, rec)
@@ -168,8 +177,9 @@ def _fact(index, line, rec, tokenizer, vocab_size, source_field):
         raise _Bad("the subject has no tokens")
     s = fact.subject_positions
     if s != list(range(s[0], s[0] + len(s))) or not 0 <= s[0] or s[-1] >= len(fact.input_ids):
-        raise _Bad(f"subject_positions must be consecutive positions of the {len(fact.input_ids)}-token prompt, "
-                   f"got {s}")
+        raise _Bad(
+            f"subject_positions must be consecutive positions of the {len(fact.input_ids)}-token prompt, got {s}"
+        )
     if source_field is not None:
         if source_field not in rec:
             raise _Bad(f"missing field {source_field!r} (the source prompt patched into the prompt)")
@@ -181,8 +191,10 @@ def _fact(index, line, rec, tokenizer, vocab_size, source_field):
         else:
             src = _int_list(src, source_field, vocab_size)
         if len(src) != len(fact.input_ids):
-            raise _Bad(f"{source_field} has {len(src)} tokens and the prompt {len(fact.input_ids)}: patching "
-                       "needs the same length")
+            raise _Bad(
+                f"{source_field} has {len(src)} tokens and the prompt {len(fact.input_ids)}: patching "
+                "needs the same length"
+            )
         fact.source_ids = src
     return fact
 
@@ -216,7 +228,7 @@ def subject_span(tokenizer, prompt, subject, ids=None):
     for form in (" " + subject, subject):  # no offsets: find the subject's tokens in the prompt's
         sub = list(tokenizer(form, add_special_tokens=False)["input_ids"])
         for i in range(len(ids) - len(sub) + 1):
-            if sub and ids[i:i + len(sub)] == sub:
+            if sub and ids[i : i + len(sub)] == sub:
                 return list(range(i, i + len(sub)))
     raise _Bad(f"subject {subject!r} is not a token span of the prompt {prompt!r}")
 
@@ -235,7 +247,7 @@ def predictions(model, facts, batch=64):
         for n in sorted(by_len):
             group = by_len[n]
             for i in range(0, len(group), batch):
-                part = group[i:i + batch]
+                part = group[i : i + batch]
                 ids = torch.tensor([f.input_ids for f in part], device=device)
                 logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[:, -1]
                 p = torch.softmax(logits.float(), -1).cpu()
@@ -275,5 +287,15 @@ def demo_facts_path():
     return os.path.join(os.path.dirname(demo_model_path()), "facts.jsonl")
 
 
-__all__ = ["Fact", "Malformed", "Loaded", "load_facts", "read_records", "is_dataset", "predictions", "subject_span",
-           "demo_facts_path", "parse_bytes"]
+__all__ = [
+    "Fact",
+    "Malformed",
+    "Loaded",
+    "load_facts",
+    "read_records",
+    "is_dataset",
+    "predictions",
+    "subject_span",
+    "demo_facts_path",
+    "parse_bytes",
+]

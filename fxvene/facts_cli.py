@@ -15,6 +15,7 @@ malformed records), ``summary.safetensors`` and the figures ``aie.png`` and ``ai
 
 Nothing heavy is imported here at module level: ``fxvene --help`` stays instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,39 +31,62 @@ _STALL = "FXVENE_FACTS_STALL_AFTER"  # tests: stall (a prompt in flight) after N
 
 def add_parser(sub, builtins):
     sp = sub.add_parser(
-        "trace-facts", help="ROME causal tracing over a JSONL file of facts (resumable; torchrun for several ranks)",
+        "trace-facts",
+        help="ROME causal tracing over a JSONL file of facts (resumable; torchrun for several ranks)",
         description="Causal tracing (ROME) of every fact in FACTS.jsonl that the model gets right, written prompt "
-                    "by prompt to RUN_DIR (rerun the same command to resume), then ROME's average indirect effects "
-                    "by token class and layer (summary.json, aie.png, aie_lines.png). Several processes: "
-                    "torchrun --nproc_per_node=K -m fxvene trace-facts ...",
+        "by prompt to RUN_DIR (rerun the same command to resume), then ROME's average indirect effects "
+        "by token class and layer (summary.json, aie.png, aie_lines.png). Several processes: "
+        "torchrun --nproc_per_node=K -m fxvene trace-facts ...",
         epilog='FACTS.jsonl: one record per line, {"prompt": "The Space Needle is in downtown", "subject": '
-               '"Space Needle", "target": " Seattle"} (or input_ids, subject_positions, target_token).')
+        '"Space Needle", "target": " Seattle"} (or input_ids, subject_positions, target_token).',
+    )
     sp.add_argument("facts", metavar="FACTS.jsonl", help="records: prompt, subject, target (one JSON object a line)")
-    sp.add_argument("--model", required=True, metavar="MODEL",
-                    help="local model directory (its tokenizer too) or built-in name: " + ", ".join(builtins))
+    sp.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="local model directory (its tokenizer too) or built-in name: " + ", ".join(builtins),
+    )
     sp.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (created; reused to resume)")
     sp.add_argument("--samples", type=int, default=10, help="noise samples per cell (default 10)")
-    sp.add_argument("--window", type=int, default=10, help="layers restored together for MLP and attention (default 10)")
-    sp.add_argument("--noise", default=None,
-                    help="noise level: a number, or 'subjects' (ROME: 3 x the std of the subject tokens' embeddings); "
-                         "default 3 x the std of the embedding matrix")
+    sp.add_argument(
+        "--window", type=int, default=10, help="layers restored together for MLP and attention (default 10)"
+    )
+    sp.add_argument(
+        "--noise",
+        default=None,
+        help="noise level: a number, or 'subjects' (ROME: 3 x the std of the subject tokens' embeddings); "
+        "default 3 x the std of the embedding matrix",
+    )
     sp.add_argument("--seed", type=int, default=1, help="noise seed (default 1)")
-    sp.add_argument("--streams", default=",".join(STREAMS), help=f"comma-separated components (default {','.join(STREAMS)})")
+    sp.add_argument(
+        "--streams", default=",".join(STREAMS), help=f"comma-separated components (default {','.join(STREAMS)})"
+    )
     sp.add_argument("--layers", default=None, help="comma-separated layers (default all)")
-    sp.add_argument("--all", dest="all_facts", action="store_true",
-                    help="trace every fact, not only those the model gets right")
-    sp.add_argument("--batch-prompts", type=int, default=None, help="prompts of one length per sweep (default: by memory budget)")
+    sp.add_argument(
+        "--all", dest="all_facts", action="store_true", help="trace every fact, not only those the model gets right"
+    )
+    sp.add_argument(
+        "--batch-prompts", type=int, default=None, help="prompts of one length per sweep (default: by memory budget)"
+    )
     sp.add_argument("--max-rows", type=int, default=None, help="rows per chunk (default: by memory budget)")
     sp.add_argument("--memory-budget", default=None, help="e.g. 2GB (default: the model's size, at least 256 MiB)")
-    sp.add_argument("--row-groups", default="1", help="positions per row group of the causal prefix: an int (default 1, "
-                                                      "reproducible) or 'auto' (chosen by timings)")
+    sp.add_argument(
+        "--row-groups",
+        default="1",
+        help="positions per row group of the causal prefix: an int (default 1, "
+        "reproducible) or 'auto' (chosen by timings)",
+    )
     sp.add_argument("--tracer", choices=("auto", "hf_fx", "export"), default="auto", help="tracing frontend")
-    sp.add_argument("--prefix", choices=("auto", "on", "off"), default="auto", help="causal-prefix reuse (default auto)")
+    sp.add_argument(
+        "--prefix", choices=("auto", "on", "off"), default="auto", help="causal-prefix reuse (default auto)"
+    )
     sp.add_argument("--compile", action="store_true", help="torch.compile the graph segments")
     sp.add_argument("--no-plot", action="store_true", help="do not draw the figures")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                    help="show library warnings and tracebacks")
+    sp.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show library warnings and tracebacks"
+    )
     sp.set_defaults(func=cmd_trace_facts)
     return sp
 
@@ -114,12 +138,22 @@ def check(args):
 
 
 def _options(args):
-    return {"samples": args.samples, "window": args.window, "noise": args.noise, "seed": args.seed,
-            "streams": [s.strip() for s in args.streams.split(",") if s.strip()],
-            "layers": None if args.layers is None else _int_list(args.layers, "--layers"),
-            "only_correct": not args.all_facts, "batch_prompts": args.batch_prompts, "max_rows": args.max_rows,
-            "memory_budget": args.memory_budget, "row_groups": args.row_groups, "tracer": args.tracer,
-            "prefix": args.prefix, "compile": bool(args.compile)}
+    return {
+        "samples": args.samples,
+        "window": args.window,
+        "noise": args.noise,
+        "seed": args.seed,
+        "streams": [s.strip() for s in args.streams.split(",") if s.strip()],
+        "layers": None if args.layers is None else _int_list(args.layers, "--layers"),
+        "only_correct": not args.all_facts,
+        "batch_prompts": args.batch_prompts,
+        "max_rows": args.max_rows,
+        "memory_budget": args.memory_budget,
+        "row_groups": args.row_groups,
+        "tracer": args.tracer,
+        "prefix": args.prefix,
+        "compile": bool(args.compile),
+    }
 
 
 def _sha256(path):
@@ -139,7 +173,9 @@ def _tokenizer(spec):
         from fxvene.demo import demo_model_path
 
         path = demo_model_path()
-    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+    if not any(
+        os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    ):
         return None
     from transformers import AutoTokenizer
 
@@ -155,8 +191,10 @@ def _start_run(out_dir, run_info):
         for key in ("facts_sha256", "model", "options"):
             if old.get(key) != run_info[key]:
                 what = {"facts_sha256": "another facts file", "model": "another model", "options": "other options"}[key]
-                return (f"--out {out_dir!r} holds a run with {what} ({key}: {old.get(key)!r}, now {run_info[key]!r}); "
-                        "use a new --out, or the same arguments to resume")
+                return (
+                    f"--out {out_dir!r} holds a run with {what} ({key}: {old.get(key)!r}, now {run_info[key]!r}); "
+                    "use a new --out, or the same arguments to resume"
+                )
         return None
     from fxvene.facts_results import write_json
 
@@ -188,8 +226,12 @@ def cmd_trace_facts(args, out):
         facts, bad = loaded
         prompts = os.path.join(args.out, "prompts")
         os.makedirs(prompts, exist_ok=True)
-        info = {"facts": os.path.abspath(args.facts), "facts_sha256": _sha256(args.facts), "model": args.model,
-                "options": opts}
+        info = {
+            "facts": os.path.abspath(args.facts),
+            "facts_sha256": _sha256(args.facts),
+            "model": args.model,
+            "options": opts,
+        }
         err = _start_run(args.out, info) if rank == 0 else None
         err = distributed.broadcast(err, ctx)
         if err:
@@ -198,7 +240,9 @@ def cmd_trace_facts(args, out):
         def stem(f):
             return os.path.join(prompts, f"{f.index:06d}")
 
-        done = {f.index for f in facts if os.path.isfile(stem(f) + ".json") and os.path.isfile(stem(f) + ".safetensors")}
+        done = {
+            f.index for f in facts if os.path.isfile(stem(f) + ".json") and os.path.isfile(stem(f) + ".safetensors")
+        }
         stall = int(os.environ.get(_STALL, "0") or 0)
         written = [0]
 
@@ -213,17 +257,34 @@ def cmd_trace_facts(args, out):
             written[0] += 1
 
         if rank == 0 and done:
-            print(f"fxvene trace-facts: resuming {args.out}: {len(done)} prompt{'s' if len(done) != 1 else ''} "
-                  "already done", file=sys.stderr)
+            print(
+                f"fxvene trace-facts: resuming {args.out}: {len(done)} prompt{'s' if len(done) != 1 else ''} "
+                "already done",
+                file=sys.stderr,
+            )
         noise = opts["noise"] if opts["noise"] in (None, "subjects") else float(opts["noise"])
-        res = trace_facts(model, loaded, tokenizer=tok, noise_level=noise, n_samples=opts["samples"],
-                          streams=opts["streams"], window=opts["window"], seed=opts["seed"], layers=opts["layers"],
-                          only_correct=opts["only_correct"], batch_prompts=opts["batch_prompts"],
-                          max_rows=opts["max_rows"], memory_budget=opts["memory_budget"],
-                          progress=False if args.no_progress else True, compile=opts["compile"], tracer=opts["tracer"],
-                          prefix={"auto": "auto", "on": True, "off": False}[opts["prefix"]],
-                          row_groups=None if opts["row_groups"] == "auto" else int(opts["row_groups"]),
-                          on_result=write, done=done)
+        res = trace_facts(
+            model,
+            loaded,
+            tokenizer=tok,
+            noise_level=noise,
+            n_samples=opts["samples"],
+            streams=opts["streams"],
+            window=opts["window"],
+            seed=opts["seed"],
+            layers=opts["layers"],
+            only_correct=opts["only_correct"],
+            batch_prompts=opts["batch_prompts"],
+            max_rows=opts["max_rows"],
+            memory_budget=opts["memory_budget"],
+            progress=False if args.no_progress else True,
+            compile=opts["compile"],
+            tracer=opts["tracer"],
+            prefix={"auto": "auto", "on": True, "off": False}[opts["prefix"]],
+            row_groups=None if opts["row_groups"] == "auto" else int(opts["row_groups"]),
+            on_result=write,
+            done=done,
+        )
         distributed.barrier(ctx)
         if rank != 0:
             return 0
@@ -233,8 +294,11 @@ def cmd_trace_facts(args, out):
         full = FactsTraceResult(results, traced, res.skipped, bad, res.options, memory=res.memory)
         _write_summary(args, full, write_json)
         print(full, file=out)
-        print(f"{args.out}: {len(results)} prompt traces ({len(results) - len(done)} traced now, "
-              f"{len(done)} from before) and the summary", file=out)
+        print(
+            f"{args.out}: {len(results)} prompt traces ({len(results) - len(done)} traced now, "
+            f"{len(done)} from before) and the summary",
+            file=out,
+        )
         return 0
     finally:
         distributed.close(ctx)
@@ -244,16 +308,25 @@ def _write_summary(args, full, write_json):
     from safetensors.torch import save_file
 
     from fxvene.facts_results import _atomic
+
     summary = full.summary() if full.results else None
-    data = {"n_records": len(full.results) + len(full.skipped) + len(full.malformed), "n_traced": len(full.results),
-            "skipped": [{k: v for k, v in s.items()} for s in full.skipped],
-            "malformed": [{"line": m.line, "reason": m.reason} for m in full.malformed],
-            "options": {k: v for k, v in full.options.items()}, "memory": full.memory,
-            "summary": summary.to_dict() if summary is not None else None}
+    data = {
+        "n_records": len(full.results) + len(full.skipped) + len(full.malformed),
+        "n_traced": len(full.results),
+        "skipped": [{k: v for k, v in s.items()} for s in full.skipped],
+        "malformed": [{"line": m.line, "reason": m.reason} for m in full.malformed],
+        "options": {k: v for k, v in full.options.items()},
+        "memory": full.memory,
+        "summary": summary.to_dict() if summary is not None else None,
+    }
     write_json(os.path.join(args.out, "summary.json"), data)
     if summary is None:
         return
-    tensors = {"effect": summary.effect.contiguous(), "value": summary.value.contiguous(), "sem": summary.sem.contiguous()}
+    tensors = {
+        "effect": summary.effect.contiguous(),
+        "value": summary.value.contiguous(),
+        "sem": summary.sem.contiguous(),
+    }
     _atomic(os.path.join(args.out, "summary.safetensors"), lambda tmp: save_file(tensors, tmp))
     if args.no_plot:
         return

@@ -19,20 +19,26 @@ no class. Definitions (per prompt, p = the probability of the target token at th
   (a window of layers for MLP / attention)) - p(corrupted)``; ``AIE[stream, class, layer]`` the mean
   IE over the prompts and the positions of the class.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
-from fxvene.results import STREAM_CMAPS, STREAM_TITLES, _span
+from fxvene.results import STREAM_CMAPS, STREAM_TITLES
 
-CLASSES = ("first subject token", "middle subject tokens", "last subject token", "first subsequent token",
-           "further tokens", "last token")
+CLASSES = (
+    "first subject token",
+    "middle subject tokens",
+    "last subject token",
+    "first subsequent token",
+    "further tokens",
+    "last token",
+)
 
 
 def token_classes(subject_positions, n_tokens):
@@ -57,8 +63,8 @@ class ClassSummary:
     n_prompts: int
     quantity: str  # what is measured, e.g. "p(target)"
     kind: str  # "trace" or "patch"
-    window: Optional[int] = None
-    n_layers: Optional[int] = None
+    window: int | None = None
+    n_layers: int | None = None
     total: dict = field(default_factory=dict)  # trace: ate, ate_sem, clean, corrupted; patch: base
     classes: tuple = CLASSES
 
@@ -76,19 +82,32 @@ class ClassSummary:
         return self.classes[c], self.layers[l], float(self.effect[s, c, l])
 
     def to_dict(self):
-        return {"kind": self.kind, "quantity": self.quantity, "n_prompts": self.n_prompts, "classes": list(self.classes),
-                "streams": self.streams, "layers": self.layers, "window": self.window, "n_layers": self.n_layers,
-                "counts": self.counts, "total": self.total, "effect": _nan_none(self.effect.tolist()),
-                "value": _nan_none(self.value.tolist()), "sem": _nan_none(self.sem.tolist())}
+        return {
+            "kind": self.kind,
+            "quantity": self.quantity,
+            "n_prompts": self.n_prompts,
+            "classes": list(self.classes),
+            "streams": self.streams,
+            "layers": self.layers,
+            "window": self.window,
+            "n_layers": self.n_layers,
+            "counts": self.counts,
+            "total": self.total,
+            "effect": _nan_none(self.effect.tolist()),
+            "value": _nan_none(self.value.tolist()),
+            "sem": _nan_none(self.sem.tolist()),
+        }
 
     def __repr__(self):
         name = "AIE" if self.kind == "trace" else "mean effect"
-        lines = [f"ClassSummary: {name} on {self.quantity} over {self.n_prompts} prompt"
-                 f"{'s' if self.n_prompts != 1 else ''} by token class x layer x stream"]
+        lines = [
+            f"ClassSummary: {name} on {self.quantity} over {self.n_prompts} prompt"
+            f"{'s' if self.n_prompts != 1 else ''} by token class x layer x stream"
+        ]
         if self.kind == "trace":
             t = self.total
             lines.append(f"  ATE {t['ate']:.4f} (clean {t['clean']:.4f}, subject corrupted {t['corrupted']:.4f})")
-        lines.append(f"  samples per class: " + ", ".join(f"{c} {n}" for c, n in zip(self.classes, self.counts)))
+        lines.append("  samples per class: " + ", ".join(f"{c} {n}" for c, n in zip(self.classes, self.counts)))
         for st in self.streams:
             c, l, v = self.best(st)
             lines.append(f"  {st:<16} strongest: {c}, layer {l}: {name} {v:+.4f}")
@@ -119,10 +138,22 @@ def class_average(per_prompt, quantity, kind, streams, layers, window=None, n_la
                 n[c] += 1
     cnt = torch.tensor(n, dtype=torch.float64)[None, :, None]
     mean = s1 / cnt
-    var = (s2 / cnt - mean ** 2).clamp(min=0) * cnt / (cnt - 1).clamp(min=1)
+    var = (s2 / cnt - mean**2).clamp(min=0) * cnt / (cnt - 1).clamp(min=1)
     sem = torch.where(cnt > 1, (var / cnt).sqrt(), torch.full_like(var, float("nan")))
-    return ClassSummary(mean, sv / cnt, sem, n, list(streams), list(layers), len(per_prompt), quantity, kind, window,
-                        n_layers, total or {})
+    return ClassSummary(
+        mean,
+        sv / cnt,
+        sem,
+        n,
+        list(streams),
+        list(layers),
+        len(per_prompt),
+        quantity,
+        kind,
+        window,
+        n_layers,
+        total or {},
+    )
 
 
 # ------------------------------------------------------------------------------------ results
@@ -136,7 +167,7 @@ class _FactsResult:
     malformed: list  # fxvene.facts.Malformed
     options: dict
     memory: dict = field(default_factory=dict)
-    _summary: Optional[ClassSummary] = None
+    _summary: ClassSummary | None = None
 
     def __len__(self):
         return len(self.results)
@@ -184,12 +215,16 @@ class FactsTraceResult(_FactsResult):
                 raise ValueError("summary: no prompt was traced (see .skipped and .malformed)")
             r0 = self.results[0]
             te = torch.tensor([r.clean_prob - r.corrupted_prob for r in self.results], dtype=torch.float64)
-            total = {"ate": float(te.mean()), "ate_sem": float(te.std() / math.sqrt(len(te))) if len(te) > 1 else None,
-                     "clean": sum(r.clean_prob for r in self.results) / len(self.results),
-                     "corrupted": sum(r.corrupted_prob for r in self.results) / len(self.results)}
+            total = {
+                "ate": float(te.mean()),
+                "ate_sem": float(te.std() / math.sqrt(len(te))) if len(te) > 1 else None,
+                "clean": sum(r.clean_prob for r in self.results) / len(self.results),
+                "corrupted": sum(r.corrupted_prob for r in self.results) / len(self.results),
+            }
             per = [(r.probs - r.corrupted_prob, r.probs, r.subject_positions) for r in self.results]
-            self._summary = class_average(per, "p(target)", "trace", r0.streams, r0.layers, r0.window, r0.n_layers,
-                                          total)
+            self._summary = class_average(
+                per, "p(target)", "trace", r0.streams, r0.layers, r0.window, r0.n_layers, total
+            )
         return self._summary
 
     def plot(self, path=None, title=None, dpi=200):
@@ -202,9 +237,11 @@ class FactsTraceResult(_FactsResult):
 
     def __repr__(self):
         o = self.options
-        lines = [f"FactsTraceResult: causal traces of {self._counts_line()}",
-                 f"  {o.get('n_samples')} noise samples (noise {o.get('noise_level', float('nan')):.4g}), window "
-                 f"{o.get('window')}, streams {', '.join(o.get('streams', []))}"]
+        lines = [
+            f"FactsTraceResult: causal traces of {self._counts_line()}",
+            f"  {o.get('n_samples')} noise samples (noise {o.get('noise_level', float('nan')):.4g}), window "
+            f"{o.get('window')}, streams {', '.join(o.get('streams', []))}",
+        ]
         if self.results:
             lines += ["  " + ln for ln in repr(self.summary()).splitlines()]
         lines += self._tail_lines()
@@ -280,8 +317,10 @@ def _title(summary, title):
         return title
     if summary.kind == "trace":
         t = summary.total
-        return (f"Average indirect effect on {summary.quantity} over {summary.n_prompts} prompts "
-                f"(ATE {t['ate']:.3f}: clean {t['clean']:.3f}, subject corrupted {t['corrupted']:.3f})")
+        return (
+            f"Average indirect effect on {summary.quantity} over {summary.n_prompts} prompts "
+            f"(ATE {t['ate']:.3f}: clean {t['clean']:.3f}, subject corrupted {t['corrupted']:.3f})"
+        )
     return f"Mean effect of patching the source on {summary.quantity} over {summary.n_prompts} prompts"
 
 
@@ -305,8 +344,10 @@ def plot_class_heatmaps(summary, path=None, title=None, dpi=200):
         ticks = list(range(0, len(summary.layers), step))
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(summary.layers[t]) for t in ticks], fontsize=7)
-        ax.set_title(f"{name}" + ("" if st == "block_output" or summary.kind == "patch" else f" (window {summary.window})"),
-                     fontsize=10)
+        ax.set_title(
+            f"{name}" + ("" if st == "block_output" or summary.kind == "patch" else f" (window {summary.window})"),
+            fontsize=10,
+        )
         ax.set_xlabel(_xlabel(summary, st), fontsize=8)
         cbar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
         cbar.set_label(_ylabel(summary), fontsize=8)
@@ -380,9 +421,26 @@ def save_trace(stem, result, fact, extra=None):
     from safetensors.torch import save_file
 
     _atomic(stem + ".safetensors", lambda tmp: save_file({"probs": result.probs.contiguous().cpu()}, tmp))
-    meta = {k: getattr(result, k) for k in ("clean_prob", "corrupted_prob", "streams", "positions", "layers",
-                                            "window", "subject_positions", "target_token", "noise_level",
-                                            "n_samples", "input_ids", "n_layers", "tokens", "target_text", "prompt")}
+    meta = {
+        k: getattr(result, k)
+        for k in (
+            "clean_prob",
+            "corrupted_prob",
+            "streams",
+            "positions",
+            "layers",
+            "window",
+            "subject_positions",
+            "target_token",
+            "noise_level",
+            "n_samples",
+            "input_ids",
+            "n_layers",
+            "tokens",
+            "target_text",
+            "prompt",
+        )
+    }
     meta.update(index=fact.index, line=fact.line, record=fact.record, **(extra or {}))
     write_json(stem + ".json", meta)
 
@@ -396,12 +454,40 @@ def load_trace(stem):
     with open(stem + ".json", encoding="utf-8") as f:
         meta = json.load(f)
     probs = load_file(stem + ".safetensors")["probs"]
-    keys = ("clean_prob", "corrupted_prob", "streams", "positions", "layers", "window", "subject_positions",
-            "target_token", "noise_level", "n_samples")
-    res = CausalTraceResult(probs, *[meta[k] for k in keys], input_ids=meta["input_ids"], n_layers=meta["n_layers"],
-                            tokens=meta["tokens"], target_text=meta["target_text"], prompt=meta["prompt"])
+    keys = (
+        "clean_prob",
+        "corrupted_prob",
+        "streams",
+        "positions",
+        "layers",
+        "window",
+        "subject_positions",
+        "target_token",
+        "noise_level",
+        "n_samples",
+    )
+    res = CausalTraceResult(
+        probs,
+        *[meta[k] for k in keys],
+        input_ids=meta["input_ids"],
+        n_layers=meta["n_layers"],
+        tokens=meta["tokens"],
+        target_text=meta["target_text"],
+        prompt=meta["prompt"],
+    )
     return res, meta
 
 
-__all__ = ["CLASSES", "ClassSummary", "FactsTraceResult", "FactsPatchResult", "class_average", "token_classes",
-           "plot_class_heatmaps", "plot_class_lines", "save_trace", "load_trace", "write_json"]
+__all__ = [
+    "CLASSES",
+    "ClassSummary",
+    "FactsTraceResult",
+    "FactsPatchResult",
+    "class_average",
+    "token_classes",
+    "plot_class_heatmaps",
+    "plot_class_lines",
+    "save_trace",
+    "load_trace",
+    "write_json",
+]

@@ -24,6 +24,7 @@ How the prompts run:
 * **sharded**: under ``torchrun`` (``torch.distributed``), batches are split across ranks
   (:mod:`fxvene.distributed`) and the per-prompt results gathered on rank 0 (other ranks return None).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,11 +44,11 @@ MiB = 1 << 20
 def model_shape(model):
     """(hidden, heads, MLP width, layers, vocabulary, bytes per activation element) from the config."""
     cfg = model.config
-    h = int(getattr(cfg, "n_embd", None) or getattr(cfg, "hidden_size"))
+    h = int(getattr(cfg, "n_embd", None) or cfg.hidden_size)
     heads = int(getattr(cfg, "n_head", None) or getattr(cfg, "num_attention_heads", 1))
     inner = getattr(cfg, "n_inner", None) or getattr(cfg, "intermediate_size", None) or 4 * h
-    layers = int(getattr(cfg, "n_layer", None) or getattr(cfg, "num_hidden_layers"))
-    vocab = int(getattr(cfg, "vocab_size"))
+    layers = int(getattr(cfg, "n_layer", None) or cfg.num_hidden_layers)
+    vocab = int(cfg.vocab_size)
     elem = next(model.parameters()).element_size()
     return h, heads, int(inner), layers, vocab, elem
 
@@ -92,7 +93,7 @@ def plan_batches(facts, batch_prompts):
     out = []
     for n in sorted(by_len):
         group = by_len[n]
-        out += [group[i:i + batch_prompts] for i in range(0, len(group), batch_prompts)]
+        out += [group[i : i + batch_prompts] for i in range(0, len(group), batch_prompts)]
     return out
 
 
@@ -102,8 +103,7 @@ def _skip_reason(tokenizer, fact, pred):
     def word(t):
         return repr(tokenizer.decode([t])) if tokenizer is not None else f"token {t}"
 
-    return (f"the model predicts {word(top)} (p={p_top:.3f}), not the target {word(fact.target_token)} "
-            f"(p={p_tgt:.3f})")
+    return f"the model predicts {word(top)} (p={p_top:.3f}), not the target {word(fact.target_token)} (p={p_tgt:.3f})"
 
 
 def _checked(model, facts, tokenizer, only_correct, source_field=None):
@@ -123,10 +123,19 @@ def _checked(model, facts, tokenizer, only_correct, source_field=None):
     for f in good:
         top = preds[f.index][0]
         if only_correct and top != f.target_token:
-            skipped.append({"index": f.index, "line": f.line, "prompt": f.prompt,
-                            "target": f.target, "target_token": f.target_token, "predicted": top,
-                            "p_predicted": preds[f.index][1], "p_target": preds[f.index][2],
-                            "reason": _skip_reason(tokenizer, f, preds[f.index])})
+            skipped.append(
+                {
+                    "index": f.index,
+                    "line": f.line,
+                    "prompt": f.prompt,
+                    "target": f.target,
+                    "target_token": f.target_token,
+                    "predicted": top,
+                    "p_predicted": preds[f.index][1],
+                    "p_target": preds[f.index][2],
+                    "reason": _skip_reason(tokenizer, f, preds[f.index]),
+                }
+            )
         else:
             run.append(f)
     return run, skipped, bad
@@ -137,8 +146,9 @@ def _bar(total, progress, desc):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="prompt", delay=0 if progress else 3.0, leave=progress is True,
-                dynamic_ncols=True)
+    return tqdm(
+        total=total, desc=desc, unit="prompt", delay=0 if progress else 3.0, leave=progress is True, dynamic_ncols=True
+    )
 
 
 def _run_batches(eng, todo, results, done, on_result, progress, ctx, desc):
@@ -166,10 +176,28 @@ def _run_batches(eng, todo, results, done, on_result, progress, ctx, desc):
 # ------------------------------------------------------------------------------------ causal tracing
 
 
-def trace_facts(model, facts, tokenizer=None, noise_level=None, n_samples=10, streams=STREAMS, window=10, seed=1,
-                layers=None, only_correct=True, batch_prompts=None, max_rows=None, memory_budget=None,
-                progress=None, compile=False, tracer="auto", prefix="auto", row_groups=1, on_result=None,
-                done=()):
+def trace_facts(
+    model,
+    facts,
+    tokenizer=None,
+    noise_level=None,
+    n_samples=10,
+    streams=STREAMS,
+    window=10,
+    seed=1,
+    layers=None,
+    only_correct=True,
+    batch_prompts=None,
+    max_rows=None,
+    memory_budget=None,
+    progress=None,
+    compile=False,
+    tracer="auto",
+    prefix="auto",
+    row_groups=1,
+    on_result=None,
+    done=(),
+):
     """ROME causal tracing over a dataset of facts (Meng et al. 2022, fig. 2): every prompt traced
     as :func:`fxvene.causal_trace` traces one, plus the averages over prompts by token class.
 
@@ -207,21 +235,45 @@ def trace_facts(model, facts, tokenizer=None, noise_level=None, n_samples=10, st
             site_index[(st, l)] = len(sites)
             sites.append((st, l))
     longest = max(f.n_tokens for f in run) if run else 1
-    batch_prompts, max_rows_, budget = plan_memory(model, longest, n_samples, len(sites), memory_budget,
-                                                   batch_prompts, max_rows)
+    batch_prompts, max_rows_, budget = plan_memory(
+        model, longest, n_samples, len(sites), memory_budget, batch_prompts, max_rows
+    )
     ctx = distributed.context()
     batches = distributed.shard(plan_batches(run, batch_prompts), ctx)
     done = set(done)
     todo = [b for b in batches if any(f.index not in done for f in b)]
-    options = dict(n_samples=n_samples, window=window, seed=seed, noise_level=noise_level, streams=streams,
-                   layers=layers, only_correct=only_correct, n_layers=n_layers)
+    options = dict(
+        n_samples=n_samples,
+        window=window,
+        seed=seed,
+        noise_level=noise_level,
+        streams=streams,
+        layers=layers,
+        only_correct=only_correct,
+        n_layers=n_layers,
+    )
     got = {}
     if todo:
         eng = _engine(model, sites, tracer, False, compile, prefix)
 
         def results(batch):
-            for f, res in zip(batch, _trace_batch(eng, model, batch, streams, layers, n_layers, window, n_samples,
-                                                  seed, noise_level, site_index, max_rows_)):
+            for f, res in zip(
+                batch,
+                _trace_batch(
+                    eng,
+                    model,
+                    batch,
+                    streams,
+                    layers,
+                    n_layers,
+                    window,
+                    n_samples,
+                    seed,
+                    noise_level,
+                    site_index,
+                    max_rows_,
+                ),
+            ):
                 if tokenizer is not None:
                     res.decode(tokenizer)
                 yield f, res
@@ -236,12 +288,19 @@ def trace_facts(model, facts, tokenizer=None, noise_level=None, n_samples=10, st
     if got is None:
         return None
     traced = [f for f in run if f.index in got]
-    return FactsTraceResult([got[f.index] for f in traced], traced, skipped, bad, options,
-                            memory=dict(batch_prompts=batch_prompts, max_rows=max_rows_, budget=budget))
+    return FactsTraceResult(
+        [got[f.index] for f in traced],
+        traced,
+        skipped,
+        bad,
+        options,
+        memory=dict(batch_prompts=batch_prompts, max_rows=max_rows_, budget=budget),
+    )
 
 
-def _trace_batch(eng, model, batch, streams, layers, n_layers, window, n_samples, seed, noise_level, site_index,
-                 max_rows):
+def _trace_batch(
+    eng, model, batch, streams, layers, n_layers, window, n_samples, seed, noise_level, site_index, max_rows
+):
     """One batch of same-length prompts as one sweep; returns a CausalTraceResult per prompt."""
     from fxvene.results import CausalTraceResult
 
@@ -275,7 +334,7 @@ def _trace_batch(eng, model, batch, streams, layers, n_layers, window, n_samples
         st = streams[si]
         lays = [layers[li]] if st == "block_output" else window_layers(layers[li], window, n_layers)
         for l in lays:
-            one[c * n:(c + 1) * n, site_index[(st, l)]] = positions[pi]
+            one[c * n : (c + 1) * n, site_index[(st, l)]] = positions[pi]
     loc = np.tile(one, (P, 1))
     sample = (np.tile(np.arange(n), len(cells))[None, :] + n * np.arange(P)[:, None]).reshape(-1)
     target = torch.tensor([f.target_token for f in batch])
@@ -286,7 +345,7 @@ def _trace_batch(eng, model, batch, streams, layers, n_layers, window, n_samples
     order = np.lexsort((np.arange(len(first)), first))
     p_rows = torch.empty(len(order), dtype=torch.float32)
     for i in range(0, len(order), max_rows):
-        idx = order[i:i + max_rows]
+        idx = order[i : i + max_rows]
         out = eng.run_rows(base, clean, {"sample": sample[idx], "loc": loc[idx], "head": None}, progress=False)
         tk = target[torch.from_numpy(sample[idx] // n)].to(out.device)
         p = torch.softmax(out.float(), -1)
@@ -298,18 +357,48 @@ def _trace_batch(eng, model, batch, streams, layers, n_layers, window, n_samples
     out = []
     for i, f in enumerate(batch):
         t = f.target_token
-        out.append(CausalTraceResult(per[i].clone(), float(clean_p[i * n, t]), float(base_p[i * n:(i + 1) * n, t].mean()),
-                                     list(streams), positions, list(layers), window, list(f.subject_positions), t,
-                                     noise_level, n, input_ids=list(f.input_ids), n_layers=n_layers))
+        out.append(
+            CausalTraceResult(
+                per[i].clone(),
+                float(clean_p[i * n, t]),
+                float(base_p[i * n : (i + 1) * n, t].mean()),
+                list(streams),
+                positions,
+                list(layers),
+                window,
+                list(f.subject_positions),
+                t,
+                noise_level,
+                n,
+                input_ids=list(f.input_ids),
+                n_layers=n_layers,
+            )
+        )
     return out
 
 
 # ------------------------------------------------------------------------------------ patching
 
 
-def patch_facts(model, facts, tokenizer=None, components=("block_output",), layers=None, metric="prob",
-                source_field="source", only_correct=True, batch_prompts=None, max_rows=None, memory_budget=None,
-                progress=None, compile=False, tracer="auto", prefix="auto", on_result=None, done=()):
+def patch_facts(
+    model,
+    facts,
+    tokenizer=None,
+    components=("block_output",),
+    layers=None,
+    metric="prob",
+    source_field="source",
+    only_correct=True,
+    batch_prompts=None,
+    max_rows=None,
+    memory_budget=None,
+    progress=None,
+    compile=False,
+    tracer="auto",
+    prefix="auto",
+    on_result=None,
+    done=(),
+):
     """Activation patching over a dataset: each record's ``source`` prompt (same token length) is
     patched into its prompt at every component x layer x position, reading the target token
     (``metric="prob"``: p(target); ``"logits"``: its logit). Each prompt's :class:`SweepResult`
@@ -333,8 +422,9 @@ def patch_facts(model, facts, tokenizer=None, components=("block_output",), laye
     sites = [(c, l) for c in components for l in layers]
     longest = max(f.n_tokens for f in run) if run else 1
     user_batch = batch_prompts
-    batch_prompts, max_rows_, budget = plan_memory(model, longest, 1, len(sites), memory_budget, batch_prompts,
-                                                   max_rows)
+    batch_prompts, max_rows_, budget = plan_memory(
+        model, longest, 1, len(sites), memory_budget, batch_prompts, max_rows
+    )
     if user_batch is None:  # the readout of every row of a batch is held at once (logits, and softmax for "prob")
         vocab = model_shape(model)[4]
         per_prompt = len(sites) * longest * vocab * 4 * (2 if metric == "prob" else 1)
@@ -358,16 +448,40 @@ def patch_facts(model, facts, tokenizer=None, components=("block_output",), laye
             b["attention_mask"] = torch.ones_like(b["input_ids"])
             s["attention_mask"] = torch.ones_like(s["input_ids"])
             tok = torch.tensor(sorted({f.target_token for f in batch}))
-            res = _patching_rows(eng, b, s, components, layers, list(range(S)), None, tok, readout_tokens,
-                                 metric, len(batch), sites, max_rows_, False)
+            res = _patching_rows(
+                eng,
+                b,
+                s,
+                components,
+                layers,
+                list(range(S)),
+                None,
+                tok,
+                readout_tokens,
+                metric,
+                len(batch),
+                sites,
+                max_rows_,
+                False,
+            )
             cols = tok.tolist()
             for i, f in enumerate(batch):
                 if f.index in done:
                     continue
                 c = cols.index(f.target_token)
-                yield f, type(res)(res.values[..., i:i + 1, c:c + 1].clone(), res.base[i:i + 1, c:c + 1].clone(),
-                                   list(components), list(layers), list(range(S)), None, tokens=[f.target_token],
-                                   metric=metric)
+                yield (
+                    f,
+                    type(res)(
+                        res.values[..., i : i + 1, c : c + 1].clone(),
+                        res.base[i : i + 1, c : c + 1].clone(),
+                        list(components),
+                        list(layers),
+                        list(range(S)),
+                        None,
+                        tokens=[f.target_token],
+                        metric=metric,
+                    ),
+                )
 
         got = _run_batches(eng, todo, results, done, on_result, progress, ctx, "fxvene patching sweep")
     got = distributed.gather(got, ctx)
@@ -375,8 +489,14 @@ def patch_facts(model, facts, tokenizer=None, components=("block_output",), laye
         return None
     traced = [f for f in run if f.index in got]
     options = dict(components=components, layers=layers, metric=metric, only_correct=only_correct, n_layers=n_layers)
-    return FactsPatchResult([got[f.index] for f in traced], traced, skipped, bad, options,
-                            memory=dict(batch_prompts=batch_prompts, max_rows=max_rows_, budget=budget))
+    return FactsPatchResult(
+        [got[f.index] for f in traced],
+        traced,
+        skipped,
+        bad,
+        options,
+        memory=dict(batch_prompts=batch_prompts, max_rows=max_rows_, budget=budget),
+    )
 
 
 __all__ = ["trace_facts", "patch_facts", "plan_memory", "plan_batches", "parse_bytes"]

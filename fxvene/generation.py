@@ -55,6 +55,7 @@ Return values are pyvene's: ``(original_or_None, sequences)``, or ``((original_o
 sequences)`` when the config has a ``CollectIntervention``; ``collected`` holds one tensor per forward
 the collector acted on (per key, in ``sorted_keys`` order).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -65,13 +66,20 @@ import torch.nn as nn
 
 from fxvene import locations as L
 from fxvene.intervenable import AdaptorSiteOp, engine_subspaces, gets_kwargs, preserved_rng
-from fxvene.passes.locate import module_input
 from fxvene.interventions import CollectIntervention
+from fxvene.passes.locate import module_input
 from fxvene.passes.rewrite import insert_interventions
 from fxvene.sites import Gather, SiteOp, do_intervention, resolve_site
+
 # the KV-cache step graphs live in step_graphs; these names stay importable from here
 from fxvene.step_graphs import (  # noqa: F401
-    TF_MAJOR, CacheStep, StepGraph, _flat_cache, _make_cache, position_ids_from_mask, step_graph,
+    TF_MAJOR,
+    CacheStep,
+    StepGraph,
+    _flat_cache,
+    _make_cache,
+    position_ids_from_mask,
+    step_graph,
 )
 
 INTERVENE_ON = ("prompt", "decode", "all")
@@ -80,24 +88,61 @@ INTERVENE_ON = ("prompt", "decode", "all")
 # generation settings (HF generate's options that make sense here)
 
 _DEFAULTS = dict(
-    max_length=20, max_new_tokens=None, min_length=0, min_new_tokens=None, do_sample=False, temperature=1.0,
-    top_k=50, top_p=1.0, min_p=None, typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
-    eos_token_id=None, pad_token_id=None, bos_token_id=None, use_cache=True, return_dict_in_generate=False,
-    output_scores=False, output_logits=False, num_beams=1, num_return_sequences=1, max_time=None,
+    max_length=20,
+    max_new_tokens=None,
+    min_length=0,
+    min_new_tokens=None,
+    do_sample=False,
+    temperature=1.0,
+    top_k=50,
+    top_p=1.0,
+    min_p=None,
+    typical_p=1.0,
+    repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
+    eos_token_id=None,
+    pad_token_id=None,
+    bos_token_id=None,
+    use_cache=True,
+    return_dict_in_generate=False,
+    output_scores=False,
+    output_logits=False,
+    num_beams=1,
+    num_return_sequences=1,
+    max_time=None,
 )
 # beam-search options: HF generate ignores them without beams, and so does this loop (pyreft passes early_stopping)
 _BEAM_ONLY = ("early_stopping", "length_penalty", "low_memory")
 _EXTRA_KW = ("logits_processor", "stopping_criteria", "generation_config")
 # options that change what generate does and that fxvene's loop does not implement
 _UNSUPPORTED = dict(
-    num_beam_groups=(None, 1), penalty_alpha=(None,), guidance_scale=(None, 1, 1.0), constraints=(None,),
-    force_words_ids=(None,), bad_words_ids=(None,), sequence_bias=(None,), suppress_tokens=(None,),
-    begin_suppress_tokens=(None,), forced_bos_token_id=(None,), forced_eos_token_id=(None,),
-    renormalize_logits=(None, False), epsilon_cutoff=(None, 0.0), eta_cutoff=(None, 0.0),
-    exponential_decay_length_penalty=(None,), watermarking_config=(None,), stop_strings=(None,),
-    output_attentions=(None, False), output_hidden_states=(None, False), diversity_penalty=(None, 0.0),
-    encoder_repetition_penalty=(None, 1.0), prompt_lookup_num_tokens=(None,), assistant_model=(None,),
-    streamer=(None,), prefix_allowed_tokens_fn=(None,), top_h=(None,), remove_invalid_values=(None, False),
+    num_beam_groups=(None, 1),
+    penalty_alpha=(None,),
+    guidance_scale=(None, 1, 1.0),
+    constraints=(None,),
+    force_words_ids=(None,),
+    bad_words_ids=(None,),
+    sequence_bias=(None,),
+    suppress_tokens=(None,),
+    begin_suppress_tokens=(None,),
+    forced_bos_token_id=(None,),
+    forced_eos_token_id=(None,),
+    renormalize_logits=(None, False),
+    epsilon_cutoff=(None, 0.0),
+    eta_cutoff=(None, 0.0),
+    exponential_decay_length_penalty=(None,),
+    watermarking_config=(None,),
+    stop_strings=(None,),
+    output_attentions=(None, False),
+    output_hidden_states=(None, False),
+    diversity_penalty=(None, 0.0),
+    encoder_repetition_penalty=(None, 1.0),
+    prompt_lookup_num_tokens=(None,),
+    assistant_model=(None,),
+    streamer=(None,),
+    prefix_allowed_tokens_fn=(None,),
+    top_h=(None,),
+    remove_invalid_values=(None, False),
 )
 
 
@@ -154,13 +199,16 @@ def settings(model, prompt_len, mask, kwargs):
         for k, allowed in _UNSUPPORTED.items():
             v = getattr(gc, k, None)
             if k not in kwargs and v not in allowed and not (isinstance(v, (list, dict)) and len(v) == 0):
-                raise ValueError(f"generate: the generation config sets {k}={v!r}, which fxvene's loop does not support")
+                raise ValueError(
+                    f"generate: the generation config sets {k}={v!r}, which fxvene's loop does not support"
+                )
     cfg.update(kwargs)
     if cfg["num_beams"] not in (None, 1):
         raise ValueError(
             f"generate: num_beams={cfg['num_beams']} (beam search) is not supported: beam search reorders and copies "
             "the rows of the KV cache at every step, while an intervention's per-example locations, sources and "
-            "subspaces are tied to the rows of the batch; use greedy decoding or sampling")
+            "subspaces are tied to the rows of the batch; use greedy decoding or sampling"
+        )
     if cfg["num_return_sequences"] not in (None, 1):
         raise ValueError("generate: num_return_sequences > 1 is not supported; repeat the prompt in the batch instead")
     if cfg["use_cache"] is False:
@@ -185,8 +233,11 @@ def settings(model, prompt_len, mask, kwargs):
         rp_params = inspect.signature(lp.RepetitionPenaltyLogitsProcessor.__init__).parameters
         # transformers >= 5.2x skips each row's left padding (a per-row tensor); earlier lines do not
         if "prompt_ignore_length" in rp_params and "Tensor" in str(rp_params["prompt_ignore_length"].annotation):
-            procs.append(lp.RepetitionPenaltyLogitsProcessor(
-                cfg["repetition_penalty"], prompt_ignore_length=(mask != 0).int().argmax(dim=1)))
+            procs.append(
+                lp.RepetitionPenaltyLogitsProcessor(
+                    cfg["repetition_penalty"], prompt_ignore_length=(mask != 0).int().argmax(dim=1)
+                )
+            )
         else:
             procs.append(lp.RepetitionPenaltyLogitsProcessor(penalty=cfg["repetition_penalty"]))
     if cfg["no_repeat_ngram_size"] and cfg["no_repeat_ngram_size"] > 0:
@@ -272,8 +323,8 @@ def decode(prefill, dec, input_ids, mask, st, on_collect=None):
         else:
             collect_phase = dec
         if on_collect is not None and collect_phase.collect:
-            on_collect("prefill" if step < 0 else "decode", step, flat[1 + n_kv:])
-        past = flat[1:1 + n_kv]
+            on_collect("prefill" if step < 0 else "decode", step, flat[1 + n_kv :])
+        past = flat[1 : 1 + n_kv]
         next_logits = logits.float()
         next_scores = st.processors(seq, next_logits) if len(st.processors) else next_logits
         if st.output_scores:
@@ -362,15 +413,39 @@ def _graph(im, sg, active, collect):
         rep = im.representations[key]
         site = resolve_site(sg.locate, im.model, rep.component, rep.layer)
         if key in collect:
-            reqs.append(dict(name=f"fxv_collect_{i}", module=Gather(site, rep.unit, f"unit_locations (base side) of {key}"),
-                             node=site.node, port=site.port, region=site.path, inputs=[f"fxv_loc_{i}"], collect=True))
+            reqs.append(
+                dict(
+                    name=f"fxv_collect_{i}",
+                    module=Gather(site, rep.unit, f"unit_locations (base side) of {key}"),
+                    node=site.node,
+                    port=site.port,
+                    region=site.path,
+                    inputs=[f"fxv_loc_{i}"],
+                    collect=True,
+                )
+            )
         elif getattr(im, "as_adaptor", False) and gets_kwargs(im.interventions[key]):  # the module input as ``args``
-            reqs.append(dict(name=f"fxv_site_{i}", module=AdaptorSiteOp(key, site, rep.unit, im.interventions[key]),
-                             node=site.node, port=site.port, region=site.path,
-                             inputs=[f"fxv_src_{i}", f"fxv_loc_{i}", module_input(sg.locate.gm, site.path).name]))
+            reqs.append(
+                dict(
+                    name=f"fxv_site_{i}",
+                    module=AdaptorSiteOp(key, site, rep.unit, im.interventions[key]),
+                    node=site.node,
+                    port=site.port,
+                    region=site.path,
+                    inputs=[f"fxv_src_{i}", f"fxv_loc_{i}", module_input(sg.locate.gm, site.path).name],
+                )
+            )
         else:
-            reqs.append(dict(name=f"fxv_site_{i}", module=SiteOp(key, site, rep.unit, im.interventions[key]),
-                             node=site.node, port=site.port, region=site.path, inputs=[f"fxv_src_{i}", f"fxv_loc_{i}"]))
+            reqs.append(
+                dict(
+                    name=f"fxv_site_{i}",
+                    module=SiteOp(key, site, rep.unit, im.interventions[key]),
+                    node=site.node,
+                    port=site.port,
+                    region=site.path,
+                    inputs=[f"fxv_src_{i}", f"fxv_loc_{i}"],
+                )
+            )
     gm = insert_interventions(sg.gm, reqs) if reqs else sg.gm
     cache[ck] = (sg.traced, gm)
     return gm
@@ -403,8 +478,10 @@ def generate(
         except TypeError:
             raise TypeError(f"decode_steps must be a list of ints, got {type(decode_steps).__name__}") from None
         if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in steps):
-            raise ValueError(f"decode_steps must be non-negative ints (0 = the forward that reads the first "
-                             f"generated token), got {decode_steps!r}")
+            raise ValueError(
+                f"decode_steps must be non-negative ints (0 = the forward that reads the first "
+                f"generated token), got {decode_steps!r}"
+            )
         decode_steps = steps
     if sources is not None and not isinstance(sources, (list, tuple)):
         sources = [sources]
@@ -437,8 +514,9 @@ def generate(
     im._check_call(base_in, sources, locs, subs, srcreps)  # sources, locations, subspaces: before any forward
     extra = intervention_additional_kwargs or {}
 
-    needs = [k for k in im.sorted_keys
-             if not isinstance(im.interventions[k], CollectIntervention) and im._needs_source(k)]
+    needs = [
+        k for k in im.sorted_keys if not isinstance(im.interventions[k], CollectIntervention) and im._needs_source(k)
+    ]
     if needs and srcreps is None and all(s is None for s in sources):
         k = needs[0]
         raise ValueError(
@@ -494,10 +572,13 @@ def generate(
                 feeds[f"fxv_src_{i}"] = src
             if not is_collect:
                 calls[phase][f"fxv_site_{i}"] = im._site_call(
-                    key, subs[i] if subs is not None else None, extra, check_source_shape=from_source, full_outputs=None)
+                    key, subs[i] if subs is not None else None, extra, check_source_shape=from_source, full_outputs=None
+                )
     if decode_steps is not None and not (plan["decode"][0] or plan["decode"][1]):
-        raise ValueError("decode_steps was given but no intervention acts on decode steps "
-                         "(use intervene_on='decode' or 'all', or pyvene's default intervene_on_prompt=False)")
+        raise ValueError(
+            "decode_steps was given but no intervention acts on decode steps "
+            "(use intervene_on='decode' or 'all', or pyvene's default intervene_on_prompt=False)"
+        )
     if decode_steps is not None and max(decode_steps, default=-1) >= st.max_new_tokens - 1:
         raise ValueError(
             f"decode_steps {sorted(s for s in decode_steps if s >= st.max_new_tokens - 1)} never run: with "
@@ -527,8 +608,16 @@ def generate(
                 call = dict(call)
                 call["full_outputs"] = im.full_intervention_outputs
                 ops[name] = call
-            phases.append(Phase(gm, feeds, ops, list(collect), decode_steps if phase == "decode" else None,
-                                past=empty if phase == "prefill" else []))
+            phases.append(
+                Phase(
+                    gm,
+                    feeds,
+                    ops,
+                    list(collect),
+                    decode_steps if phase == "decode" else None,
+                    past=empty if phase == "prefill" else [],
+                )
+            )
         collected = {k: [] for k in im.sorted_keys if isinstance(im.interventions[k], CollectIntervention)}
 
         def on_collect(phase, step, values):
@@ -537,8 +626,11 @@ def generate(
                 return
             for key, val in zip(ph.collect, values):
                 i = im.sorted_keys.index(key)
-                collected[key].append(do_intervention(im.interventions[key], val, None,
-                                                      engine_subspaces(subs[i]) if subs is not None else None))
+                collected[key].append(
+                    do_intervention(
+                        im.interventions[key], val, None, engine_subspaces(subs[i]) if subs is not None else None
+                    )
+                )
 
         seq, sc, lg = decode(phases[0], phases[1], input_ids, mask, st, on_collect)
     out = _wrap(seq, sc, lg, st)

@@ -27,6 +27,7 @@ leave a valid one. Location: ``$FXVENE_CACHE_DIR`` (default ``~/.cache/fxvene``)
 ``FXVENE_CACHE=0`` turns the cache off. :func:`clear_graph_cache` (or ``fxvene cache clear``)
 empties it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -237,14 +238,19 @@ def save(key, about, ep, root, graph=None):
         from fxvene import graph_format
 
         try:
-            doc, consts = graph_format.dump(graph, graph.meta.get("fxvene_attr_sources", {}), live,
-                                            graph.meta.get("fxvene_param_attrs", ()))
+            doc, consts = graph_format.dump(
+                graph, graph.meta.get("fxvene_attr_sources", {}), live, graph.meta.get("fxvene_param_attrs", ())
+            )
         except Exception as e:  # noqa: BLE001 - graph_format.Unsupported, or a surprise: torch's format
-            log.debug("fxvene graph cache: %s stored as an exported program (%s: %s)", about.get("kind"),
-                      type(e).__name__, e)
+            log.debug(
+                "fxvene graph cache: %s stored as an exported program (%s: %s)", about.get("kind"), type(e).__name__, e
+            )
         else:
-            return _write(key, about, {"graph": doc,
-                                       "constants": base64.b64encode(st_save(consts)).decode("ascii") if consts else ""})
+            return _write(
+                key,
+                about,
+                {"graph": doc, "constants": base64.b64encode(st_save(consts)).decode("ascii") if consts else ""},
+            )
     return _save_program(key, about, ep, live)
 
 
@@ -291,8 +297,9 @@ def _save_program(key, about, ep, live):
     try:
         ep._guards_code = []  # Python source of export's input guards: never stored (fxvene strips the guards)
         with _quiet_torch_logs():
-            art = serde.serialize(ep, serialize_state_dict=False, serialize_constants=False,
-                                  serialize_example_inputs=False)
+            art = serde.serialize(
+                ep, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False
+            )
         body = {
             "program": art.exported_program.decode("utf-8"),
             "constants": base64.b64encode(st_save(own)).decode("ascii") if own else "",
@@ -405,8 +412,9 @@ def _make_converter(cls):
         def union(d):
             if not isinstance(d, dict) or len(d) != 1:
                 raise ValueError(f"{cls.__name__}: expected a one-key object")
-            (name, value), = d.items()
+            ((name, value),) = d.items()
             return cls.create(**{name: _converter(hints[name])(value)})
+
         return union
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls, globalns=vars(schema))
@@ -414,11 +422,12 @@ def _make_converter(cls):
 
         def record(d):
             return cls(**{n: _converter(hints[n])(d[n]) for n in names if n in d})
+
         return record
-    if origin in (list, typing.List):
+    if origin in (list, list):
         item = typing.get_args(cls)[0]
         return lambda d: [_converter(item)(x) for x in d] if d else d
-    if origin in (dict, typing.Dict):
+    if origin in (dict, dict):
         item = typing.get_args(cls)[1]
         return lambda d: {k: _converter(item)(v) for k, v in d.items()}
     if cls is float:
@@ -455,10 +464,10 @@ def _check_expressions(raw):
         while pos < len(expr):
             t = _TOKEN.match(expr, pos)
             if t is None:
-                raise ValueError(f"unexpected character in a stored shape expression: {expr[pos:pos + 20]!r}")
+                raise ValueError(f"unexpected character in a stored shape expression: {expr[pos : pos + 20]!r}")
             tok = t.group(0)
             if (tok[0].isalpha() or tok[0] == "_") and tok not in names:
-                after = expr[t.end():].lstrip()
+                after = expr[t.end() :].lstrip()
                 if tok.startswith("_") or not after.startswith("="):  # keyword names (positive=True) only
                     raise ValueError(f"unexpected name {tok!r} in a stored shape expression")
             pos = t.end()
@@ -513,8 +522,10 @@ def cli(action, out):
     info = cache_info()
     state = "on" if info["enabled"] else "off (FXVENE_CACHE=0)"
     n = info["entries"]
-    print(f"graph cache: {info['dir']} ({state}): {n} graph{'s' if n != 1 else ''}, "
-          f"{info['bytes'] / 1e6:.1f} MB", file=out)
+    print(
+        f"graph cache: {info['dir']} ({state}): {n} graph{'s' if n != 1 else ''}, {info['bytes'] / 1e6:.1f} MB",
+        file=out,
+    )
     for g in info["graphs"]:
         print(f"  {g['kind']:<14} {g['model']:<60} {g['bytes'] / 1e6:6.2f} MB  {g['file']}", file=out)
     return 0

@@ -18,6 +18,7 @@ Llama's rotary tables) are stored the same way, nested. :func:`dump` raises :cla
 for a graph this format does not cover (call_module / call_method nodes, other targets, custom
 objects, large tensors that are not the model's); the cache then keeps torch's own serialisation.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,9 @@ class ShapeRecord(torch.Tensor):
     @staticmethod
     def __new__(cls, sizes, strides, dtype, device):
         hint = [int(d) for d in sizes]
-        out = torch.Tensor._make_wrapper_subclass(cls, hint, strides=[int(d) for d in strides], dtype=dtype,
-                                                  device=device)
+        out = torch.Tensor._make_wrapper_subclass(
+            cls, hint, strides=[int(d) for d in strides], dtype=dtype, device=device
+        )
         out._fxv_sizes, out._fxv_strides = tuple(sizes), tuple(strides)
         return out
 
@@ -119,8 +121,14 @@ def _dump_val(v):
     if v is None:
         return None
     if isinstance(v, torch.Tensor):
-        return {"t": [[_dump_dim(d) for d in v.shape], [_dump_dim(d) for d in v.stride()],
-                      str(v.dtype).replace("torch.", ""), str(v.device)]}
+        return {
+            "t": [
+                [_dump_dim(d) for d in v.shape],
+                [_dump_dim(d) for d in v.stride()],
+                str(v.dtype).replace("torch.", ""),
+                str(v.device),
+            ]
+        }
     if isinstance(v, (torch.SymInt, int)) and not isinstance(v, bool):
         return {"i": _dump_dim(v)}
     if isinstance(v, tuple):
@@ -160,8 +168,9 @@ class _Shapes:
                 dt = getattr(torch, dtype, None)
                 if not isinstance(dt, torch.dtype):
                     raise ValueError(f"unknown dtype {dtype!r}")
-                out = self.tensors[key] = ShapeRecord([self.dim(d) for d in sizes], [self.dim(d) for d in strides],
-                                                      dt, torch.device(device))
+                out = self.tensors[key] = ShapeRecord(
+                    [self.dim(d) for d in sizes], [self.dim(d) for d in strides], dt, torch.device(device)
+                )
             return out
         if "i" in v:
             return self.dim(v["i"])
@@ -207,7 +216,7 @@ def _load_arg(a, env):
         return [_load_arg(x, env) for x in a]
     if not isinstance(a, dict) or len(a) != 1:
         raise ValueError(f"unexpected argument {a!r}")
-    (tag, v), = a.items()
+    ((tag, v),) = a.items()
     if tag == "n":
         return env[v]
     if tag == "tuple":
@@ -253,7 +262,7 @@ def _dump_target(t):
 def _load_target(d):
     if not isinstance(d, dict) or len(d) != 1:
         raise ValueError(f"unexpected call target {d!r}")
-    (tag, v), = d.items()
+    ((tag, v),) = d.items()
     if tag == "op":
         ns, name, overload = v
         packet = getattr(getattr(torch.ops, ns), name)
@@ -316,8 +325,10 @@ def _dump_graph(gm, sources, live, params, consts, prefix):
             rec["val"] = _dump_val(n.meta["val"])
         stack = n.meta.get("nn_module_stack")
         if stack is not None:
-            rec["stack"] = [[str(k), str(p), c if isinstance(c, str) else f"{c.__module__}.{c.__qualname__}"]
-                            for k, (p, c) in stack.items()]
+            rec["stack"] = [
+                [str(k), str(p), c if isinstance(c, str) else f"{c.__module__}.{c.__qualname__}"]
+                for k, (p, c) in stack.items()
+            ]
         mark = n.meta.get("fxvene")
         if isinstance(mark, str):
             rec["fxvene"] = mark
@@ -377,8 +388,7 @@ def _load_graph(doc, constants, live, class_name, shapes):
             raise ValueError(f"unexpected {op} target {target!r}")
         args = _load_arg(rec["args"], env)
         kwargs = _load_arg({"dict": rec["kwargs"]}, env)
-        node = graph.create_node(op, target, tuple(args) if isinstance(args, list) else args, kwargs,
-                                 name=rec["name"])
+        node = graph.create_node(op, target, tuple(args) if isinstance(args, list) else args, kwargs, name=rec["name"])
         if node.name != rec["name"]:
             raise ValueError(f"node name {rec['name']!r} came back as {node.name!r}")
         if rec.get("val") is not None:

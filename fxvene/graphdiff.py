@@ -20,6 +20,7 @@ DOT text with changed nodes highlighted and nodes grouped by module
 :class:`~fxvene.IntervenableModel` runs (the intervened base forward, or a truncated
 source run) without running them.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -235,8 +236,11 @@ class GraphDiff:
         if self.outputs_added:
             lines.append("outputs added: " + ", ".join(self.outputs_added))
         if self.outputs_removed:
-            lines.append(f"outputs removed: {len(self.outputs_removed)} ({', '.join(self.outputs_removed[:6])}"
-                         + (", ..." if len(self.outputs_removed) > 6 else "") + ")")
+            lines.append(
+                f"outputs removed: {len(self.outputs_removed)} ({', '.join(self.outputs_removed[:6])}"
+                + (", ..." if len(self.outputs_removed) > 6 else "")
+                + ")"
+            )
         if self.removed:
             mods = []
             for name in self.removed:
@@ -269,7 +273,9 @@ class GraphDiff:
         """A unified diff of the two GraphModules' generated Python code (``gm.code``)."""
         a = self.old.code.splitlines()
         b = self.new.code.splitlines()
-        return "\n".join(difflib.unified_diff(a, b, fromfile=self.old_label, tofile=self.new_label, n=context, lineterm=""))
+        return "\n".join(
+            difflib.unified_diff(a, b, fromfile=self.old_label, tofile=self.new_label, n=context, lineterm="")
+        )
 
     def to_networkx(self):
         """The union of both graphs as a DiGraph.
@@ -301,7 +307,9 @@ class GraphDiff:
             g.add_edge(*e, status=st)
         return g
 
-    def to_dot(self, neighbourhood=None, cluster_depth=3, title=None, max_label=48, legend=True, collapse_removed=False):
+    def to_dot(
+        self, neighbourhood=None, cluster_depth=3, title=None, max_label=48, legend=True, collapse_removed=False
+    ):
         """Graphviz DOT text: added nodes green, removed red, rewired orange; nodes grouped by module.
 
         ``neighbourhood``: keep only nodes within this many (undirected) hops of a changed node
@@ -365,8 +373,11 @@ class GraphDiff:
 
         title = self.title if title is None else title
         out = ["digraph fxvene_diff {"]
-        out.append('  graph [rankdir=TB, fontname="Helvetica", fontsize=11, newrank=true'
-                   + (f', label="{_esc(title)}", labelloc=t' if title else "") + "];")
+        out.append(
+            '  graph [rankdir=TB, fontname="Helvetica", fontsize=11, newrank=true'
+            + (f', label="{_esc(title)}", labelloc=t' if title else "")
+            + "];"
+        )
         out.append('  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=9, fillcolor="#ffffff"];')
         out.append('  edge [color="#9a9a9a", arrowsize=0.6];')
         counter = [0]
@@ -374,8 +385,10 @@ class GraphDiff:
         def emit_node(name, indent):
             if name in n_rep:
                 where = name.split("::", 1)[1] or "graph"
-                out.append(f'{indent}"{_esc(name)}" [label="{n_rep[name]} removed node{"s" if n_rep[name] != 1 else ""}\\n({_esc(where)})", '
-                           f'fillcolor="{COLORS[REMOVED]}", style="rounded,filled,dashed"];')
+                out.append(
+                    f'{indent}"{_esc(name)}" [label="{n_rep[name]} removed node{"s" if n_rep[name] != 1 else ""}\\n({_esc(where)})", '
+                    f'fillcolor="{COLORS[REMOVED]}", style="rounded,filled,dashed"];'
+                )
                 return
             d = g.nodes[name]
             node = new_nodes.get(name) or old_nodes[name]
@@ -570,7 +583,9 @@ def render_dot(dot_text, path, fmt=None):
     """Render DOT text to ``path`` with Graphviz's ``dot`` (format from the extension unless ``fmt``)."""
     exe = shutil.which("dot")
     if exe is None:
-        raise RuntimeError("rendering needs Graphviz's 'dot' program, which is not installed (the DOT text needs nothing)")
+        raise RuntimeError(
+            "rendering needs Graphviz's 'dot' program, which is not installed (the DOT text needs nothing)"
+        )
     fmt = fmt or os.path.splitext(path)[1].lstrip(".") or "svg"
     res = subprocess.run([exe, f"-T{fmt}", "-o", path], input=dot_text.encode(), capture_output=True)
     if res.returncode != 0:
@@ -644,7 +659,8 @@ def rewritten_graph(intervenable, plan="base", group=0, signature=None, active=N
         if not isinstance(group, int) or isinstance(group, bool) or not 0 <= group < len(groups):
             raise ValueError(f"group must be an int in [0, {len(groups)}), got {group!r}")
         keys = [
-            k for k in groups[group]
+            k
+            for k in groups[group]
             if intervenable._needs_source(k) and not isinstance(intervenable.interventions[k], CollectIntervention)
         ]
         if not keys:

@@ -16,6 +16,7 @@ sequence symbolic in the graph; their example values are printed).
 This module is named ``inspection`` so that it does not shadow the standard library's
 ``inspect``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -174,9 +175,20 @@ def _step_row(intervenable, traced, **extra):
     shape = node_shape(by_name[step_site.nodes[0]])
     if shape is not None:
         shape = (shape[0], len(step_site.nodes), *shape[1:])
-    return SiteInfo(component=site.component, layer=site.layer, node=site.node, module=site.path, port=site.port,
-                    shape=shape, dtype=_dtype(by_name[site.node].meta.get("val")), frontend=traced.frontend,
-                    view=shape, dim=site.dim, steps=tuple(step_site.nodes), **extra)
+    return SiteInfo(
+        component=site.component,
+        layer=site.layer,
+        node=site.node,
+        module=site.path,
+        port=site.port,
+        shape=shape,
+        dtype=_dtype(by_name[site.node].meta.get("val")),
+        frontend=traced.frontend,
+        view=shape,
+        dim=site.dim,
+        steps=tuple(step_site.nodes),
+        **extra,
+    )
 
 
 def sites(intervenable, signature=None):
@@ -284,7 +296,20 @@ def component_table(model, tracer="auto", layer=None, components=None, signature
 
 # ---------------------------------------------------------------------------------- printing
 
-SITE_COLUMNS = ("key", "component", "layer", "unit", "intervention", "node", "module", "port", "shape", "view", "dtype", "frontend")
+SITE_COLUMNS = (
+    "key",
+    "component",
+    "layer",
+    "unit",
+    "intervention",
+    "node",
+    "module",
+    "port",
+    "shape",
+    "view",
+    "dtype",
+    "frontend",
+)
 TABLE_COLUMNS = ("component", "layer", "node", "module", "port", "shape", "view", "dtype")
 
 

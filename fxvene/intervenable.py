@@ -10,25 +10,23 @@ This module holds construction and ``forward``; the rest of the class comes from
 (call planning), :mod:`fxvene.intervenable_sources` (source runs) and
 :mod:`fxvene.intervenable_methods` (parameters, inspection, generate, save/load).
 """
+
 from __future__ import annotations
 
 import types
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
 from transformers.utils import ModelOutput
 
 from fxvene import locations as L
+from fxvene import time_steps
 from fxvene import unit_checks as U
 from fxvene import validation as V
-from fxvene import time_steps
 from fxvene.configuration import EXTENSION_FIELDS, IntervenableConfig, RepresentationConfig
-from fxvene.interventions import CollectIntervention, LambdaIntervention
-from fxvene.sites import do_intervention, resolve_site
-from fxvene.tracing import TracingError, steps_signature
 
 # The class is split by concept: construction helpers, call planning (graphs), source runs, and the
 # public parameter / inspection / generation / persistence methods live in these modules; every name
@@ -52,13 +50,16 @@ from fxvene.intervenable_graphs import (  # noqa: F401  (re-exported)
 )
 from fxvene.intervenable_methods import ModelMethods
 from fxvene.intervenable_sources import SourceRuns
+from fxvene.interventions import CollectIntervention, LambdaIntervention
+from fxvene.sites import do_intervention, resolve_site
+from fxvene.tracing import TracingError, steps_signature
 
 
 @dataclass
 class IntervenableModelOutput(ModelOutput):
-    original_outputs: Optional[Any] = None
-    intervened_outputs: Optional[Any] = None
-    collected_activations: Optional[Any] = None
+    original_outputs: Any | None = None
+    intervened_outputs: Any | None = None
+    collected_activations: Any | None = None
 
 
 class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
@@ -118,8 +119,11 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
             if not isinstance(rep.max_number_of_units, int) or rep.max_number_of_units < 1:
                 raise ValueError(f"representations[{i}].max_number_of_units must be a positive int")
             key, legacy = _representation_key(rep, counter)
-            site = (time_steps.resolve(traced, model, rep.component, rep.layer).site if rep.unit == "t"
-                    else resolve_site(traced, model, rep.component, rep.layer))
+            site = (
+                time_steps.resolve(traced, model, rep.component, rep.layer).site
+                if rep.unit == "t"
+                else resolve_site(traced, model, rep.component, rep.layer)
+            )
             if site.n_heads is None and rep.unit in ("h", "h.pos"):
                 raise ValueError(
                     f"representations[{i}]: unit {rep.unit!r} needs a head component (head_*), got {rep.component!r}"
@@ -245,10 +249,15 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
         if sources is not None and not isinstance(sources, (list, tuple)):
             sources = [sources]
         base_in, sig = self._inputs(base, "base")
-        if sources is None and source_representations is None and unit_locations is None and len(self.interventions) == 0:
+        if (
+            sources is None
+            and source_representations is None
+            and unit_locations is None
+            and len(self.interventions) == 0
+        ):
             return self.model(**base_in), None
         lead = base_in.get("input_ids", base_in.get("inputs_embeds"))
-        batch, seq = lead.shape[0], lead.shape[1]
+        batch = lead.shape[0]
         device = lead.device
         n = len(self.sorted_keys)
         ngroups = len(self._groups)
@@ -312,7 +321,9 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
         for i, key in enumerate(self.sorted_keys):
             if key in active:
                 calls[f"fxv_site_{i}"] = self._site_call(
-                    key, subs[i] if subs is not None else None, extra,
+                    key,
+                    subs[i] if subs is not None else None,
+                    extra,
                     # a source *run* must match the base when whole tensors are swapped; a given
                     # source_representations tensor broadcasts (a steering vector)
                     check_source_shape=key not in (srcreps or {}),
@@ -335,8 +346,9 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
             i = self.sorted_keys.index(key)
             val = flat[nout + j]
             kw = dict(extra) if extra else {}
-            res = do_intervention(self.interventions[key], val, None,
-                                  engine_subspaces(subs[i]) if subs is not None else None, **kw)
+            res = do_intervention(
+                self.interventions[key], val, None, engine_subspaces(subs[i]) if subs is not None else None, **kw
+            )
             if self.representations[key].unit == "t" and isinstance(res, torch.Tensor):
                 res = list(res.unbind(1))  # one (batch, ...) tensor per listed time step, as pyvene's hooks give
                 collected.extend(res)
@@ -346,15 +358,17 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
 
         if self.return_collect_activations:
             if return_dict:
-                return IntervenableModelOutput(original_outputs=original, intervened_outputs=outputs,
-                                               collected_activations=collected)
+                return IntervenableModelOutput(
+                    original_outputs=original, intervened_outputs=outputs, collected_activations=collected
+                )
             if collect and not active:
                 # fxvene extension: an all-Collect call returns ((orig, collected), collected)
                 return (original, collected), collected
             return (original, collected), outputs
         if return_dict:
-            return IntervenableModelOutput(original_outputs=original, intervened_outputs=outputs,
-                                           collected_activations=None)
+            return IntervenableModelOutput(
+                original_outputs=original, intervened_outputs=outputs, collected_activations=None
+            )
         return original, outputs
 
     __call__ = nn.Module.__call__

@@ -4,6 +4,7 @@ source at another site (``source_layer`` / ``source_component``, fxvene extensio
 
 Split from :mod:`fxvene.intervenable` (which re-exports every name here).
 """
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -90,8 +91,9 @@ def _cross_site(traced, model, rep, i, site, axes):
     except (ValueError, TypeError) as e:
         if rep.source_layer is not None and str(e).startswith("layer "):  # out of range / not an int
             arg = "source_layer"
-        raise type(e)(f"representations[{i}].{arg}: the source site (component {comp!r}, layer {layer}) "
-                      f"cannot be read: {e}") from None
+        raise type(e)(
+            f"representations[{i}].{arg}: the source site (component {comp!r}, layer {layer}) cannot be read: {e}"
+        ) from None
     src_axes = U.site_axes(src, traced, model)
     here, there = f"{rep.component!r} at layer {rep.layer}", f"{comp!r} at layer {layer}"
     if (src.n_heads is None) != (site.n_heads is None):

@@ -8,6 +8,7 @@ return only the gathered units. :class:`GraphPlanning` holds these methods for
 
 Split from :mod:`fxvene.intervenable` (which re-exports the public helpers here).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -110,14 +111,32 @@ class GraphPlanning:
                 continue
             i = self.sorted_keys.index(key)
             if self.representations[key].unit == "t":
-                reqs.extend(time_steps.requests(traced, self.model, self.representations[key], i, key,
-                                                self.interventions[key], collect=key in collect))
+                reqs.extend(
+                    time_steps.requests(
+                        traced,
+                        self.model,
+                        self.representations[key],
+                        i,
+                        key,
+                        self.interventions[key],
+                        collect=key in collect,
+                    )
+                )
                 continue
             site = self._site(traced, key)
             unit = self.representations[key].unit
             if key in collect:
-                reqs.append(dict(name=f"fxv_collect_{i}", module=Gather(site, unit, f"unit_locations (base side) of {key}"), node=site.node,
-                                 port=site.port, region=site.path, inputs=[f"fxv_loc_{i}"], collect=True))
+                reqs.append(
+                    dict(
+                        name=f"fxv_collect_{i}",
+                        module=Gather(site, unit, f"unit_locations (base side) of {key}"),
+                        node=site.node,
+                        port=site.port,
+                        region=site.path,
+                        inputs=[f"fxv_loc_{i}"],
+                        collect=True,
+                    )
+                )
             else:
                 iv = self.interventions[key]
                 inputs = [f"fxv_src_{i}", f"fxv_loc_{i}"]
@@ -126,16 +145,21 @@ class GraphPlanning:
                     inputs.append(module_input(traced.gm, site.path).name)
                 else:
                     op = SiteOp(key, site, unit, iv)
-                reqs.append(dict(name=f"fxv_site_{i}", module=op, node=site.node, port=site.port, region=site.path,
-                                 inputs=inputs))
+                reqs.append(
+                    dict(
+                        name=f"fxv_site_{i}", module=op, node=site.node, port=site.port, region=site.path, inputs=inputs
+                    )
+                )
         gm = insert_interventions(traced.gm, reqs)
         self._graphs[ck] = (traced, gm)
         return traced, gm
 
     def _site_call(self, key, sub, extra, **more):
         """The per-call data a site op reads (subspaces, keyword arguments as pyvene passes them)."""
-        call = {"subspaces": engine_subspaces(sub),
-                "kwargs": dict(extra or {}) if gets_kwargs(self.interventions[key]) else {}}
+        call = {
+            "subspaces": engine_subspaces(sub),
+            "kwargs": dict(extra or {}) if gets_kwargs(self.interventions[key]) else {},
+        }
         call.update(more)
         return call
 
@@ -161,8 +185,14 @@ class GraphPlanning:
             site = self._site(traced, key, source_side=True)
             # a site a prior setter wrote is read after it (pyvene: the setter's hook runs before the getter's)
             node = written.get((site.node, site.port, site.path), site.node)
-            reqs.append(dict(node=node, module=Gather(site, self.representations[key].unit, f"unit_locations (source side) of {key}"),
-                             name=f"fxv_get_{i}", inputs=[f"fxv_sloc_{i}"]))
+            reqs.append(
+                dict(
+                    node=node,
+                    module=Gather(site, self.representations[key].unit, f"unit_locations (source side) of {key}"),
+                    name=f"fxv_get_{i}",
+                    inputs=[f"fxv_sloc_{i}"],
+                )
+            )
         n_out = len(traced.output_keys)
         gm = expose(gm, reqs)
         gm = truncate(gm, list(range(n_out, n_out + len(reqs))))

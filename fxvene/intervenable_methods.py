@@ -5,6 +5,7 @@ pyvene 0.1.8's public methods, most delegating to :mod:`fxvene.inspection`, :mod
 
 Split from :mod:`fxvene.intervenable`.
 """
+
 from __future__ import annotations
 
 from fxvene.interventions import TrainableIntervention
@@ -38,7 +39,7 @@ class ModelMethods:
         # Each parameter once: pyvene 0.1.8 lists a linked (shared) intervention's parameters once per
         # key, so an optimizer built from its list updates shared weights twice per step.
         params, seen = [], set()
-        for k, iv in self.interventions.items():
+        for iv in self.interventions.values():
             if isinstance(iv, TrainableIntervention):
                 for p in iv.parameters():
                     if id(p) not in seen:
@@ -110,9 +111,20 @@ class ModelMethods:
         return intervenable_diff(self, plan=plan, group=group, signature=signature, active=active, collect=collect)
 
     # ---------------------------------------------------------------- generation (fxvene/generation.py)
-    def generate(self, base, sources=None, unit_locations=None, source_representations=None,
-                 intervene_on_prompt=False, subspaces=None, output_original_output=False,
-                 intervention_additional_kwargs=None, intervene_on=None, decode_steps=None, **generate_kwargs):
+    def generate(
+        self,
+        base,
+        sources=None,
+        unit_locations=None,
+        source_representations=None,
+        intervene_on_prompt=False,
+        subspaces=None,
+        output_original_output=False,
+        intervention_additional_kwargs=None,
+        intervene_on=None,
+        decode_steps=None,
+        **generate_kwargs,
+    ):
         """pyvene 0.1.8's ``generate`` on a KV-cached rewritten graph; returns ``(original_or_None, sequences)``,
         or ``((original_or_None, collected), sequences)`` with a CollectIntervention (one tensor per forward).
 
@@ -131,11 +143,20 @@ class ModelMethods:
         """
         from fxvene.generation import generate
 
-        return generate(self, base, sources=sources, unit_locations=unit_locations,
-                        source_representations=source_representations, intervene_on_prompt=intervene_on_prompt,
-                        subspaces=subspaces, output_original_output=output_original_output,
-                        intervention_additional_kwargs=intervention_additional_kwargs,
-                        intervene_on=intervene_on, decode_steps=decode_steps, **generate_kwargs)
+        return generate(
+            self,
+            base,
+            sources=sources,
+            unit_locations=unit_locations,
+            source_representations=source_representations,
+            intervene_on_prompt=intervene_on_prompt,
+            subspaces=subspaces,
+            output_original_output=output_original_output,
+            intervention_additional_kwargs=intervention_additional_kwargs,
+            intervene_on=intervene_on,
+            decode_steps=decode_steps,
+            **generate_kwargs,
+        )
 
     # ---------------------------------------------------------------- save / load (fxvene/serialization.py)
     def save(self, save_directory, save_to_hf_hub=False, hf_repo_name="my-awesome-model", include_model=False):
@@ -143,20 +164,34 @@ class ModelMethods:
         See :mod:`fxvene.serialization`."""
         from fxvene.serialization import save
 
-        return save(self, save_directory, save_to_hf_hub=save_to_hf_hub, hf_repo_name=hf_repo_name,
-                    include_model=include_model)
+        return save(
+            self, save_directory, save_to_hf_hub=save_to_hf_hub, hf_repo_name=hf_repo_name, include_model=include_model
+        )
 
     @staticmethod
-    def load(load_directory, model, local_directory=None, from_huggingface_hub=False, include_model=False,
-             custom_types=None, **kwargs):
+    def load(
+        load_directory,
+        model,
+        local_directory=None,
+        from_huggingface_hub=False,
+        include_model=False,
+        custom_types=None,
+        **kwargs,
+    ):
         """Rebuild from a directory saved by fxvene or pyvene 0.1.8 (``.bin`` files are read with
         ``torch.load(weights_only=True)``). ``custom_types``: user intervention classes the config may
         name. See :mod:`fxvene.serialization`."""
         from fxvene.serialization import load
 
-        return load(load_directory, model, local_directory=local_directory,
-                    from_huggingface_hub=from_huggingface_hub, include_model=include_model,
-                    custom_types=custom_types, **kwargs)
+        return load(
+            load_directory,
+            model,
+            local_directory=local_directory,
+            from_huggingface_hub=from_huggingface_hub,
+            include_model=include_model,
+            custom_types=custom_types,
+            **kwargs,
+        )
 
     def save_intervention(self, save_directory, include_model=True):
         """Weights only (safetensors), no config. See :mod:`fxvene.serialization`."""

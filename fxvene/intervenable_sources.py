@@ -5,6 +5,7 @@ methods for :class:`fxvene.intervenable.IntervenableModel`.
 
 Split from :mod:`fxvene.intervenable`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,9 @@ class SourceRuns:
         if isinstance(srcreps, dict):
             for k in srcreps:
                 if k not in self.representations:
-                    raise ValueError(f"source_representations: unknown intervention key {k!r}; keys: {self.sorted_keys}")
+                    raise ValueError(
+                        f"source_representations: unknown intervention key {k!r}; keys: {self.sorted_keys}"
+                    )
             return dict(srcreps)
         if isinstance(srcreps, (list, tuple)):
             if len(srcreps) != len(self.sorted_keys):
@@ -35,7 +38,9 @@ class SourceRuns:
             return {k: v for k, v in zip(self.sorted_keys, srcreps) if v is not None}
         if isinstance(srcreps, torch.Tensor):
             return {k: srcreps for k in self.sorted_keys}
-        raise TypeError("source_representations must be a tensor, a list of tensors or a dict keyed by intervention key")
+        raise TypeError(
+            "source_representations must be a tensor, a list of tensors or a dict keyed by intervention key"
+        )
 
     def _run_source(self, src, keys, src_locs_by_key, batch, device, prior=(), prior_feeds=None, prior_calls=None):
         src_in, ssig = self._inputs(src, "sources")  # checked already (a no-op) where the caller ran _check_call
@@ -68,9 +73,11 @@ class SourceRuns:
             for k, v in srcreps.items():
                 slices[k] = v
             return slices
-        for gi, (g, keys) in enumerate(self._groups.items()):
+        for gi, keys in enumerate(self._groups.values()):
             src = sources[gi]
-            need = [k for k in keys if self._needs_source(k) and not isinstance(self.interventions[k], CollectIntervention)]
+            need = [
+                k for k in keys if self._needs_source(k) and not isinstance(self.interventions[k], CollectIntervention)
+            ]
             if src is None or not need:
                 continue
             by_key = {k: src_locs[self.sorted_keys.index(k)] for k in need}
@@ -84,23 +91,26 @@ class SourceRuns:
         if srcreps is not None:
             return dict(srcreps), src_locs, base_locs
         prior, prior_feeds = (), {}
-        for gi, (g, keys) in enumerate(groups):
+        for gi, (_g, keys) in enumerate(groups):
             src = sources[gi]
             if src is None:
                 prior, prior_feeds = (), {}
                 continue
             need = [k for k in keys if self._needs_source(k)]
             by_key = {k: src_locs[self.sorted_keys.index(k)] for k in need}
-            calls = {k: self._site_call(k, subs[self.sorted_keys.index(k)] if subs is not None else None, extra)
-                     for k in prior}
+            calls = {
+                k: self._site_call(k, subs[self.sorted_keys.index(k)] if subs is not None else None, extra)
+                for k in prior
+            }
             got = self._run_source(src, need, by_key, batch, device, prior, prior_feeds, calls)
             # this group's setters act on the next source run (or on the base)
             prior = tuple(keys)
             prior_feeds = {}
             for k in keys:
                 i = self.sorted_keys.index(k)
-                prior_feeds[f"fxv_loc_{i}"] = L.to_index(base_locs[i], self.representations[k].unit, batch, device,
-                                                         f"unit_locations (intervention {i})")
+                prior_feeds[f"fxv_loc_{i}"] = L.to_index(
+                    base_locs[i], self.representations[k].unit, batch, device, f"unit_locations (intervention {i})"
+                )
                 if k in got:
                     prior_feeds[f"fxv_src_{i}"] = got[k]
             slices = {k: got[k] for k in got}
@@ -114,8 +124,10 @@ class SourceRuns:
         from fxvene.step_graphs import TF_MAJOR, _make_cache, step_graph
 
         if "input_ids" not in base_in or set(base_in) - {"input_ids", "attention_mask", "position_ids"}:
-            raise ValueError(f"use_cache=True: past_key_values are computed for input_ids (with attention_mask and "
-                             f"position_ids) only; base has {sorted(base_in)}")
+            raise ValueError(
+                f"use_cache=True: past_key_values are computed for input_ids (with attention_mask and "
+                f"position_ids) only; base has {sorted(base_in)}"
+            )
         ids, mask = base_in["input_ids"], base_in["attention_mask"]
         pos = base_in.get("position_ids")
         if pos is None:  # what the model uses without position_ids

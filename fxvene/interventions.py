@@ -17,6 +17,7 @@ work without a partition; ``AutoencoderIntervention`` supports ``backward()``;
 ``JumpReLUAutoencoderIntervention`` accepts ``keep_last_dim``; ``set_source_representation``
 works on an intervention built without a constant source.
 """
+
 from ._interventions.autoencoder import AutoencoderIntervention, JumpReLUAutoencoderIntervention
 from ._interventions.base import (
     BasisAgnosticIntervention,

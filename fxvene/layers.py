@@ -3,10 +3,10 @@
 Parameter names and initialisation (and so the state dict a given ``torch.manual_seed``
 produces) are pyvene 0.1.8's.
 """
+
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from typing import Union
 
 import torch
 
@@ -69,19 +69,17 @@ class AutoencoderLayerBase(torch.nn.Module, metaclass=ABCMeta):
     """Interface of an autoencoder: ``encode`` to a latent, ``decode`` back."""
 
     @abstractmethod
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        ...
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
 
     @abstractmethod
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        ...
+    def decode(self, latent: torch.Tensor) -> torch.Tensor: ...
 
 
 class AutoencoderLayer(AutoencoderLayerBase):
     """``latent = ReLU(W_e (x - b_d) + b_e)``, ``x' = W_d latent + b_d``
     (``encoder = Sequential(Linear, ReLU)``, ``decoder = Sequential(Linear)``)."""
 
-    def __init__(self, input_dim: Union[int, torch.Tensor], latent_dim: int, **kwargs) -> None:
+    def __init__(self, input_dim: int | torch.Tensor, latent_dim: int, **kwargs) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.latent_dim = latent_dim

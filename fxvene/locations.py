@@ -4,6 +4,7 @@ Differences from pyvene (deliberate): shorthands never switch on a sticky ``use_
 per-example list whose length is not the batch size, a ragged list, or a wrong nesting depth
 is a ``ValueError`` (pyvene silently gathers fewer rows).
 """
+
 from __future__ import annotations
 
 import torch
@@ -57,7 +58,9 @@ def broadcast_unit_locations(unit_locations, batch_size, keys, mode="parallel"):
     if unit_locations is None:
         return {"sources->base": ([None] * n, [None] * n)}
     if not isinstance(unit_locations, dict):
-        raise TypeError(f"unit_locations must be a dict like {{'sources->base': ...}} or None, got {type(unit_locations).__name__}")
+        raise TypeError(
+            f"unit_locations must be a dict like {{'sources->base': ...}} or None, got {type(unit_locations).__name__}"
+        )
     out = {}
     for k, v in unit_locations.items():
         base_only = False
@@ -68,7 +71,9 @@ def broadcast_unit_locations(unit_locations, batch_size, keys, mode="parallel"):
             elif k != "sources->base":
                 raise ValueError(f"unit_locations: unknown key {k!r} in parallel mode; use 'sources->base' or 'base'")
         elif "->" not in k:
-            raise ValueError(f"unit_locations: serial-mode keys look like 'source_0->source_1' or 'source_1->base', got {k!r}")
+            raise ValueError(
+                f"unit_locations: serial-mode keys look like 'source_0->source_1' or 'source_1->base', got {k!r}"
+            )
         src, base = broadcast_value(v, batch_size, n, base_only)
         # serial keys list one entry per intervention of their source group (pyvene), checked per group later
         exact = mode == "parallel"
@@ -85,7 +90,9 @@ def _per_key(side, n, which, exact=True):
     if side is None:
         return [None] * n
     if not isinstance(side, (list, tuple)):
-        raise ValueError(f"unit_locations ({which} side): expected a list with one entry per intervention, got {side!r}")
+        raise ValueError(
+            f"unit_locations ({which} side): expected a list with one entry per intervention, got {side!r}"
+        )
     if exact and len(side) != n:
         raise (TooFewLocations if len(side) < n else ValueError)(
             f"unit_locations ({which} side) has {len(side)} entries but the model has {n} interventions; "
@@ -111,9 +118,7 @@ def to_index(locs, unit, batch_size, device, what):
             t = t.unsqueeze(0).expand(batch_size, -1)
     else:
         if not isinstance(locs, (list, tuple)) or list_depth(locs) != 2:
-            raise ValueError(
-                f"{what}: expected one list of unit indices per example (depth 2), got {locs!r}"
-            )
+            raise ValueError(f"{what}: expected one list of unit indices per example (depth 2), got {locs!r}")
         lens = {len(r) for r in locs}
         if len(lens) != 1:
             raise ValueError(f"{what}: every example must list the same number of units, got lengths {sorted(lens)}")

@@ -10,6 +10,7 @@ config to eager attention, as pyvene does (its ``attention_weight`` component ne
 The toy-model helpers build fxvene's implementations of pyvene's MLP and GRU
 (:mod:`fxvene.toy_models`) from a config; ``tokenizer_name`` optionally loads a tokenizer.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,18 @@ from fxvene.toy_models import (
 )
 
 __all__ = [
-    "create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox", "create_llama", "create_olmo",
-    "create_gru", "create_gru_lm", "create_gru_classifier", "create_mlp_classifier", "GRUConfig", "MLPConfig",
+    "create_gpt2",
+    "create_gpt2_lm",
+    "create_gpt_neo",
+    "create_gpt_neox",
+    "create_llama",
+    "create_olmo",
+    "create_gru",
+    "create_gru_lm",
+    "create_gru_classifier",
+    "create_mlp_classifier",
+    "GRUConfig",
+    "MLPConfig",
 ]
 
 

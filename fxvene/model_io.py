@@ -11,6 +11,7 @@ input (``input_ids`` or ``inputs_embeds``).
   sequence length. It is detected (:func:`fixed_length`), guarded (:func:`check_steps`) and traced
   once per length: :func:`steps_signature` adds the length to a call's signature.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -42,9 +43,7 @@ def split_inputs(model, input_names):
     if lead and not any(n in accepted for n in lead):
         from fxvene.tracing import TracingError
 
-        raise TracingError(
-            f"{type(model).__name__}.forward takes no {lead[0]!r}; its inputs are {sorted(accepted)}"
-        )
+        raise TracingError(f"{type(model).__name__}.forward takes no {lead[0]!r}; its inputs are {sorted(accepted)}")
     return taken, ignored
 
 
@@ -99,7 +98,6 @@ def flat_output(out):
     )
 
 
-
 @torch.fx.node.has_side_effect
 def check_ignored_input(value, name, model_name):
     """A graph node for an input the model's forward does not take: None, or a mask of ones (what
@@ -135,9 +133,8 @@ def add_ignored_inputs(gm, ignored, model_name):
     return gm
 
 
-
 STEPS = "@steps="  # a signature entry (not an input): the sequence length a per-length graph is traced for
-FIXED_LENGTH: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> the length it traced to
+FIXED_LENGTH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the length it traced to
 
 
 def steps_signature(model, inputs, signature):

@@ -24,10 +24,10 @@ Sites are tuples: ``("head", layer, head)``, ``("attn", layer)``, ``("mlp", laye
 input) and ``"logits"`` (the residual stream into the final norm and the LM head) as receivers.
 Key/value heads are the model's key/value heads (GQA models have fewer).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ def _head_cols(site, head, width):
 
     cols = view_columns(site, width)
     dh = len(cols) // site.n_heads
-    return cols[head * dh:(head + 1) * dh]
+    return cols[head * dh : (head + 1) * dh]
 
 
 def _third_cols(site, width):
@@ -92,9 +92,13 @@ def _check_site(spec, kinds, what, n_layers, n_heads, n_kv):
     if spec == "logits" and "logits" in kinds:
         return ("logits",)
     if not isinstance(spec, (tuple, list)) or not spec or spec[0] not in kinds:
-        raise ValueError(f"{what}: {spec!r} is not a site; expected one of "
-                         + ", ".join("'logits'" if k == "logits" else f"({k!r}, layer{', head' if k in ('q', 'k', 'v', 'head') else ''})"
-                                     for k in kinds))
+        raise ValueError(
+            f"{what}: {spec!r} is not a site; expected one of "
+            + ", ".join(
+                "'logits'" if k == "logits" else f"({k!r}, layer{', head' if k in ('q', 'k', 'v', 'head') else ''})"
+                for k in kinds
+            )
+        )
     kind = spec[0]
     need = 3 if kind in ("q", "k", "v", "head") else 2
     if len(spec) != need:
@@ -109,8 +113,10 @@ def _check_site(spec, kinds, what, n_layers, n_heads, n_kv):
         h = int(spec[2])
         top = n_kv if kind in ("k", "v") else n_heads
         if not 0 <= h < top:
-            raise ValueError(f"{what}: {spec!r}: head {h} is out of range for {top} "
-                             f"{'key/value ' if kind in ('k', 'v') else ''}heads")
+            raise ValueError(
+                f"{what}: {spec!r}: head {h} is out of range for {top} "
+                f"{'key/value ' if kind in ('k', 'v') else ''}heads"
+            )
         return (kind, layer, h)
     return (kind, layer)
 
@@ -127,11 +133,11 @@ class PathPatchingResult:
     senders: list
     receivers: list
     freeze: str
-    value: Optional[torch.Tensor] = None
-    base_value: Optional[torch.Tensor] = None
-    source_value: Optional[torch.Tensor] = None
-    metric: Optional[str] = None
-    _graphs: Optional[tuple] = None
+    value: torch.Tensor | None = None
+    base_value: torch.Tensor | None = None
+    source_value: torch.Tensor | None = None
+    metric: str | None = None
+    _graphs: tuple | None = None
 
     @property
     def effect(self):
@@ -147,17 +153,21 @@ class PathPatchingResult:
             raise ValueError(f"which must be 'receivers' or 'senders', got {which!r}")
         traced, sender_gm, receiver_gm = self._graphs
         gm = receiver_gm if which == "receivers" else sender_gm
-        title = (f"path patching: receivers {self.receivers} read the sender run"
-                 if which == "receivers" else
-                 f"path patching: sender run (senders {self.senders} from the source, other attention frozen)")
+        title = (
+            f"path patching: receivers {self.receivers} read the sender run"
+            if which == "receivers"
+            else f"path patching: sender run (senders {self.senders} from the source, other attention frozen)"
+        )
         return diff(traced.gm, gm, title=title)
 
     def __repr__(self):
         lines = [f"PathPatchingResult: senders {self.senders} -> receivers {self.receivers} (freeze={self.freeze!r})"]
         if self.value is not None:
             for i in range(self.value.shape[0]):
-                lines.append(f"  example {i}: {self.metric} {self.value[i].tolist()} (base {self.base_value[i].tolist()}, "
-                             f"source {self.source_value[i].tolist()})")
+                lines.append(
+                    f"  example {i}: {self.metric} {self.value[i].tolist()} (base {self.base_value[i].tolist()}, "
+                    f"source {self.source_value[i].tolist()})"
+                )
         lines.append("  .logits, .value, .effect, .graph_diff()")
         return "\n".join(lines)
 
@@ -188,11 +198,19 @@ def _plan(model, traced, receivers):
     # step 2: every attention output and every MLP output can be set to a given value
     reqs = []
     for l, s in enumerate(z):
-        reqs.append(dict(name=f"fxv_freeze_attn_{l}", module=Splice(what=f"attention L{l}"), node=s.node,
-                         port=s.port, region=s.path))
+        reqs.append(
+            dict(
+                name=f"fxv_freeze_attn_{l}",
+                module=Splice(what=f"attention L{l}"),
+                node=s.node,
+                port=s.port,
+                region=s.path,
+            )
+        )
     for l, s in enumerate(mlp):
-        reqs.append(dict(name=f"fxv_freeze_mlp_{l}", module=Splice(what=f"MLP L{l}"), node=s.node, port=s.port,
-                         region=s.path))
+        reqs.append(
+            dict(name=f"fxv_freeze_mlp_{l}", module=Splice(what=f"MLP L{l}"), node=s.node, port=s.port, region=s.path)
+        )
     sender_gm = rewire(traced.gm, reqs)
     recv_sites = []
     for r in receivers:
@@ -201,7 +219,7 @@ def _plan(model, traced, receivers):
         elif r[0] == "mlp":
             recv_sites.append((r, resolve_site(traced, model, "mlp_input", r[1]), None))
         else:
-            for kind in (("q", "k", "v") if r[0] == "head" else (r[0],)):
+            for kind in ("q", "k", "v") if r[0] == "head" else (r[0],):
                 recv_sites.append(((kind,) + r[1:], resolve_site(traced, model, _QKV[kind], r[1]), r[2]))
     nodes = []
     for _, s, _ in recv_sites:
@@ -219,8 +237,16 @@ def _plan(model, traced, receivers):
             cols = _third_cols(s, width)
         else:
             cols = None
-        rreqs.append(dict(name=f"fxv_receiver_{i}", module=Splice(cols, width, what=f"receiver {r}"), node=s.node,
-                          port=s.port, region=s.path, index=nodes.index(s.node)))
+        rreqs.append(
+            dict(
+                name=f"fxv_receiver_{i}",
+                module=Splice(cols, width, what=f"receiver {r}"),
+                node=s.node,
+                port=s.port,
+                region=s.path,
+                index=nodes.index(s.node),
+            )
+        )
     receiver_gm = rewire(traced.gm, rreqs)
     return _CACHE.put(model, traced, tuple(receivers), (collect, n_out, z, mlp, sender_gm, receiver_gm, rreqs))
 
@@ -252,15 +278,17 @@ def path_patching(model, base, source, senders, receivers, metric=None, tokens=N
     (optional). Returns a :class:`PathPatchingResult` (last-position logits of the three runs, the
     metric, and the graph diff of the rewired receivers)."""
     from fxvene.attribution import make_metric
-    from fxvene.sweep import position_pair
     from fxvene.models import family_for
+    from fxvene.sweep import position_pair
     from fxvene.tracing import trace
 
     if freeze not in ("heads", "all"):
         raise ValueError(f"freeze must be 'heads' or 'all', got {freeze!r}")
     fam, _ = family_for(model)
     if fam is None:
-        raise ValueError(f"path_patching needs a model family fxvene knows (GPT-2, Llama, ...); got {type(model).__name__}")
+        raise ValueError(
+            f"path_patching needs a model family fxvene knows (GPT-2, Llama, ...); got {type(model).__name__}"
+        )
     cfg = model.config
     n_layers = int(getattr(cfg, fam.n_layers))
     n_heads = int(getattr(cfg, "n_head", None) or cfg.num_attention_heads)
@@ -284,15 +312,22 @@ def path_patching(model, base, source, senders, receivers, metric=None, tokens=N
         s_out = _plain_run(collect, s_ids, s_mask)
         B = b_ids.shape[0]
         nz = len(z)
-        bz, sz = list(b_out[n_out:n_out + nz]), [v.expand_as(b) for v, b in zip(s_out[n_out:n_out + nz], b_out[n_out:])]
-        bm = list(b_out[n_out + nz:])
-        sm = [v.expand_as(b) for v, b in zip(s_out[n_out + nz:], bm)]
+        bz, sz = (
+            list(b_out[n_out : n_out + nz]),
+            [v.expand_as(b) for v, b in zip(s_out[n_out : n_out + nz], b_out[n_out:])],
+        )
+        bm = list(b_out[n_out + nz :])
+        sm = [v.expand_as(b) for v, b in zip(s_out[n_out + nz :], bm)]
         feeds = {"input_ids": b_ids, "attention_mask": b_mask}
         for l, s in enumerate(z):
             val = bz[l]
             width = val.shape[-1]
-            cols = [c for kind, *rest in senders if rest[0] == l and kind in ("head", "attn")
-                    for c in (range(width) if kind == "attn" else _head_cols(s, rest[1], width))]
+            cols = [
+                c
+                for kind, *rest in senders
+                if rest[0] == l and kind in ("head", "attn")
+                for c in (range(width) if kind == "attn" else _head_cols(s, rest[1], width))
+            ]
             if cols:
                 mask = torch.zeros(width, dtype=torch.bool, device=val.device)
                 mask[list(cols)] = True
@@ -308,9 +343,15 @@ def path_patching(model, base, source, senders, receivers, metric=None, tokens=N
         for req in rreqs:
             feeds[f"{req['name']}_value"] = recv_vals[req["index"]]
         logits = receiver_gm(**feeds)[0][:, -1]
-    res = PathPatchingResult(logits=logits, base_logits=b_out[0][:, -1], source_logits=s_out[0][:, -1].expand(B, -1),
-                             senders=senders, receivers=receivers, freeze=freeze,
-                             _graphs=(traced, sender_gm, receiver_gm))
+    res = PathPatchingResult(
+        logits=logits,
+        base_logits=b_out[0][:, -1],
+        source_logits=s_out[0][:, -1].expand(B, -1),
+        senders=senders,
+        receivers=receivers,
+        freeze=freeze,
+        _graphs=(traced, sender_gm, receiver_gm),
+    )
     if met is not None:
         res.metric = met.label
         res.value, res.base_value, res.source_value = met(logits), met(res.base_logits), met(res.source_logits)

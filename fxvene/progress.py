@@ -11,6 +11,7 @@ outermost one. Silenced by the environment variable ``FXVENE_QUIET=1`` or
 Messages are not warnings: nothing here goes through :mod:`warnings` or :mod:`logging`.
 :func:`quiet_loggers` keeps the tracers' own log warnings (meant for their developers) away from the user.
 """
+
 from __future__ import annotations
 
 import logging

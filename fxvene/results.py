@@ -5,18 +5,21 @@ Both results print as a short summary (shape, axes, strongest cells), list their
 cells with ``.top(k)`` and become a long-form table with ``.to_dataframe()`` (pandas, when
 installed; it is not a dependency of fxvene).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
 # what a causal-trace panel shows, in ROME's words (Meng et al. 2022, fig. 1)
 STREAM_TITLES = {
-    "block_output": "hidden state", "block_input": "hidden state (block input)",
-    "mlp_activation": "MLP", "mlp_output": "MLP",
-    "attention_output": "attention", "attention_value_output": "attention",
+    "block_output": "hidden state",
+    "block_input": "hidden state (block input)",
+    "mlp_activation": "MLP",
+    "mlp_output": "MLP",
+    "attention_output": "attention",
+    "attention_value_output": "attention",
 }
 STREAM_CMAPS = {"hidden state": "Purples", "MLP": "Greens", "attention": "Reds"}
 _MARKERS = {"Ġ": " ", "▁": " ", "Ċ": "\n", "ĉ": "\t"}  # byte-level BPE / sentencepiece markers
@@ -35,7 +38,9 @@ def clean_token(text):
 
 def _decode_one(tokenizer, token_id):
     if not hasattr(tokenizer, "decode"):
-        raise TypeError(f"tokenizer must have a decode method (a Hugging Face tokenizer), got {type(tokenizer).__name__}")
+        raise TypeError(
+            f"tokenizer must have a decode method (a Hugging Face tokenizer), got {type(tokenizer).__name__}"
+        )
     return tokenizer.decode([int(token_id)])
 
 
@@ -56,7 +61,9 @@ def _pandas(what):
     try:
         import pandas
     except ImportError as e:
-        raise ImportError(f"{what}.to_dataframe needs pandas, which fxvene does not depend on: pip install pandas") from e
+        raise ImportError(
+            f"{what}.to_dataframe needs pandas, which fxvene does not depend on: pip install pandas"
+        ) from e
     return pandas
 
 
@@ -75,8 +82,8 @@ class SweepResult:
     components: list
     layers: list
     positions: list
-    heads: Optional[list] = None
-    tokens: Optional[list] = None  # the token ids of the last axis (None: the whole vocabulary)
+    heads: list | None = None
+    tokens: list | None = None  # the token ids of the last axis (None: the whole vocabulary)
     metric: str = "logits"  # "logits" or "prob"
 
     @property
@@ -95,8 +102,11 @@ class SweepResult:
     def _record(self, index):
         index = tuple(int(i) for i in index)
         idx = dict(zip(self.axes, index))
-        rec = {"component": self.components[idx["component"]], "layer": self.layers[idx["layer"]],
-               "position": self.positions[idx["position"]]}
+        rec = {
+            "component": self.components[idx["component"]],
+            "layer": self.layers[idx["layer"]],
+            "position": self.positions[idx["position"]],
+        }
         if self.heads is not None:
             rec["head"] = self.heads[idx["head"]]
         rec["example"] = idx["example"]
@@ -130,18 +140,24 @@ class SweepResult:
             known = [self._token_of_column(c) for c in cols]
             missing = [t for t in ids if t not in known]
             if missing:
-                raise ValueError(f"tokens: {missing} are not in this sweep's readout "
-                                 f"({'token ids ' + str(self.tokens) if self.tokens is not None else 'the vocabulary'})")
+                raise ValueError(
+                    f"tokens: {missing} are not in this sweep's readout "
+                    f"({'token ids ' + str(self.tokens) if self.tokens is not None else 'the vocabulary'})"
+                )
             cols = [known.index(t) for t in ids]
         elif len(cols) > 1000:
-            raise ValueError(f"to_dataframe: the readout has {len(cols)} columns (the whole vocabulary); choose "
-                             "tokens=[id, ...] (or sweep with tokens=...)")
+            raise ValueError(
+                f"to_dataframe: the readout has {len(cols)} columns (the whole vocabulary); choose "
+                "tokens=[id, ...] (or sweep with tokens=...)"
+            )
         vals = self.values[..., cols].float()
         eff = (self.values - self.base)[..., cols].float()
         grid = torch.cartesian_prod(*[torch.arange(n) for n in vals.shape]).reshape(-1, vals.dim())
-        data = {"component": [self.components[i] for i in grid[:, 0].tolist()],
-                "layer": [self.layers[i] for i in grid[:, 1].tolist()],
-                "position": [self.positions[i] for i in grid[:, 2].tolist()]}
+        data = {
+            "component": [self.components[i] for i in grid[:, 0].tolist()],
+            "layer": [self.layers[i] for i in grid[:, 1].tolist()],
+            "position": [self.positions[i] for i in grid[:, 2].tolist()],
+        }
         if self.heads is not None:
             data["head"] = [self.heads[i] for i in grid[:, 3].tolist()]
         data["example"] = grid[:, -2].tolist()
@@ -155,16 +171,20 @@ class SweepResult:
         shape = " x ".join(f"{n} {a}{'s' if n != 1 else ''}" for n, a in zip(self.values.shape, self.axes))
         what = "probabilities" if self.metric == "prob" else "logits"
         read = f"tokens {self.tokens}" if self.tokens is not None else "the whole vocabulary"
-        lines = [f"SweepResult: last-position {what} of {read}",
-                 f"  values [{shape}]",
-                 f"  components {', '.join(self.components)}; layers {_span(self.layers)}; "
-                 f"positions {_span(self.positions)}" + (f"; heads {_span(self.heads)}" if self.heads is not None else "")]
+        lines = [
+            f"SweepResult: last-position {what} of {read}",
+            f"  values [{shape}]",
+            f"  components {', '.join(self.components)}; layers {_span(self.layers)}; "
+            f"positions {_span(self.positions)}" + (f"; heads {_span(self.heads)}" if self.heads is not None else ""),
+        ]
         if self.values.numel():
             lines.append("  largest effects (value - unpatched base):")
             for r in self.top(3):
                 head = f" head {r['head']}" if "head" in r else ""
-                lines.append(f"    {r['component']} layer {r['layer']} position {r['position']}{head}, example "
-                             f"{r['example']}, token {r['token']}: {r['effect']:+.4g} ({r['value']:.4g} vs {r['base']:.4g})")
+                lines.append(
+                    f"    {r['component']} layer {r['layer']} position {r['position']}{head}, example "
+                    f"{r['example']}, token {r['token']}: {r['effect']:+.4g} ({r['value']:.4g} vs {r['base']:.4g})"
+                )
         lines.append("  .top(k), .to_dataframe(), .values, .effects")
         return "\n".join(lines)
 
@@ -190,17 +210,19 @@ class CausalTraceResult:
     target_token: int
     noise_level: float
     n_samples: int
-    input_ids: Optional[list] = None  # the prompt's token ids (for labels: plot_causal_trace(tokenizer=...))
-    n_layers: Optional[int] = None  # the model's layer count (where windows are clipped)
-    tokens: Optional[list] = None  # the prompt's tokens as text, one per position of the prompt (.decode)
-    target_text: Optional[str] = None  # the target token as text, e.g. " Seattle" (.decode)
-    prompt: Optional[str] = None  # the prompt as text (.decode)
+    input_ids: list | None = None  # the prompt's token ids (for labels: plot_causal_trace(tokenizer=...))
+    n_layers: int | None = None  # the model's layer count (where windows are clipped)
+    tokens: list | None = None  # the prompt's tokens as text, one per position of the prompt (.decode)
+    target_text: str | None = None  # the target token as text, e.g. " Seattle" (.decode)
+    prompt: str | None = None  # the prompt as text (.decode)
 
     def decode(self, tokenizer):
         """Fill ``tokens`` and ``target_text`` from ``tokenizer``; returns the result."""
         if self.input_ids is None:
-            raise ValueError("decode: this result has no input_ids (made by an older causal_trace); set "
-                             "result.tokens = [...] and result.target_text = '...' instead")
+            raise ValueError(
+                "decode: this result has no input_ids (made by an older causal_trace); set "
+                "result.tokens = [...] and result.target_text = '...' instead"
+            )
         self.tokens = [_decode_one(tokenizer, i) for i in self.input_ids]
         self.target_text = _decode_one(tokenizer, self.target_token)
         self.prompt = tokenizer.decode(self.input_ids, skip_special_tokens=True)
@@ -232,10 +254,16 @@ class CausalTraceResult:
     def _record(self, s, p, l):
         st, pos, layer = self.streams[s], self.positions[p], self.layers[l]
         prob = float(self.probs[s, p, l])
-        return {"stream": st, "position": pos, "token": self.token_label(pos),
-                "subject": pos in self.subject_positions, "layer": layer,
-                "restored_layers": self.restored_layers(st, layer), "prob": prob,
-                "effect": prob - self.corrupted_prob}
+        return {
+            "stream": st,
+            "position": pos,
+            "token": self.token_label(pos),
+            "subject": pos in self.subject_positions,
+            "layer": layer,
+            "restored_layers": self.restored_layers(st, layer),
+            "prob": prob,
+            "effect": prob - self.corrupted_prob,
+        }
 
     def top(self, k=5, stream=None):
         """The ``k`` restores with the largest effect on p(target), largest first, as records
@@ -270,20 +298,27 @@ class CausalTraceResult:
 
     def __repr__(self):
         head = f"CausalTraceResult: {self.target_label()}" + (f" after {self.prompt!r}" if self.prompt else "")
-        subj = ", ".join(f"{self.token_label(p)!r}" if self.tokens is not None else str(p) for p in self.subject_positions)
+        subj = ", ".join(
+            f"{self.token_label(p)!r}" if self.tokens is not None else str(p) for p in self.subject_positions
+        )
         streams = ", ".join(
-            f"{st}" + ("" if st == "block_output" else f" (window {self.window})") for st in self.streams)
-        lines = [head,
-                 f"  clean {self.clean_prob:.4f}, subject corrupted {self.corrupted_prob:.4f} "
-                 f"(subject {subj}; noise {self.noise_level:.4g}, {self.n_samples} sample{'s' if self.n_samples != 1 else ''})",
-                 f"  probs [{len(self.streams)} streams x {len(self.positions)} positions x {len(self.layers)} layers]: "
-                 f"{streams}; positions {_span(self.positions)}; layers {_span(self.layers)}"]
+            f"{st}" + ("" if st == "block_output" else f" (window {self.window})") for st in self.streams
+        )
+        lines = [
+            head,
+            f"  clean {self.clean_prob:.4f}, subject corrupted {self.corrupted_prob:.4f} "
+            f"(subject {subj}; noise {self.noise_level:.4g}, {self.n_samples} sample{'s' if self.n_samples != 1 else ''})",
+            f"  probs [{len(self.streams)} streams x {len(self.positions)} positions x {len(self.layers)} layers]: "
+            f"{streams}; positions {_span(self.positions)}; layers {_span(self.layers)}",
+        ]
         if self.probs.numel():
             lines.append("  strongest restore per stream:")
             for st in self.streams:
                 r = self.top(1, stream=st)[0]
-                lines.append(f"    {st:<16} token {r['token']!r}{'*' if r['subject'] else ''} (position "
-                             f"{r['position']}), layer {r['layer']}: {r['prob']:.4f}")
+                lines.append(
+                    f"    {st:<16} token {r['token']!r}{'*' if r['subject'] else ''} (position "
+                    f"{r['position']}), layer {r['layer']}: {r['prob']:.4f}"
+                )
         lines.append("  .top(k), .to_dataframe(), fxvene.plot_causal_trace(result, tokenizer=...)")
         return "\n".join(lines)
 
@@ -300,8 +335,10 @@ def _labels(result, tokens, tokenizer):
             if len(labels) >= max(result.positions) + 1:
                 labels = [labels[p] for p in result.positions]
             else:
-                raise ValueError(f"tokens: {len(labels)} labels for {len(result.positions)} positions "
-                                 f"(expected one per prompt token or one per traced position)")
+                raise ValueError(
+                    f"tokens: {len(labels)} labels for {len(result.positions)} positions "
+                    f"(expected one per prompt token or one per traced position)"
+                )
     elif tokenizer is not None:
         if result.input_ids is None:
             raise ValueError("tokenizer: this result has no input_ids to decode; pass tokens=[...] instead")
@@ -354,8 +391,14 @@ def plot_causal_trace(result, tokens=None, path=None, title=None, tokenizer=None
     for i, (ax, st, mat) in enumerate(zip(axes, result.streams, result.probs)):
         name = STREAM_TITLES.get(st, st)
         vals = mat.float().numpy()
-        im = ax.imshow(vals, cmap=STREAM_CMAPS.get(name, "Blues"), aspect="auto", interpolation="nearest",
-                       vmin=min(result.corrupted_prob, float(vals.min())), vmax=max(float(vals.max()), 1e-12))
+        im = ax.imshow(
+            vals,
+            cmap=STREAM_CMAPS.get(name, "Blues"),
+            aspect="auto",
+            interpolation="nearest",
+            vmin=min(result.corrupted_prob, float(vals.min())),
+            vmax=max(float(vals.max()), 1e-12),
+        )
         ax.set_yticks(range(len(labels)))
         ax.set_yticklabels(labels, fontsize=8)
         for lab, p in zip(ax.get_yticklabels(), result.positions):
@@ -377,8 +420,10 @@ def plot_causal_trace(result, tokens=None, path=None, title=None, tokenizer=None
         cbar.ax.tick_params(labelsize=7)
     prompt = _prompt(result, tokenizer)
     first = title if title is not None else (f'"{prompt}"' if prompt else None)
-    stats = (f"{quantity}: clean {result.clean_prob:.3f}, subject corrupted {result.corrupted_prob:.3f} "
-             f"(subject tokens marked *; noise {result.noise_level:.3g}, {result.n_samples} sample{'s' if result.n_samples != 1 else ''})")
+    stats = (
+        f"{quantity}: clean {result.clean_prob:.3f}, subject corrupted {result.corrupted_prob:.3f} "
+        f"(subject tokens marked *; noise {result.noise_level:.3g}, {result.n_samples} sample{'s' if result.n_samples != 1 else ''})"
+    )
     fig.suptitle((f"{first}\n" if first else "") + stats, fontsize=9)
     fig.tight_layout()
     if path is not None:

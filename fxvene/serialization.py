@@ -33,6 +33,7 @@ Differences from pyvene 0.1.8, all deliberate:
   into the saved representation, and ``keep_last_dim`` / ``use_fast`` are kept, so such
   interventions can be rebuilt.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,6 +57,7 @@ __all__ = [
     "CONFIG_NAME",
     "MODEL_WEIGHTS_NAME",
 ]
+
 
 class MissingFileError(FileNotFoundError, ValueError):
     """A directory or weights file the call needs is not there (a ``FileNotFoundError`` and,
@@ -178,7 +180,11 @@ def load_intervention_state(intervention, state, what="intervention"):
     if "source_representation" in state and "source_representation" not in intervention._buffers:
         intervention.set_source_representation(state.pop("source_representation").clone().to(device))
     own = intervention.state_dict()
-    if "interchange_dim" in state and "interchange_dim" in own and own["interchange_dim"].shape != state["interchange_dim"].shape:
+    if (
+        "interchange_dim" in state
+        and "interchange_dim" in own
+        and own["interchange_dim"].shape != state["interchange_dim"].shape
+    ):
         intervention.set_interchange_dim(state.pop("interchange_dim").clone().to(own["interchange_dim"].device))
     try:
         result = intervention.load_state_dict(state, strict=False)
@@ -192,7 +198,9 @@ def load_intervention_state(intervention, state, what="intervention"):
     assigned = tuple(p for p, done in internal if done)
     missing = [k for k in missing if not k.startswith(assigned)] if assigned else list(missing)
     if missing or unexpected:
-        raise ValueError(f"{what}: stored weights do not match the intervention (missing {missing}, unexpected {list(unexpected)})")
+        raise ValueError(
+            f"{what}: stored weights do not match the intervention (missing {missing}, unexpected {list(unexpected)})"
+        )
     # tensors loaded by load_state_dict live where the intervention lives already
 
 
@@ -224,7 +232,9 @@ def read_weights(path):
                 f"{path}: refused to load: it is not a plain tensor file that torch.load(weights_only=True) "
                 f"accepts ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
             ) from e
-        if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        if not isinstance(obj, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+        ):
             raise ValueError(f"{path}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
         return dict(obj)
     raise ValueError(f"{path}: unsupported weights file (expected .safetensors or .bin)")
@@ -271,7 +281,10 @@ def _type_string(cls):
 def _has_state(intervention):
     from fxvene.interventions import TrainableIntervention
 
-    return isinstance(intervention, TrainableIntervention) or getattr(intervention, "source_representation", None) is not None
+    return (
+        isinstance(intervention, TrainableIntervention)
+        or getattr(intervention, "source_representation", None) is not None
+    )
 
 
 def _inferred_fields(intervention):
@@ -341,7 +354,9 @@ def save(intervenable, save_directory, save_to_hf_hub=False, hf_repo_name="my-aw
             raise TypeError(
                 f"intervention {k!r} is a function (LambdaIntervention); only intervention classes can be saved"
             )
-    reps = [_serialize_representation(intervenable.representations[k], iv, i) for i, (k, iv) in enumerate(zip(keys, ivs))]
+    reps = [
+        _serialize_representation(intervenable.representations[k], iv, i) for i, (k, iv) in enumerate(zip(keys, ivs))
+    ]
     config = {
         "representations": reps,
         "intervention_types": [_type_string(type(iv)) for iv in ivs],
@@ -351,7 +366,10 @@ def save(intervenable, save_directory, save_to_hf_hub=False, hf_repo_name="my-aw
         "intervention_dimensions": [_interchange_dim_json(iv) for iv in ivs],
         "intervention_constant_sources": [bool(getattr(iv, "is_source_constant", False)) for iv in ivs],
         "intervention_attributes": [
-            {"keep_last_dim": bool(getattr(iv, "keep_last_dim", False)), "use_fast": bool(getattr(iv, "use_fast", False))}
+            {
+                "keep_last_dim": bool(getattr(iv, "keep_last_dim", False)),
+                "use_fast": bool(getattr(iv, "use_fast", False)),
+            }
             for iv in ivs
         ],
         "weights_format": "safetensors",
@@ -367,8 +385,11 @@ def save(intervenable, save_directory, save_to_hf_hub=False, hf_repo_name="my-aw
     os.makedirs(save_directory, exist_ok=True)
     for k, iv in zip(keys, ivs):
         if _has_state(iv):
-            _write_weights(intervention_state_dict(iv), _intkey_file(save_directory, k, "safetensors"),
-                           {"fxvene_key": k, "intervention_type": _type_string(type(iv))})
+            _write_weights(
+                intervention_state_dict(iv),
+                _intkey_file(save_directory, k, "safetensors"),
+                {"fxvene_key": k, "intervention_type": _type_string(type(iv))},
+            )
     if include_model:
         _save_model_params(intervenable.model, save_directory)
     with open(os.path.join(save_directory, CONFIG_NAME), "w") as f:
@@ -411,7 +432,7 @@ def _resolve_type(type_str, custom):
     s = type_str.strip() if isinstance(type_str, str) else type_str
     bare = None
     if isinstance(s, str):
-        bare = s[len("<class '"):-len("'>")] if s.startswith("<class '") and s.endswith("'>") else s
+        bare = s[len("<class '") : -len("'>")] if s.startswith("<class '") and s.endswith("'>") else s
         if bare in custom:
             return custom[bare]
     try:
@@ -419,8 +440,9 @@ def _resolve_type(type_str, custom):
     except ValueError as e:
         cls = _imported_intervention_class(bare) if bare else None
         if cls is None:
-            raise ValueError(f"{e} (a class of your own: import its module before loading, or pass "
-                             "custom_types=[YourIntervention])") from None
+            raise ValueError(
+                f"{e} (a class of your own: import its module before loading, or pass custom_types=[YourIntervention])"
+            ) from None
         return cls
 
 
@@ -461,7 +483,7 @@ def _custom_map(custom_types):
             raise TypeError(f"custom_types: {cls!r} is not an nn.Module class")
         name = str(name)
         if name.startswith("<class '") and name.endswith("'>"):
-            name = name[len("<class '"):-len("'>")]
+            name = name[len("<class '") : -len("'>")]
         out[name] = cls
     return out
 
@@ -471,8 +493,10 @@ def _read_config(load_directory):
     if not os.path.isdir(load_directory):
         raise MissingFileError(f"load_directory {load_directory!r} is not a directory")
     if not os.path.isfile(path):
-        raise MissingFileError(f"load_directory {load_directory!r} has no {CONFIG_NAME}; expected a directory "
-                               "written by IntervenableModel.save (fxvene or pyvene)")
+        raise MissingFileError(
+            f"load_directory {load_directory!r} has no {CONFIG_NAME}; expected a directory "
+            "written by IntervenableModel.save (fxvene or pyvene)"
+        )
     with open(path) as f:
         try:
             cfg = json.load(f)
@@ -504,8 +528,15 @@ def _representation(raw, i):
     raise ValueError(f"config.json: representations[{i}] must be a list or an object, got {raw!r}")
 
 
-def load(load_directory, model, local_directory=None, from_huggingface_hub=False, include_model=False,
-         custom_types=None, **kwargs):
+def load(
+    load_directory,
+    model,
+    local_directory=None,
+    from_huggingface_hub=False,
+    include_model=False,
+    custom_types=None,
+    **kwargs,
+):
     """Rebuild an ``IntervenableModel`` on ``model`` from a directory written by fxvene or by pyvene 0.1.8.
 
     ``custom_types``: user intervention classes the config may name (a list of classes, or a dict
@@ -519,14 +550,16 @@ def load(load_directory, model, local_directory=None, from_huggingface_hub=False
         raise TypeError(f"load_directory must be a path, got {type(load_directory).__name__}")
     load_directory = os.fspath(load_directory)
     if not from_huggingface_hub and not os.path.exists(load_directory) and not _hub_like(load_directory):
-        raise MissingFileError(f"load_directory {load_directory!r} is not a local directory (it does not exist) "
-                               "and not a hub repo id")
+        raise MissingFileError(
+            f"load_directory {load_directory!r} is not a local directory (it does not exist) and not a hub repo id"
+        )
     if from_huggingface_hub or not os.path.exists(load_directory):
         try:
             from huggingface_hub import snapshot_download
 
             load_directory = snapshot_download(
-                repo_id=load_directory, local_dir=local_directory,
+                repo_id=load_directory,
+                local_dir=local_directory,
                 allow_patterns=[CONFIG_NAME, "*.safetensors", "*.bin"],
             )
         except Exception as e:  # noqa: BLE001
@@ -560,12 +593,16 @@ def load(load_directory, model, local_directory=None, from_huggingface_hub=False
         if dims[i] is not None and hasattr(iv, "set_interchange_dim"):
             iv.set_interchange_dim(dims[i])
         path = _find_intkey_file(load_directory, key)
-        wants_source = bool(consts[i]) and not isinstance(iv, (ZeroIntervention, SourcelessIntervention)) and bool(
-            reps[i].hidden_source_representation
+        wants_source = (
+            bool(consts[i])
+            and not isinstance(iv, (ZeroIntervention, SourcelessIntervention))
+            and bool(reps[i].hidden_source_representation)
         )
         if isinstance(iv, TrainableIntervention) or wants_source:
             if path is None:
-                raise MissingFileError(f"{load_directory!r}: no weights for intervention {key!r} (intkey_{key}.safetensors)")
+                raise MissingFileError(
+                    f"{load_directory!r}: no weights for intervention {key!r} (intkey_{key}.safetensors)"
+                )
             state = read_weights(path)
             if wants_source and not isinstance(iv, TrainableIntervention):
                 if "source_representation" not in state:
@@ -591,8 +628,11 @@ def save_intervention(intervenable, save_directory, include_model=True):
     for k in intervenable.sorted_keys:
         iv = intervenable.interventions[k]
         if isinstance(iv, TrainableIntervention):
-            _write_weights(intervention_state_dict(iv), _intkey_file(save_directory, k, "safetensors"),
-                           {"fxvene_key": k, "intervention_type": _type_string(type(iv))})
+            _write_weights(
+                intervention_state_dict(iv),
+                _intkey_file(save_directory, k, "safetensors"),
+                {"fxvene_key": k, "intervention_type": _type_string(type(iv))},
+            )
     if include_model:
         _save_model_params(intervenable.model, save_directory)
 
@@ -613,7 +653,9 @@ def load_intervention(intervenable, load_directory, include_model=True):
         if isinstance(iv, TrainableIntervention):
             path = _find_intkey_file(load_directory, k)
             if path is None:
-                raise MissingFileError(f"{load_directory!r}: no weights for intervention {k!r} (intkey_{k}.safetensors)")
+                raise MissingFileError(
+                    f"{load_directory!r}: no weights for intervention {k!r} (intkey_{k}.safetensors)"
+                )
             states.append((iv, read_weights(path), path))
     backups = [(iv, {n: t.detach().clone() for n, t in iv.state_dict().items()}) for iv, _, _ in states]
     try:
@@ -629,10 +671,16 @@ def load_intervention(intervenable, load_directory, include_model=True):
 
 def _restore(intervention, snapshot):
     own = intervention.state_dict()
-    if "interchange_dim" in snapshot and "interchange_dim" in own and own["interchange_dim"].shape != snapshot["interchange_dim"].shape:
+    if (
+        "interchange_dim" in snapshot
+        and "interchange_dim" in own
+        and own["interchange_dim"].shape != snapshot["interchange_dim"].shape
+    ):
         intervention.set_interchange_dim(snapshot["interchange_dim"])
     intervention.load_state_dict(snapshot, strict=False)
-    if hasattr(intervention, "set_interchange_dim") and isinstance(getattr(intervention, "interchange_dim", None), torch.Tensor):
+    if hasattr(intervention, "set_interchange_dim") and isinstance(
+        getattr(intervention, "interchange_dim", None), torch.Tensor
+    ):
         intervention.set_interchange_dim(intervention.interchange_dim)
 
 
@@ -641,4 +689,3 @@ def _hub_like(name):
     import re
 
     return not os.path.isabs(name) and re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name) is not None
-

@@ -7,6 +7,7 @@ gathers the units of the live tensor, calls the intervention, and scatters the r
 (functionally: the traced tensor is never written in place). :class:`Gather` is the
 expose pass's gather (source runs, Collect).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,10 +71,11 @@ def resolve_site(traced, model, component, layer, moe_key=None):
             )
         if component not in fam.components:
             if component in fam.missing:  # a derived map (models/derive.py) says what it looked for
-                raise ValueError(f"component {component!r} of {type(model).__name__} (derived map): {fam.missing[component]}")
+                raise ValueError(
+                    f"component {component!r} of {type(model).__name__} (derived map): {fam.missing[component]}"
+                )
             raise ValueError(
-                f"unknown component {component!r} for {type(model).__name__}; "
-                f"known: {sorted(fam.components)}"
+                f"unknown component {component!r} for {type(model).__name__}; known: {sorted(fam.components)}"
             )
         n_layers = getattr(config, fam.n_layers)
         if not isinstance(layer, int) or isinstance(layer, bool):
@@ -85,7 +87,7 @@ def resolve_site(traced, model, component, layer, moe_key=None):
         port = spec.port
         split3 = spec.split3
         if spec.heads is not None and spec.heads != "layout":
-            n_heads = int(getattr(config, spec.heads, None) or getattr(config, "num_attention_heads"))
+            n_heads = int(getattr(config, spec.heads, None) or config.num_attention_heads)
         dim = eval_dim(spec.dim, config)
         if spec.needs == "eager":
             impl = getattr(config, "_attn_implementation", "eager")
@@ -101,13 +103,17 @@ def resolve_site(traced, model, component, layer, moe_key=None):
         else:
             node = module_output(gm, path) if port == "output" else module_input(gm, path)
     except LocateError as e:
-        raise ValueError(f"component {component!r} at layer {layer} of {type(model).__name__} ({traced.frontend}): {e}") from None
+        raise ValueError(
+            f"component {component!r} at layer {layer} of {type(model).__name__} ({traced.frontend}): {e}"
+        ) from None
     val = node.meta.get("val")
     shape = tuple(val.shape) if is_tensor_node(node) else None
     fused = None
     if split3 is not None:
         spec = fam.components[component]
-        fused = fused_slot(spec, config, shape[-1] if shape else None, f"component {component!r} of {type(model).__name__}")
+        fused = fused_slot(
+            spec, config, shape[-1] if shape else None, f"component {component!r} of {type(model).__name__}"
+        )
         if spec.heads == "layout":
             n_heads = fused[0] * (fused[3] - fused[2])
         if dim is None and shape is not None:
@@ -240,7 +246,9 @@ def _check(loc, size, what):
     hi, lo = int(loc.max()), int(loc.min())
     if hi >= size or lo < 0:
         bad = hi if hi >= size else lo
-        raise ValueError(f"{what}: unit index {bad} is out of range for a dimension of size {size} (valid: 0..{size - 1})")
+        raise ValueError(
+            f"{what}: unit index {bad} is out of range for a dimension of size {size} (valid: 0..{size - 1})"
+        )
 
 
 def gather(x, site, unit, loc, what="unit_locations"):

@@ -14,6 +14,7 @@ keys/values are plain tensor inputs and outputs.
 Exported programs are kept in the on-disk graph cache (:mod:`fxvene.graph_cache`); a loaded one is
 checked exactly like a fresh export.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,7 +35,6 @@ from fxvene.tracing import TracedGraph, TracingError, export_graph
 
 TF_MAJOR = int(transformers.__version__.split(".")[0])
 log = logging.getLogger("fxvene.step_graphs")
-
 
 
 def _cache_mode(model):
@@ -246,16 +246,16 @@ def _strip_prefix(graph, prefix="model"):
             continue
         new = {}
         for k, v in stack.items():
-            path, cls = (v if isinstance(v, tuple) else (k, None))
+            path, cls = v if isinstance(v, tuple) else (k, None)
             path = str(path)
             if path == "" and cls is not None and str(getattr(cls, "__name__", cls)).endswith("CacheStep"):
                 continue  # the wrapper itself
             if path == prefix:
                 path = ""
             elif path.startswith(prefix + "."):
-                path = path[len(prefix) + 1:]
+                path = path[len(prefix) + 1 :]
             elif path.startswith(f"L['self'].{prefix}"):
-                path = path[len(f"L['self'].{prefix}"):].lstrip(".")
+                path = path[len(f"L['self'].{prefix}") :].lstrip(".")
             else:
                 continue  # anything outside the HF model (cache plumbing of the wrapper)
             new[k] = (path, cls)
@@ -283,8 +283,12 @@ def _examples(model, wrapper, phase):
         pos = position_ids_from_mask(mask)
         with torch.no_grad():
             past = list(wrapper(ids[:, :P], mask[:, :P], pos[:, :P], [])[1:])
-        dyn = ({0: _auto(), 1: _auto()}, {0: _auto(), 1: _auto()}, {0: _auto(), 1: _auto()},
-               [{0: _auto(), 2: _auto()}] * len(past))
+        dyn = (
+            {0: _auto(), 1: _auto()},
+            {0: _auto(), 1: _auto()},
+            {0: _auto(), 1: _auto()},
+            [{0: _auto(), 2: _auto()}] * len(past),
+        )
         return (ids[:, P:], mask, pos[:, P:], past), dyn
     with torch.no_grad():
         past = list(wrapper(ids, mask, pos, [])[1:])
@@ -386,8 +390,9 @@ def _checked(gm, model, wrapper, phase, args, ref, from_cache=False):
     graph = gm.graph
     with torch.no_grad():
         got = gm(*args[:3], *args[3])
-    if len(got) != len(ref) or not all(a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=1e-4)
-                                       for a, b in zip(got, ref)):
+    if len(got) != len(ref) or not all(
+        a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=1e-4) for a, b in zip(got, ref)
+    ):
         raise TracingError(f"the traced {phase} step of {type(model).__name__} does not reproduce the model")
     names = tuple(n.target for n in graph.nodes if n.op == "placeholder")
     _check_dynamic(graph, phase, model)
@@ -398,8 +403,9 @@ def _checked(gm, model, wrapper, phase, args, ref, from_cache=False):
     n_kv = len(ref) - 1
     out_keys = ("logits",) + tuple(f"past_{i}" for i in range(n_kv))
     traced = TracedGraph(gm=gm, frontend="export", input_names=names, output_keys=out_keys, output_cls=tuple)
-    locate = TracedGraph(gm=truncate(gm, [0]), frontend="export", input_names=names, output_keys=("logits",),
-                         output_cls=tuple)
+    locate = TracedGraph(
+        gm=truncate(gm, [0]), frontend="export", input_names=names, output_keys=("logits",), output_cls=tuple
+    )
     shapes = tuple((int(t.shape[1]), int(t.shape[3]), t.dtype) for t in ref[1:])
     return StepGraph(phase=phase, traced=traced, locate=locate, n_kv=n_kv, past_shapes=shapes, from_cache=from_cache)
 
@@ -421,17 +427,26 @@ def _check_chunk_edges(gm, wrapper, model):
     pos = torch.arange(n, device=device).expand(b, -1)
     with torch.no_grad():
         # the model's own forward (no past: the window needs no placing), with a cache of every position
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True,
-                    past_key_values=_make_cache([], _cache_mode(model)))
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            return_dict=True,
+            past_key_values=_make_cache([], _cache_mode(model)),
+        )
         logits, kv = out.logits, _flat_cache(out.past_key_values)
         for past_len, new_len in ((0, 3), (0, 1), (1, 3), (4, 1)):
             t = past_len + new_len
             ref = (logits[:, t - 1], *[x[:, :, :t] for x in kv])
             got = gm(ids[:, past_len:t], mask[:, :t], pos[:, past_len:t], *[x[:, :, :past_len] for x in kv])
             if len(got) != len(ref) or not all(
-                    a.shape == r.shape and torch.allclose(a, r, atol=1e-4, rtol=1e-4) for a, r in zip(got, ref)):
-                raise TracingError(f"the traced chunk step of {type(model).__name__} does not reproduce the model "
-                                   f"with a {past_len}-token past and a {new_len}-token chunk")
+                a.shape == r.shape and torch.allclose(a, r, atol=1e-4, rtol=1e-4) for a, r in zip(got, ref)
+            ):
+                raise TracingError(
+                    f"the traced chunk step of {type(model).__name__} does not reproduce the model "
+                    f"with a {past_len}-token past and a {new_len}-token chunk"
+                )
 
 
 def _check_dynamic(graph, phase, model):
@@ -452,7 +467,7 @@ def _check_dynamic(graph, phase, model):
             )
 
 
-_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def step_graph(model, phase):
@@ -477,12 +492,24 @@ def step_graph(model, phase):
                 chunk = step_graph(model, "chunk")
             except TracingError as e:
                 per["_chunk_error"] = str(e)
-                log.debug("fxvene: chunk step graph of %s unusable (%s); separate %s graph",
-                          type(model).__name__, e, phase)
+                log.debug(
+                    "fxvene: chunk step graph of %s unusable (%s); separate %s graph", type(model).__name__, e, phase
+                )
         if chunk is not None:
-            sg = chunk if phase == "decode" else StepGraph(
-                phase="prefill", traced=chunk.traced, locate=chunk.locate, n_kv=chunk.n_kv, key=key,
-                past_shapes=chunk.past_shapes, empty_past=True, from_cache=chunk.from_cache)
+            sg = (
+                chunk
+                if phase == "decode"
+                else StepGraph(
+                    phase="prefill",
+                    traced=chunk.traced,
+                    locate=chunk.locate,
+                    n_kv=chunk.n_kv,
+                    key=key,
+                    past_shapes=chunk.past_shapes,
+                    empty_past=True,
+                    from_cache=chunk.from_cache,
+                )
+            )
             per[phase] = sg
             return sg
     sg = _export_step(model, phase)
@@ -496,5 +523,3 @@ def position_ids_from_mask(mask):
     positions get 1 (transformers 4) or 0 (transformers 5), as each line's generate does."""
     pos = mask.long().cumsum(-1) - 1
     return pos.masked_fill(mask == 0, 1 if TF_MAJOR < 5 else 0)
-
-

@@ -37,6 +37,7 @@ This module holds the public functions; the engine (segments, caching, selectors
 :mod:`fxvene.sweep_engine`, its two ways of running rows :mod:`fxvene.sweep_pack` and
 :mod:`fxvene.sweep_groups`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,8 +59,9 @@ def _engine(model, sites, tracer, tokens, compile, prefix="auto"):
 
     ckey = compile
     if isinstance(compile, dict):
-        ckey = tuple(sorted((k, v if isinstance(v, (str, int, float, bool, type(None))) else id(v))
-                            for k, v in compile.items()))
+        ckey = tuple(
+            sorted((k, v if isinstance(v, (str, int, float, bool, type(None))) else id(v)) for k, v in compile.items())
+        )
     key = (id(model), tuple(sites), tracer, tokens, ckey, prefix)
     hit = _ENGINES.get(key)
     if hit is not None and hit[0]() is model:
@@ -94,9 +96,23 @@ def _check_layers(layers, n_layers, what="layers"):
 # ------------------------------------------------------------------------------------ patching
 
 
-def patching_sweep(model, base, source=None, components=("block_output",), layers=None, positions=None, heads=None,
-                   tokens=None, metric="logits", max_rows=None, progress=None, compile=False, tracer="auto",
-                   prefix="auto", **dataset):
+def patching_sweep(
+    model,
+    base,
+    source=None,
+    components=("block_output",),
+    layers=None,
+    positions=None,
+    heads=None,
+    tokens=None,
+    metric="logits",
+    max_rows=None,
+    progress=None,
+    compile=False,
+    tracer="auto",
+    prefix="auto",
+    **dataset,
+):
     """Activation patching over a grid: for every component x layer x position (x head) cell,
     the base run with that site's unit replaced by the source run's unit at the same position.
 
@@ -122,15 +138,28 @@ def patching_sweep(model, base, source=None, components=("block_output",), layer
     if is_dataset(base):
         for name, v in (("source", source), ("positions", positions), ("heads", heads), ("tokens", tokens)):
             if v is not None:
-                raise ValueError(f"{name}: a dataset patching sweep takes it from the records (or runs every "
-                                 f"position), got {v!r}")
+                raise ValueError(
+                    f"{name}: a dataset patching sweep takes it from the records (or runs every position), got {v!r}"
+                )
         from fxvene.facts_sweep import patch_facts
 
-        return patch_facts(model, base, components=components, layers=layers, metric=metric, max_rows=max_rows,
-                           progress=progress, compile=compile, tracer=tracer, prefix=prefix, **dataset)
+        return patch_facts(
+            model,
+            base,
+            components=components,
+            layers=layers,
+            metric=metric,
+            max_rows=max_rows,
+            progress=progress,
+            compile=compile,
+            tracer=tracer,
+            prefix=prefix,
+            **dataset,
+        )
     if dataset:
-        raise TypeError(f"patching_sweep: {sorted(dataset)} are options of dataset sweeps (base a JSONL path or a "
-                        "list of records)")
+        raise TypeError(
+            f"patching_sweep: {sorted(dataset)} are options of dataset sweeps (base a JSONL path or a list of records)"
+        )
     if source is None:
         raise TypeError("patching_sweep: source is needed (the inputs patched into base)")
     if isinstance(components, str):
@@ -159,16 +188,37 @@ def patching_sweep(model, base, source=None, components=("block_output",), layer
         raise ValueError("heads: only for head components (head_attention_value_output, head_query_output, ...)")
     B = b_ids.shape[0]
     with eng.compiling():
-        return _patching_rows(eng, base, source, components, layers, positions, heads, tok, readout_tokens, metric,
-                              B, sites, max_rows, progress)
+        return _patching_rows(
+            eng,
+            base,
+            source,
+            components,
+            layers,
+            positions,
+            heads,
+            tok,
+            readout_tokens,
+            metric,
+            B,
+            sites,
+            max_rows,
+            progress,
+        )
 
 
-def _patching_rows(eng, base, source, components, layers, positions, heads, tok, readout_tokens, metric, B, sites,
-                   max_rows, progress):
+def _patching_rows(
+    eng, base, source, components, layers, positions, heads, tok, readout_tokens, metric, B, sites, max_rows, progress
+):
     b, s = eng.prepare_pair(base, source, tokens=tok if readout_tokens else None)
     hs = heads if heads is not None else [0]
-    grid = [(ci, li, p, h, e) for ci in range(len(components)) for li in range(len(layers)) for p in positions
-            for h in hs for e in range(B)]
+    grid = [
+        (ci, li, p, h, e)
+        for ci in range(len(components))
+        for li in range(len(layers))
+        for p in positions
+        for h in hs
+        for e in range(B)
+    ]
     n_sites = len(sites)
     loc = np.full((len(grid), n_sites), -1, dtype=np.int64)
     head = np.zeros((len(grid), n_sites), dtype=np.int64)
@@ -178,13 +228,27 @@ def _patching_rows(eng, base, source, components, layers, positions, heads, tok,
         loc[r, j] = p
         head[r, j] = h
         sample[r] = e
-    out = eng.run_rows(b, s, {"sample": sample, "loc": loc, "head": head},
-                       tokens=tok if readout_tokens else None, max_rows=max_rows, progress=progress)
+    out = eng.run_rows(
+        b,
+        s,
+        {"sample": sample, "loc": loc, "head": head},
+        tokens=tok if readout_tokens else None,
+        max_rows=max_rows,
+        progress=progress,
+    )
     base_out = b["final"]
     out, base_out = _metric(out, tok, metric, readout_tokens), _metric(base_out, tok, metric, readout_tokens)
     shape = [len(components), len(layers), len(positions)] + ([len(hs)] if heads is not None else []) + [B, -1]
-    return SweepResult(out.reshape(shape), base_out, list(components), layers, positions, heads,
-                       tokens=None if tok is None else tok.tolist(), metric=metric)
+    return SweepResult(
+        out.reshape(shape),
+        base_out,
+        list(components),
+        layers,
+        positions,
+        heads,
+        tokens=None if tok is None else tok.tolist(),
+        metric=metric,
+    )
 
 
 def _tokens(tokens, model):
@@ -244,9 +308,25 @@ def check_trace_args(model, streams, window, n_samples):
     return fam, streams
 
 
-def causal_trace(model, inputs, subject_positions=None, target_token=None, noise_level=None, n_samples=10,
-                 streams=STREAMS, window=10, seed=1, positions=None, layers=None, max_rows=None, progress=None,
-                 compile=False, tracer="auto", prefix="auto", **dataset):
+def causal_trace(
+    model,
+    inputs,
+    subject_positions=None,
+    target_token=None,
+    noise_level=None,
+    n_samples=10,
+    streams=STREAMS,
+    window=10,
+    seed=1,
+    positions=None,
+    layers=None,
+    max_rows=None,
+    progress=None,
+    compile=False,
+    tracer="auto",
+    prefix="auto",
+    **dataset,
+):
     """ROME causal tracing (Meng et al. 2022; pyvene's Causal_Tracing tutorial), batched.
 
     The subject tokens' embeddings (the input of block 0) get Gaussian noise
@@ -266,19 +346,37 @@ def causal_trace(model, inputs, subject_positions=None, target_token=None, noise
     from fxvene.facts import is_dataset
 
     if is_dataset(inputs):
-        for name, v in (("subject_positions", subject_positions), ("target_token", target_token),
-                        ("positions", positions)):
+        for name, v in (
+            ("subject_positions", subject_positions),
+            ("target_token", target_token),
+            ("positions", positions),
+        ):
             if v is not None:
-                raise ValueError(f"{name}: a dataset trace takes it from the records (or traces every position), "
-                                 f"got {v!r}")
+                raise ValueError(
+                    f"{name}: a dataset trace takes it from the records (or traces every position), got {v!r}"
+                )
         from fxvene.facts_sweep import trace_facts
 
-        return trace_facts(model, inputs, noise_level=noise_level, n_samples=n_samples, streams=streams,
-                           window=window, seed=seed, layers=layers, max_rows=max_rows, progress=progress,
-                           compile=compile, tracer=tracer, prefix=prefix, **dataset)
+        return trace_facts(
+            model,
+            inputs,
+            noise_level=noise_level,
+            n_samples=n_samples,
+            streams=streams,
+            window=window,
+            seed=seed,
+            layers=layers,
+            max_rows=max_rows,
+            progress=progress,
+            compile=compile,
+            tracer=tracer,
+            prefix=prefix,
+            **dataset,
+        )
     if dataset:
-        raise TypeError(f"causal_trace: {sorted(dataset)} are options of dataset traces (inputs a JSONL path or a "
-                        "list of records)")
+        raise TypeError(
+            f"causal_trace: {sorted(dataset)} are options of dataset traces (inputs a JSONL path or a list of records)"
+        )
     if subject_positions is None or target_token is None:
         raise TypeError("causal_trace: subject_positions and target_token are needed for one prompt")
     ids, mask = _ids_mask(inputs, "inputs")
@@ -322,20 +420,45 @@ def causal_trace(model, inputs, subject_positions=None, target_token=None, noise
         st = streams[si]
         lays = [layers[li]] if st == "block_output" else window_layers(layers[li], window, n_layers)
         for l in lays:
-            loc[c * n_samples:(c + 1) * n_samples, site_index[(st, l)]] = positions[pi]
+            loc[c * n_samples : (c + 1) * n_samples, site_index[(st, l)]] = positions[pi]
     with eng.compiling():
-        base, clean = eng.prepare_pair({"input_ids": ids.expand(n_samples, seq),
-                                        "attention_mask": mask.expand(n_samples, seq)},
-                                       {"input_ids": ids, "attention_mask": mask}, perturb=perturb)
-        out = eng.run_rows(base, clean, {"sample": sample, "loc": loc, "head": None}, max_rows=max_rows,
-                           progress=progress)
+        base, clean = eng.prepare_pair(
+            {"input_ids": ids.expand(n_samples, seq), "attention_mask": mask.expand(n_samples, seq)},
+            {"input_ids": ids, "attention_mask": mask},
+            perturb=perturb,
+        )
+        out = eng.run_rows(
+            base, clean, {"sample": sample, "loc": loc, "head": None}, max_rows=max_rows, progress=progress
+        )
     probs = torch.softmax(out.float(), -1)[:, target_token].reshape(len(cells), n_samples).mean(1)
     probs = probs.reshape(len(streams), len(positions), len(layers))
     clean_p = float(torch.softmax(clean["final"].float(), -1)[0, target_token])
     corrupt_p = float(torch.softmax(base["final"].float(), -1)[:, target_token].mean())
-    return CausalTraceResult(probs, clean_p, corrupt_p, streams, positions, layers, window, subj, target_token,
-                             noise_level, n_samples, input_ids=ids[0].tolist(), n_layers=n_layers)
+    return CausalTraceResult(
+        probs,
+        clean_p,
+        corrupt_p,
+        streams,
+        positions,
+        layers,
+        window,
+        subj,
+        target_token,
+        noise_level,
+        n_samples,
+        input_ids=ids[0].tolist(),
+        n_layers=n_layers,
+    )
 
 
-__all__ = ["causal_trace", "plot_causal_trace", "patching_sweep", "CausalTraceResult", "SweepResult", "SweepEngine",
-           "trace_noise", "window_layers", "PYVENE_NOISE_LEVEL"]
+__all__ = [
+    "causal_trace",
+    "plot_causal_trace",
+    "patching_sweep",
+    "CausalTraceResult",
+    "SweepResult",
+    "SweepEngine",
+    "trace_noise",
+    "window_layers",
+    "PYVENE_NOISE_LEVEL",
+]

@@ -8,10 +8,10 @@ segments once per (model, sites) (:class:`SweepEngine`), caches a base run at ev
 (:meth:`SweepEngine.run_rows`): packed in lanes (:mod:`fxvene.sweep_pack`) where it can, else in
 start-position groups chosen by expected cost (:mod:`fxvene.sweep_groups`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -22,8 +22,8 @@ from fxvene.passes.rewrite import expose
 from fxvene.passes.slice import boundary_after, node_order, segment
 from fxvene.passes.sweep import insert_selectors, readout
 from fxvene.sites import gather, resolve_site, scatter, slot_columns
-from fxvene.sweep_pack import packable, run_packed
 from fxvene.sweep_groups import RowGroups, _bar
+from fxvene.sweep_pack import packable, run_packed
 from fxvene.tracing import TracingError, trace
 
 _PREFIX = "fxv_in_"
@@ -48,7 +48,12 @@ class SweepSite(nn.Module):
             rows = torch.nonzero(on).flatten()
             x[loc[rows, 0], loc[rows, 1], cols] = src[rows, 0].to(x.dtype)
             return x
-        if not torch.compiler.is_compiling() and not torch.is_grad_enabled() and self.site.n_heads is None and cols is not None:
+        if (
+            not torch.compiler.is_compiling()
+            and not torch.is_grad_enabled()
+            and self.site.n_heads is None
+            and cols is not None
+        ):
             # eager fast path: write only the active rows, in place (the runtime owns ``x``:
             # it is a fresh batch built for this call, never a cached or user tensor)
             rows = torch.nonzero(on).flatten()
@@ -66,7 +71,7 @@ class SweepSite(nn.Module):
 class _Segment:
     gm: object
     ins: list
-    outs: Optional[list]
+    outs: list | None
     ops: list = field(default_factory=list)  # site indices whose selector sits at this segment's entry
     tail: bool = False
     fn: object = None
@@ -102,8 +107,10 @@ class SweepEngine(RowGroups):
             copts = compile_options(compile)  # True or a dict of torch.compile options (TypeError otherwise)
         if prefix is not False and tracer == "hf_fx":
             if prefix is True:
-                raise ValueError("prefix=True needs the chunk step graph, which is traced with torch.export: "
-                                 "use tracer='auto' or 'export'")
+                raise ValueError(
+                    "prefix=True needs the chunk step graph, which is traced with torch.export: "
+                    "use tracer='auto' or 'export'"
+                )
             self.prefix_note = "tracer='hf_fx': the causal prefix needs the export chunk graph"
         elif prefix is not False:
             from fxvene.generation import step_graph
@@ -319,8 +326,10 @@ class SweepEngine(RowGroups):
         self._announced = True
         from fxvene.compile import _say
 
-        return _say(f"compiling the sweep's {len(self.segments) + 2} graph segments (first call of this sweep "
-                    "structure; later prompts, lengths and cells reuse them)")
+        return _say(
+            f"compiling the sweep's {len(self.segments) + 2} graph segments (first call of this sweep "
+            "structure; later prompts, lengths and cells reuse them)"
+        )
 
     def _mark(self, kw, rows):
         """Compiled segments: every input is rows-major (values a graph broadcasts over the batch are
@@ -363,10 +372,11 @@ class SweepEngine(RowGroups):
         if perturb is not None:
             values[self.start_node] = perturb(values[self.start_node])
         if self.cache_seg is not None:
-            res = self._call(self.cache_seg, self._feeds(self.cache_seg, input_ids, attention_mask, 0, None, tokens),
-                             values, {})
-            final, kv = res[0], list(res[1:1 + self.n_kv])
-            values.update(zip(self.cache_seg.outs, res[1 + self.n_kv:]))
+            res = self._call(
+                self.cache_seg, self._feeds(self.cache_seg, input_ids, attention_mask, 0, None, tokens), values, {}
+            )
+            final, kv = res[0], list(res[1 : 1 + self.n_kv])
+            values.update(zip(self.cache_seg.outs, res[1 + self.n_kv :]))
             self._record(values)
             return [{k: values[k] for k in seg.ins} for seg in self.segments], final, kv
         per_seg = []
@@ -409,7 +419,6 @@ class SweepEngine(RowGroups):
             entry = torch.where(on, torch.minimum(entry, torch.full_like(entry, self.seg_of_site[j])), entry)
         if bool((entry >= len(self.segments)).any()):
             raise ValueError("sweep: a row has no active site")
-        seq = base["ids"].shape[1]
         self.last_packed = packable(self, base, loc, head)
         if self.last_packed:
             return self._run_packed(base, source, sample, loc, entry, tokens, max_rows, progress)
@@ -421,11 +430,12 @@ class SweepEngine(RowGroups):
         first = torch.where(loc >= 0, loc, torch.full_like(loc, seq)).min(1).values.clamp(max=seq - 1)
         order = torch.from_numpy(np.argsort(entry.numpy(), kind="stable")).long()
         max_rows = R if max_rows is None else int(max_rows)
-        chunks = [order[i:i + max_rows] for i in range(0, R, max_rows)]
+        chunks = [order[i : i + max_rows] for i in range(0, R, max_rows)]
         bar = _bar(sum(len(self.segments) - int(entry[c].min()) for c in chunks), progress)
         try:
-            out = torch.cat([run_packed(self, base, source, sample[c], loc[c], entry[c], first[c], tokens, bar)
-                             for c in chunks], 0)
+            out = torch.cat(
+                [run_packed(self, base, source, sample[c], loc[c], entry[c], first[c], tokens, bar) for c in chunks], 0
+            )
         finally:
             if bar is not None:
                 bar.close()
@@ -452,9 +462,16 @@ class SweepEngine(RowGroups):
         def part(v, lo, hi):
             return v[lo:hi] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == N else v
 
-        return tuple(self._prepared(i, m, [{k: part(v, lo, hi) for k, v in vals.items()} for vals in cache],
-                                    part(final, lo, hi), None if kv is None else [part(t, lo, hi) for t in kv])
-                     for i, m, lo, hi in ((b_ids, b_mask, 0, nb), (s_ids, s_mask, nb, N)))
+        return tuple(
+            self._prepared(
+                i,
+                m,
+                [{k: part(v, lo, hi) for k, v in vals.items()} for vals in cache],
+                part(final, lo, hi),
+                None if kv is None else [part(t, lo, hi) for t in kv],
+            )
+            for i, m, lo, hi in ((b_ids, b_mask, 0, nb), (s_ids, s_mask, nb, N))
+        )
 
     def _prepared(self, ids, mask, cache, final, kv):
         self._check_batched(cache, ids.shape[0])
@@ -474,8 +491,10 @@ class SweepEngine(RowGroups):
         for vals in cache:
             for k, v in vals.items():
                 if v.shape[0] not in (1, batch):
-                    raise ValueError(f"sweep: the cut value {k!r} has leading dim {v.shape[0]}, not the batch {batch}; "
-                                     "this graph cannot be sliced for sweeps")
+                    raise ValueError(
+                        f"sweep: the cut value {k!r} has leading dim {v.shape[0]}, not the batch {batch}; "
+                        "this graph cannot be sliced for sweeps"
+                    )
 
     _tail_ok = False
     pack = True  # pack rows in lanes where the engine can (fxvene/sweep_pack.py); False: start-position groups
@@ -502,8 +521,10 @@ def position_pair(base, source, what):
     b_ids, b_mask = _ids_mask(base, "base")
     s_ids, s_mask = _ids_mask(source, "source")
     if s_ids.shape[1] != b_ids.shape[1]:
-        raise ValueError(f"source has {s_ids.shape[1]} tokens and base {b_ids.shape[1]}: {what} position p of the "
-                         "source into position p of the base, so they must have the same length")
+        raise ValueError(
+            f"source has {s_ids.shape[1]} tokens and base {b_ids.shape[1]}: {what} position p of the "
+            "source into position p of the base, so they must have the same length"
+        )
     if s_ids.shape[0] not in (1, b_ids.shape[0]):
         raise ValueError(f"source batch {s_ids.shape[0]} must be 1 or the base batch {b_ids.shape[0]}")
     return b_ids, b_mask, s_ids, s_mask

@@ -8,6 +8,7 @@ dispatch, streaming a layer's weights through thin matmuls) that more groups pay
 groups recompute more positions. :class:`RowGroups` (a base class of the engine) measures both once per
 engine and picks the group width with the lowest expected cost.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,13 +40,22 @@ class RowGroups:
         chunks = []
         for off in torch.unique(offset).tolist():
             grp = order[offset[order] == off]
-            chunks += [(grp[i:i + max_rows], off) for i in range(0, len(grp), max_rows)]
+            chunks += [(grp[i : i + max_rows], off) for i in range(0, len(grp), max_rows)]
         results = [None] * len(chunks)
         bar = _bar(sum(len(self.segments) - int(entry[c].min()) for c, _ in chunks), progress)
         try:
             for ci, (idx, off) in enumerate(chunks):
-                results[ci] = self._run_chunk(base, source, sample[idx], loc[idx], None if head is None else head[idx],
-                                              entry[idx], tokens, bar, off)
+                results[ci] = self._run_chunk(
+                    base,
+                    source,
+                    sample[idx],
+                    loc[idx],
+                    None if head is None else head[idx],
+                    entry[idx],
+                    tokens,
+                    bar,
+                    off,
+                )
         finally:
             if bar is not None:
                 bar.close()
@@ -84,7 +94,7 @@ class RowGroups:
                     # always a fresh, contiguous copy (index_select): selectors write rows in place, graphs
                     # view() their inputs; a value the graph broadcasts (leading dim 1) is repeated
                     v = base["cache"][i][name]
-                    rows = sample[n:n + k_new] if v.shape[0] > 1 else zero[n:n + k_new]
+                    rows = sample[n : n + k_new] if v.shape[0] > 1 else zero[n : n + k_new]
                     vals[name] = (v[:, start:] if start else v).index_select(0, rows)
                 if carried is None:
                     carried = vals
@@ -191,8 +201,6 @@ class RowGroups:
         except (RuntimeError, ValueError, IndexError):  # a segment that cannot run on a one-position
             self._cost_model = (1.0, 0.0, 1.0)  # slice: count calls only (fewest groups)
         return self._cost_model
-
-
 
 
 def _bar(total, progress):

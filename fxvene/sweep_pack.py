@@ -15,6 +15,7 @@ once per start-position group), and the tokens computed are the sum of the rows'
 the last layer's attention (the position-wise tail) each row's last token is taken out of its lane
 and the rows run as rows of one position.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -110,9 +111,9 @@ def _layout_tensors(first_pos, length, lane, slot, n_lanes, W, seq):
     start = torch.zeros((n_lanes, W), dtype=torch.long)
     for r in np.nonzero(lane >= 0)[0].tolist():
         l, s, n, p = int(lane[r]), int(slot[r]), int(length[r]), int(first_pos[r])
-        pos[l, s:s + n] = torch.arange(p, p + n)
-        row[l, s:s + n] = r
-        start[l, s:s + n] = p
+        pos[l, s : s + n] = torch.arange(p, p + n)
+        row[l, s : s + n] = r
+        start[l, s : s + n] = p
     real = row >= 0
     past = torch.arange(seq).view(1, 1, seq) < start.unsqueeze(-1)  # (n_lanes, W, seq)
     past &= real.unsqueeze(-1)
@@ -133,8 +134,9 @@ def run_packed(eng, base, source, sample, loc, entry, first_pos, tokens, bar):
     fp = first_pos.numpy()
     limit = _key_limit(eng)
     length = seq - fp
-    lane, slot, lane_entry, lane_sample, W = lanes(fp, length, en, sm, en < t0, t0,
-                                                    None if limit is None else limit - seq)
+    lane, slot, lane_entry, lane_sample, W = lanes(
+        fp, length, en, sm, en < t0, t0, None if limit is None else limit - seq
+    )
     n_lanes = len(lane_entry)
     first = int(en.min())
     carried = None
@@ -197,10 +199,10 @@ def run_packed(eng, base, source, sample, loc, entry, first_pos, tokens, bar):
         seg = eng.segments[i]
         k_new = int((entry == i).sum())
         if k_new:
-            rs = sample[n:n + k_new]
+            rs = sample[n : n + k_new]
             vals = {}
             for name in seg.ins:
-                v = base["cache"][i][name][:, seq - 1:]
+                v = base["cache"][i][name][:, seq - 1 :]
                 vals[name] = v.index_select(0, rs if v.shape[0] > 1 else zero[:k_new])
             carried = vals if carried is None else {k: torch.cat([_rows(carried[k], n), vals[k]], 0) for k in seg.ins}
             n += k_new
@@ -213,8 +215,9 @@ def run_packed(eng, base, source, sample, loc, entry, first_pos, tokens, bar):
             src = site_view(fsrc, s)[srows, torch.full_like(srows, seq - 1)]
             sel[j] = (src, torch.zeros((n, 1), dtype=torch.long), on)
         rs = sample[:n]
-        feeds = eng._feeds(seg, base["ids"].index_select(0, rs)[:, seq - 1:], base["mask"].index_select(0, rs),
-                           seq - 1, None, tokens)
+        feeds = eng._feeds(
+            seg, base["ids"].index_select(0, rs)[:, seq - 1 :], base["mask"].index_select(0, rs), seq - 1, None, tokens
+        )
         final, carried = eng._step(seg, feeds, carried, sel, bar)
     return final
 

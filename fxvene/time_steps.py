@@ -19,6 +19,7 @@ intervention (Zero, Addition with a fixed source) fires at every step whatever t
 Collect returns every step, and a batch of more than one example fails. fxvene acts only at the
 listed steps, for any batch; listing every step gives pyvene's numbers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,10 +64,17 @@ def step_node(gm, path, port, step):
         raise ValueError(f"module {path!r} has no call {step} in the traced graph")
     inside = set(nodes)
     if port == "output":  # the step stacks added for other components are no users of the model's own
-        escaping = [n for n in nodes if is_tensor_node(n) and n.op != "get_attr"
-                    and any(u not in inside and u.meta.get("fxvene") != "time_steps" for u in n.users)]
+        escaping = [
+            n
+            for n in nodes
+            if is_tensor_node(n)
+            and n.op != "get_attr"
+            and any(u not in inside and u.meta.get("fxvene") != "time_steps" for u in n.users)
+        ]
         if len(escaping) != 1:
-            raise ValueError(f"output of call {step} of module {path!r} resolves to {len(escaping)} nodes; expected one")
+            raise ValueError(
+                f"output of call {step} of module {path!r} resolves to {len(escaping)} nodes; expected one"
+            )
         return escaping[0]
     for n in nodes:
         for a in n.all_input_nodes:
@@ -114,8 +122,18 @@ def resolve(traced, model, component, layer):
     shape = tuple(val.shape) if is_tensor_node(first) else None
     if dim is None and shape is not None and isinstance(shape[-1], int):
         dim = shape[-1] // 3 if split3 is not None else shape[-1]
-    fields = dict(component=component, layer=layer, node=nodes[0], port=port, path=path, split3=split3,
-                  n_heads=None, dim=dim, shape=shape, dtype=getattr(val, "dtype", None))
+    fields = dict(
+        component=component,
+        layer=layer,
+        node=nodes[0],
+        port=port,
+        path=path,
+        split3=split3,
+        n_heads=None,
+        dim=dim,
+        shape=shape,
+        dtype=getattr(val, "dtype", None),
+    )
     if "fused" in Site.__dataclass_fields__ and split3 is not None:
         fields["fused"] = (1, 3, split3, split3 + 1)
     return StepSite(site=Site(**fields), nodes=nodes)
@@ -145,8 +163,9 @@ def stacked(traced, step_site):
     node.meta["fxvene"] = "time_steps"
     val = last.meta.get("val")
     if isinstance(val, torch.Tensor):
-        node.meta["val"] = torch.empty((val.shape[0], len(step_site.nodes), *val.shape[1:]), dtype=val.dtype,
-                                       device="meta")
+        node.meta["val"] = torch.empty(
+            (val.shape[0], len(step_site.nodes), *val.shape[1:]), dtype=val.dtype, device="meta"
+        )
     gm.recompile()
     memo[step_site.nodes] = node.name
     return node.name
@@ -192,8 +211,9 @@ class StepOp(nn.Module):
         if source is not None and source.dim() == base.dim() + 1:
             src = source[torch.arange(source.shape[0], device=source.device), col]
         # a copy: an intervention may write into its base, and the rows not at this step must keep theirs
-        out = do_intervention(self.intervention, base.clone(), src, call.get("subspaces"), unit_is_whole=True,
-                              **call.get("kwargs", {}))
+        out = do_intervention(
+            self.intervention, base.clone(), src, call.get("subspaces"), unit_is_whole=True, **call.get("kwargs", {})
+        )
         if isinstance(out, InterventionOutput):
             sink = call.get("full_outputs")
             if sink is not None:
@@ -212,9 +232,16 @@ def setter_requests(step_site, i, key, intervention):
     reqs = []
     for t, node in enumerate(step_site.nodes):
         op = lead if t == 0 else StepOp(key, step_site.site, t, intervention, lead=lead)
-        reqs.append(dict(name=f"fxv_site_{i}" if t == 0 else f"fxv_site_{i}_t{t}", module=op, node=node,
-                         port=step_site.site.port, region=step_site.site.path,
-                         inputs=[f"fxv_src_{i}", f"fxv_loc_{i}"]))
+        reqs.append(
+            dict(
+                name=f"fxv_site_{i}" if t == 0 else f"fxv_site_{i}_t{t}",
+                module=op,
+                node=node,
+                port=step_site.site.port,
+                region=step_site.site.path,
+                inputs=[f"fxv_src_{i}", f"fxv_loc_{i}"],
+            )
+        )
     return reqs
 
 
@@ -237,9 +264,17 @@ def requests(traced, model, rep, i, key, intervention, collect=False):
 
     ss = resolve(traced, model, rep.component, rep.layer)
     if collect:
-        return [dict(name=f"fxv_collect_{i}", module=Gather(ss.site, "pos", f"unit_locations (base side) of {key}"),
-                     node=stacked(traced, ss), port="output", region=ss.site.path, inputs=[f"fxv_loc_{i}"],
-                     collect=True)]
+        return [
+            dict(
+                name=f"fxv_collect_{i}",
+                module=Gather(ss.site, "pos", f"unit_locations (base side) of {key}"),
+                node=stacked(traced, ss),
+                port="output",
+                region=ss.site.path,
+                inputs=[f"fxv_loc_{i}"],
+                collect=True,
+            )
+        ]
     return setter_requests(ss, i, key, intervention)
 
 
@@ -248,5 +283,9 @@ def source_request(traced, model, rep, i, key):
     from fxvene.sites import Gather
 
     ss = resolve(traced, model, rep.component, rep.layer)
-    return dict(node=stacked(traced, ss), module=Gather(ss.site, "pos", f"unit_locations (source side) of {key}"),
-                name=f"fxv_get_{i}", inputs=[f"fxv_sloc_{i}"])
+    return dict(
+        node=stacked(traced, ss),
+        module=Gather(ss.site, "pos", f"unit_locations (source side) of {key}"),
+        name=f"fxv_get_{i}",
+        inputs=[f"fxv_sloc_{i}"],
+    )

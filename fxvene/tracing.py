@@ -23,6 +23,7 @@ Exported graphs are kept in the on-disk graph cache (:mod:`fxvene.graph_cache`);
 passes the same output check as a fresh one. Slow steps say what they do on stderr
 (:mod:`fxvene.progress`); the tracers' own log chatter is kept from the user.
 """
+
 from __future__ import annotations
 
 import logging
@@ -114,8 +115,9 @@ def _example_inputs(model, input_names, batch=2, seq=8):
             else:
                 ex[name] = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
         elif name == "inputs_embeds":
-            hidden = next((getattr(cfg, a) for a in ("hidden_size", "n_embd", "h_dim", "d_model")
-                           if getattr(cfg, a, None)), None)
+            hidden = next(
+                (getattr(cfg, a) for a in ("hidden_size", "n_embd", "h_dim", "d_model") if getattr(cfg, a, None)), None
+            )
             dtype = next(model.parameters()).dtype
             ex[name] = torch.randn(batch, seq, hidden, generator=g).to(device=device, dtype=dtype)
         else:
@@ -152,6 +154,7 @@ def _shape_prop(gm, example, input_names):
 
 def _trace_hf_fx(model, input_names, example, out_keys):
     import torch._dynamo  # noqa: F401  (before HF's tracer patches torch.finfo; see DESIGN.md. Here, not at
+
     # module level: a process that loads its graphs from the graph cache never needs it)
     from transformers.utils.fx import symbolic_trace
 
@@ -183,8 +186,13 @@ def _trace_hf_fx(model, input_names, example, out_keys):
 
 def _quiet_logs():
     """HF's and torch's tracers log warnings meant for their own developers (``is_fx_tracing`` ...)."""
-    return quiet_loggers("torch.fx._symbolic_trace", "transformers.utils.fx", "torch.export", "torch._export",
-                         "torch.fx.experimental.symbolic_shapes")
+    return quiet_loggers(
+        "torch.fx._symbolic_trace",
+        "transformers.utils.fx",
+        "torch.export",
+        "torch._export",
+        "torch.fx.experimental.symbolic_shapes",
+    )
 
 
 def _export_program(model, input_names, example):
@@ -248,7 +256,7 @@ def _tensor_equal(a, b):
     return a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def choose_frontend(model):
@@ -330,7 +338,7 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
 
 
 def _trace_new(model, input_names, tracer, per_model, key):
-    steps = [int(str(k)[len(STEPS):]) for k in input_names if str(k).startswith(STEPS)]
+    steps = [int(str(k)[len(STEPS) :]) for k in input_names if str(k).startswith(STEPS)]
     input_names = tuple(k for k in input_names if not str(k).startswith(STEPS))
     if tracer == "auto":
         first, _ = choose_frontend(model)

@@ -7,6 +7,7 @@ the run it indexes (the base, or the source it reads) and the head count, unit c
 the intervention's dimension. Errors name the argument (``unit_locations (base side) of <key>``,
 ``subspaces of <key>``, ...), what was given and what was expected.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,7 +16,6 @@ import torch
 
 from fxvene import locations as L
 from fxvene.validation import check_inputs, is_abstract_component, lead_tensor
-
 
 # ------------------------------------------------------------------------------------ sites
 
@@ -65,7 +65,9 @@ def site_axes(site, traced, model):
     ex = _example_seq(traced)
 
     def seqlike(d):
-        return (d == ex) if isinstance(d, int) and isinstance(ex, int) else (not isinstance(d, int) and str(d) == str(ex))
+        return (
+            (d == ex) if isinstance(d, int) and isinstance(ex, int) else (not isinstance(d, int) and str(d) == str(ex))
+        )
 
     d1 = shape[1]
     pos = "seq" if len(shape) >= 3 and seqlike(d1) else (d1 if isinstance(d1, int) and not seqlike(d1) else None)
@@ -97,8 +99,13 @@ def _forward_owner(iv):
 
 
 # built-in interventions whose forward takes no subspaces (pyvene silently ignores them)
-_NO_SUBSPACES = ("BoundlessRotatedSpaceIntervention", "SigmoidMaskRotatedSpaceIntervention",
-                 "SigmoidMaskIntervention", "NoiseIntervention", "AutoencoderIntervention")
+_NO_SUBSPACES = (
+    "BoundlessRotatedSpaceIntervention",
+    "SigmoidMaskRotatedSpaceIntervention",
+    "SigmoidMaskIntervention",
+    "NoiseIntervention",
+    "AutoencoderIntervention",
+)
 
 
 def _check_range(t, size, kind, what, where):
@@ -106,7 +113,9 @@ def _check_range(t, size, kind, what, where):
         return
     lo, hi = int(t.min()), int(t.max())
     if lo < 0:
-        raise ValueError(f"{what}: {kind} {lo} is negative; {kind}s count from 0 (expected 0..{size - 1 if size else '?'})")
+        raise ValueError(
+            f"{what}: {kind} {lo} is negative; {kind}s count from 0 (expected 0..{size - 1 if size else '?'})"
+        )
     if size is not None and hi >= size:
         raise ValueError(f"{what}: {kind} {hi} is out of range: {where} has {size} {kind}s (valid: 0..{size - 1})")
 
@@ -164,14 +173,18 @@ def check_width(iv, rep, axes, t, key):
         k = _int(getattr(iv, "interchange_dim", None)) or E
         if min(k, W) == min(k, E):
             return W
-    elif not (flat or isinstance(iv, I.TrainableIntervention) or isinstance(iv, I.DistributedRepresentationIntervention)):
+    elif not (
+        flat or isinstance(iv, I.TrainableIntervention) or isinstance(iv, I.DistributedRepresentationIntervention)
+    ):
         return W  # a swap without weights acts on any width
     nunit = rep.max_number_of_units
     ours = axes.width * nunit == E  # built here from max_number_of_units (else an instance built elsewhere)
     built = f"max_number_of_units={nunit} (width {E} = {nunit} x {axes.width})" if ours else f"embed_dim={E}"
     if flat:
         n = _n_units(t, rep.unit)
-        fix = f"build it with max_number_of_units={n}" if W == n * axes.width and ours else f"build it with embed_dim={W}"
+        fix = (
+            f"build it with max_number_of_units={n}" if W == n * axes.width and ours else f"build it with embed_dim={W}"
+        )
         raise ValueError(
             f"unit_locations of {key}: {name} is a distributed intervention built for {built}, but this call "
             f"gives it {_units_label(t, rep.unit)} (width {W}); give {E // axes.width if E % axes.width == 0 else '?'} "
@@ -246,7 +259,9 @@ def check_subspaces(sub, iv, key, batch, width):
             if not isinstance(v, int) or isinstance(v, bool):
                 raise TypeError(f"subspaces of {key}: indices must be ints, got {v!r}")
             if v < 0:
-                raise ValueError(f"subspaces of {key}: index {v} is negative; expected 0..{bound - 1 if bound else '?'}")
+                raise ValueError(
+                    f"subspaces of {key}: index {v} is negative; expected 0..{bound - 1 if bound else '?'}"
+                )
             if bound is not None and v >= bound:
                 raise ValueError(
                     f"subspaces of {key}: index {v} is out of range: {name} has {bound} {what} (valid: 0..{bound - 1})"
@@ -286,12 +301,17 @@ def serial_locations(locs, groups, keys):
     for dk, (s_side, b_side) in locs.items():
         left, _, right = dk.partition("->")
         gi = _serial_index(left, dk, len(groups), "expected 'source_i->source_j' or 'source_i->base'", "group")
-        tgt = "base" if right == "base" else _serial_index(
-            right, dk, len(groups), "the target is 'base' or 'source_j'", "source")
+        tgt = (
+            "base"
+            if right == "base"
+            else _serial_index(right, dk, len(groups), "the target is 'base' or 'source_j'", "source")
+        )
         for side, name in ((s_side, "source"), (b_side, "base")):
             if len(side) < len(groups[gi][1]):
-                raise ValueError(f"unit_locations[{dk!r}] ({name} side) has {len(side)} entries for the "
-                                 f"{len(groups[gi][1])} interventions of group {gi}; give one per intervention")
+                raise ValueError(
+                    f"unit_locations[{dk!r}] ({name} side) has {len(side)} entries for the "
+                    f"{len(groups[gi][1])} interventions of group {gi}; give one per intervention"
+                )
         for j, key in enumerate(groups[gi][1]):
             i = keys.index(key)
             src_locs[i] = s_side[j]
@@ -317,16 +337,22 @@ def _check_extras(labels, extra, batch, seq, model=None):
     if labels is not None and "ForSequenceClassification" in type(model).__name__:
         # the model's own loss reads them: (batch,) class ids, or (batch, num_labels) for regression / multi-label
         if not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != batch:
-            raise ValueError(f"labels must be a tensor with one row per example ({batch}), got "
-                             f"{tuple(getattr(labels, 'shape', ())) or type(labels).__name__}")
+            raise ValueError(
+                f"labels must be a tensor with one row per example ({batch}), got "
+                f"{tuple(getattr(labels, 'shape', ())) or type(labels).__name__}"
+            )
     elif labels is not None:
         if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dim() != 2:
-            raise TypeError(f"labels must be an integer (batch, seq) tensor of token ids, got "
-                            f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}")
+            raise TypeError(
+                f"labels must be an integer (batch, seq) tensor of token ids, got "
+                f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}"
+            )
         if tuple(labels.shape) != (batch, seq):
             raise ValueError(f"labels has shape {tuple(labels.shape)}, expected the base's ({batch}, {seq})")
     if extra is not None and not isinstance(extra, dict):
-        raise TypeError(f"intervention_additional_kwargs must be a dict of keyword arguments, got {type(extra).__name__}")
+        raise TypeError(
+            f"intervention_additional_kwargs must be a dict of keyword arguments, got {type(extra).__name__}"
+        )
 
 
 def check_call(im, base_in, sources, locs, subs, srcreps, labels=None, extra=None):
@@ -361,18 +387,24 @@ def check_call(im, base_in, sources, locs, subs, srcreps, labels=None, extra=Non
         iv, rep, axes = im.interventions[key], im.representations[key], im._axes[key]
         unit = rep.unit
         tgt = targets[i]
-        tseq, where = (seq, "the base") if tgt in (None, "base") else (
-            (lead_tensor(src_in[tgt]).shape[1], f"sources[{tgt}]") if src_in[tgt] is not None else (None, None))
+        tseq, where = (
+            (seq, "the base")
+            if tgt in (None, "base")
+            else ((lead_tensor(src_in[tgt]).shape[1], f"sources[{tgt}]") if src_in[tgt] is not None else (None, None))
+        )
         bw = f"unit_locations (base side) of {key}"
         bt = L.to_index(base_locs[i], unit, batch, device, bw)
         if tseq is not None:
             check_index(bt, unit, axes, tseq, bw, where)
         width = check_width(iv, rep, axes, bt, key)
         src = src_in[group_of[key]]
-        reads = (not isinstance(iv, CollectIntervention) and im._needs_source(key) and srcreps is None
-                 and src is not None)
+        reads = (
+            not isinstance(iv, CollectIntervention) and im._needs_source(key) and srcreps is None and src is not None
+        )
         if reads and src_locs[i] is None and bt is not None:
-            raise ValueError(f"unit_locations: intervention {i} ({key}) reads a source but no source-side locations were given")
+            raise ValueError(
+                f"unit_locations: intervention {i} ({key}) reads a source but no source-side locations were given"
+            )
         if reads and src_locs[i] is not None:
             sw = f"unit_locations (source side) of {key}"
             st = L.to_index(src_locs[i], unit, batch, device, sw)

@@ -7,6 +7,7 @@ subspaces are in :mod:`fxvene.unit_checks`. Every failure is a ``ValueError`` or
 that names the argument, what was given and what was expected; nothing is changed before it is
 raised.
 """
+
 from __future__ import annotations
 
 import types
@@ -17,8 +18,15 @@ import torch.nn as nn
 
 from fxvene.tracing import TracingError
 
-INPUT_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "token_type_ids", "position_ids",
-              "decoder_input_ids", "decoder_attention_mask")  # the last two: encoder-decoder models (T5)
+INPUT_KEYS = (
+    "input_ids",
+    "inputs_embeds",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+)  # the last two: encoder-decoder models (T5)
 _ID_KEYS = ("input_ids", "token_type_ids", "position_ids", "decoder_input_ids")
 
 
@@ -86,15 +94,22 @@ def unsupported(model, err):
 def _intervention_bases():
     from fxvene import interventions as I
 
-    return (I.Intervention, I.LambdaIntervention, I.LocalistRepresentationIntervention,
-            I.DistributedRepresentationIntervention)
+    return (
+        I.Intervention,
+        I.LambdaIntervention,
+        I.LocalistRepresentationIntervention,
+        I.DistributedRepresentationIntervention,
+    )
 
 
 def _builtin_names():
     from fxvene import interventions as I
 
-    return sorted(n for n in dir(I) if n.endswith("Intervention") and isinstance(getattr(I, n), type)
-                  and issubclass(getattr(I, n), nn.Module))
+    return sorted(
+        n
+        for n in dir(I)
+        if n.endswith("Intervention") and isinstance(getattr(I, n), type) and issubclass(getattr(I, n), nn.Module)
+    )
 
 
 def _resolve_name(name, what):
@@ -103,7 +118,7 @@ def _resolve_name(name, what):
 
     s = name.strip()
     if s.startswith("<class '") and s.endswith("'>"):
-        s = s[len("<class '"):-len("'>")]
+        s = s[len("<class '") : -len("'>")]
     try:
         if "." in s:
             return get_type_from_string(s)
@@ -111,7 +126,11 @@ def _resolve_name(name, what):
             return getattr(I, s)
     except ValueError:
         pass
-    usable = [n for n in _builtin_names() if "forward" in vars(getattr(I, n)) and n not in ("Intervention", "LambdaIntervention")]
+    usable = [
+        n
+        for n in _builtin_names()
+        if "forward" in vars(getattr(I, n)) and n not in ("Intervention", "LambdaIntervention")
+    ]
     raise ValueError(f"{what}={name!r} names no intervention class; built-in ones: {', '.join(usable)}")
 
 
@@ -170,9 +189,14 @@ def check_fields(rep, itype, i):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValueError(f"representations[{i}].{field}={v!r}: expected a positive int")
     part = rep.subspace_partition
-    if part is not None and not (isinstance(part, (list, tuple)) and part and all(
+    if part is not None and not (
+        isinstance(part, (list, tuple))
+        and part
+        and all(
             isinstance(p, (list, tuple)) and p and all(isinstance(c, int) and not isinstance(c, bool) for c in p)
-            for p in part)):
+            for p in part
+        )
+    ):
         raise TypeError(
             f"representations[{i}].subspace_partition={part!r}: expected a list of [start, end) pairs or of "
             "column-index lists, e.g. [[0, 12], [12, 24]]"
@@ -238,7 +262,9 @@ def check_inputs(inputs, what, vocab_size=None, need=None):
         if not t.dtype.is_floating_point:
             raise TypeError(f"{what}['inputs_embeds'] must be a floating tensor, got dtype {t.dtype}")
         if t.dim() < 2:
-            raise ValueError(f"{what}['inputs_embeds'] must be a batched tensor (batch, seq, ...), got shape {_shape(t)}")
+            raise ValueError(
+                f"{what}['inputs_embeds'] must be a batched tensor (batch, seq, ...), got shape {_shape(t)}"
+            )
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{what}[{lead!r}] is empty (shape {_shape(t)}); expected at least one example and one token")
     bs = tuple(t.shape[:2])

@@ -7,10 +7,10 @@ projection, ``heads`` splits the last dim into heads), and the dimension express
 pyvene uses for ``embed_dim``. A family lists the model classes it covers and, for each,
 the prefix of the base model inside it (``transformer.`` for ``GPT2LMHeadModel``).
 """
+
 from __future__ import annotations
 
 import weakref
-
 from dataclasses import dataclass, field
 
 

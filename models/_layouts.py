@@ -5,6 +5,7 @@ projection (GPT-Neo, GPT-J). :func:`fused_layout`: one fused q/k/v projection wh
 picks from by a :class:`~models.Component` ``fused`` layout (GPT-NeoX, Falcon, Phi-3). The Llama layout
 has its own :func:`models.llama.layout`. Each family file still names its paths and config fields.
 """
+
 from . import Component as _C
 
 _WEIGHT = dict(pattern="attention_probs", needs="eager")

@@ -16,6 +16,7 @@ first ops that consume it:
 
 Anything else is not guessed: :class:`LayoutError` says what the graph showed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -55,8 +56,10 @@ def _captured_inputs(model, attn):
         handle.remove()
         model.train(was_training)
     if "call" not in got:
-        raise LayoutError("a forward of the model did not reach block 0's attention"
-                          + ("" if emb is not None else " (no input embeddings)"))
+        raise LayoutError(
+            "a forward of the model did not reach block 0's attention"
+            + ("" if emb is not None else " (no input embeddings)")
+        )
     return got["call"]
 
 
@@ -79,7 +82,7 @@ def _trace_with_inputs(model, attn, projections):
     def attention(h, *outs):
         own = [p.__dict__.get("forward") for p in projections]  # e.g. accelerate's hooked forward
         for p, o in zip(projections, outs):
-            p.forward = (lambda o: lambda *a, **k: o)(o)
+            p.forward = (lambda out: lambda *a, **k: out)(o)
         try:
             return attn(h, *args[1:], **kwargs) if args else attn(**{**kwargs, "hidden_states": h})
         finally:
@@ -93,7 +96,9 @@ def _trace_with_inputs(model, attn, projections):
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             gm = make_fx(attention)(hidden, *examples)
     except Exception as e:  # noqa: BLE001 - any tracing failure is reported as what it is
-        raise LayoutError(f"tracing block 0's attention failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise LayoutError(
+            f"tracing block 0's attention failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     return gm, examples
 
 
@@ -140,21 +145,28 @@ def projection_roles(model, attn, named):
         sm = softmaxes[0]
         fed = set().union(*reach.values())  # products of the projections (not e.g. a rotary table's)
         before = [n for n in _ancestors(sm) if _target(n) in _MATMUL and n in fed]
-        after = [n for n in _descendants(sm) if _target(n) in _MATMUL and any(
-            a is sm or a in _descendants(sm) for a in n.args[:1] if isinstance(a, torch.fx.Node))]
+        after = [
+            n
+            for n in _descendants(sm)
+            if _target(n) in _MATMUL
+            and any(a is sm or a in _descendants(sm) for a in n.args[:1] if isinstance(a, torch.fx.Node))
+        ]
         if len(before) == 1 and after:
             first = min(after, key=lambda n: list(gm.graph.nodes).index(n))
             a, b = before[0].args[-2:]
             operands = {"query": a, "key": b, "value": first.args[-1]}
     if not operands:
-        raise LayoutError(f"its graph has {len(kernels)} attention kernels and {len(softmaxes)} softmaxes; "
-                          "expected one of either")
+        raise LayoutError(
+            f"its graph has {len(kernels)} attention kernels and {len(softmaxes)} softmaxes; expected one of either"
+        )
     roles = {}
     for role, node in operands.items():
         hits = [nm for nm in names if node in reach[nm]]
         if len(hits) != 1:
-            raise LayoutError(f"the {role} operand of the attention product comes from "
-                              f"{len(hits)} of the projections {names} ({', '.join(hits) or 'none'})")
+            raise LayoutError(
+                f"the {role} operand of the attention product comes from "
+                f"{len(hits)} of the projections {names} ({', '.join(hits) or 'none'})"
+            )
         roles[role] = hits[0]
     if len(set(roles.values())) != 3:
         raise LayoutError(f"one projection plays two roles: {roles}")
@@ -198,7 +210,10 @@ def _runs(users, width, rank):
                 return None
             start = args[2] if len(args) > 2 else 0
             stop = args[3] if len(args) > 3 else width
-            start, stop = start % width if start < 0 else min(start, width), stop % width if stop < 0 else min(stop, width)
+            start, stop = (
+                start % width if start < 0 else min(start, width),
+                stop % width if stop < 0 else min(stop, width),
+            )
             runs.append((start, stop))
         else:
             return None
@@ -220,16 +235,23 @@ def fused_layout(model, attn, fused, heads, head_dim):
 
     runs = _runs(users, width, rank)
     if runs is not None:
-        if len(runs) == 3 and runs[0][0] == 0 and runs[0][1] == runs[1][0] and runs[1][1] == runs[2][0] \
-                and runs[2][1] == width:
+        if (
+            len(runs) == 3
+            and runs[0][0] == 0
+            and runs[0][1] == runs[1][0]
+            and runs[1][1] == runs[2][0]
+            and runs[2][1] == width
+        ):
             q, k, v = (b - a for a, b in runs)
             if q == heads * head_dim and k == v and k % head_dim == 0:
                 return (None if q == k else "sizes"), k // head_dim
-        raise LayoutError(f"the fused output ({width} wide) is cut into runs {runs}, not [q ({heads} x {head_dim}) | k | v]")
+        raise LayoutError(
+            f"the fused output ({width} wide) is cut into runs {runs}, not [q ({heads} x {head_dim}) | k | v]"
+        )
 
     if len(users) == 1 and _target(users[0]) in ("view", "reshape", "_unsafe_view"):
         shape = tuple(users[0].meta["val"].shape)
-        lead, trail = shape[: rank - 1], shape[rank - 1:]
+        lead, trail = shape[: rank - 1], shape[rank - 1 :]
         if lead == tuple(example.shape[:-1]):
             if len(trail) == 2 and trail[1] == head_dim and trail[0] == heads + 2:
                 return "grouped", 1
@@ -237,5 +259,7 @@ def fused_layout(model, attn, fused, heads, head_dim):
                 return "grouped", trail[0]
             if len(trail) == 3 and trail[2] == head_dim and heads % trail[0] == 0 and trail[1] == heads // trail[0] + 2:
                 return "grouped", trail[0]
-    raise LayoutError(f"the attention consumes the fused output ({width} wide) by {seen}: not a layout fxvene reads "
-                      f"({heads} query heads of {head_dim})")
+    raise LayoutError(
+        f"the attention consumes the fused output ({width} wide) by {seen}: not a layout fxvene reads "
+        f"({heads} query heads of {head_dim})"
+    )

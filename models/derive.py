@@ -15,6 +15,7 @@ The module tree and config suffice, except for two things read off the traced at
 (models/_traced_attention.py, after one short forward): how q, k and v lie in a fused QKV output,
 and which projection is which when their names say nothing.
 """
+
 from __future__ import annotations
 
 from . import Component, Family, eval_dim
@@ -122,8 +123,10 @@ def _find_blocks(base, n_layers, where):
     depth = min(p.count(".") for p in found)
     top = [p for p in found if p.count(".") == depth]
     if len(top) > 1:
-        raise DeriveError(f"{where} has several ModuleLists of {n_layers} blocks ({', '.join(top)}); "
-                          "cannot tell which holds the decoder blocks")
+        raise DeriveError(
+            f"{where} has several ModuleLists of {n_layers} blocks ({', '.join(top)}); "
+            "cannot tell which holds the decoder blocks"
+        )
     return top[0]
 
 
@@ -197,9 +200,17 @@ def _attention_parts(model, attn, attn_path, geo, missing, block_where):
     H, KV, dh, D = geo.heads, geo.kv, geo.head_dim, geo.hidden
     config = model.config
     if not (H and dh and D):
-        why = (f"the config gives no head geometry (looked for {' / '.join(_HEADS)} and {' / '.join(_HIDDEN)})")
-        for c in ("attention_value_output", "head_attention_value_output", "query_output", "key_output",
-                  "value_output", "head_query_output", "head_key_output", "head_value_output"):
+        why = f"the config gives no head geometry (looked for {' / '.join(_HEADS)} and {' / '.join(_HIDDEN)})"
+        for c in (
+            "attention_value_output",
+            "head_attention_value_output",
+            "query_output",
+            "key_output",
+            "value_output",
+            "head_query_output",
+            "head_key_output",
+            "head_value_output",
+        ):
             missing[c] = why
         return comps
     want = {"query": H * dh, "key": KV * dh, "value": KV * dh}
@@ -211,22 +222,29 @@ def _attention_parts(model, attn, attn_path, geo, missing, block_where):
         label = _ROLE_LABEL[role]
         looked = ", ".join("…" + n for n in _ROLE_NAMES[role][:4])
         if not cands:
-            found = (_role_by_graph(model, attn, role, geo, by_graph) if role != "output"
-                     else _output_by_shape(attn, geo, taken))
+            found = (
+                _role_by_graph(model, attn, role, geo, by_graph)
+                if role != "output"
+                else _output_by_shape(attn, geo, taken)
+            )
             if isinstance(found, str):
                 return None, (f"no module of role '{label}' ({looked}) in {block_where}; {found}")
             cands = [found]
         if len(cands) > 1:
-            return None, (f"several modules of role '{label}' in {block_where}: "
-                          f"{', '.join(attn_path + '.' + n for n, _, _ in cands)}")
+            return None, (
+                f"several modules of role '{label}' in {block_where}: "
+                f"{', '.join(attn_path + '.' + n for n, _, _ in cands)}"
+            )
         name, _, (fin, fout) = cands[0]
         if role == "output":
             ok, shape_want = fin == H * dh and fout == D, f"{H * dh} -> {D}"
         else:
             ok, shape_want = fin == D and fout == want[role], f"{D} -> {want[role]}"
         if not ok:
-            return None, (f"module {attn_path}.{name} (role '{label}') maps {fin} -> {fout} features; "
-                          f"the config's head geometry wants {shape_want}")
+            return None, (
+                f"module {attn_path}.{name} (role '{label}') maps {fin} -> {fout} features; "
+                f"the config's head geometry wants {shape_want}"
+            )
         return f"{attn_path}.{name}", None
 
     fused = _role_candidates(attn, "fused")
@@ -236,7 +254,9 @@ def _attention_parts(model, attn, attn_path, geo, missing, block_where):
     else:
         _separate_parts(pick, geo, config, comps, missing)
     # the output projection last: by name, else the one (heads x head_dim -> hidden) left over
-    qkv = [c.module[len(attn_path) + 1:] for k, c in comps.items() if k in ("query_output", "key_output", "value_output")]
+    qkv = [
+        c.module[len(attn_path) + 1 :] for k, c in comps.items() if k in ("query_output", "key_output", "value_output")
+    ]
     taken = set(qkv) if len(qkv) == 3 else None
     o_path, o_err = pick("output")
     if o_err:
@@ -277,8 +297,10 @@ def _fused_parts(model, attn, fused, attn_path, geo, comps, missing, block_where
         path = f"{attn_path}.{name}"
         try:
             if fin != D or fout % dh or (fout // dh - H) <= 0 or (fout // dh - H) % 2:
-                raise LayoutError(f"{fin} -> {fout} features is not hidden ({D}) -> ({H} query heads + 2 x "
-                                  f"key/value heads) x head_dim ({dh})")
+                raise LayoutError(
+                    f"{fin} -> {fout} features is not hidden ({D}) -> ({H} query heads + 2 x "
+                    f"key/value heads) x head_dim ({dh})"
+                )
             layout, n_kv = fused_layout(model, attn, mod, H, dh)
         except LayoutError as e:
             err = f"fused QKV projection {path} in {block_where}: {e}"
@@ -287,10 +309,12 @@ def _fused_parts(model, attn, fused, attn_path, geo, comps, missing, block_where
             heads = geo.heads_attr if layout is None else "layout"
             widths = (H * dh, n_kv * dh, n_kv * dh)
             for slot, role in enumerate(roles):
-                comps[f"{role}_output"] = _C(path, "output", split3=slot, fused=spec,
-                                             dim=geo.width_expr(widths[slot], model.config))
-                comps[f"head_{role}_output"] = _C(path, "output", split3=slot, fused=spec, heads=heads,
-                                                  dim=geo.head_dim_expr)
+                comps[f"{role}_output"] = _C(
+                    path, "output", split3=slot, fused=spec, dim=geo.width_expr(widths[slot], model.config)
+                )
+                comps[f"head_{role}_output"] = _C(
+                    path, "output", split3=slot, fused=spec, heads=heads, dim=geo.head_dim_expr
+                )
             return
     for role in roles:
         missing[f"{role}_output"] = missing[f"head_{role}_output"] = err
@@ -312,8 +336,10 @@ def _activation(mlp, mlp_path, config, geo, block_where):
     hits = [(n, m) for n, m in mlp.named_children() if _is_activation(n, m)]
     if len(hits) != 1:
         found = "none" if not hits else ", ".join(n for n, _ in hits)
-        return None, (f"no single activation module directly inside {mlp_path} of {block_where} "
-                      f"(looked for an activation class or a child named {', '.join(_ACT_NAMES)}; found {found})")
+        return None, (
+            f"no single activation module directly inside {mlp_path} of {block_where} "
+            f"(looked for an activation class or a child named {', '.join(_ACT_NAMES)}; found {found})"
+        )
     name = hits[0][0]
     # its width: what the projection back to the hidden size reads
     downs = [io for n, m, io in _linears(mlp) if io[1] == geo.hidden and io[0] != geo.hidden]
@@ -343,10 +369,22 @@ def _common_parent(paths):
 
 
 _ORDER = (
-    "block_input", "block_output", "mlp_activation", "mlp_output", "mlp_input",
-    "attention_value_output", "head_attention_value_output", "attention_weight",
-    "attention_output", "attention_input", "query_output", "key_output", "value_output",
-    "head_query_output", "head_key_output", "head_value_output",
+    "block_input",
+    "block_output",
+    "mlp_activation",
+    "mlp_output",
+    "mlp_input",
+    "attention_value_output",
+    "head_attention_value_output",
+    "attention_weight",
+    "attention_output",
+    "attention_input",
+    "query_output",
+    "key_output",
+    "value_output",
+    "head_query_output",
+    "head_key_output",
+    "head_value_output",
 )
 
 
@@ -377,16 +415,20 @@ def derive_family(model):
 
     attn_name, attn = _named_child(block, _ATTN_NAMES)
     if attn is None:
-        raise DeriveError(f"no attention module in {block_where} (looked for a child named "
-                          f"{', '.join(_ATTN_NAMES)}; children: {', '.join(n for n, _ in block.named_children())})")
+        raise DeriveError(
+            f"no attention module in {block_where} (looked for a child named "
+            f"{', '.join(_ATTN_NAMES)}; children: {', '.join(n for n, _ in block.named_children())})"
+        )
     mlp_name, mlp = _named_child(block, _MLP_NAMES, exclude=(attn_name,))
     if mlp is None:
         mlp_name, mlp = _mlp_by_shape(block, attn_name, geo.hidden)
     if mlp is None:
-        raise DeriveError(f"no MLP module in {block_where} (looked for a child named "
-                          f"{', '.join(_MLP_NAMES)}, or the one child other than {attn_name} that maps "
-                          f"the hidden size {geo.hidden} out and back; children: "
-                          f"{', '.join(n for n, _ in block.named_children())})")
+        raise DeriveError(
+            f"no MLP module in {block_where} (looked for a child named "
+            f"{', '.join(_MLP_NAMES)}, or the one child other than {attn_name} that maps "
+            f"the hidden size {geo.hidden} out and back; children: "
+            f"{', '.join(n for n, _ in block.named_children())})"
+        )
     attn_path, mlp_path = f"{bt}.{attn_name}", f"{bt}.{mlp_name}"
 
     act, err = _activation(mlp, mlp_path, config, geo, block_where)
@@ -402,8 +444,9 @@ def derive_family(model):
     # the attention probabilities: inside the module that holds the projections (GPT-Neo's
     # attn.attention inside the attn wrapper), found there by a structural pattern
     core = _common_parent({c.module for c in parts.values()}) or attn_path
-    comps["attention_weight"] = _C(core, "output", dim="max_position_embeddings",
-                                   pattern="attention_probs", needs="eager")
+    comps["attention_weight"] = _C(
+        core, "output", dim="max_position_embeddings", pattern="attention_probs", needs="eager"
+    )
     comps["attention_output"] = _C(attn_path, "output", dim=hid)
     comps["attention_input"] = _C(attn_path, "input", dim=hid)
 
@@ -411,18 +454,19 @@ def derive_family(model):
     ordered.update({k: v for k, v in comps.items() if k not in ordered})
     missing = {k: missing[k] for k in _ORDER if k in missing}
     name = getattr(config, "model_type", None) or cls
-    return Family(name=name, prefixes={cls: prefix}, components=ordered, n_layers=layers_attr,
-                  derived=True, missing=missing)
+    return Family(
+        name=name, prefixes={cls: prefix}, components=ordered, n_layers=layers_attr, derived=True, missing=missing
+    )
 
 
 def describe_derived(fam):
     """Lines saying a family is derived and which components it could not place."""
     if not getattr(fam, "derived", False):
         return []
-    lines = [f"component map: derived from the module tree (no spec in fxvene.models names "
-             f"{', '.join(fam.prefixes)}); {len(fam.components)} components"]
+    lines = [
+        f"component map: derived from the module tree (no spec in fxvene.models names "
+        f"{', '.join(fam.prefixes)}); {len(fam.components)} components"
+    ]
     for comp, why in fam.missing.items():
         lines.append(f"  not derived: {comp}: {why}")
     return lines
-
-

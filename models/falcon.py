@@ -12,17 +12,23 @@ query heads, then its key head, then its value head) with a group count read off
 multi-query). q/k are read before the rotary embedding. ``attention_weight`` needs eager attention and
 the rotary (non-ALiBi) variant.
 """
+
 from . import Family
 from ._layouts import fused_layout
 
 FUSED = ("grouped", "num_attention_heads", "hidden_size/num_attention_heads")
 # the key/value widths depend on the layout (one head under multi-query): taken from the graph
-COMPONENTS = fused_layout("h", "self_attention", "query_key_value", "dense", "act",
-                          "ffn_hidden_size|hidden_size*4", FUSED, kv_dim=None)
+COMPONENTS = fused_layout(
+    "h", "self_attention", "query_key_value", "dense", "act", "ffn_hidden_size|hidden_size*4", FUSED, kv_dim=None
+)
 
 FAMILY = Family(
     name="falcon",
-    prefixes={"FalconModel": "", "FalconForCausalLM": "transformer.", "FalconForSequenceClassification": "transformer."},
+    prefixes={
+        "FalconModel": "",
+        "FalconForCausalLM": "transformer.",
+        "FalconForSequenceClassification": "transformer.",
+    },
     components=COMPONENTS,
     n_layers="num_hidden_layers",
 )

@@ -4,6 +4,7 @@ pyvene 0.1.8 maps Gemma with the same module ports. Its widths assume ``heads x 
 (false for Gemma 7B: 16 x 256 = 4096, hidden 3072); here q/o widths are ``heads x head_dim`` and
 k/v widths ``kv_heads x head_dim``.
 """
+
 from . import Family
 from .llama import layout, prefixes
 

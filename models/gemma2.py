@@ -6,6 +6,7 @@ output before its post-norm, ``block_output`` the decoder layer's output (the re
 pyvene 0.1.8's map. Sliding-window layers alternate with global ones; the KV-cache graphs keep every
 layer's full keys/values and the masks apply the window.
 """
+
 from . import Family
 from .llama import layout, prefixes
 

@@ -3,6 +3,7 @@ the Llama layout, like Gemma 2, plus q/k norms applied per head after ``q_proj``
 (``query_output``/``key_output`` are the projections' outputs, before the norms). The multimodal
 Gemma3ForConditionalGeneration is not covered.
 """
+
 from . import Family
 from .llama import layout, prefixes
 

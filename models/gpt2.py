@@ -1,4 +1,5 @@
 """GPT-2 family (GPT2Model, GPT2LMHeadModel, GPT2ForSequenceClassification): pyvene 0.1.8's map."""
+
 from . import Component, Family
 
 _C = Component

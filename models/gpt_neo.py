@@ -7,16 +7,28 @@ that holds ``q_proj``/``k_proj``/``v_proj``/``out_proj``. pyvene 0.1.8 maps the 
 they point at ``attn.attention``. ``attention_output`` is the wrapper's output, as in pyvene. Local
 (windowed) and global layers alternate (``attention_types``); both have the same components.
 """
+
 from . import Family
 from ._layouts import separate_layout
 
-COMPONENTS = separate_layout("h.{layer}.attn.attention", "h.{layer}.attn", "out_proj", hidden="hidden_size",
-                             heads="num_heads", head="hidden_size/num_heads",
-                             act_dim="intermediate_size|hidden_size*4", positions="max_position_embeddings")
+COMPONENTS = separate_layout(
+    "h.{layer}.attn.attention",
+    "h.{layer}.attn",
+    "out_proj",
+    hidden="hidden_size",
+    heads="num_heads",
+    head="hidden_size/num_heads",
+    act_dim="intermediate_size|hidden_size*4",
+    positions="max_position_embeddings",
+)
 
 FAMILY = Family(
     name="gpt_neo",
-    prefixes={"GPTNeoModel": "", "GPTNeoForCausalLM": "transformer.", "GPTNeoForSequenceClassification": "transformer."},
+    prefixes={
+        "GPTNeoModel": "",
+        "GPTNeoForCausalLM": "transformer.",
+        "GPTNeoForSequenceClassification": "transformer.",
+    },
     components=COMPONENTS,
     n_layers="num_layers",
 )

@@ -8,12 +8,14 @@ columns ``[3h*d, 3h*d+d)``, ``[3h*d+d, 3h*d+2d)``, ``[3h*d+2d, 3h*d+3d)`` (d = h
 (batch, seq, heads*d), before the rotary embedding, and ``head_query_output`` splits it by head.
 Parallel residual (``use_parallel_residual``) or not, the components are the same module ports.
 """
+
 from . import Family
 from ._layouts import fused_layout
 
 FUSED = ("grouped", "num_attention_heads", "hidden_size/num_attention_heads")
-COMPONENTS = fused_layout("layers", "attention", "query_key_value", "dense", "act", "intermediate_size|hidden_size*4",
-                          FUSED)
+COMPONENTS = fused_layout(
+    "layers", "attention", "query_key_value", "dense", "act", "intermediate_size|hidden_size*4", FUSED
+)
 
 FAMILY = Family(
     name="gpt_neox",

@@ -2,6 +2,7 @@
 components: ``attention_output``/``mlp_output`` are the sublayers' outputs before ``residual_multiplier``,
 ``block_output`` the layer's output. (transformers has no Granite sequence classifier.)
 """
+
 from . import Family
 from .llama import layout, prefixes
 

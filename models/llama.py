@@ -11,6 +11,7 @@ component there is the same module port, and the block output is still the decod
 (extra norms such as Gemma 2's post-attention / post-feedforward norms or the q/k norms of Qwen3 and
 OLMo 2 sit inside the block, after the q/k projections pyvene reads).
 """
+
 from . import Component, Family
 
 _C = Component

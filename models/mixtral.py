@@ -8,6 +8,7 @@ experts are string components: ``model.layers[0].block_sparse_moe.gate.output`` 
 transformers 4; on transformers 5 the block is ``mlp`` and the experts are one fused module,
 ``model.layers[0].mlp.experts.output``.
 """
+
 from importlib.metadata import distribution, version
 
 from . import Family
@@ -27,6 +28,8 @@ def _moe_name():
 MOE = _moe_name()
 
 FAMILY = Family(
-    name="mixtral", prefixes=prefixes("Mixtral"), components=layout(mlp=MOE, activation=False),
+    name="mixtral",
+    prefixes=prefixes("Mixtral"),
+    components=layout(mlp=MOE, activation=False),
     n_layers="num_hidden_layers",
 )

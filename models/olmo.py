@@ -1,6 +1,7 @@
 """OLMo (OlmoModel, OlmoForCausalLM; OlmoForSequenceClassification on transformers 5): the Llama layout,
 as pyvene 0.1.8's map. With ``clip_qkv`` the q/k/v components are the projections' outputs before the clamp.
 """
+
 from . import Family
 from .llama import layout, prefixes
 

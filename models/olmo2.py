@@ -4,6 +4,7 @@ OLMo 2 normalises *after* attention and MLP (no input norm) and has q/k norms ov
 ``query_output``/``key_output`` are ``q_proj``/``k_proj`` outputs before those norms, ``attention_output``
 and ``mlp_output`` the sublayers' outputs before their post-norms, ``block_output`` the layer's output.
 """
+
 from . import Family
 from .llama import layout, prefixes
 

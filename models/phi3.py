@@ -6,12 +6,14 @@ projections.
 head_dim`` each, GQA): the "sizes" layout. ``mlp.gate_up_proj`` computes [gate | up];
 ``mlp_activation`` is ``activation_fn(gate)`` (the activation module's output), as Llama's ``act_fn``.
 """
+
 from . import Family
 from ._layouts import fused_layout
 
 FUSED = ("sizes", "num_attention_heads", "head_dim|hidden_size/num_attention_heads")
-COMPONENTS = fused_layout("layers", "self_attn", "qkv_proj", "o_proj", "activation_fn", "intermediate_size", FUSED,
-                          kv_dim="kv_dim")
+COMPONENTS = fused_layout(
+    "layers", "self_attn", "qkv_proj", "o_proj", "activation_fn", "intermediate_size", FUSED, kv_dim="kv_dim"
+)
 
 FAMILY = Family(
     name="phi3",

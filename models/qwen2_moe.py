@@ -7,10 +7,13 @@ logits), ``model.layers[0].mlp.shared_expert.output``, ``model.layers[0].mlp.exp
 (transformers 4; one fused ``mlp.experts`` module on transformers 5). Layers listed in
 ``mlp_only_layers`` have a dense MLP in the same place, so ``mlp_*`` mean the same there.
 """
+
 from . import Family
 from .llama import layout, prefixes
 
 FAMILY = Family(
-    name="qwen2_moe", prefixes=prefixes("Qwen2Moe"), components=layout(activation=False),
+    name="qwen2_moe",
+    prefixes=prefixes("Qwen2Moe"),
+    components=layout(activation=False),
     n_layers="num_hidden_layers",
 )

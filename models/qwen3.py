@@ -3,6 +3,7 @@
 Qwen3 sets ``head_dim`` explicitly (often ``heads x head_dim != hidden``) and normalises q and k per head:
 ``query_output``/``key_output`` are the projections' outputs, before those norms.
 """
+
 from . import Family
 from .llama import layout, prefixes
 

@@ -3,6 +3,7 @@ built-in T5 map (its tutorial adds one by mutating ``type_to_module_mapping``: `
 ``encoder.block[L].layer[1]``); fxvene's map keeps that name and adds the rest as data. Encoder
 components carry pyvene's names; decoder components are prefixed ``decoder_`` (their positions are
 decoder positions). A call passes ``decoder_input_ids`` with the inputs (T5EncoderModel takes none)."""
+
 from . import Component, Family
 
 _C = Component
@@ -14,8 +15,9 @@ COMPONENTS = {
     # attention modules also return their position bias: the attention output is the ``o`` projection's
     "attention_output": _C("encoder.block.{layer}.layer.0.SelfAttention.o", "output", dim="d_model"),
     "attention_value_output": _C("encoder.block.{layer}.layer.0.SelfAttention.o", "input", dim="d_model"),
-    "head_attention_value_output": _C("encoder.block.{layer}.layer.0.SelfAttention.o", "input", heads="num_heads",
-                                      dim="d_kv"),
+    "head_attention_value_output": _C(
+        "encoder.block.{layer}.layer.0.SelfAttention.o", "input", heads="num_heads", dim="d_kv"
+    ),
     "query_output": _C("encoder.block.{layer}.layer.0.SelfAttention.q", "output", dim="d_model"),
     "key_output": _C("encoder.block.{layer}.layer.0.SelfAttention.k", "output", dim="d_model"),
     "value_output": _C("encoder.block.{layer}.layer.0.SelfAttention.v", "output", dim="d_model"),
@@ -25,8 +27,7 @@ COMPONENTS = {
     "decoder_block_input": _C("decoder.block.{layer}.layer.0", "input", dim="d_model"),
     "decoder_block_output": _C("decoder.block.{layer}.layer.2", "output", dim="d_model"),
     "decoder_attention_output": _C("decoder.block.{layer}.layer.0.SelfAttention.o", "output", dim="d_model"),
-    "decoder_cross_attention_output": _C("decoder.block.{layer}.layer.1.EncDecAttention.o", "output",
-                                         dim="d_model"),
+    "decoder_cross_attention_output": _C("decoder.block.{layer}.layer.1.EncDecAttention.o", "output", dim="d_model"),
     "decoder_mlp_output": _C("decoder.block.{layer}.layer.2", "output", dim="d_model"),
     "decoder_mlp_activation": _C("decoder.block.{layer}.layer.2.DenseReluDense.act", "output", dim="d_ff"),
 }

@@ -5,13 +5,13 @@ that path. Its *output* is the one tensor-valued region node used outside the re
 its *input* is the first outside tensor (not a parameter) that the region consumes.
 Finer points are structural patterns inside a region, matched with networkx.
 """
+
 from __future__ import annotations
 
 import functools
 import re
 
 import torch
-import torch.fx as fx
 
 
 class LocateError(ValueError):
@@ -201,9 +201,11 @@ def attention_probs(gm, path):
         if found:
             why = "the probabilities are ambiguous here"
         elif stops:  # eager attention, but the probabilities are not fed straight to the matmul with V
-            why = (f"the softmax reaches the matmul with the values only through an operation this pattern does not "
-                   f"look through ({'; '.join(stops)}; e.g. the reshape of Falcon's ALiBi attention), so "
-                   "attention_weight is not available for this attention variant")
+            why = (
+                f"the softmax reaches the matmul with the values only through an operation this pattern does not "
+                f"look through ({'; '.join(stops)}; e.g. the reshape of Falcon's ALiBi attention), so "
+                "attention_weight is not available for this attention variant"
+            )
         else:  # no softmax in the module: a fused kernel (SDPA, flash)
             why = "there is no softmax in this module: attention_weight needs eager attention (attn_implementation='eager')"
         raise LocateError(

@@ -20,6 +20,7 @@ pairs of past keys/values concatenated with the new ones. Anything else raises :
 
 Pure function: the input GraphModule is not modified.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,7 @@ import torch.fx as fx
 
 from .rewrite import _copy
 
-_SOFTMAX = {torch.ops.aten.softmax.int, torch.ops.aten._softmax.default, torch.softmax,
-            torch.nn.functional.softmax}
+_SOFTMAX = {torch.ops.aten.softmax.int, torch.ops.aten._softmax.default, torch.softmax, torch.nn.functional.softmax}
 _SDPA = {torch.ops.aten.scaled_dot_product_attention.default, torch.nn.functional.scaled_dot_product_attention}
 _CAT = {torch.ops.aten.cat.default, torch.cat}
 

@@ -11,6 +11,7 @@ Path patching (:mod:`fxvene.path_patching`) uses it twice: to freeze every atten
 base run (senders from the source run) in the run that computes the receivers' inputs, and to feed
 those inputs to the receivers only, in the final run.
 """
+
 from __future__ import annotations
 
 from .locate import module_paths, normalize_path

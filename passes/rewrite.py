@@ -10,6 +10,7 @@ A *site* here is ``(node_name, port, region_path)``: the node found by ``locate`
 ``input`` port only the users inside ``region_path`` are rewired (a forward pre-hook changes
 only what the module sees), for an ``output`` port every user is.
 """
+
 from __future__ import annotations
 
 import copy

@@ -15,6 +15,7 @@ fed in, and blocks below it are never recomputed.
 
 Pure functions: the input GraphModule is not modified.
 """
+
 from __future__ import annotations
 
 import copy
@@ -192,13 +193,25 @@ def segment(gm, start=None, stop=None, prefix="fxv_in_"):
         return None
 
     def inputs(n):
-        return [a for a in n.all_input_nodes
-                if not ((a.name in cut_ins and (n.op == "output" or order[n.name] >= start))
-                        or shape_of.get(n.name) == a.name)]
+        return [
+            a
+            for a in n.all_input_nodes
+            if not (
+                (a.name in cut_ins and (n.op == "output" or order[n.name] >= start)) or shape_of.get(n.name) == a.name
+            )
+        ]
 
     out_node = nodes[-1]
-    keep = _kept(nodes, order, start, stop, heavy, inputs, out_node if outs is None else None,
-                 [by_name[o] for o in outs if o not in cut_ins] if outs is not None else ())
+    keep = _kept(
+        nodes,
+        order,
+        start,
+        stop,
+        heavy,
+        inputs,
+        out_node if outs is None else None,
+        [by_name[o] for o in outs if o not in cut_ins] if outs is not None else (),
+    )
 
     graph = fx.Graph()
     graph._codegen = copy.deepcopy(gm.graph._codegen)
@@ -229,9 +242,14 @@ def segment(gm, start=None, stop=None, prefix="fxv_in_"):
     new.meta = dict(getattr(gm, "meta", {}))
     graph.eliminate_dead_code()  # after the module exists: call_module purity reads the owning module
     if start:
-        left = [n.name for n in graph.nodes
-                if n.op not in ("placeholder", "get_attr") and n.name in heavy and _is_tensor(n)
-                and order.get(n.name, start) < start]
+        left = [
+            n.name
+            for n in graph.nodes
+            if n.op not in ("placeholder", "get_attr")
+            and n.name in heavy
+            and _is_tensor(n)
+            and order.get(n.name, start) < start
+        ]
         if left:
             raise SliceError(f"segment from node #{start}: {left[:5]} before the cut are still needed (impure ops?)")
     new.delete_all_unused_submodules()
@@ -246,8 +264,13 @@ def _kept(nodes, order, start, stop, heavy, inputs, out_node, out_values):
     the placeholders; every node in ``[start, stop)``; before ``start`` only what those nodes (and
     the outputs) need, plus light in-place edits (mask fills) of values still needed."""
     keep = {n.name for n in nodes if n.op == "placeholder"}
-    inside = [n for n in nodes if n.op not in ("placeholder", "output")
-              and (not start or order[n.name] >= start) and (stop is None or order[n.name] < stop)]
+    inside = [
+        n
+        for n in nodes
+        if n.op not in ("placeholder", "output")
+        and (not start or order[n.name] >= start)
+        and (stop is None or order[n.name] < stop)
+    ]
     keep.update(n.name for n in inside)
     if not start:
         return keep

@@ -7,6 +7,7 @@
   ``op(x, src, loc, on)`` with tensors fed through placeholders ``<name>_src``, ``<name>_loc``,
   ``<name>_on``, so row b of one batched forward applies sweep cell b (or nothing).
 """
+
 from __future__ import annotations
 
 import torch

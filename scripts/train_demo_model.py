@@ -46,8 +46,7 @@ import time
 # when other processes compete for the cores, spinning makes a 2-thread run ten
 # times slower; then let idle threads sleep.  This changes timing only, never
 # the numbers.  (Must be decided before torch is imported.)
-if "OMP_WAIT_POLICY" not in os.environ and hasattr(os, "getloadavg") \
-        and os.getloadavg()[0] >= 1.0:
+if "OMP_WAIT_POLICY" not in os.environ and hasattr(os, "getloadavg") and os.getloadavg()[0] >= 1.0:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
@@ -123,16 +122,34 @@ LANDMARKS = [
 
 # (country, capital)
 CAPITALS = [
-    ("Italy", "Rome"), ("France", "Paris"), ("Germany", "Berlin"),
-    ("England", "London"), ("Spain", "Madrid"), ("Greece", "Athens"),
-    ("Russia", "Moscow"), ("China", "Beijing"), ("Japan", "Tokyo"),
-    ("Turkey", "Ankara"), ("Egypt", "Cairo"), ("Portugal", "Lisbon"),
-    ("the Netherlands", "Amsterdam"), ("Belgium", "Brussels"),
-    ("Denmark", "Copenhagen"), ("Austria", "Vienna"), ("Canada", "Ottawa"),
-    ("Australia", "Canberra"), ("Poland", "Warsaw"), ("Sweden", "Stockholm"),
-    ("Norway", "Oslo"), ("Ireland", "Dublin"), ("Hungary", "Budapest"),
-    ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Argentina", "Buenos Aires"),
-    ("Malaysia", "Kuala Lumpur"), ("Finland", "Helsinki"),
+    ("Italy", "Rome"),
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("England", "London"),
+    ("Spain", "Madrid"),
+    ("Greece", "Athens"),
+    ("Russia", "Moscow"),
+    ("China", "Beijing"),
+    ("Japan", "Tokyo"),
+    ("Turkey", "Ankara"),
+    ("Egypt", "Cairo"),
+    ("Portugal", "Lisbon"),
+    ("the Netherlands", "Amsterdam"),
+    ("Belgium", "Brussels"),
+    ("Denmark", "Copenhagen"),
+    ("Austria", "Vienna"),
+    ("Canada", "Ottawa"),
+    ("Australia", "Canberra"),
+    ("Poland", "Warsaw"),
+    ("Sweden", "Stockholm"),
+    ("Norway", "Oslo"),
+    ("Ireland", "Dublin"),
+    ("Hungary", "Budapest"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Argentina", "Buenos Aires"),
+    ("Malaysia", "Kuala Lumpur"),
+    ("Finland", "Helsinki"),
 ]
 
 # Facts are stated through these templates; {S} is the subject noun phrase.
@@ -155,19 +172,76 @@ CAPITAL_TEMPLATES = [
 ]
 
 NAMES = [
-    "John", "Mary", "Alice", "Bob", "James", "Sarah", "Michael", "Emma",
-    "David", "Anna", "Tom", "Lisa", "Paul", "Kate", "Mark", "Laura", "Peter",
-    "Julia", "Daniel", "Rachel", "Chris", "Emily", "Sam", "Grace", "Steve",
-    "Linda", "Kevin", "Susan", "Brian", "Karen", "Eric", "Jane", "Adam",
-    "Claire", "Frank", "Helen", "George", "Nora", "Henry", "Olivia",
+    "John",
+    "Mary",
+    "Alice",
+    "Bob",
+    "James",
+    "Sarah",
+    "Michael",
+    "Emma",
+    "David",
+    "Anna",
+    "Tom",
+    "Lisa",
+    "Paul",
+    "Kate",
+    "Mark",
+    "Laura",
+    "Peter",
+    "Julia",
+    "Daniel",
+    "Rachel",
+    "Chris",
+    "Emily",
+    "Sam",
+    "Grace",
+    "Steve",
+    "Linda",
+    "Kevin",
+    "Susan",
+    "Brian",
+    "Karen",
+    "Eric",
+    "Jane",
+    "Adam",
+    "Claire",
+    "Frank",
+    "Helen",
+    "George",
+    "Nora",
+    "Henry",
+    "Olivia",
 ]
 PLACES = [
-    "store", "park", "school", "beach", "station", "restaurant", "garden",
-    "office", "library", "market", "hospital", "museum",
+    "store",
+    "park",
+    "school",
+    "beach",
+    "station",
+    "restaurant",
+    "garden",
+    "office",
+    "library",
+    "market",
+    "hospital",
+    "museum",
 ]
 OBJECTS = [
-    "drink", "book", "ball", "gift", "letter", "flower", "key", "pen",
-    "bag", "ring", "cake", "snack", "ticket", "kiss",
+    "drink",
+    "book",
+    "ball",
+    "gift",
+    "letter",
+    "flower",
+    "key",
+    "pen",
+    "bag",
+    "ring",
+    "cake",
+    "snack",
+    "ticket",
+    "kiss",
 ]
 IOI_TEMPLATES = [
     "{A} and {B} went to the {P}. {S} gave a {O} to {IO}.",
@@ -191,19 +265,30 @@ NAMES_TEMPLATES = [
 HAPPY_WORDS = ["happy", "glad", "cheerful", "joyful", "delighted"]
 SAD_WORDS = ["sad", "unhappy", "gloomy", "miserable", "upset"]
 HAPPY_CONT = [
-    "I want to smile", "I laugh with my friends", "the day is wonderful",
-    "I sing in the sunshine", "everything is bright and wonderful",
-    "I smile all day", "life is beautiful", "I dance with joy",
-    "the sunshine feels warm", "I laugh and smile",
+    "I want to smile",
+    "I laugh with my friends",
+    "the day is wonderful",
+    "I sing in the sunshine",
+    "everything is bright and wonderful",
+    "I smile all day",
+    "life is beautiful",
+    "I dance with joy",
+    "the sunshine feels warm",
+    "I laugh and smile",
 ]
 SAD_CONT = [
-    "I want to cry", "I feel so lonely", "the day is terrible",
-    "I sit alone in the rain", "everything is dark and terrible",
-    "I cry all day", "life is painful", "my eyes are full of tears",
-    "the rain feels cold", "I cry and sigh",
+    "I want to cry",
+    "I feel so lonely",
+    "the day is terrible",
+    "I sit alone in the rain",
+    "everything is dark and terrible",
+    "I cry all day",
+    "life is painful",
+    "my eyes are full of tears",
+    "the rain feels cold",
+    "I cry and sigh",
 ]
-SENT_SUBJECTS = [("I", "am"), ("She", "is"), ("He", "is"), ("We", "are"),
-                 ("They", "are")]
+SENT_SUBJECTS = [("I", "am"), ("She", "is"), ("He", "is"), ("We", "are"), ("They", "are")]
 
 HELLO_TEMPLATES = [
     "Hello world.",
@@ -240,8 +325,7 @@ def ioi_doc(rng: random.Random, templates=IOI_TEMPLATES) -> str:
     a, b = rng.sample(NAMES, 2)
     s = rng.choice((a, b))
     io = b if s == a else a
-    return rng.choice(templates).format(
-        A=a, B=b, P=rng.choice(PLACES), S=s, O=rng.choice(OBJECTS), IO=io)
+    return rng.choice(templates).format(A=a, B=b, P=rng.choice(PLACES), S=s, O=rng.choice(OBJECTS), IO=io)
 
 
 def names_doc(rng: random.Random) -> str:
@@ -298,8 +382,7 @@ def sample_doc(rng: random.Random, facts: list[str]) -> str:
 
 def vocabulary_texts() -> list[str]:
     """Texts that together contain every word the corpus can produce."""
-    fill = dict(A="John", B="Mary", S="John", IO="Mary", P="store", O="drink",
-                N="John", L="John, Mary and Tom")
+    fill = dict(A="John", B="Mary", S="John", IO="Mary", P="store", O="drink", N="John", L="John, Mary and Tom")
     texts = list(fact_docs())
     texts += [t.format(**fill) for t in HELLO_TEMPLATES + IOI_TEMPLATES + NAMES_TEMPLATES]
     texts += [" ".join(NAMES), " ".join(PLACES), " ".join(OBJECTS)]
@@ -314,6 +397,7 @@ def vocabulary_texts() -> list[str]:
 # --------------------------------------------------------------------------
 # Tokenizer
 # --------------------------------------------------------------------------
+
 
 def build_tokenizer(texts: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -346,7 +430,10 @@ def build_tokenizer(texts: list[str]):
 
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tk,
-        bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS,
+        bos_token=EOS,
+        eos_token=EOS,
+        unk_token=EOS,
+        pad_token=EOS,
         model_max_length=64,
         clean_up_tokenization_spaces=False,
         # like GPT-2's tokenizer: no token_type_ids (GPT-2 would embed them)
@@ -358,6 +445,7 @@ def build_tokenizer(texts: list[str]):
 # --------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------
+
 
 def make_batch(rng, facts, tok_cache, tokenizer, batch_size, seq_len, eos_id):
     """Each row starts with a fresh document at position 0 and is filled with
@@ -437,7 +525,7 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=500)
     args = ap.parse_args(argv)
 
-    from transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
@@ -449,8 +537,10 @@ def main(argv=None):
 
     tokenizer = build_tokenizer(vocabulary_texts())
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    print(f"vocab size: {len(tokenizer)}; {args.threads} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}")
+    print(
+        f"vocab size: {len(tokenizer)}; {args.threads} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}"
+    )
 
     config = GPT2Config(
         vocab_size=len(tokenizer),
@@ -459,8 +549,12 @@ def main(argv=None):
         n_layer=args.n_layer,
         n_head=args.n_head,
         n_inner=args.n_inner,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
         tie_word_embeddings=True,
     )
     model = GPT2LMHeadModel(config)
@@ -473,7 +567,10 @@ def main(argv=None):
         (decay if p.dim() >= 2 and "wte" not in n and "wpe" not in n else no_decay).append(p)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
     warmup = max(1, min(100, args.steps // 10))
 
     def lr_at(step):
@@ -489,8 +586,7 @@ def main(argv=None):
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        ids, labels = make_batch(rng, facts, tok_cache, tokenizer,
-                                 args.batch_size, args.seq_len, eos_id)
+        ids, labels = make_batch(rng, facts, tok_cache, tokenizer, args.batch_size, args.seq_len, eos_id)
         loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -498,9 +594,11 @@ def main(argv=None):
         opt.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if (step + 1) % 50 == 0:
-            print(f"step {step + 1:5d}  loss {ema:.4f}  lr {lr_at(step):.2e}  "
-                  f"{time.time() - t0:6.1f}s wall {time.process_time() - c0:6.1f}s cpu",
-                  flush=True)
+            print(
+                f"step {step + 1:5d}  loss {ema:.4f}  lr {lr_at(step):.2e}  "
+                f"{time.time() - t0:6.1f}s wall {time.process_time() - c0:6.1f}s cpu",
+                flush=True,
+            )
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             report(model, tokenizer)
     train_s, cpu_s = time.time() - t0, time.process_time() - c0
@@ -514,26 +612,30 @@ def main(argv=None):
     for f in ("pytorch_model.bin", "model.safetensors.index.json", "vocab.json", "merges.txt"):
         if os.path.exists(os.path.join(args.out, f)):  # never ship pickles / stale files
             os.remove(os.path.join(args.out, f))
-    model.generation_config = GenerationConfig(
-        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    model.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
     model.save_pretrained(args.out, safe_serialization=True)
     tokenizer.save_pretrained(args.out)
     with open(os.path.join(args.out, "training_info.json"), "w") as fh:
-        json.dump({
-            "script": "scripts/train_demo_model.py",
-            "seed": SEED,
-            "steps": args.steps, "batch_size": args.batch_size,
-            "seq_len": args.seq_len, "lr": args.lr,
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "parameters": n_params,
-            "train_wall_seconds": round(train_s, 1),
-            "train_cpu_seconds": round(cpu_s, 1),
-            "ioi_heldout_accuracy": ioi_accuracy(model, tokenizer),
-            "final_probs": {f"{p}|{a}": round(next_token_prob(model, tokenizer, p, a), 4)
-                            for p, a in EVAL},
-        }, fh, indent=2)
+        json.dump(
+            {
+                "script": "scripts/train_demo_model.py",
+                "seed": SEED,
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "seq_len": args.seq_len,
+                "lr": args.lr,
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "transformers": __import__("transformers").__version__,
+                "parameters": n_params,
+                "train_wall_seconds": round(train_s, 1),
+                "train_cpu_seconds": round(cpu_s, 1),
+                "ioi_heldout_accuracy": ioi_accuracy(model, tokenizer),
+                "final_probs": {f"{p}|{a}": round(next_token_prob(model, tokenizer, p, a), 4) for p, a in EVAL},
+            },
+            fh,
+            indent=2,
+        )
         fh.write("\n")
     for f in os.listdir(args.out):
         os.chmod(os.path.join(args.out, f), 0o644)

@@ -1,5 +1,6 @@
 """Shared by the trace-facts command-line tests: a facts file for the built-in gpt2-tiny, the
 arguments, and a comparison of two run directories."""
+
 import json
 import os
 import random
@@ -7,8 +8,19 @@ import random
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ["--model", "gpt2-tiny", "--all", "--samples", "2", "--window", "2", "--no-plot", "--no-progress",
-        "--noise", "0.5"]
+ARGS = [
+    "--model",
+    "gpt2-tiny",
+    "--all",
+    "--samples",
+    "2",
+    "--window",
+    "2",
+    "--no-plot",
+    "--no-progress",
+    "--noise",
+    "0.5",
+]
 
 
 def write_facts(path, n=8, seed=0):
@@ -18,9 +30,15 @@ def write_facts(path, n=8, seed=0):
     for _ in range(n):
         k = rng.choice([5, 6, 7])
         s0 = rng.randrange(0, k - 2)
-        lines.append(json.dumps({"input_ids": [rng.randrange(1, 50) for _ in range(k)],
-                                 "subject_positions": list(range(s0, s0 + rng.choice([1, 2]))),
-                                 "target_token": rng.randrange(50)}))
+        lines.append(
+            json.dumps(
+                {
+                    "input_ids": [rng.randrange(1, 50) for _ in range(k)],
+                    "subject_positions": list(range(s0, s0 + rng.choice([1, 2]))),
+                    "target_token": rng.randrange(50),
+                }
+            )
+        )
     lines.insert(2, json.dumps({"input_ids": [1, 2, 3], "subject_positions": [1]}))
     lines.insert(5, "{not json")
     with open(path, "w") as f:

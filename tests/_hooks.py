@@ -6,6 +6,7 @@ replacement tensor or None (read only). For a module returning a tuple (or list)
 tensor; an input is the first positional tensor, else the ``hidden_states`` (``input``, ``x``) keyword.
 Also :func:`cli_components`, the CLI's component table of a saved model, which the family tests compare with hooks.
 """
+
 import io
 import json
 from contextlib import contextmanager, redirect_stdout
@@ -33,6 +34,7 @@ def _pre_hook(fn):
             raise AssertionError(f"{type(module).__name__}: no tensor input to hook")
         new = fn(kwargs[key])
         return None if new is None else (args, {**kwargs, key: new})
+
     return pre
 
 
@@ -40,6 +42,7 @@ def _post_hook(fn):
     def post(module, args, out):
         new = fn(_first(out))
         return None if new is None else _with_first(out, new)
+
     return post
 
 
@@ -89,11 +92,13 @@ def hooked(model, inputs, specs, **kw):
 def capture(store, key=None):
     """A read-only hook fn: a detached copy of the tensor into ``store[key]`` (a dict), or appended to
     ``store`` (a list) when ``key`` is None."""
+
     def fn(t):
         if key is None:
             store.append(t.detach().clone())
         else:
             store[key] = t.detach().clone()
+
     return fn
 
 

@@ -15,14 +15,25 @@ generated from these marks and the outcomes CI records, never written by hand:
 * tests/test_matrix.py checks that the README's table (between ``<!-- support-matrix:start -->`` and
   ``<!-- support-matrix:end -->``) lists exactly the cells the marks declare on this line.
 """
+
 import json
 import os
 import sys
 
 import pytest
 
-FEATURES = ("components", "intervene", "trainable", "patching_sweep", "causal_trace", "generate", "graph_diff",
-            "cli", "left_padding", "pyvene_diff")
+FEATURES = (
+    "components",
+    "intervene",
+    "trainable",
+    "patching_sweep",
+    "causal_trace",
+    "generate",
+    "graph_diff",
+    "cli",
+    "left_padding",
+    "pyvene_diff",
+)
 START, END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
 
 
@@ -80,8 +91,11 @@ def pytest_sessionfinish(session, exitstatus):
     path = os.environ.get("FXVENE_MATRIX_OUT")
     if not path or not _ITEMS:
         return
-    rows = [dict(family=f, feature=ft, frontend=fe, test=nid, outcome=_OUTCOMES.get(nid, "not run"))
-            for nid, cs in _ITEMS.items() for f, ft, fe in cs]
+    rows = [
+        dict(family=f, feature=ft, frontend=fe, test=nid, outcome=_OUTCOMES.get(nid, "not run"))
+        for nid, cs in _ITEMS.items()
+        for f, ft, fe in cs
+    ]
     _write(path, {**_versions(), "results": rows})
 
 

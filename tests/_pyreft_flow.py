@@ -7,6 +7,7 @@ trainable-parameter line, a few ``ReftTrainerForCausalLM`` steps with ``weight_d
 loss), greedy ``generate(..., early_stopping=True)``, ``save`` and ``ReftModel.load``. Writes what
 it saw as JSON (floats exact).
 """
+
 import contextlib
 import io
 import json
@@ -52,8 +53,12 @@ def _model(family):
     return conftest.make_gpt2() if family == "gpt2" else conftest.make_llama()
 
 
-PROMPTS = ["The Eiffel Tower is in the city of", "The Space Needle is in", "Alice and Bob went to the",
-           "Today I feel very"]
+PROMPTS = [
+    "The Eiffel Tower is in the city of",
+    "The Space Needle is in",
+    "Alice and Bob went to the",
+    "Today I feel very",
+]
 ANSWERS = [" Paris", " downtown Seattle", " store", " happy"]
 
 
@@ -66,9 +71,14 @@ def run(family, pyreft, out_dir):
     assert len(tok) <= model.config.vocab_size
     hidden = model.config.hidden_size
     torch.manual_seed(1)
-    reft_config = pyreft.ReftConfig(representations={
-        "layer": 1, "component": "block_output", "low_rank_dimension": 2,
-        "intervention": pyreft.LoreftIntervention(embed_dim=hidden, low_rank_dimension=2, dtype=torch.float32)})
+    reft_config = pyreft.ReftConfig(
+        representations={
+            "layer": 1,
+            "component": "block_output",
+            "low_rank_dimension": 2,
+            "intervention": pyreft.LoreftIntervention(embed_dim=hidden, low_rank_dimension=2, dtype=torch.float32),
+        }
+    )
     reft_model = pyreft.get_reft_model(model, reft_config)
     reft_model.set_device("cpu")
     printed = io.StringIO()
@@ -77,9 +87,18 @@ def run(family, pyreft, out_dir):
 
     data_module = pyreft.make_last_position_supervised_data_module(tok, model, PROMPTS, ANSWERS)
     args = transformers.TrainingArguments(
-        output_dir=os.path.join(out_dir, f"train-{family}"), per_device_train_batch_size=2, learning_rate=4e-2,
-        weight_decay=0.06, max_steps=4, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
-        seed=42, disable_tqdm=True)
+        output_dir=os.path.join(out_dir, f"train-{family}"),
+        per_device_train_batch_size=2,
+        learning_rate=4e-2,
+        weight_decay=0.06,
+        max_steps=4,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=42,
+        disable_tqdm=True,
+    )
     losses = []
 
     class Trainer(pyreft.ReftTrainerForCausalLM):
@@ -100,8 +119,15 @@ def run(family, pyreft, out_dir):
     loc = prompt["input_ids"].shape[-1] - 1
 
     def generate(m):
-        _, out = m.generate(prompt, unit_locations={"sources->base": (None, [[[loc]]])}, intervene_on_prompt=True,
-                            max_new_tokens=5, do_sample=False, eos_token_id=tok.eos_token_id, early_stopping=True)
+        _, out = m.generate(
+            prompt,
+            unit_locations={"sources->base": (None, [[[loc]]])},
+            intervene_on_prompt=True,
+            max_new_tokens=5,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            early_stopping=True,
+        )
         return out[0].tolist()
 
     with torch.no_grad():

@@ -7,13 +7,18 @@ line has (Gemma 3 and Qwen3 are 5.x only).
 Not every head exists for every family on every line (e.g. OLMo and Granite have no sequence
 classifier): ``make_tiny`` raises ValueError for those, as transformers does.
 """
+
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 COMMON = dict(vocab_size=64, bos_token_id=0, eos_token_id=1, pad_token_id=2)
 LLAMA_LIKE = dict(
-    num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-    intermediate_size=48, max_position_embeddings=64,
+    num_hidden_layers=2,
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=48,
+    max_position_embeddings=64,
 )
 TINY = {
     "gpt2": dict(n_layer=2, n_embd=32, n_head=4, n_positions=64, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0),
@@ -30,21 +35,43 @@ TINY = {
     "phi3": dict(LLAMA_LIKE, pad_token_id=2),
     "mixtral": dict(LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2),
     "qwen2_moe": dict(
-        LLAMA_LIKE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
+        LLAMA_LIKE,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=24,
         shared_expert_intermediate_size=48,
     ),
     "gpt_neo": dict(
-        num_layers=2, hidden_size=32, num_heads=4, attention_types=[[["global", "local"], 1]], window_size=4,
-        max_position_embeddings=64, embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0,
+        num_layers=2,
+        hidden_size=32,
+        num_heads=4,
+        attention_types=[[["global", "local"], 1]],
+        window_size=4,
+        max_position_embeddings=64,
+        embed_dropout=0.0,
+        attention_dropout=0.0,
+        resid_dropout=0.0,
     ),
     "gpt_neox": dict(
-        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=64, rotary_pct=0.25, hidden_dropout=0.0, attention_dropout=0.0,
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
     ),
-    "gptj": dict(n_layer=2, n_embd=32, n_head=4, rotary_dim=4, n_positions=64, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0),
+    "gptj": dict(
+        n_layer=2, n_embd=32, n_head=4, rotary_dim=4, n_positions=64, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0
+    ),
     "falcon": dict(
-        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, max_position_embeddings=64,
-        attention_dropout=0.0, hidden_dropout=0.0,
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
     ),
 }
 

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random-weight GPT-2 and Llama (GQA) models, built offline."""
+
 import atexit
 import os
 import shutil
@@ -20,8 +21,16 @@ atexit.register(shutil.rmtree, os.environ["FXVENE_CACHE_DIR"], True)
 def make_gpt2(n_layer=4, n_embd=24, n_head=4, vocab=50, seed=0):
     torch.manual_seed(seed)
     cfg = GPT2Config(
-        n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab, n_positions=64,
-        attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        vocab_size=vocab,
+        n_positions=64,
+        attn_pdrop=0.0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     cfg._attn_implementation = "eager"
     return GPT2LMHeadModel(cfg).eval()
@@ -30,8 +39,15 @@ def make_gpt2(n_layer=4, n_embd=24, n_head=4, vocab=50, seed=0):
 def make_llama(n_layer=3, hidden=32, heads=4, kv_heads=2, vocab=50, seed=0):
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        num_hidden_layers=n_layer, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        intermediate_size=48, vocab_size=vocab, max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
+        num_hidden_layers=n_layer,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=48,
+        vocab_size=vocab,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
         pad_token_id=0,
     )
     return LlamaForCausalLM(cfg).eval()
@@ -99,8 +115,9 @@ def build_offline_tokenizer():
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   unk_token="[UNK]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="[UNK]"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -108,8 +125,9 @@ def tutorial_model_dir(tmp_path_factory):
     """A local random-weight 12-layer GPT-2 plus an offline tokenizer, saved like a hub checkpoint."""
     tok = build_offline_tokenizer()
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=12, n_embd=64, n_head=4, vocab_size=len(tok), n_positions=64,
-                     bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        n_layer=12, n_embd=64, n_head=4, vocab_size=len(tok), n_positions=64, bos_token_id=0, eos_token_id=0
+    )
     d = tmp_path_factory.mktemp("gpt2-local")
     GPT2LMHeadModel(cfg).save_pretrained(d)
     tok.save_pretrained(d)

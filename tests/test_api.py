@@ -1,9 +1,10 @@
 """pyvene 0.1.8's API surface and return values, and the pyvene bugs fxvene does not copy (reference §10)."""
+
 import pytest
 import torch
+from conftest import frontends
 
 import fxvene as pv
-from conftest import frontends
 
 
 def _first(o):
@@ -16,8 +17,11 @@ def _rewrap(o, h):
 
 
 def _vanilla(layer=2, comp="block_output", **kw):
-    return pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=layer, component=comp, intervention_type=pv.VanillaIntervention, **kw)])
+    return pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=layer, component=comp, intervention_type=pv.VanillaIntervention, **kw)
+        ]
+    )
 
 
 def _manual_patch(model, base, src, layer, src_pos, base_pos):
@@ -40,11 +44,13 @@ def _manual_patch(model, base, src, layer, src_pos, base_pos):
 
 
 def test_keys_moduledict_and_legacy_dotted_key(gpt2):
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=6 % 4, component="block_output", intervention_type=pv.VanillaIntervention),
-        pv.RepresentationConfig(layer=6 % 4, component="block_output", intervention_type=pv.VanillaIntervention),
-        pv.RepresentationConfig(component="transformer.h[0].mlp.output", intervention_type=pv.ZeroIntervention),
-    ])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=6 % 4, component="block_output", intervention_type=pv.VanillaIntervention),
+            pv.RepresentationConfig(layer=6 % 4, component="block_output", intervention_type=pv.VanillaIntervention),
+            pv.RepresentationConfig(component="transformer.h[0].mlp.output", intervention_type=pv.ZeroIntervention),
+        ]
+    )
     im = pv.IntervenableModel(cfg, gpt2)
     assert isinstance(im.interventions, torch.nn.ModuleDict)
     assert list(im.interventions.keys()) == [
@@ -84,9 +90,12 @@ def test_return_values(gpt2, batch, frontend):
 @pytest.mark.parametrize("frontend", frontends())
 def test_collect_returns(gpt2, batch, frontend):
     base, src = batch
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.CollectIntervention),
-        pv.RepresentationConfig(layer=3, component="attention_output", intervention_type=pv.CollectIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.CollectIntervention),
+            pv.RepresentationConfig(layer=3, component="attention_output", intervention_type=pv.CollectIntervention),
+        ]
+    )
     im = pv.IntervenableModel(cfg, gpt2, tracer=frontend)
     hs = gpt2(**base, output_hidden_states=True).hidden_states
     # the tutorials' unpacking: _, collected = intervenable(base=inputs)
@@ -106,9 +115,12 @@ def test_collect_returns(gpt2, batch, frontend):
 @pytest.mark.parametrize("frontend", frontends())
 def test_collect_after_vanilla_sees_the_patch(gpt2, batch, frontend):
     base, src = batch
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.VanillaIntervention),
-        pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.CollectIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.VanillaIntervention),
+            pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.CollectIntervention),
+        ]
+    )
     im = pv.IntervenableModel(cfg, gpt2, tracer=frontend)
     (_, collected), out = im(base=base, sources=[src, None], unit_locations={"sources->base": 2})
     src_h = gpt2(**src, output_hidden_states=True).hidden_states[2]
@@ -130,9 +142,12 @@ def test_no_sticky_fast_path(gpt2, batch):
 
 def test_sources_list_not_mutated(gpt2, batch):
     base, src = batch
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.VanillaIntervention),
-        pv.RepresentationConfig(layer=2, component="block_output", intervention_type=pv.VanillaIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.VanillaIntervention),
+            pv.RepresentationConfig(layer=2, component="block_output", intervention_type=pv.VanillaIntervention),
+        ]
+    )
     im = pv.IntervenableModel(cfg, gpt2)
     sources = [src]
     im(base=base, sources=sources, unit_locations={"sources->base": 1})
@@ -158,8 +173,11 @@ def test_user_hooks_survive(gpt2, batch):
 @pytest.mark.parametrize("frontend", frontends())
 def test_multi_position_collect_without_max_units(gpt2, batch, frontend):
     base, _ = batch
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.CollectIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.CollectIntervention)
+        ]
+    )
     im = pv.IntervenableModel(cfg, gpt2, tracer=frontend)
     _, collected = im(base=base, unit_locations={"base": [[[0, 3, 5], [1, 2, 7]]]})
     hs = gpt2(**base, output_hidden_states=True).hidden_states[2]
@@ -190,9 +208,12 @@ def test_per_example_subspaces(gpt2, batch):
 
 def test_skipping_an_intervention_with_a_none_source(gpt2, batch):
     base, src = batch
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.VanillaIntervention),
-        pv.RepresentationConfig(layer=2, component="block_output", intervention_type=pv.VanillaIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.VanillaIntervention),
+            pv.RepresentationConfig(layer=2, component="block_output", intervention_type=pv.VanillaIntervention),
+        ]
+    )
     im = pv.IntervenableModel(cfg, gpt2)
     _, both_skipped_first = im(base=base, sources=[None, src], unit_locations={"sources->base": 3})
     only = pv.IntervenableModel(_vanilla(layer=2), gpt2)
@@ -211,15 +232,20 @@ def test_custom_intervention_class_and_function(gpt2, batch):
             return base * 3.0
 
     for cfg in (
-        pv.IntervenableConfig(representations=[
-            pv.RepresentationConfig(layer=1, component="mlp_output", intervention_type=Times)]),
-        pv.IntervenableConfig(representations=[
-            pv.RepresentationConfig(layer=1, component="mlp_output", intervention=lambda b, s: b * 3.0)]),
+        pv.IntervenableConfig(
+            representations=[pv.RepresentationConfig(layer=1, component="mlp_output", intervention_type=Times)]
+        ),
+        pv.IntervenableConfig(
+            representations=[
+                pv.RepresentationConfig(layer=1, component="mlp_output", intervention=lambda b, s: b * 3.0)
+            ]
+        ),
     ):
         im = pv.IntervenableModel(cfg, gpt2)
         _, out = im(base=base, unit_locations={"base": 2})
         h = gpt2.transformer.h[1].mlp.register_forward_hook(
-            lambda m, a, o: torch.cat([o[:, :2], o[:, 2:3] * 3.0, o[:, 3:]], 1))
+            lambda m, a, o: torch.cat([o[:, :2], o[:, 2:3] * 3.0, o[:, 3:]], 1)
+        )
         try:
             expected = gpt2(**base).logits
         finally:
@@ -231,8 +257,13 @@ def test_llama_gqa_head_key_output(llama):
     g = torch.Generator().manual_seed(2)
     base = {"input_ids": torch.randint(0, 50, (2, 6), generator=g)}
     src = {"input_ids": torch.randint(0, 50, (2, 6), generator=g)}
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=1, component="head_key_output", unit="h", intervention_type=pv.VanillaIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(
+                layer=1, component="head_key_output", unit="h", intervention_type=pv.VanillaIntervention
+            )
+        ]
+    )
     im = pv.IntervenableModel(cfg, llama)
     assert im.interventions[im.sorted_keys[0]].embed_dim.item() == 8  # head_dim = 32 / 4
     _, out = im(base=base, sources=[src], unit_locations={"sources->base": ([[[1], [0]]], [[[1], [0]]])})
@@ -260,28 +291,37 @@ def test_gqa_key_output_noise_and_skip_by_hand(llama):
     """Cases where pyvene 0.1.8 crashes (GQA k/v widths; Skip on a kwargs-called module)."""
     g = torch.Generator().manual_seed(8)
     base = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=0, component="key_output", intervention_type=pv.NoiseIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=0, component="key_output", intervention_type=pv.NoiseIntervention)
+        ]
+    )
     im = pv.IntervenableModel(cfg, llama)
     assert im.interventions[im.sorted_keys[0]].embed_dim.item() == 16  # 2 kv heads x head_dim 8
     _, out = im(base=base, unit_locations={"base": [1, 2, 3, 4, 5]})
     import numpy as np
+
     noise = torch.from_numpy(np.random.RandomState(1).randn(1, 5, 16)) * 0.13462981581687927
     h = llama.model.layers[0].self_attn.k_proj.register_forward_hook(
-        lambda m, a, o: torch.cat([o[:, :1], (o[:, 1:6] + noise).to(o.dtype)], 1))
+        lambda m, a, o: torch.cat([o[:, :1], (o[:, 1:6] + noise).to(o.dtype)], 1)
+    )
     try:
         expected = llama(**base).logits
     finally:
         h.remove()
     torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5)
 
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=1, component="attention_output", intervention_type=pv.SkipIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=1, component="attention_output", intervention_type=pv.SkipIntervention)
+        ]
+    )
     im = pv.IntervenableModel(cfg, llama)
     _, out = im(base=base, sources=[base], unit_locations={"sources->base": 2})
     seen = {}
     pre = llama.model.layers[1].self_attn.register_forward_pre_hook(
-        lambda m, a, k: seen.__setitem__("x", k["hidden_states"]), with_kwargs=True)
+        lambda m, a, k: seen.__setitem__("x", k["hidden_states"]), with_kwargs=True
+    )
     llama(**base)
     pre.remove()
 
@@ -301,14 +341,23 @@ def test_gqa_key_output_noise_and_skip_by_hand(llama):
 @pytest.mark.parametrize("frontend", frontends())
 def test_attention_weight_by_hand(gpt2, batch, frontend):
     base, _ = batch
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=2, component="attention_weight", intervention_type=pv.CollectIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=2, component="attention_weight", intervention_type=pv.CollectIntervention)
+        ]
+    )
     im = pv.IntervenableModel(cfg, gpt2, tracer=frontend)
     _, collected = im(base=base, unit_locations={"base": [[[0, 3], [1, 2]]]})  # 'pos' indexes heads here
     att = gpt2(**base, output_attentions=True).attentions[2]
     torch.testing.assert_close(collected[0], torch.stack([att[0, [0, 3]], att[1, [1, 2]]]), atol=1e-6, rtol=1e-5)
-    zero = pv.IntervenableModel(pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=2, component="attention_weight", intervention_type=pv.ZeroIntervention)]),
-        gpt2, tracer=frontend)
+    zero = pv.IntervenableModel(
+        pv.IntervenableConfig(
+            representations=[
+                pv.RepresentationConfig(layer=2, component="attention_weight", intervention_type=pv.ZeroIntervention)
+            ]
+        ),
+        gpt2,
+        tracer=frontend,
+    )
     _, out = zero(base=base, unit_locations={"base": [[[1], [1]]]})
     assert not torch.allclose(out.logits, gpt2(**base).logits)

@@ -2,20 +2,23 @@
 differences of a hand-written interpolation (forward hooks on the HF modules, float64; on Llama, whose
 RMSNorm rounds to float32, autograd of the same hooked interpolation), and the exact
 patching sweep (small perturbations: estimate close to exact; exact_top_k: equal to the sweep)."""
+
 import pytest
 import torch
-
-import fxvene as pv
 from _hooks import module_hook, read
 from conftest import make_gpt2, make_llama
+
+import fxvene as pv
 
 SEQ = 6
 
 
 def _inputs(seed, vocab=50, b=2):
     g = torch.Generator().manual_seed(seed)
-    return ({"input_ids": torch.randint(1, vocab, (b, SEQ), generator=g)},
-            {"input_ids": torch.randint(1, vocab, (b, SEQ), generator=g)})
+    return (
+        {"input_ids": torch.randint(1, vocab, (b, SEQ), generator=g)},
+        {"input_ids": torch.randint(1, vocab, (b, SEQ), generator=g)},
+    )
 
 
 def _blocks(model):
@@ -59,8 +62,10 @@ def _metric_with(model, ids, component, layer, pos, head, src, eps, a, b, grad=F
     return lg[:, a] - lg[:, b]
 
 
-@pytest.mark.parametrize("family,component", [("gpt2", "block_output"), ("gpt2", "head_attention_value_output"),
-                                              ("llama", "head_attention_value_output")])
+@pytest.mark.parametrize(
+    "family,component",
+    [("gpt2", "block_output"), ("gpt2", "head_attention_value_output"), ("llama", "head_attention_value_output")],
+)
 def test_estimates_equal_finite_differences(family, component):
     model = (make_gpt2(n_layer=2, n_embd=16) if family == "gpt2" else make_llama(n_layer=2)).double()
     base, source = _inputs(5)
@@ -130,11 +135,14 @@ def test_small_perturbation_estimates_close_to_the_exact_sweep(near_model):
     assert rel[1] < 0.06 and rel[1] < 0.2 * rel[0], rel
 
 
-@pytest.mark.parametrize("component,metric,tokens", [
-    ("block_output", "logit_diff", [3, 7]),
-    ("head_attention_value_output", "prob", [3, 7]),
-    ("attention_output", "logprob", [11]),
-])
+@pytest.mark.parametrize(
+    "component,metric,tokens",
+    [
+        ("block_output", "logit_diff", [3, 7]),
+        ("head_attention_value_output", "prob", [3, 7]),
+        ("attention_output", "logprob", [11]),
+    ],
+)
 def test_exact_top_k_equals_patching_sweep(near_model, component, metric, tokens):
     model = near_model  # (one model: its KV-cache graph is exported once)
     base, source = _inputs(9)
@@ -166,16 +174,19 @@ def test_callable_metric_equals_the_named_one():
     assert "estimate" in named.top(1)[0]
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(metric="kl"), "metric must be one of"),
-    (dict(metric="logit_diff", tokens=[3]), "two token ids"),
-    (dict(metric="prob"), "needs token ids"),
-    (dict(metric="prob", tokens=[500]), "not a token id"),
-    (dict(tokens=[1, 2], exact_top_k=0), "exact_top_k"),
-    (dict(tokens=[1, 2], components="attention_weight"), "no position units"),
-    (dict(tokens=[1, 2], components="head_attention_value_output", heads=[9]), "heads"),
-    (dict(tokens=[1, 2], layers=[5]), "layers"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(metric="kl"), "metric must be one of"),
+        (dict(metric="logit_diff", tokens=[3]), "two token ids"),
+        (dict(metric="prob"), "needs token ids"),
+        (dict(metric="prob", tokens=[500]), "not a token id"),
+        (dict(tokens=[1, 2], exact_top_k=0), "exact_top_k"),
+        (dict(tokens=[1, 2], components="attention_weight"), "no position units"),
+        (dict(tokens=[1, 2], components="head_attention_value_output", heads=[9]), "heads"),
+        (dict(tokens=[1, 2], layers=[5]), "layers"),
+    ],
+)
 def test_bad_input(kwargs, match):
     model = make_gpt2(n_layer=2, n_embd=16)
     base, source = _inputs(2)

@@ -1,16 +1,16 @@
 """Bad input, wherever a user passes it: one ValueError/TypeError that names the argument, raised
 before any forward runs, with the model and the IntervenableModel unchanged - the good call right
 after gives pyvene 0.1.8's numbers (a pyvene IntervenableModel on the same config, same weights)."""
+
 import json
 import os
 
 import pytest
 import torch
 import torch.nn as nn
-
-import fxvene as pv
 from conftest import make_gpt2
 
+import fxvene as pv
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -30,10 +30,17 @@ def _twin(pyvene, pv_model, im):
     reps = []
     for key in im.sorted_keys:
         r, iv = im.representations[key], im.interventions[key]
-        reps.append(pyvene.RepresentationConfig(
-            layer=r.layer, component=r.component, unit=r.unit, max_number_of_units=r.max_number_of_units,
-            low_rank_dimension=r.low_rank_dimension, subspace_partition=r.subspace_partition,
-            intervention_type=getattr(pyvene, type(iv).__name__)))
+        reps.append(
+            pyvene.RepresentationConfig(
+                layer=r.layer,
+                component=r.component,
+                unit=r.unit,
+                max_number_of_units=r.max_number_of_units,
+                low_rank_dimension=r.low_rank_dimension,
+                subspace_partition=r.subspace_partition,
+                intervention_type=getattr(pyvene, type(iv).__name__),
+            )
+        )
     twin = pyvene.IntervenableModel(pyvene.IntervenableConfig(representations=reps), pv_model)
     for key in im.sorted_keys:
         twin.interventions[key].load_state_dict(im.interventions[key].state_dict())
@@ -99,8 +106,10 @@ def _close(a, b):
 @pytest.fixture
 def ids():
     g = torch.Generator().manual_seed(11)
-    return ({"input_ids": torch.randint(0, 50, (2, 8), generator=g)},
-            {"input_ids": torch.randint(0, 50, (2, 8), generator=g)})
+    return (
+        {"input_ids": torch.randint(0, 50, (2, 8), generator=g)},
+        {"input_ids": torch.randint(0, 50, (2, 8), generator=g)},
+    )
 
 
 # ------------------------------------------------------------------------------------ intervention types
@@ -120,14 +129,16 @@ def test_bad_intervention_type(gpt2, pv_gpt2, pyvene, ids, bad, exc, names):
     model = make_gpt2()  # a fresh model: construction must not touch it either
     before = _state(model)
     with pytest.raises(exc) as e:
-        pv.IntervenableModel(pv.IntervenableConfig([pv.RepresentationConfig(1, "block_output", intervention_type=bad)]),
-                             model)
+        pv.IntervenableModel(
+            pv.IntervenableConfig([pv.RepresentationConfig(1, "block_output", intervention_type=bad)]), model
+        )
     assert all(s in str(e.value) for s in names), str(e.value)
     _same(before, _state(model))
     # the global intervention_types too
     with pytest.raises(exc):
-        pv.IntervenableModel(pv.IntervenableConfig([pv.RepresentationConfig(1, "block_output")],
-                                                   intervention_types=bad), model)
+        pv.IntervenableModel(
+            pv.IntervenableConfig([pv.RepresentationConfig(1, "block_output")], intervention_types=bad), model
+        )
     _same(before, _state(model))
     base, src = ids
     im = _im(model, _rep(pv))
@@ -148,12 +159,18 @@ def test_bad_intervention_instance(pv_gpt2, pyvene, ids, bad, names):
     model = make_gpt2()
     before = _state(model)
     with pytest.raises(TypeError) as e:
-        pv.IntervenableModel(pv.IntervenableConfig([pv.RepresentationConfig(1, "block_output", intervention=bad)]), model)
+        pv.IntervenableModel(
+            pv.IntervenableConfig([pv.RepresentationConfig(1, "block_output", intervention=bad)]), model
+        )
     assert all(s in str(e.value) for s in names), str(e.value)
     _same(before, _state(model))
     base, src = ids
-    im = pv.IntervenableModel(pv.IntervenableConfig([pv.RepresentationConfig(
-        1, "block_output", intervention=pv.VanillaIntervention(embed_dim=24))]), model)
+    im = pv.IntervenableModel(
+        pv.IntervenableConfig(
+            [pv.RepresentationConfig(1, "block_output", intervention=pv.VanillaIntervention(embed_dim=24))]
+        ),
+        model,
+    )
     _, out = im(base, [src], unit_locations={"sources->base": 2})
     _, ref = _twin(pyvene, pv_gpt2, im)(base, [src], unit_locations={"sources->base": 2})
     _close(out.logits, ref.logits)
@@ -161,8 +178,10 @@ def test_bad_intervention_instance(pv_gpt2, pyvene, ids, bad, names):
 
 def test_intervention_type_by_name_is_the_class(gpt2, pv_gpt2, pyvene, ids):
     base, src = ids
-    im = pv.IntervenableModel(pv.IntervenableConfig([pv.RepresentationConfig(
-        1, "block_output", intervention_type="AdditionIntervention")]), gpt2)
+    im = pv.IntervenableModel(
+        pv.IntervenableConfig([pv.RepresentationConfig(1, "block_output", intervention_type="AdditionIntervention")]),
+        gpt2,
+    )
     assert type(im.interventions[im.sorted_keys[0]]) is pv.AdditionIntervention
     _, out = im(base, [src], unit_locations={"sources->base": 4})
     _, ref = _twin(pyvene, pv_gpt2, im)(base, [src], unit_locations={"sources->base": 4})
@@ -178,8 +197,12 @@ def _bad_inputs():
     return [
         ("float ids", {"input_ids": good.float()}, TypeError, ["['input_ids']", "integer", "torch.float32"]),
         ("1-D ids", {"input_ids": good[0]}, ValueError, ["['input_ids']", "(batch, seq)", "(8,)"]),
-        ("mask shape", {"input_ids": good, "attention_mask": torch.ones(2, 7, dtype=torch.long)}, ValueError,
-         ["['attention_mask']", "(2, 7)", "(2, 8)"]),
+        (
+            "mask shape",
+            {"input_ids": good, "attention_mask": torch.ones(2, 7, dtype=torch.long)},
+            ValueError,
+            ["['attention_mask']", "(2, 7)", "(2, 8)"],
+        ),
         ("empty batch", {"input_ids": good[:0]}, ValueError, ["['input_ids']", "empty", "(0, 8)"]),
         ("empty seq", {"input_ids": good[:, :0]}, ValueError, ["['input_ids']", "empty", "(2, 0)"]),
         ("vocab", {"input_ids": good + 50}, ValueError, ["['input_ids']", "vocabulary", "[0, 50)"]),
@@ -193,8 +216,11 @@ def test_bad_inputs_base_and_sources(gpt2, pv_gpt2, pyvene, ids, monkeypatch, ca
     _, bad, exc, names = _bad_inputs()[case]
     base, src = ids
     im = _im(gpt2, _rep(pv))
-    call = (lambda: im(bad, [src], unit_locations={"sources->base": 1})) if side == "base" else (
-        lambda: im(base, [bad], unit_locations={"sources->base": 1}))
+    call = (
+        (lambda: im(bad, [src], unit_locations={"sources->base": 1}))
+        if side == "base"
+        else (lambda: im(base, [bad], unit_locations={"sources->base": 1}))
+    )
     _rejects(im, gpt2, monkeypatch, exc, [side] + names, call)
     _, out = im(base, [src], unit_locations={"sources->base": 1})
     _, ref = _twin(pyvene, pv_gpt2, im)(base, [src], unit_locations={"sources->base": 1})
@@ -205,19 +231,43 @@ def test_bad_inputs_embeds(gpt2, ids, monkeypatch):
     base, src = ids
     im = _im(gpt2, _rep(pv))
     emb = gpt2.get_input_embeddings()(base["input_ids"]).detach()
-    _rejects(im, gpt2, monkeypatch, TypeError, ["base['inputs_embeds']", "floating", "torch.int64"],
-             lambda: im({"inputs_embeds": emb.long()}, [src], unit_locations={"sources->base": 1}))
-    _rejects(im, gpt2, monkeypatch, ValueError, ["base", "either 'input_ids' or 'inputs_embeds'"],
-             lambda: im({**base, "inputs_embeds": emb}, [src], unit_locations={"sources->base": 1}))
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        TypeError,
+        ["base['inputs_embeds']", "floating", "torch.int64"],
+        lambda: im({"inputs_embeds": emb.long()}, [src], unit_locations={"sources->base": 1}),
+    )
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        ValueError,
+        ["base", "either 'input_ids' or 'inputs_embeds'"],
+        lambda: im({**base, "inputs_embeds": emb}, [src], unit_locations={"sources->base": 1}),
+    )
 
 
 def test_second_source_is_checked_before_the_first_runs(gpt2, ids, monkeypatch):
     base, src = ids
     im = _im(gpt2, _rep(pv, layer=0, group_key=0), _rep(pv, layer=2, group_key=1))
-    _rejects(im, gpt2, monkeypatch, ValueError, ["sources[1]", "batch size 1", "base has 2"],
-             lambda: im(base, [src, {"input_ids": src["input_ids"][:1]}], unit_locations={"sources->base": 1}))
-    _rejects(im, gpt2, monkeypatch, TypeError, ["sources[1]['input_ids']", "integer"],
-             lambda: im(base, [src, {"input_ids": src["input_ids"].float()}], unit_locations={"sources->base": 1}))
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        ValueError,
+        ["sources[1]", "batch size 1", "base has 2"],
+        lambda: im(base, [src, {"input_ids": src["input_ids"][:1]}], unit_locations={"sources->base": 1}),
+    )
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        TypeError,
+        ["sources[1]['input_ids']", "integer"],
+        lambda: im(base, [src, {"input_ids": src["input_ids"].float()}], unit_locations={"sources->base": 1}),
+    )
 
 
 # ------------------------------------------------------------------------------------ subspaces
@@ -228,19 +278,43 @@ SUBSPACE_CASES = [
     ("VanillaIntervention", {}, [[0, 24]] * 2, ValueError, ["subspaces", "index 24", "24 dimensions"]),
     ("VanillaIntervention", {}, [[-1]] * 2, ValueError, ["subspaces", "index -1", "negative"]),
     ("VanillaIntervention", {}, [[0]] * 3, ValueError, ["subspaces", "3 per-example lists", "batch of 2"]),
-    ("VanillaIntervention", {"subspace_partition": [[0, 12], [12, 24]]}, [[2]] * 2, ValueError,
-     ["subspaces", "index 2", "2 subspace_partition entries"]),
-    ("LowRankRotatedSpaceIntervention", {"low_rank_dimension": 4}, [[4]] * 2, ValueError,
-     ["subspaces", "index 4", "4 low_rank_dimension"]),
+    (
+        "VanillaIntervention",
+        {"subspace_partition": [[0, 12], [12, 24]]},
+        [[2]] * 2,
+        ValueError,
+        ["subspaces", "index 2", "2 subspace_partition entries"],
+    ),
+    (
+        "LowRankRotatedSpaceIntervention",
+        {"low_rank_dimension": 4},
+        [[4]] * 2,
+        ValueError,
+        ["subspaces", "index 4", "4 low_rank_dimension"],
+    ),
     ("RotatedSpaceIntervention", {}, [[0, 1.5]] * 2, TypeError, ["subspaces", "ints", "1.5"]),
-    ("BoundlessRotatedSpaceIntervention", {}, [[0]] * 2, ValueError,
-     ["subspaces", "BoundlessRotatedSpaceIntervention", "takes no subspaces"]),
-    ("SigmoidMaskIntervention", {}, [[0]] * 2, ValueError, ["subspaces", "SigmoidMaskIntervention", "takes no subspaces"]),
+    (
+        "BoundlessRotatedSpaceIntervention",
+        {},
+        [[0]] * 2,
+        ValueError,
+        ["subspaces", "BoundlessRotatedSpaceIntervention", "takes no subspaces"],
+    ),
+    (
+        "SigmoidMaskIntervention",
+        {},
+        [[0]] * 2,
+        ValueError,
+        ["subspaces", "SigmoidMaskIntervention", "takes no subspaces"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("t,kw,subs,exc,names", SUBSPACE_CASES,
-                         ids=["past-dim", "negative", "batch", "partition", "low-rank", "float", "boundless", "mask"])
+@pytest.mark.parametrize(
+    "t,kw,subs,exc,names",
+    SUBSPACE_CASES,
+    ids=["past-dim", "negative", "batch", "partition", "low-rank", "float", "boundless", "mask"],
+)
 def test_bad_subspaces(gpt2, pv_gpt2, pyvene, ids, monkeypatch, t, kw, subs, exc, names):
     base, src = ids
     torch.manual_seed(0)
@@ -306,16 +380,31 @@ def test_untraceable_model_is_a_value_error_listing_what_is_supported():
 
 UNIT_CASES = [
     # distributed: the flattened width must be max_number_of_units x the component's
-    ("RotatedSpaceIntervention", dict(max_number_of_units=1), {"sources->base": ([[[1, 2]] * 2], [[[1, 2]] * 2])},
-     ["unit_locations", "max_number_of_units=1", "2 units", "give 1 per example"]),
-    ("LowRankRotatedSpaceIntervention", dict(max_number_of_units=2, low_rank_dimension=3),
-     {"sources->base": ([[[1, 2, 3]] * 2], [[[1, 2, 3]] * 2])},
-     ["unit_locations", "max_number_of_units=2", "3 units"]),
-    ("RotatedSpaceIntervention", dict(component="head_attention_value_output", unit="h", max_number_of_units=1),
-     {"sources->base": ([[[0, 1]] * 2], [[[0, 1]] * 2])}, ["unit_locations", "max_number_of_units=1", "2 heads"]),
+    (
+        "RotatedSpaceIntervention",
+        dict(max_number_of_units=1),
+        {"sources->base": ([[[1, 2]] * 2], [[[1, 2]] * 2])},
+        ["unit_locations", "max_number_of_units=1", "2 units", "give 1 per example"],
+    ),
+    (
+        "LowRankRotatedSpaceIntervention",
+        dict(max_number_of_units=2, low_rank_dimension=3),
+        {"sources->base": ([[[1, 2, 3]] * 2], [[[1, 2, 3]] * 2])},
+        ["unit_locations", "max_number_of_units=2", "3 units"],
+    ),
+    (
+        "RotatedSpaceIntervention",
+        dict(component="head_attention_value_output", unit="h", max_number_of_units=1),
+        {"sources->base": ([[[0, 1]] * 2], [[[0, 1]] * 2])},
+        ["unit_locations", "max_number_of_units=1", "2 heads"],
+    ),
     # localist with weights of the intervention's width: one unit at a time
-    ("SigmoidMaskIntervention", dict(max_number_of_units=2), {"sources->base": ([[[1, 2]] * 2], [[[1, 2]] * 2])},
-     ["max_number_of_units=2", "SigmoidMaskIntervention", "one unit at a time"]),
+    (
+        "SigmoidMaskIntervention",
+        dict(max_number_of_units=2),
+        {"sources->base": ([[[1, 2]] * 2], [[[1, 2]] * 2])},
+        ["max_number_of_units=2", "SigmoidMaskIntervention", "one unit at a time"],
+    ),
 ]
 
 
@@ -350,21 +439,46 @@ def test_localist_swaps_take_any_number_of_units(gpt2, pv_gpt2, pyvene, ids):
 
 LOC_CASES = [
     ("past-seq-base", {}, {"sources->base": (0, 8)}, ["unit_locations (base side)", "position 8", "the base has 8"]),
-    ("past-seq-source", {}, {"sources->base": (8, 0)}, ["unit_locations (source side)", "position 8", "sources[0] has 8"]),
+    (
+        "past-seq-source",
+        {},
+        {"sources->base": (8, 0)},
+        ["unit_locations (source side)", "position 8", "sources[0] has 8"],
+    ),
     ("negative-base", {}, {"sources->base": (0, -1)}, ["unit_locations (base side)", "position -1", "negative"]),
     ("negative-source", {}, {"sources->base": (-2, 0)}, ["unit_locations (source side)", "position -2", "negative"]),
-    ("batch", {}, {"sources->base": ([[[0]] * 3], [[[0]] * 3])}, ["unit_locations", "3 per-example entries", "batch of 2"]),
+    (
+        "batch",
+        {},
+        {"sources->base": ([[[0]] * 3], [[[0]] * 3])},
+        ["unit_locations", "3 per-example entries", "batch of 2"],
+    ),
     ("nesting", {}, {"sources->base": ([[[[0]]] * 2], [[[[0]]] * 2])}, ["unit_locations", "depth 2"]),
     ("ragged", {}, {"sources->base": ([[[0], [0, 1]]], [[[0], [0, 1]]])}, ["unit_locations", "same number of units"]),
-    ("pairing", {}, {"sources->base": ([[[0, 1]] * 2], [[[0, 1, 2]] * 2])},
-     ["unit_locations", "source side gives 2 units", "base side 3 units"]),
-    ("head-past", dict(component="head_attention_value_output", unit="h"), {"sources->base": ([[[4]] * 2], [[[4]] * 2])},
-     ["unit_locations", "head 4", "4 heads"]),
-    ("hpos-head-past", dict(component="head_attention_value_output", unit="h.pos"),
-     {"sources->base": ([[[[1]] * 2, [[2]] * 2]], [[[[9]] * 2, [[2]] * 2]])}, ["unit_locations (base side)", "head 9", "4 heads"]),
-    ("hpos-pos-past", dict(component="head_attention_value_output", unit="h.pos"),
-     {"sources->base": ([[[[1]] * 2, [[2]] * 2]], [[[[1]] * 2, [[12]] * 2]])},
-     ["unit_locations (base side)", "position 12", "the base has 8"]),
+    (
+        "pairing",
+        {},
+        {"sources->base": ([[[0, 1]] * 2], [[[0, 1, 2]] * 2])},
+        ["unit_locations", "source side gives 2 units", "base side 3 units"],
+    ),
+    (
+        "head-past",
+        dict(component="head_attention_value_output", unit="h"),
+        {"sources->base": ([[[4]] * 2], [[[4]] * 2])},
+        ["unit_locations", "head 4", "4 heads"],
+    ),
+    (
+        "hpos-head-past",
+        dict(component="head_attention_value_output", unit="h.pos"),
+        {"sources->base": ([[[[1]] * 2, [[2]] * 2]], [[[[9]] * 2, [[2]] * 2]])},
+        ["unit_locations (base side)", "head 9", "4 heads"],
+    ),
+    (
+        "hpos-pos-past",
+        dict(component="head_attention_value_output", unit="h.pos"),
+        {"sources->base": ([[[[1]] * 2, [[2]] * 2]], [[[[1]] * 2, [[12]] * 2]])},
+        ["unit_locations (base side)", "position 12", "the base has 8"],
+    ),
 ]
 
 
@@ -374,8 +488,11 @@ def test_bad_unit_locations(gpt2, pv_gpt2, pyvene, ids, monkeypatch, name, kw, b
     im = _im(gpt2, _rep(pv, **kw))
     _rejects(im, gpt2, monkeypatch, ValueError, names, lambda: im(base, [src], unit_locations=bad))
     unit = kw.get("unit", "pos")
-    good = {"pos": {"sources->base": (3, 6)}, "h": {"sources->base": ([[[1, 3]] * 2], [[[1, 3]] * 2])},
-            "h.pos": {"sources->base": ([[[[1]] * 2, [[2]] * 2]], [[[[1]] * 2, [[5]] * 2]])}}[unit]
+    good = {
+        "pos": {"sources->base": (3, 6)},
+        "h": {"sources->base": ([[[1, 3]] * 2], [[[1, 3]] * 2])},
+        "h.pos": {"sources->base": ([[[[1]] * 2, [[2]] * 2]], [[[[1]] * 2, [[5]] * 2]])},
+    }[unit]
     _, out = im(base, [src], unit_locations=good)
     _, ref = _twin(pyvene, pv_gpt2, im)(base, [src], unit_locations=good)
     _close(out.logits, ref.logits)
@@ -385,8 +502,14 @@ def test_shorter_source_is_checked_against_its_own_length(gpt2, pv_gpt2, pyvene,
     base, src = ids
     short = {"input_ids": src["input_ids"][:, :5]}
     im = _im(gpt2, _rep(pv))
-    _rejects(im, gpt2, monkeypatch, ValueError, ["unit_locations (source side)", "position 6", "sources[0] has 5"],
-             lambda: im(base, [short], unit_locations={"sources->base": (6, 6)}))
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        ValueError,
+        ["unit_locations (source side)", "position 6", "sources[0] has 5"],
+        lambda: im(base, [short], unit_locations={"sources->base": (6, 6)}),
+    )
     _, out = im(base, [short], unit_locations={"sources->base": (4, 6)})
     _, ref = _twin(pyvene, pv_gpt2, im)(base, [short], unit_locations={"sources->base": (4, 6)})
     _close(out.logits, ref.logits)
@@ -397,10 +520,22 @@ def test_serial_locations_are_checked_against_their_target(gpt2, ids, monkeypatc
     cfg = pv.IntervenableConfig([_rep(pv, layer=0, group_key=0), _rep(pv, layer=2, group_key=1)], mode="serial")
     im = pv.IntervenableModel(cfg, gpt2)
     short = {"input_ids": src["input_ids"][:, :4]}
-    _rejects(im, gpt2, monkeypatch, ValueError, ["unit_locations (base side)", "position 6", "sources[1] has 4"],
-             lambda: im(base, [src, short], unit_locations={"source_0->source_1": (1, 6), "source_1->base": (2, 2)}))
-    _rejects(im, gpt2, monkeypatch, ValueError, ["unit_locations", "'source_0->target'"],
-             lambda: im(base, [src, src], unit_locations={"source_0->target": (1, 1)}))
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        ValueError,
+        ["unit_locations (base side)", "position 6", "sources[1] has 4"],
+        lambda: im(base, [src, short], unit_locations={"source_0->source_1": (1, 6), "source_1->base": (2, 2)}),
+    )
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        ValueError,
+        ["unit_locations", "'source_0->target'"],
+        lambda: im(base, [src, src], unit_locations={"source_0->target": (1, 1)}),
+    )
 
 
 # ------------------------------------------------------------------------------------ generate and sweeps
@@ -417,15 +552,32 @@ def test_generate_rejects_the_same_bad_input(gpt2, pv_gpt2, pyvene, ids, monkeyp
     ran = []
     monkeypatch.setattr(G, "decode", lambda *a, **k: ran.append(1))
     cases = [
-        (dict(base={"input_ids": base["input_ids"].float()}, sources=[src]), TypeError, ["base['input_ids']", "integer"]),
-        (dict(base=base, sources=[{"input_ids": src["input_ids"][0]}]), ValueError, ["sources[0]['input_ids']", "(8,)"]),
+        (
+            dict(base={"input_ids": base["input_ids"].float()}, sources=[src]),
+            TypeError,
+            ["base['input_ids']", "integer"],
+        ),
+        (
+            dict(base=base, sources=[{"input_ids": src["input_ids"][0]}]),
+            ValueError,
+            ["sources[0]['input_ids']", "(8,)"],
+        ),
         (dict(base={"input_ids": base["input_ids"][:0]}, sources=[src]), ValueError, ["base['input_ids']", "empty"]),
-        (dict(base=base, sources=[src], unit_locations={"sources->base": (2, 9)}, intervene_on_prompt=True),
-         ValueError, ["unit_locations (base side)", "position 9", "the base has 8"]),
-        (dict(base=base, sources=[src], unit_locations={"sources->base": (-1, 0)}), ValueError,
-         ["unit_locations (source side)", "position -1", "negative"]),
-        (dict(base=base, sources=[src], unit_locations={"sources->base": (2, 0)}, subspaces=[[[30]] * 2]), ValueError,
-         ["subspaces", "index 30", "24 dimensions"]),
+        (
+            dict(base=base, sources=[src], unit_locations={"sources->base": (2, 9)}, intervene_on_prompt=True),
+            ValueError,
+            ["unit_locations (base side)", "position 9", "the base has 8"],
+        ),
+        (
+            dict(base=base, sources=[src], unit_locations={"sources->base": (-1, 0)}),
+            ValueError,
+            ["unit_locations (source side)", "position -1", "negative"],
+        ),
+        (
+            dict(base=base, sources=[src], unit_locations={"sources->base": (2, 0)}, subspaces=[[[30]] * 2]),
+            ValueError,
+            ["subspaces", "index 30", "24 dimensions"],
+        ),
     ]
     for kw, exc, names in cases:
         kw = dict(kw)
@@ -442,15 +594,24 @@ def test_generate_rejects_the_same_bad_input(gpt2, pv_gpt2, pyvene, ids, monkeyp
 
 def test_sweeps_reject_bad_inputs_and_positions(gpt2, ids):
     base, src = ids
-    bad_inputs = [({"input_ids": base["input_ids"].float()}, TypeError, "integer"),
-                  ({"input_ids": base["input_ids"][:0]}, ValueError, "empty"),
-                  ({"input_ids": base["input_ids"], "attention_mask": torch.ones(2, 3)}, ValueError, "(2, 3)")]
+    bad_inputs = [
+        ({"input_ids": base["input_ids"].float()}, TypeError, "integer"),
+        ({"input_ids": base["input_ids"][:0]}, ValueError, "empty"),
+        ({"input_ids": base["input_ids"], "attention_mask": torch.ones(2, 3)}, ValueError, "(2, 3)"),
+    ]
     for bad, exc, s in bad_inputs:
-        with pytest.raises(exc, match=r"base\['(input_ids|attention_mask)'\].*" + s.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(
+            exc, match=r"base\['(input_ids|attention_mask)'\].*" + s.replace("(", r"\(").replace(")", r"\)")
+        ):
             pv.patching_sweep(gpt2, bad, src, layers=[0], positions=[0], progress=False)
         with pytest.raises(exc, match=r"inputs\['(input_ids|attention_mask)'\]"):
-            pv.causal_trace(gpt2, {**bad, "input_ids": bad["input_ids"][:1]} if bad["input_ids"].shape[0] else bad,
-                            subject_positions=[0], target_token=1, progress=False)
+            pv.causal_trace(
+                gpt2,
+                {**bad, "input_ids": bad["input_ids"][:1]} if bad["input_ids"].shape[0] else bad,
+                subject_positions=[0],
+                target_token=1,
+                progress=False,
+            )
     with pytest.raises(ValueError, match="positions: 8 is not a position of a 8-token input"):
         pv.patching_sweep(gpt2, base, src, layers=[0], positions=[8], progress=False)
     with pytest.raises(ValueError, match="positions: -1 is not a position"):
@@ -458,8 +619,16 @@ def test_sweeps_reject_bad_inputs_and_positions(gpt2, ids):
     with pytest.raises(ValueError, match="layers: 4 is out of range"):
         pv.patching_sweep(gpt2, base, src, layers=[4], positions=[0], progress=False)
     with pytest.raises(ValueError, match="heads: 4 is out of range for 4 heads"):
-        pv.patching_sweep(gpt2, base, src, components=("head_attention_value_output",), layers=[0], positions=[0],
-                          heads=[4], progress=False)
+        pv.patching_sweep(
+            gpt2,
+            base,
+            src,
+            components=("head_attention_value_output",),
+            layers=[0],
+            positions=[0],
+            heads=[4],
+            progress=False,
+        )
     one = {"input_ids": base["input_ids"][:1]}
     with pytest.raises(ValueError, match="subject_positions: 9 is not a position"):
         pv.causal_trace(gpt2, one, subject_positions=[9], target_token=1, progress=False)
@@ -515,8 +684,15 @@ def test_load_missing_or_corrupt_directory(gpt2, pv_gpt2, pyvene, ids, tmp_path)
     _check_good_after(im, pv_gpt2, pyvene, ids)
 
 
-@pytest.mark.parametrize("bad_type", ["<class 'os.system'>", "builtins.eval", "<class 'torch.nn.Linear'>",
-                                      "pyvene.models.interventions.NoSuchIntervention"])
+@pytest.mark.parametrize(
+    "bad_type",
+    [
+        "<class 'os.system'>",
+        "builtins.eval",
+        "<class 'torch.nn.Linear'>",
+        "pyvene.models.interventions.NoSuchIntervention",
+    ],
+)
 def test_load_refuses_types_outside_the_allow_list(gpt2, pv_gpt2, pyvene, ids, tmp_path, bad_type):
     im, d = _saved(tmp_path, gpt2, "VanillaIntervention")
     cfg = json.loads((d / "config.json").read_text())
@@ -550,8 +726,10 @@ def test_weights_with_the_wrong_shape(gpt2, pv_gpt2, pyvene, ids, tmp_path):
     sd["rotate_layer.weight"] = torch.eye(6)
     save_file(sd, str(d2 / f"intkey_{k2}.safetensors"))
     k1 = two.sorted_keys[0]
-    save_file({k: v.contiguous() for k, v in intervention_state_dict(im.interventions[im.sorted_keys[0]]).items()},
-              str(d2 / f"intkey_{k1}.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in intervention_state_dict(im.interventions[im.sorted_keys[0]]).items()},
+        str(d2 / f"intkey_{k1}.safetensors"),
+    )
     before = _state(gpt2, two)
     with pytest.raises(ValueError, match=r"rotate_layer.weight"):
         two.load_intervention(str(d2), include_model=False)
@@ -566,23 +744,57 @@ def test_source_representations_labels_and_kwargs(gpt2, pv_gpt2, pyvene, ids, mo
     base, src = ids
     im = _im(gpt2, _rep(pv, "AdditionIntervention"))
     key = im.sorted_keys[0]
-    _rejects(im, gpt2, monkeypatch, ValueError, [f"source_representations for {key}", "(10,)", "width 24"],
-             lambda: im(base, source_representations=torch.ones(10), unit_locations={"base": 3}))
-    _rejects(im, gpt2, monkeypatch, TypeError, [f"source_representations for {key}", "list"],
-             lambda: im(base, source_representations={key: [1.0] * 24}, unit_locations={"base": 3}))
-    _rejects(im, gpt2, monkeypatch, ValueError, ["labels", "(2, 5)", "(2, 8)"],
-             lambda: im(base, source_representations=torch.ones(24), unit_locations={"base": 3},
-                        labels=base["input_ids"][:, :5]))
-    _rejects(im, gpt2, monkeypatch, TypeError, ["labels", "integer"],
-             lambda: im(base, source_representations=torch.ones(24), unit_locations={"base": 3},
-                        labels=base["input_ids"].float()))
-    _rejects(im, gpt2, monkeypatch, TypeError, ["intervention_additional_kwargs", "list"],
-             lambda: im(base, source_representations=torch.ones(24), unit_locations={"base": 3},
-                        intervention_additional_kwargs=[1]))
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        ValueError,
+        [f"source_representations for {key}", "(10,)", "width 24"],
+        lambda: im(base, source_representations=torch.ones(10), unit_locations={"base": 3}),
+    )
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        TypeError,
+        [f"source_representations for {key}", "list"],
+        lambda: im(base, source_representations={key: [1.0] * 24}, unit_locations={"base": 3}),
+    )
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        ValueError,
+        ["labels", "(2, 5)", "(2, 8)"],
+        lambda: im(
+            base, source_representations=torch.ones(24), unit_locations={"base": 3}, labels=base["input_ids"][:, :5]
+        ),
+    )
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        TypeError,
+        ["labels", "integer"],
+        lambda: im(
+            base, source_representations=torch.ones(24), unit_locations={"base": 3}, labels=base["input_ids"].float()
+        ),
+    )
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        TypeError,
+        ["intervention_additional_kwargs", "list"],
+        lambda: im(
+            base, source_representations=torch.ones(24), unit_locations={"base": 3}, intervention_additional_kwargs=[1]
+        ),
+    )
     vec = torch.linspace(-1, 1, 24)
     _, out = im(base, source_representations=vec, unit_locations={"base": 3}, labels=base["input_ids"])
-    _, ref = _twin(pyvene, pv_gpt2, im)(base, source_representations=vec, unit_locations={"base": 3},
-                                        labels=base["input_ids"])
+    _, ref = _twin(pyvene, pv_gpt2, im)(
+        base, source_representations=vec, unit_locations={"base": 3}, labels=base["input_ids"]
+    )
     _close(out.logits, ref.logits)
     _close(out.loss, ref.loss)
 
@@ -590,29 +802,65 @@ def test_source_representations_labels_and_kwargs(gpt2, pv_gpt2, pyvene, ids, mo
 def test_distributed_on_the_whole_activation(gpt2, ids, monkeypatch):
     base, src = ids
     im = _im(gpt2, _rep(pv, "RotatedSpaceIntervention", max_number_of_units=2))
-    _rejects(im, gpt2, monkeypatch, ValueError,
-             ["max_number_of_units=2", "unit_locations=None gives it the whole activation", "width 24"],
-             lambda: im(base, [src]))
+    _rejects(
+        im,
+        gpt2,
+        monkeypatch,
+        ValueError,
+        ["max_number_of_units=2", "unit_locations=None gives it the whole activation", "width 24"],
+        lambda: im(base, [src]),
+    )
 
 
 FIELD_CASES = [
-    ("AutoencoderIntervention", {}, ValueError, ["representations[0].latent_dim", "required", "AutoencoderIntervention"]),
+    (
+        "AutoencoderIntervention",
+        {},
+        ValueError,
+        ["representations[0].latent_dim", "required", "AutoencoderIntervention"],
+    ),
     ("JumpReLUAutoencoderIntervention", {}, ValueError, ["representations[0].low_rank_dimension", "required"]),
-    ("LowRankRotatedSpaceIntervention", dict(low_rank_dimension=0), ValueError,
-     ["representations[0].low_rank_dimension=0", "positive int"]),
-    ("PCARotatedSpaceIntervention", {}, ValueError, ["representations[0].intervention_type=PCARotatedSpaceIntervention",
-                                                     "intervention=PCARotatedSpaceIntervention("]),
-    ("VanillaIntervention", dict(subspace_partition=5), TypeError, ["representations[0].subspace_partition=5", "pairs"]),
-    ("VanillaIntervention", dict(subspace_partition=[[0, 12], [12, 30]]), ValueError,
-     ["representations[0].subspace_partition", "column 24", "24 dimensions"]),
-    ("LowRankRotatedSpaceIntervention", dict(low_rank_dimension=4, subspace_partition=[[0, 2], [2, 6]]), ValueError,
-     ["representations[0].subspace_partition", "column 4", "4 low_rank_dimension"]),
+    (
+        "LowRankRotatedSpaceIntervention",
+        dict(low_rank_dimension=0),
+        ValueError,
+        ["representations[0].low_rank_dimension=0", "positive int"],
+    ),
+    (
+        "PCARotatedSpaceIntervention",
+        {},
+        ValueError,
+        [
+            "representations[0].intervention_type=PCARotatedSpaceIntervention",
+            "intervention=PCARotatedSpaceIntervention(",
+        ],
+    ),
+    (
+        "VanillaIntervention",
+        dict(subspace_partition=5),
+        TypeError,
+        ["representations[0].subspace_partition=5", "pairs"],
+    ),
+    (
+        "VanillaIntervention",
+        dict(subspace_partition=[[0, 12], [12, 30]]),
+        ValueError,
+        ["representations[0].subspace_partition", "column 24", "24 dimensions"],
+    ),
+    (
+        "LowRankRotatedSpaceIntervention",
+        dict(low_rank_dimension=4, subspace_partition=[[0, 2], [2, 6]]),
+        ValueError,
+        ["representations[0].subspace_partition", "column 4", "4 low_rank_dimension"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("t,kw,exc,names", FIELD_CASES,
-                         ids=["ae-latent", "jumprelu-width", "rank-0", "pca", "partition-type", "partition-range",
-                              "partition-low-rank"])
+@pytest.mark.parametrize(
+    "t,kw,exc,names",
+    FIELD_CASES,
+    ids=["ae-latent", "jumprelu-width", "rank-0", "pca", "partition-type", "partition-range", "partition-low-rank"],
+)
 def test_bad_representation_fields(pv_gpt2, pyvene, ids, t, kw, exc, names):
     model = make_gpt2()
     before = _state(model)

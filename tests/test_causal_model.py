@@ -5,6 +5,7 @@ variables list and writes into ``pos`` in place), seeds ``random`` the same way,
 Some models have a mechanism that itself draws from ``random``: then the results match only if both
 call the mechanisms the same number of times in the same order.
 """
+
 import random
 
 import numpy as np
@@ -27,26 +28,49 @@ def equality_args(seed=0, emb=2, n=12):
     def filler():
         return reps[0]
 
-    functions = {"W": filler, "X": filler, "Y": filler, "Z": filler, "WX": np.array_equal, "YZ": np.array_equal,
-                 "O": lambda x, y: x == y}
-    return dict(variables=["W", "X", "Y", "Z", "WX", "YZ", "O"], values=values, parents=parents,
-                functions=functions, pos={"W": (0.2, 0), "O": (1.5, 3)})
+    functions = {
+        "W": filler,
+        "X": filler,
+        "Y": filler,
+        "Z": filler,
+        "WX": np.array_equal,
+        "YZ": np.array_equal,
+        "O": lambda x, y: x == y,
+    }
+    return dict(
+        variables=["W", "X", "Y", "Z", "WX", "YZ", "O"],
+        values=values,
+        parents=parents,
+        functions=functions,
+        pos={"W": (0.2, 0), "O": (1.5, 3)},
+    )
 
 
 def noisy_args():
     """Integer variables, names out of order, a longer path, two outputs, and a mechanism ``n`` that
     draws from ``random`` each time it runs (so a different number or order of mechanism calls
     shifts every later draw)."""
-    parents = {"b": [], "a": [], "c": [], "m": ["a", "b"], "n": ["m"], "k": ["m", "c"], "z": ["n", "k"],
-               "out2": ["c"]}
-    values = {"a": [0, 1, 2], "b": [0, 1], "c": [0, 1, 2], "m": [0, 1, 2], "n": [0, 1, 2], "k": [0, 1],
-              "z": [0, 1, 2], "out2": [0, 1]}
-    functions = {"a": lambda: 1, "b": lambda: 0, "c": lambda: 2,
-                 "m": lambda a, b: (a + b) % 3,
-                 "n": lambda m: (m + 1 + int(random.random() < 2)) % 3,  # the value is m + 2, the draw is real
-                 "k": lambda m, c: int(m > c),
-                 "z": lambda n, k: (n + k) % 3,
-                 "out2": lambda c: int(c == 2)}
+    parents = {"b": [], "a": [], "c": [], "m": ["a", "b"], "n": ["m"], "k": ["m", "c"], "z": ["n", "k"], "out2": ["c"]}
+    values = {
+        "a": [0, 1, 2],
+        "b": [0, 1],
+        "c": [0, 1, 2],
+        "m": [0, 1, 2],
+        "n": [0, 1, 2],
+        "k": [0, 1],
+        "z": [0, 1, 2],
+        "out2": [0, 1],
+    }
+    functions = {
+        "a": lambda: 1,
+        "b": lambda: 0,
+        "c": lambda: 2,
+        "m": lambda a, b: (a + b) % 3,
+        "n": lambda m: (m + 1 + int(random.random() < 2)) % 3,  # the value is m + 2, the draw is real
+        "k": lambda m, c: int(m > c),
+        "z": lambda n, k: (n + k) % 3,
+        "out2": lambda c: int(c == 2),
+    }
     return dict(variables=list(parents), values=values, parents=parents, functions=functions)
 
 
@@ -108,8 +132,9 @@ def test_given_timesteps_and_equiv_classes_match_pyvene(pyvene):
     ours = seeded(1, lambda: build(pv.CausalModel, args, timesteps=dict(steps), equiv_classes=dict(equiv)))
     for attr in ("variables", "timesteps", "pos", "equiv_classes"):
         assert same(getattr(ours, attr), getattr(theirs, attr)), attr
-    assert seeded(2, lambda: [theirs.sample_input_tree_balanced("k") for _ in range(20)]) == \
-        seeded(2, lambda: [ours.sample_input_tree_balanced("k") for _ in range(20)])
+    assert seeded(2, lambda: [theirs.sample_input_tree_balanced("k") for _ in range(20)]) == seeded(
+        2, lambda: [ours.sample_input_tree_balanced("k") for _ in range(20)]
+    )
 
 
 @pytest.mark.parametrize("name", ["eq", "noisy"])
@@ -159,8 +184,11 @@ def test_filters_match_pyvene(pair):
 
     def script(m):
         settings = [m.run_forward(m.sample_input()) for _ in range(15)]
-        filters = [m.get_path_maxlen_filter([3, 4]), m.get_partial_filter({"m": 1, "c": 2}),
-                   m.get_specific_path_filter("a", "z")]
+        filters = [
+            m.get_path_maxlen_filter([3, 4]),
+            m.get_partial_filter({"m": 1, "c": 2}),
+            m.get_specific_path_filter("a", "z"),
+        ]
         return [[f(s) for s in settings] for f in filters], random.random()
 
     assert seeded(3, lambda: script(ours)) == seeded(3, lambda: script(theirs))
@@ -180,8 +208,9 @@ def test_factual_and_counterfactual_datasets_match_pyvene(pair, return_tensors):
     def script(m):
         fact = m.generate_factual_dataset(40, m.sample_input_tree_balanced, return_tensors=return_tensors)
         fact += m.generate_factual_dataset(10, filter=lambda s: s["W"][0] > 0, return_tensors=return_tensors)
-        cf = m.generate_counterfactual_dataset(40, intervention_id, 8, sampler=m.sample_input_tree_balanced,
-                                               return_tensors=return_tensors)
+        cf = m.generate_counterfactual_dataset(
+            40, intervention_id, 8, sampler=m.sample_input_tree_balanced, return_tensors=return_tensors
+        )
         return fact, cf
 
     fact_a, cf_a = seeded(21, lambda: script(theirs))
@@ -218,16 +247,30 @@ def test_counterfactual_dataset_with_custom_samplers_matches_pyvene(pair):
 
 @pytest.mark.filterwarnings("ignore:To copy construct from a tensor")  # pyvene's torch.tensor(tensor)
 def test_encoders_match_pyvene(pyvene):
-    args = dict(variables=["x", "v", "flag", "y"], parents={"x": [], "v": [], "flag": [], "y": ["x", "v", "flag"]},
-                values={"x": [0, 3], "v": [np.array([0.5, -1.25]), np.array([1.0, 2.0])], "flag": [True, False],
-                        "y": [0.0, 1.0, 2.0]},
-                functions={"x": lambda: 3, "v": lambda: np.array([0.5, -1.25]), "flag": lambda: True,
-                           "y": lambda x, v, f: float(x > v.sum()) + float(f)})
+    args = dict(
+        variables=["x", "v", "flag", "y"],
+        parents={"x": [], "v": [], "flag": [], "y": ["x", "v", "flag"]},
+        values={
+            "x": [0, 3],
+            "v": [np.array([0.5, -1.25]), np.array([1.0, 2.0])],
+            "flag": [True, False],
+            "y": [0.0, 1.0, 2.0],
+        },
+        functions={
+            "x": lambda: 3,
+            "v": lambda: np.array([0.5, -1.25]),
+            "flag": lambda: True,
+            "y": lambda x, v, f: float(x > v.sum()) + float(f),
+        },
+    )
     theirs, ours = build(pyvene.CausalModel, args), build(pv.CausalModel, args)
-    settings = [theirs.run_forward(), theirs.run_forward({"x": 0, "flag": False}),
-                {"x": 0.1, "v": np.array([1 / 3, -2e-9]), "flag": True, "y": 2.0},  # every input a float: fast path
-                {"x": 2**60 + 1, "v": np.array([1 / 3, 0.7], dtype=np.float32), "flag": np.True_, "y": np.float64(1)},
-                {"x": torch.tensor(0.3, dtype=torch.float64), "v": [0.25, 1 / 7], "flag": False, "y": True}]
+    settings = [
+        theirs.run_forward(),
+        theirs.run_forward({"x": 0, "flag": False}),
+        {"x": 0.1, "v": np.array([1 / 3, -2e-9]), "flag": True, "y": 2.0},  # every input a float: fast path
+        {"x": 2**60 + 1, "v": np.array([1 / 3, 0.7], dtype=np.float32), "flag": np.True_, "y": np.float64(1)},
+        {"x": torch.tensor(0.3, dtype=torch.float64), "v": [0.25, 1 / 7], "flag": False, "y": True},
+    ]
     for setting in settings:
         assert same(ours.input_to_tensor(setting), theirs.input_to_tensor(setting))
         assert same(ours.output_to_tensor(setting), theirs.output_to_tensor(setting))
@@ -263,11 +306,20 @@ def test_arguments_are_not_mutated():
 
 def test_counterfactual_dataset_uses_the_given_encoders(pair):
     _, ours = pair["eq"]
-    data = seeded(0, lambda: ours.generate_counterfactual_dataset(
-        4, intervention_id, 2, sampler=ours.sample_input_tree_balanced,
-        input_function=lambda s: ours.input_to_tensor(s) * 10, output_function=lambda s: torch.tensor([7.0])))
-    plain = seeded(0, lambda: ours.generate_counterfactual_dataset(
-        4, intervention_id, 2, sampler=ours.sample_input_tree_balanced))
+    data = seeded(
+        0,
+        lambda: ours.generate_counterfactual_dataset(
+            4,
+            intervention_id,
+            2,
+            sampler=ours.sample_input_tree_balanced,
+            input_function=lambda s: ours.input_to_tensor(s) * 10,
+            output_function=lambda s: torch.tensor([7.0]),
+        ),
+    )
+    plain = seeded(
+        0, lambda: ours.generate_counterfactual_dataset(4, intervention_id, 2, sampler=ours.sample_input_tree_balanced)
+    )
     for d, p in zip(data, plain):
         assert torch.equal(d["input_ids"], p["input_ids"] * 10) and torch.equal(d["labels"], torch.tensor([7.0]))
         assert torch.equal(d["source_input_ids"], p["source_input_ids"] * 10)
@@ -276,8 +328,12 @@ def test_counterfactual_dataset_uses_the_given_encoders(pair):
 def test_default_counterfactual_sampler_meets_output_var():
     """pyvene 0.1.8's default sampler (sample_input) rejects output_var; here it samples until it holds."""
     m = build(pv.CausalModel, equality_args())
-    data = seeded(0, lambda: m.generate_counterfactual_dataset(
-        12, intervention_id, 4, intervention_sampler=lambda: {"WX": False, "YZ": True}, return_tensors=False))
+    data = seeded(
+        0,
+        lambda: m.generate_counterfactual_dataset(
+            12, intervention_id, 4, intervention_sampler=lambda: {"WX": False, "YZ": True}, return_tensors=False
+        ),
+    )
     assert len(data) == 12
     for ex in data:
         wx_source, yz_source = ex["source_input_ids"]
@@ -347,7 +403,8 @@ def test_mechanism_errors_are_clear():
     m = pv.CausalModel(**args)
     with pytest.raises(ValueError, match="no setting of the parents of 'z' gives it the value 3"):
         m.sample_input_tree_balanced("z", 3)
-    only_io = pv.CausalModel(["a", "b"], {"a": [0, 1], "b": [0, 1]}, {"a": [], "b": ["a"]},
-                             {"a": lambda: 0, "b": lambda a: a})
+    only_io = pv.CausalModel(
+        ["a", "b"], {"a": [0, 1], "b": [0, 1]}, {"a": [], "b": ["a"]}, {"a": lambda: 0, "b": lambda a: a}
+    )
     with pytest.raises(ValueError, match="no intermediate variable"):
         only_io.sample_intervention()  # pyvene loops forever

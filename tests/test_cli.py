@@ -1,20 +1,34 @@
 """The ``fxvene`` command, called in-process (``fxvene.cli.main``) on built-in tiny models."""
+
 import json
 import os
 import re
 import shutil
 
 import pytest
-
-from fxvene import cli
-from fxvene.demo import demo_model_path
 from _matrix import cell
 from conftest import frontends, make_gpt2
 
+from fxvene import cli
+from fxvene.demo import demo_model_path
+
 GPT2_COMPONENTS = [
-    "block_input", "block_output", "mlp_activation", "mlp_output", "mlp_input", "attention_value_output",
-    "head_attention_value_output", "attention_weight", "attention_output", "attention_input", "query_output",
-    "key_output", "value_output", "head_query_output", "head_key_output", "head_value_output",
+    "block_input",
+    "block_output",
+    "mlp_activation",
+    "mlp_output",
+    "mlp_input",
+    "attention_value_output",
+    "head_attention_value_output",
+    "attention_weight",
+    "attention_output",
+    "attention_input",
+    "query_output",
+    "key_output",
+    "value_output",
+    "head_query_output",
+    "head_key_output",
+    "head_value_output",
 ]
 
 
@@ -57,8 +71,9 @@ def test_components(capsys):
 
 
 def test_components_json_all_layers(capsys):
-    code, out, err = run(capsys, "components", "gpt2-tiny", "--json", "--component", "block_output",
-                         "--component", "head_key_output")
+    code, out, err = run(
+        capsys, "components", "gpt2-tiny", "--json", "--component", "block_output", "--component", "head_key_output"
+    )
     assert code == 0, err
     rows = json.loads(out)
     assert [(r["component"], r["layer"]) for r in rows] == [
@@ -85,7 +100,11 @@ def test_diff_with_dot(capsys, tmp_path):
     config = {
         "representations": [
             {"layer": 1, "component": "block_output", "intervention_type": "VanillaIntervention"},
-            {"layer": 2, "component": "mlp_output", "intervention_type": "pyvene.models.interventions.CollectIntervention"},
+            {
+                "layer": 2,
+                "component": "mlp_output",
+                "intervention_type": "pyvene.models.interventions.CollectIntervention",
+            },
         ],
         "mode": "parallel",
     }
@@ -119,8 +138,9 @@ def test_local_model_directory(capsys, tmp_path):
     model = make_gpt2(n_layer=2)
     model.save_pretrained(tmp_path, safe_serialization=True)
     # loaded as from_pretrained(path) does (SDPA attention on transformers 4.x): tracer auto picks export there
-    code, out, err = run(capsys, "components", str(tmp_path), "--layer", "1", "--component", "block_output",
-                         "--tracer", "auto")
+    code, out, err = run(
+        capsys, "components", str(tmp_path), "--layer", "1", "--component", "block_output", "--tracer", "auto"
+    )
     assert code == 0, err
     assert "family gpt2, 2 layers" in out and re.search(r"^block_output\s+1\s+\w+\s+transformer\.h\.1\s", out, re.M)
 
@@ -144,8 +164,12 @@ def test_builtin_shapes(capsys):
     assert set(cli.BUILTINS) >= {"gpt2-tiny", "llama-tiny", "gpt2-small-shape", "demo"}
     code, out, err = run(capsys, "components", "llama-tiny", "--layer", "0", "--component", "head_value_output")
     assert code == 0, err
-    assert re.search(r"^head_value_output\s+0\s+\S+\s+model\.layers\.0\.self_attn\.v_proj\s+output\s+"
-                     r"\(2, 8, 16\)\s+\(2, 2, 8, 8\)", out, re.M)  # GQA: 2 key/value heads of 8
+    assert re.search(
+        r"^head_value_output\s+0\s+\S+\s+model\.layers\.0\.self_attn\.v_proj\s+output\s+"
+        r"\(2, 8, 16\)\s+\(2, 2, 8, 8\)",
+        out,
+        re.M,
+    )  # GQA: 2 key/value heads of 8
 
 
 @pytest.mark.parametrize(
@@ -218,9 +242,12 @@ def loaded_after(code):
     import subprocess
     import sys
 
-    prog = ("import sys, json\ntry:\n" + "".join(f"    {ln}\n" for ln in code.splitlines())
-            + "except SystemExit as e:\n    sys.stderr.write(f'exit {e.code}\\n')\n"
-            "sys.stdout.write('\\nMODULES ' + json.dumps(sorted(sys.modules)))\n")
+    prog = (
+        "import sys, json\ntry:\n"
+        + "".join(f"    {ln}\n" for ln in code.splitlines())
+        + "except SystemExit as e:\n    sys.stderr.write(f'exit {e.code}\\n')\n"
+        "sys.stdout.write('\\nMODULES ' + json.dumps(sorted(sys.modules)))\n"
+    )
     r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out, mods = r.stdout.rsplit("\nMODULES ", 1)
@@ -294,13 +321,15 @@ def test_usage_error_loads_nothing_heavy():
 
 def test_field_and_type_errors_come_before_the_model(capsys, tmp_path, monkeypatch):
     """What needs torch (intervention types, field names) is still checked before the model loads."""
+
     def no_model(spec):
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(cli, "load_model", no_model)
-    for config, needle in [('{"representations": [{"layer": 1, "intervention_type": "os.system"}]}',
-                            "unknown intervention type"),
-                           ('{"representations": [{"layr": 1}]}', "unknown keys ['layr']")]:
+    for config, needle in [
+        ('{"representations": [{"layer": 1, "intervention_type": "os.system"}]}', "unknown intervention type"),
+        ('{"representations": [{"layr": 1}]}', "unknown keys ['layr']"),
+    ]:
         cfg = tmp_path / "c.json"
         cfg.write_text(config)
         code, out, err = run(capsys, "diff", "gpt2-tiny", "--config", str(cfg))
@@ -308,16 +337,20 @@ def test_field_and_type_errors_come_before_the_model(capsys, tmp_path, monkeypat
 
 
 def test_python_m_fxvene_help_and_errors_load_nothing_heavy(tmp_path):
-    out, err, mods = loaded_after("import runpy, sys\nsys.argv = ['fxvene', '--help']\n"
-                                  "runpy.run_module('fxvene', run_name='__main__')")
+    out, err, mods = loaded_after(
+        "import runpy, sys\nsys.argv = ['fxvene', '--help']\nrunpy.run_module('fxvene', run_name='__main__')"
+    )
     assert out.startswith("usage: python -m fxvene") and "exit 0" in err
     assert_light(mods)
-    for argv, needle in [(["--samples", "0"], "--samples must be >= 1"),
-                         (["--subject", "Eiffel Tower"], "does not occur in --prompt"),
-                         (["--model", str(tmp_path)], "is not a model directory"),
-                         (["--out", str(tmp_path / "no" / "ct.png")], "does not exist")]:
-        out, err, mods = loaded_after(f"import runpy, sys\nsys.argv = ['fxvene'] + {argv!r}\n"
-                                      "runpy.run_module('fxvene', run_name='__main__')")
+    for argv, needle in [
+        (["--samples", "0"], "--samples must be >= 1"),
+        (["--subject", "Eiffel Tower"], "does not occur in --prompt"),
+        (["--model", str(tmp_path)], "is not a model directory"),
+        (["--out", str(tmp_path / "no" / "ct.png")], "does not exist"),
+    ]:
+        out, err, mods = loaded_after(
+            f"import runpy, sys\nsys.argv = ['fxvene'] + {argv!r}\nrunpy.run_module('fxvene', run_name='__main__')"
+        )
         assert "exit 2" in err and needle in err, err
         assert_light(mods)
 
@@ -326,28 +359,64 @@ def test_python_m_fxvene_help_and_errors_load_nothing_heavy(tmp_path):
 
 # every name `import fxvene as pv` offered when it imported eagerly (pyvene 0.1.8's top level, plus ours)
 PUBLIC = [
-    "IntervenableConfig", "RepresentationConfig", "IntervenableModel", "IntervenableModelOutput",
-    "AdditionIntervention", "AutoencoderIntervention", "BasisAgnosticIntervention", "BoundlessRotatedSpaceIntervention",
-    "CollectIntervention", "ConstantSourceIntervention", "DistributedRepresentationIntervention", "Intervention",
-    "InterventionOutput", "JumpReLUAutoencoderIntervention", "LambdaIntervention", "LocalistRepresentationIntervention",
-    "LowRankRotatedSpaceIntervention", "NoiseIntervention", "PCARotatedSpaceIntervention", "RotatedSpaceIntervention",
-    "SharedWeightsTrainableIntervention", "SigmoidMaskIntervention", "SigmoidMaskRotatedSpaceIntervention",
-    "SkipIntervention", "SourcelessIntervention", "SubtractionIntervention", "TrainableIntervention",
-    "VanillaIntervention", "ZeroIntervention", "_do_intervention_by_swap",
-    "demo_model_path", "load_demo", "TracingError", "trace", "causal_trace", "patching_sweep", "plot_causal_trace",
+    "IntervenableConfig",
+    "RepresentationConfig",
+    "IntervenableModel",
+    "IntervenableModelOutput",
+    "AdditionIntervention",
+    "AutoencoderIntervention",
+    "BasisAgnosticIntervention",
+    "BoundlessRotatedSpaceIntervention",
+    "CollectIntervention",
+    "ConstantSourceIntervention",
+    "DistributedRepresentationIntervention",
+    "Intervention",
+    "InterventionOutput",
+    "JumpReLUAutoencoderIntervention",
+    "LambdaIntervention",
+    "LocalistRepresentationIntervention",
+    "LowRankRotatedSpaceIntervention",
+    "NoiseIntervention",
+    "PCARotatedSpaceIntervention",
+    "RotatedSpaceIntervention",
+    "SharedWeightsTrainableIntervention",
+    "SigmoidMaskIntervention",
+    "SigmoidMaskRotatedSpaceIntervention",
+    "SkipIntervention",
+    "SourcelessIntervention",
+    "SubtractionIntervention",
+    "TrainableIntervention",
+    "VanillaIntervention",
+    "ZeroIntervention",
+    "_do_intervention_by_swap",
+    "demo_model_path",
+    "load_demo",
+    "TracingError",
+    "trace",
+    "causal_trace",
+    "patching_sweep",
+    "plot_causal_trace",
 ]
 
 
 def test_lazy_names_are_the_real_objects():
     import fxvene as pv
-    from fxvene import basic_utils, configuration, interventions, intervenable, results, sweep, tracing
-
     import fxvene.demo
+    from fxvene import basic_utils, configuration, intervenable, interventions, results, sweep, tracing
 
-    where = {"IntervenableConfig": configuration, "RepresentationConfig": configuration,
-             "IntervenableModel": intervenable, "IntervenableModelOutput": intervenable,
-             "demo_model_path": fxvene.demo, "load_demo": fxvene.demo, "TracingError": tracing, "trace": tracing,
-             "causal_trace": sweep, "patching_sweep": sweep, "plot_causal_trace": results}
+    where = {
+        "IntervenableConfig": configuration,
+        "RepresentationConfig": configuration,
+        "IntervenableModel": intervenable,
+        "IntervenableModelOutput": intervenable,
+        "demo_model_path": fxvene.demo,
+        "load_demo": fxvene.demo,
+        "TracingError": tracing,
+        "trace": tracing,
+        "causal_trace": sweep,
+        "patching_sweep": sweep,
+        "plot_causal_trace": results,
+    }
     for name in PUBLIC + list(basic_utils.__all__):
         mod = where.get(name, basic_utils if name in basic_utils.__all__ else interventions)
         assert getattr(pv, name) is getattr(mod, name), name

@@ -3,6 +3,7 @@ mode's subspaces and keyword arguments, the "clean run" without sources, direct 
 tensors with per-position subspaces, past_key_values in intervened outputs, the global random
 state after building, as_adaptor / intervention_additional_kwargs, and the parameter names HF
 Trainer groups weight decay by."""
+
 import random
 
 import numpy as np
@@ -33,8 +34,9 @@ def _ids(seed, b=2, n=6):
 
 
 def _build(lib, model, reps, **kw):
-    return lib.IntervenableModel(lib.IntervenableConfig(representations=reps, mode=kw.pop("mode", "parallel")),
-                                 model, **kw)
+    return lib.IntervenableModel(
+        lib.IntervenableConfig(representations=reps, mode=kw.pop("mode", "parallel")), model, **kw
+    )
 
 
 def _scaler(lib):
@@ -60,24 +62,34 @@ def test_serial_mode_keeps_subspaces_and_kwargs_on_source_runs(pair):
     locs = {"source_0->source_1": ([[[1]] * 2], [[[2]] * 2]), "source_1->base": ([[[3]] * 2], [[[4]] * 2])}
     outs = []
     for lib, m in ((pv, pm), (fv, fm)):
-        reps = [lib.RepresentationConfig(layer=0, component="block_output", intervention_type=lib.VanillaIntervention),
-                lib.RepresentationConfig(layer=1, component="block_output", intervention_type=lib.VanillaIntervention)]
+        reps = [
+            lib.RepresentationConfig(layer=0, component="block_output", intervention_type=lib.VanillaIntervention),
+            lib.RepresentationConfig(layer=1, component="block_output", intervention_type=lib.VanillaIntervention),
+        ]
         im = _build(lib, m, reps, mode="serial")
         # the subspace of the first setter acts on the second source run: pyvene swaps only columns 0..3
         _, out = im(base, [s0, s1], unit_locations=locs, subspaces=[[[0, 1, 2, 3]] * 2, [[4, 5, 6]] * 2])
         outs.append(out.logits)
         # a source-constant setter on a source run gets the call's keyword arguments
-        reps = [lib.RepresentationConfig(layer=0, component="block_output", intervention=_scaler(lib)(embed_dim=24)),
-                lib.RepresentationConfig(layer=1, component="block_output", intervention_type=lib.VanillaIntervention)]
+        reps = [
+            lib.RepresentationConfig(layer=0, component="block_output", intervention=_scaler(lib)(embed_dim=24)),
+            lib.RepresentationConfig(layer=1, component="block_output", intervention_type=lib.VanillaIntervention),
+        ]
         im = _build(lib, m, reps, mode="serial")
         _, out = im(base, [s0, s1], unit_locations=locs, intervention_additional_kwargs={"scale": 3.0})
         outs.append(out.logits)
     _close(outs[2], outs[0])
     _close(outs[3], outs[1])
     # the subspace matters here (the whole-vector swap gives another number)
-    im = _build(fv, fm, [fv.RepresentationConfig(layer=0, component="block_output", intervention_type=fv.VanillaIntervention),
-                         fv.RepresentationConfig(layer=1, component="block_output", intervention_type=fv.VanillaIntervention)],
-                mode="serial")
+    im = _build(
+        fv,
+        fm,
+        [
+            fv.RepresentationConfig(layer=0, component="block_output", intervention_type=fv.VanillaIntervention),
+            fv.RepresentationConfig(layer=1, component="block_output", intervention_type=fv.VanillaIntervention),
+        ],
+        mode="serial",
+    )
     _, whole = im(base, [s0, s1], unit_locations=locs, subspaces=[None, [[4, 5, 6]] * 2])
     assert not torch.allclose(whole.logits, outs[2])
 
@@ -90,16 +102,20 @@ def test_clean_run_without_sources_is_pyvenes(pair):
     base = _ids(4)
     res = []
     for lib, m in ((pv, pm), (fv, fm)):
-        im = _build(lib, m, [lib.RepresentationConfig(layer=1, component="block_output",
-                                                      intervention_type=lib.VanillaIntervention)])
+        im = _build(
+            lib,
+            m,
+            [lib.RepresentationConfig(layer=1, component="block_output", intervention_type=lib.VanillaIntervention)],
+        )
         orig, out = im(base, output_original_output=True)
         res.append((orig.logits, out.logits))
     _close(res[1][0], res[0][0])
     _close(res[1][1], res[0][1])
     _close(res[1][1], fm(**base).logits)
     # generate keeps its error: steering with nothing to steer with is a mistake there
-    im = _build(fv, fm, [fv.RepresentationConfig(layer=1, component="block_output",
-                                                 intervention_type=fv.AdditionIntervention)])
+    im = _build(
+        fv, fm, [fv.RepresentationConfig(layer=1, component="block_output", intervention_type=fv.AdditionIntervention)]
+    )
     with pytest.raises(ValueError, match="needs a source"):
         im.generate({"input_ids": base["input_ids"][:1]}, max_new_tokens=2)
 
@@ -107,8 +123,9 @@ def test_clean_run_without_sources_is_pyvenes(pair):
 # ----------------------------------------------------------------------------------- direct calls
 
 
-@pytest.mark.parametrize("name", ["VanillaIntervention", "AdditionIntervention", "SubtractionIntervention",
-                                  "CollectIntervention"])
+@pytest.mark.parametrize(
+    "name", ["VanillaIntervention", "AdditionIntervention", "SubtractionIntervention", "CollectIntervention"]
+)
 def test_direct_call_on_3d_with_per_position_subspaces(name):
     g = torch.Generator().manual_seed(5)
     base, src = torch.randn(2, 3, 8, generator=g), torch.randn(2, 3, 8, generator=g)
@@ -153,10 +170,14 @@ def test_intervened_outputs_carry_past_key_values(family, request):
     base, src = _ids(6), _ids(7)
     res = []
     for lib, m in ((pv, pm), (fv, fm)):
-        im = _build(lib, m, [lib.RepresentationConfig(layer=0, component="block_output",
-                                                      intervention_type=lib.VanillaIntervention)])
-        _, out = im(base, [src], unit_locations={"sources->base": ([[[1, 2], [0, 3]]], [[[4, 5], [2, 1]]])},
-                    use_cache=True)
+        im = _build(
+            lib,
+            m,
+            [lib.RepresentationConfig(layer=0, component="block_output", intervention_type=lib.VanillaIntervention)],
+        )
+        _, out = im(
+            base, [src], unit_locations={"sources->base": ([[[1, 2], [0, 3]]], [[[4, 5], [2, 1]]])}, use_cache=True
+        )
         res.append(out)
     assert type(res[1].past_key_values) is type(res[0].past_key_values)
     ref, got = _flat(res[0].past_key_values), _flat(res[1].past_key_values)
@@ -178,14 +199,18 @@ def test_building_leaves_the_global_random_state_alone():
     random.seed(11)
     np.random.seed(11)
     torch.manual_seed(11)
-    _build(fv, model, [fv.RepresentationConfig(layer=1, component="block_output",
-                                               intervention_type=fv.VanillaIntervention)])
+    _build(
+        fv,
+        model,
+        [fv.RepresentationConfig(layer=1, component="block_output", intervention_type=fv.VanillaIntervention)],
+    )
     after = (random.randint(0, 10**9), float(np.random.rand()), float(torch.rand(1)))
     random.seed(11)
     np.random.seed(11)
     torch.manual_seed(11)
-    _build(pv, twin, [pv.RepresentationConfig(layer=1, component="block_output",
-                                                                      intervention_type=pv.VanillaIntervention)])
+    _build(
+        pv, twin, [pv.RepresentationConfig(layer=1, component="block_output", intervention_type=pv.VanillaIntervention)]
+    )
     assert after == (random.randint(0, 10**9), float(np.random.rand()), float(torch.rand(1)))
 
 
@@ -198,12 +223,18 @@ def test_as_adaptor_and_additional_kwargs(pair, adaptor):
     base = _ids(8)
     outs = []
     for lib, m in ((pv, pm), (fv, fm)):
-        reps = [lib.RepresentationConfig(layer=1, component="mlp_output", intervention=_scaler(lib)(embed_dim=24)),
-                # reads a source run: pyvene passes it no keyword arguments (its forward takes none)
-                lib.RepresentationConfig(layer=0, component="block_output", intervention=_plain_swap(lib)(embed_dim=24))]
+        reps = [
+            lib.RepresentationConfig(layer=1, component="mlp_output", intervention=_scaler(lib)(embed_dim=24)),
+            # reads a source run: pyvene passes it no keyword arguments (its forward takes none)
+            lib.RepresentationConfig(layer=0, component="block_output", intervention=_plain_swap(lib)(embed_dim=24)),
+        ]
         im = _build(lib, m, reps, as_adaptor=adaptor)
-        _, out = im(base, [_ids(9)], unit_locations={"sources->base": ([[[1]] * 2, [[2]] * 2], [[[3]] * 2, [[2]] * 2])},
-                    intervention_additional_kwargs={"scale": 2.0})
+        _, out = im(
+            base,
+            [_ids(9)],
+            unit_locations={"sources->base": ([[[1]] * 2, [[2]] * 2], [[[3]] * 2, [[2]] * 2])},
+            intervention_additional_kwargs={"scale": 2.0},
+        )
         outs.append(out.logits)
     _close(outs[1], outs[0])
 
@@ -214,10 +245,19 @@ def test_as_adaptor_in_generate(gpt2, pv_gpt2):
     seqs = []
     for lib, m in ((pv, pv_gpt2), (fv, gpt2)):
         iv = _scaler(lib)(embed_dim=24)
-        im = _build(lib, m, [lib.RepresentationConfig(layer=1, component="mlp_output", intervention=iv)], as_adaptor=True)
-        _, out = im.generate(prompt, unit_locations={"sources->base": (None, [[[3, 4]]])}, intervene_on_prompt=True,
-                             intervention_additional_kwargs={"scale": -4.0}, max_new_tokens=3, do_sample=False,
-                             return_dict_in_generate=True, output_scores=True)
+        im = _build(
+            lib, m, [lib.RepresentationConfig(layer=1, component="mlp_output", intervention=iv)], as_adaptor=True
+        )
+        _, out = im.generate(
+            prompt,
+            unit_locations={"sources->base": (None, [[[3, 4]]])},
+            intervene_on_prompt=True,
+            intervention_additional_kwargs={"scale": -4.0},
+            max_new_tokens=3,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
         seqs.append(out)
     assert torch.equal(seqs[1].sequences, seqs[0].sequences)
     for a, b in zip(seqs[1].scores, seqs[0].scores):
@@ -244,8 +284,11 @@ def test_labels_reach_the_model_of_a_sequence_classifier():
     labels = torch.tensor([1, 0])  # class ids: the model's own loss, not a shifted LM loss
     res = []
     for lib in (pv, fv):
-        im = _build(lib, make_tiny("gpt2", head="seq_cls"), [lib.RepresentationConfig(
-            layer=0, component="block_output", intervention_type=lib.AdditionIntervention)])
+        im = _build(
+            lib,
+            make_tiny("gpt2", head="seq_cls"),
+            [lib.RepresentationConfig(layer=0, component="block_output", intervention_type=lib.AdditionIntervention)],
+        )
         _, out = im(base, source_representations=torch.full((32,), 0.3), unit_locations={"base": 2}, labels=labels)
         res.append(out)
     _close(res[1].logits, res[0].logits)
@@ -260,9 +303,15 @@ def test_named_parameters_are_pyvenes(pair):
     fm, pm = pair
     names = []
     for lib, m in ((pv, pm), (fv, fm)):
-        reps = [lib.RepresentationConfig(layer=0, component="block_output", low_rank_dimension=2,
-                                         intervention_type=lib.LowRankRotatedSpaceIntervention),
-                lib.RepresentationConfig(layer=1, component="block_output", intervention_type=lib.VanillaIntervention)]
+        reps = [
+            lib.RepresentationConfig(
+                layer=0,
+                component="block_output",
+                low_rank_dimension=2,
+                intervention_type=lib.LowRankRotatedSpaceIntervention,
+            ),
+            lib.RepresentationConfig(layer=1, component="block_output", intervention_type=lib.VanillaIntervention),
+        ]
         im = _build(lib, m, reps)
         names.append([(n, tuple(p.shape)) for n, p in im.named_parameters()])
     assert names[1] == names[0]

@@ -4,7 +4,7 @@ interventions raises pyvene's IndexError; vanilla interventions on head streams 
 positions give pyvene's numbers (pyvene's own test of this compares with a manual GPT-2 forward that
 lacks the causal mask on transformers 5, so it cannot judge there); the harness's ``pyvene`` alias;
 the model helpers' local checkpoints (FXVENE_MODELS_DIR)."""
-import os
+
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +25,11 @@ def _mlp_pair():
     out = []
     for lib, cfg_cls in ((pv, PvMLPConfig), (fv, fv.MLPConfig)):
         torch.manual_seed(0)
-        out.append(lib.create_mlp_classifier(cfg_cls(h_dim=3, n_layer=1, pdrop=0.0, num_classes=5,
-                                                     include_bias=False, squeeze_output=False))[2])
+        out.append(
+            lib.create_mlp_classifier(
+                cfg_cls(h_dim=3, n_layer=1, pdrop=0.0, num_classes=5, include_bias=False, squeeze_output=False)
+            )[2]
+        )
     return out
 
 
@@ -38,10 +41,15 @@ def test_too_few_locations_raise_pyvenes_index_error():
     g = torch.Generator().manual_seed(0)
     base, source = ({"inputs_embeds": torch.rand(b, 1, 3, generator=g)} for _ in range(2))
     for lib, model in zip((pv, fv), _mlp_pair()):
-        reps = [lib.RepresentationConfig(0, "mlp_activation", "pos", 1, subspace_partition=[[1, 3], [0, 1]],
-                                         intervention_link_key=0) for _ in range(2)]
-        im = lib.IntervenableModel(lib.IntervenableConfig(representations=reps,
-                                                          intervention_types=lib.VanillaIntervention), model)
+        reps = [
+            lib.RepresentationConfig(
+                0, "mlp_activation", "pos", 1, subspace_partition=[[1, 3], [0, 1]], intervention_link_key=0
+            )
+            for _ in range(2)
+        ]
+        im = lib.IntervenableModel(
+            lib.IntervenableConfig(representations=reps, intervention_types=lib.VanillaIntervention), model
+        )
         with pytest.raises(IndexError) as err:
             im(base, [source], {"sources->base": ([[[0]] * b], [[[0]] * b])}, subspaces=0)
     assert isinstance(err.value, ValueError) and "unit_locations (source side) has 1 entries" in str(err.value)
@@ -75,7 +83,8 @@ def test_heads_and_positions_vanilla_match_pyvene(gpt2_12_heads, stream):
         for lib, model in ((pv, pm), (fv, fm)):
             config = lib.IntervenableConfig(
                 representations=[lib.RepresentationConfig(layer, stream, "h.pos", len(positions))],
-                intervention_types=lib.VanillaIntervention)
+                intervention_types=lib.VanillaIntervention,
+            )
             outs.append(lib.IntervenableModel(config, model)(base, [source], locs)[1].logits)
         torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=1e-5)
         with torch.no_grad():
@@ -110,8 +119,9 @@ assert not any(getattr(m, "__file__", None) and "site-packages/pyvene" in m.__fi
                for m in list(sys.modules.values())), "the real pyvene was imported"
 print("ok")
 """
-    res = subprocess.run([sys.executable, "-c", code, str(REPO / "compat")], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "compat")], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
@@ -158,12 +168,17 @@ def test_lambda_on_attention_dropout_input(gpt2, pv_gpt2):
         return
     seen = {}
     for lib, model in ((pv, pv_gpt2), (fv, gpt2)):
-        lib.IntervenableModel({"component": component, "intervention": lambda b, s, k=lib.__name__:
-                               seen.setdefault(k, b.detach().clone())}, model=model)(base)
+        lib.IntervenableModel(
+            {
+                "component": component,
+                "intervention": lambda b, s, k=lib.__name__: seen.setdefault(k, b.detach().clone()),
+            },
+            model=model,
+        )(base)
     torch.testing.assert_close(seen["fxvene"], seen["pyvene"])
-    collected = fv.IntervenableModel({"layer": 1, "component": "attention_weight",
-                                      "intervention_type": fv.CollectIntervention}, model=gpt2)(
-        base=base, unit_locations={"base": [[list(range(4))]]})[0][-1][0]
+    collected = fv.IntervenableModel(
+        {"layer": 1, "component": "attention_weight", "intervention_type": fv.CollectIntervention}, model=gpt2
+    )(base=base, unit_locations={"base": [[list(range(4))]]})[0][-1][0]
     torch.testing.assert_close(collected, seen["fxvene"])
 
 
@@ -195,61 +210,105 @@ def _flow(name, lib, model):
     logits = lambda out: [out[1].logits]  # noqa: E731
     part = [[0, 8], [8, 16]]
     if name == "source_representation":
-        return logits(im({"layer": 0, "component": "mlp_output", "source_representation": torch.zeros(24)})(
-            base=base, unit_locations={"base": 3}))
+        return logits(
+            im({"layer": 0, "component": "mlp_output", "source_representation": torch.zeros(24)})(
+                base=base, unit_locations={"base": 3}
+            )
+        )
     if name == "parallel_constant_sources":
-        config = lib.IntervenableConfig([{"layer": i, "component": "mlp_output",
-                                          "source_representation": torch.zeros(24)} for i in range(4)],
-                                        mode="parallel")
+        config = lib.IntervenableConfig(
+            [{"layer": i, "component": "mlp_output", "source_representation": torch.zeros(24)} for i in range(4)],
+            mode="parallel",
+        )
         return logits(im(config)(base=base, unit_locations={"base": 3}))
     if name == "source_representations_in_call":
-        return logits(im({"layer": 0, "component": "mlp_output"})(
-            base=base, source_representations=torch.zeros(24), unit_locations={"base": 3}))
+        return logits(
+            im({"layer": 0, "component": "mlp_output"})(
+                base=base, source_representations=torch.zeros(24), unit_locations={"base": 3}
+            )
+        )
     if name == "addition_multi_token":
         config = lib.IntervenableConfig({"layer": 0, "component": "mlp_input"}, lib.AdditionIntervention)
-        return logits(im(config)(base=base, unit_locations={"base": [[[0, 1, 2, 3]]]},
-                                 source_representations=torch.linspace(-1, 1, 24)))
+        return logits(
+            im(config)(
+                base=base, unit_locations={"base": [[[0, 1, 2, 3]]]}, source_representations=torch.linspace(-1, 1, 24)
+            )
+        )
     if name == "collect_after_vanilla":
-        config = lib.IntervenableConfig({"layer": 1, "component": "block_output",
-                                         "intervention_type": lib.VanillaIntervention})
+        config = lib.IntervenableConfig(
+            {"layer": 1, "component": "block_output", "intervention_type": lib.VanillaIntervention}
+        )
         config.add_intervention({"layer": 3, "component": "block_output", "intervention_type": lib.CollectIntervention})
         return im(config)(base=base, sources=[src, None], unit_locations={"sources->base": 3})[0][-1]
     if name == "collect_one_head_one_position":
-        config = lib.IntervenableConfig({"layer": 2, "component": "head_attention_value_output", "unit": "h.pos",
-                                         "intervention_type": lib.CollectIntervention})
+        config = lib.IntervenableConfig(
+            {
+                "layer": 2,
+                "component": "head_attention_value_output",
+                "unit": "h.pos",
+                "intervention_type": lib.CollectIntervention,
+            }
+        )
         return im(config)(base=base, unit_locations={"base": lib.GET_LOC((3, 3))}, subspaces=[0])[0][-1]
     if name == "new_intervention_type":
         return logits(im({"intervention_type": _multiplier(lib)})(base=base, unit_locations={"base": 3}))
     if name == "grouping":
-        config = lib.IntervenableConfig([{"layer": 0, "component": "block_output", "group_key": 0},
-                                         {"layer": 2, "component": "block_output", "group_key": 0}],
-                                        intervention_types=lib.VanillaIntervention)
+        config = lib.IntervenableConfig(
+            [
+                {"layer": 0, "component": "block_output", "group_key": 0},
+                {"layer": 2, "component": "block_output", "group_key": 0},
+            ],
+            intervention_types=lib.VanillaIntervention,
+        )
         return logits(im(config)(base, [src], {"sources->base": ([[[3]], [[4]]], [[[3]], [[4]]])}))
     if name == "subspace_partition":
-        config = lib.IntervenableConfig([{"layer": 0, "component": "block_output", "subspace_partition": part}],
-                                        intervention_types=lib.VanillaIntervention)
+        config = lib.IntervenableConfig(
+            [{"layer": 0, "component": "block_output", "subspace_partition": part}],
+            intervention_types=lib.VanillaIntervention,
+        )
         return logits(im(config)(base, [src], {"sources->base": 4}, subspaces=1))
     if name == "multisource_parallel":
-        config = lib.IntervenableConfig([{"layer": 0, "component": "block_output", "subspace_partition": part}] * 2,
-                                        intervention_types=lib.VanillaIntervention, mode="parallel")
+        config = lib.IntervenableConfig(
+            [{"layer": 0, "component": "block_output", "subspace_partition": part}] * 2,
+            intervention_types=lib.VanillaIntervention,
+            mode="parallel",
+        )
         return logits(im(config)(base, [src, src2], {"sources->base": 4}, subspaces=[[[0]], [[1]]]))
     if name == "multisource_serial":
-        config = lib.IntervenableConfig([{"layer": 0, "component": "block_output", "subspace_partition": part},
-                                         {"layer": 2, "component": "block_output", "subspace_partition": part}],
-                                        intervention_types=lib.VanillaIntervention, mode="serial")
-        return logits(im(config)(base, [src, src2], {"source_0->source_1": 3, "source_1->base": 4},
-                                 subspaces=[[[0]], [[1]]]))
+        config = lib.IntervenableConfig(
+            [
+                {"layer": 0, "component": "block_output", "subspace_partition": part},
+                {"layer": 2, "component": "block_output", "subspace_partition": part},
+            ],
+            intervention_types=lib.VanillaIntervention,
+            mode="serial",
+        )
+        return logits(
+            im(config)(base, [src, src2], {"source_0->source_1": 3, "source_1->base": 4}, subspaces=[[[0]], [[1]]])
+        )
     if name == "lambda_zero_out":
         mask = torch.ones(1, 5, 24)
         mask[:, 3, :] = 0.0
-        return logits(im({"component": "transformer.h[0].mlp.output", "intervention": lambda b, s: b * mask})(
-            base=base))
+        return logits(
+            im({"component": "transformer.h[0].mlp.output", "intervention": lambda b, s: b * mask})(base=base)
+        )
     raise KeyError(name)
 
 
-FLOWS = ("source_representation", "parallel_constant_sources", "source_representations_in_call",
-         "addition_multi_token", "collect_after_vanilla", "collect_one_head_one_position", "new_intervention_type",
-         "grouping", "subspace_partition", "multisource_parallel", "multisource_serial", "lambda_zero_out")
+FLOWS = (
+    "source_representation",
+    "parallel_constant_sources",
+    "source_representations_in_call",
+    "addition_multi_token",
+    "collect_after_vanilla",
+    "collect_one_head_one_position",
+    "new_intervention_type",
+    "grouping",
+    "subspace_partition",
+    "multisource_parallel",
+    "multisource_serial",
+    "lambda_zero_out",
+)
 
 
 @pytest.mark.parametrize("name", FLOWS)

@@ -5,6 +5,7 @@ Recompiles are counted with torch's own counters (a CompileCounter backend: ever
 Dynamo compiles calls it once; ``torch._dynamo.utils.counters``). Outputs are compared with
 pyvene 0.1.8 on the same calls. One AOTAutograd compile checks the functionalized graph's numbers.
 """
+
 import pytest
 import pyvene
 import torch
@@ -101,7 +102,9 @@ def test_compile_option_and_inductor_numbers(gpt2):
         base = {"input_ids": torch.randint(0, 50, (b, s), generator=g)}
         srcrep = torch.randn(b, 1, 24, generator=g)
         _, out = iv(base, source_representations=srcrep, unit_locations={"base": 2})
-        ref_iv = pyvene.IntervenableModel(pyvene.IntervenableConfig([pyvene.RepresentationConfig(2, "mlp_output")]), gpt2)
+        ref_iv = pyvene.IntervenableModel(
+            pyvene.IntervenableConfig([pyvene.RepresentationConfig(2, "mlp_output")]), gpt2
+        )
         _, ref = ref_iv(base, source_representations=srcrep, unit_locations={"base": 2})
         torch.testing.assert_close(out.logits, ref.logits, atol=1e-4, rtol=1e-4)
     assert len(iv.__dict__.get("_compiled_graphs", {})) == 1

@@ -4,14 +4,15 @@
 Every result is checked against a hand-written reference with forward hooks on the Hugging Face
 modules: collect the value in the source run, patch it into the base run.
 """
+
 import json
 
 import pytest
 import torch
-
-import fxvene as pv
 from _hooks import module_hook, read
 from conftest import batch_ids, make_gpt2, make_llama
+
+import fxvene as pv
 from fxvene.sites import resolve_site
 
 
@@ -40,6 +41,7 @@ def _put(pos_dst, value):
         x = x.clone()
         x[:, pos_dst] = value
         return x
+
     return edit
 
 
@@ -113,8 +115,10 @@ def test_serial_chain_reads_the_intervened_source_run(models):
     _patched_logits(model, blocks[2], src1, edit_src1)
     ref = _patched_logits(model, blocks[3], BASE, _put(6, got["v"]))
     config = pv.IntervenableConfig(
-        [pv.RepresentationConfig(2, "block_output", group_key=0, source_layer=0),
-         pv.RepresentationConfig(3, "block_output", group_key=1, source_layer=2)],
+        [
+            pv.RepresentationConfig(2, "block_output", group_key=0, source_layer=0),
+            pv.RepresentationConfig(3, "block_output", group_key=1, source_layer=2),
+        ],
         mode="serial",
     )
     iv = pv.IntervenableModel(config, model)
@@ -125,8 +129,9 @@ def test_serial_chain_reads_the_intervened_source_run(models):
 def test_trainable_rotated_space_across_sites(models):
     model = models["gpt2"]
     blocks = _blocks(model)
-    rep = pv.RepresentationConfig(3, "block_output", source_layer=1, low_rank_dimension=4,
-                                  intervention_type=pv.LowRankRotatedSpaceIntervention)
+    rep = pv.RepresentationConfig(
+        3, "block_output", source_layer=1, low_rank_dimension=4, intervention_type=pv.LowRankRotatedSpaceIntervention
+    )
     iv = pv.IntervenableModel(pv.IntervenableConfig([rep]), model)
     intervention = next(iter(iv.interventions.values()))
     v = _collect(model, blocks[1], SRC)[:, 2]
@@ -153,11 +158,18 @@ def test_generate_reads_the_other_site_on_the_prompt(models):
         return _put(5, v)(x) if x.shape[1] == seq else x
 
     with module_hook(blocks[3], "output", edit), torch.no_grad():
-        ref = model.generate(**BASE, attention_mask=torch.ones_like(BASE["input_ids"]), max_new_tokens=3,
-                             do_sample=False, pad_token_id=0)
+        ref = model.generate(
+            **BASE, attention_mask=torch.ones_like(BASE["input_ids"]), max_new_tokens=3, do_sample=False, pad_token_id=0
+        )
     iv = pv.IntervenableModel(pv.RepresentationConfig(3, "block_output", source_layer=0), model)
-    _, seqs = iv.generate(BASE, sources=[SRC], unit_locations={"sources->base": (2, 5)}, intervene_on_prompt=True,
-                          max_new_tokens=3, do_sample=False)
+    _, seqs = iv.generate(
+        BASE,
+        sources=[SRC],
+        unit_locations={"sources->base": (2, 5)},
+        intervene_on_prompt=True,
+        max_new_tokens=3,
+        do_sample=False,
+    )
     assert torch.equal(seqs, ref)
 
 
@@ -182,8 +194,14 @@ def test_graph_diff_exposes_the_source_site(models):
 
 def test_save_load_keeps_the_source_site(models, tmp_path):
     model = models["gpt2"]
-    rep = pv.RepresentationConfig(3, "attention_output", source_layer=1, source_component="mlp_output",
-                                  low_rank_dimension=2, intervention_type=pv.LowRankRotatedSpaceIntervention)
+    rep = pv.RepresentationConfig(
+        3,
+        "attention_output",
+        source_layer=1,
+        source_component="mlp_output",
+        low_rank_dimension=2,
+        intervention_type=pv.LowRankRotatedSpaceIntervention,
+    )
     iv = pv.IntervenableModel(pv.IntervenableConfig([rep]), model)
     assert '"source_layer": 1' in repr(iv.config) and '"source_component": "mlp_output"' in repr(iv.config)
     iv.save(str(tmp_path / "cross"))
@@ -200,13 +218,16 @@ def test_save_load_keeps_the_source_site(models, tmp_path):
     assert len(json.load(open(tmp_path / "plain" / "config.json"))["representations"][0]) == 14
 
 
-@pytest.mark.parametrize("fields,err,match", [
-    (dict(source_component="no_such_component"), ValueError, r"source_component.*no_such_component"),
-    (dict(source_layer=99), ValueError, r"source_layer.*99.*out of range"),
-    (dict(source_layer="1"), TypeError, r"source_layer must be an int"),
-    (dict(source_component="mlp_activation"), ValueError, r"source_component.*width 96.*width 24"),
-    (dict(source_component="head_attention_value_output"), ValueError, r"source_component.*split into heads"),
-])
+@pytest.mark.parametrize(
+    "fields,err,match",
+    [
+        (dict(source_component="no_such_component"), ValueError, r"source_component.*no_such_component"),
+        (dict(source_layer=99), ValueError, r"source_layer.*99.*out of range"),
+        (dict(source_layer="1"), TypeError, r"source_layer must be an int"),
+        (dict(source_component="mlp_activation"), ValueError, r"source_component.*width 96.*width 24"),
+        (dict(source_component="head_attention_value_output"), ValueError, r"source_component.*split into heads"),
+    ],
+)
 def test_bad_source_site(models, fields, err, match):
     with pytest.raises(err, match=match):
         pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", **fields), models["gpt2"])
@@ -216,10 +237,22 @@ def test_positional_pyvene_config_is_unchanged():
     fields = (2, "mlp_output", "pos", 1, None, None, None, None, None, None, None, None, None, None)
     rep = pv.RepresentationConfig(*fields)
     assert rep.source_layer is None and rep.source_component is None
-    assert rep._fields[:14] == ("layer", "component", "unit", "max_number_of_units", "low_rank_dimension",
-                                "intervention_type", "intervention", "subspace_partition", "group_key",
-                                "intervention_link_key", "moe_key", "source_representation",
-                                "hidden_source_representation", "latent_dim")
+    assert rep._fields[:14] == (
+        "layer",
+        "component",
+        "unit",
+        "max_number_of_units",
+        "low_rank_dimension",
+        "intervention_type",
+        "intervention",
+        "subspace_partition",
+        "group_key",
+        "intervention_link_key",
+        "moe_key",
+        "source_representation",
+        "hidden_source_representation",
+        "latent_dim",
+    )
 
 
 def test_serial_read_of_a_site_the_previous_group_wrote_matches_pyvene(pyvene):
@@ -229,8 +262,13 @@ def test_serial_read_of_a_site_the_previous_group_wrote_matches_pyvene(pyvene):
     locs = {"source_0->source_1": ([[[1]] * 2], [[[4]] * 2]), "source_1->base": ([[[4]] * 2], [[[6]] * 2])}
 
     def config(lib):
-        return lib.IntervenableConfig([lib.RepresentationConfig(2, "block_output", group_key=0),
-                                       lib.RepresentationConfig(2, "block_output", group_key=1)], mode="serial")
+        return lib.IntervenableConfig(
+            [
+                lib.RepresentationConfig(2, "block_output", group_key=0),
+                lib.RepresentationConfig(2, "block_output", group_key=1),
+            ],
+            mode="serial",
+        )
 
     ours = pv.IntervenableModel(config(pv), make_gpt2())(base, [s0, s1], locs)[1].logits
     theirs = pyvene.IntervenableModel(config(pyvene), make_gpt2())(base, [s0, s1], locs)[1].logits

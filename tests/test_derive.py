@@ -7,18 +7,19 @@ of sight equals the hand one, component by component (module path with its prefi
 dimensions and head counts evaluated on the model's config). A family with no file works end to
 end: a Vanilla patch through a derived component equals the same patch written as a forward hook.
 """
+
 import dataclasses
 
 import pytest
 import torch
 import transformers
+from _matrix import cell
+from _tiny import AVAILABLE, COMMON, LLAMA_LIKE, make_tiny
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import fxvene as pv
 from fxvene import cli
 from fxvene.models import _families, derive, eval_dim, family_for, hand_family_for
-from _matrix import cell
-from _tiny import AVAILABLE, COMMON, LLAMA_LIKE, make_tiny
 
 _HEAD_MAPS = {
     "causal_lm": transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -41,7 +42,7 @@ def _registered():
 def _heads(comp, config):
     if comp.heads is None:
         return None
-    return int(getattr(config, comp.heads, None) or getattr(config, "num_attention_heads"))
+    return int(getattr(config, comp.heads, None) or config.num_attention_heads)
 
 
 def _slot(comp, config, width):
@@ -125,9 +126,14 @@ _VARIANTS = [  # fused q/k/v layouts a config switches between, each against the
 ]
 
 
-@pytest.mark.parametrize("model_type,overrides,what", [
-    pytest.param(mt, kw, what, id=f"{mt}-{what}", marks=cell(mt, "derived_spec")) for mt, kw, what in _VARIANTS
-    if mt in AVAILABLE])
+@pytest.mark.parametrize(
+    "model_type,overrides,what",
+    [
+        pytest.param(mt, kw, what, id=f"{mt}-{what}", marks=cell(mt, "derived_spec"))
+        for mt, kw, what in _VARIANTS
+        if mt in AVAILABLE
+    ],
+)
 def test_derived_equals_hand_spec_on_layout_variants(model_type, overrides, what):
     model = make_tiny(model_type, **overrides)
     hand, prefix = hand_family_for(model)
@@ -209,7 +215,10 @@ def _hook_patch(model, module, base, src, edit):
 
 def test_unmapped_family_vanilla_patches_equal_hooks(unmapped):
     g = torch.Generator().manual_seed(1)
-    base = {"input_ids": torch.randint(3, 64, (2, 7), generator=g), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    base = {
+        "input_ids": torch.randint(3, 64, (2, 7), generator=g),
+        "attention_mask": torch.ones(2, 7, dtype=torch.long),
+    }
     src = {"input_ids": torch.randint(3, 64, (2, 7), generator=g), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
     layers = unmapped.model.layers
     clean = unmapped(**base).logits
@@ -223,8 +232,11 @@ def test_unmapped_family_vanilla_patches_equal_hooks(unmapped):
         return o
 
     want = _hook_patch(unmapped, layers[1].mlp, base, src, put_pos)
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=1, component="mlp_output", intervention_type=pv.VanillaIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=1, component="mlp_output", intervention_type=pv.VanillaIntervention)
+        ]
+    )
     im = pv.IntervenableModel(cfg, unmapped)
     _, out = im(base=base, sources=[src], unit_locations={"sources->base": ([pos], [pos])})
     torch.testing.assert_close(out.logits, want, atol=1e-5, rtol=1e-5)
@@ -242,9 +254,13 @@ def test_unmapped_family_vanilla_patches_equal_hooks(unmapped):
         return o
 
     want = _hook_patch(unmapped, layers[0].self_attn.v_proj, base, src, put_heads)
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=0, component="head_value_output", unit="h.pos",
-                                intervention_type=pv.VanillaIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(
+                layer=0, component="head_value_output", unit="h.pos", intervention_type=pv.VanillaIntervention
+            )
+        ]
+    )
     im = pv.IntervenableModel(cfg, unmapped)
     loc = [[heads, hpos]]
     _, out = im(base=base, sources=[src], unit_locations={"sources->base": (loc, loc)})
@@ -303,8 +319,11 @@ def test_missing_role_is_a_clear_error_not_a_wrong_node():
     old = models._FAMILIES
     models._FAMILIES = [f for f in _families() if "LlamaForCausalLM" not in f.prefixes]
     try:
-        with pytest.raises(ValueError, match=r"'value_output' of LlamaForCausalLM \(derived map\): no module of "
-                                             r"role 'value projection'"):
+        with pytest.raises(
+            ValueError,
+            match=r"'value_output' of LlamaForCausalLM \(derived map\): no module of "
+            r"role 'value projection'",
+        ):
             resolve_site(Traced, model, "value_output", 0)
     finally:
         models._FAMILIES = old
@@ -368,8 +387,11 @@ def test_mlp_found_by_shape_when_its_name_says_nothing():
 
 def test_encoder_without_a_decoder_mlp_is_no_family():
     """BERT's feed-forward is split over two children (intermediate, output): nothing is guessed."""
-    bert = transformers.BertModel(transformers.BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
-                                                          intermediate_size=32, vocab_size=30))
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=30
+        )
+    )
     with pytest.raises(derive.DeriveError, match=r"no MLP module in block 0 \(encoder.layer.0\) of BertModel"):
         derive.derive_family(bert)
     assert family_for(bert) == (None, None)

@@ -1,17 +1,17 @@
 """Data-parallel dataset sweeps on torch.distributed: the shard is a partition, and two CPU ranks
 launched by torchrun (gloo) give, bit for bit, the per-prompt files of one process."""
+
 import json
 import os
 import subprocess
 import sys
 
-import pytest
+from _facts_cli import ARGS, ROOT, assert_same_runs, write_facts
 
 from fxvene import cli
 from fxvene.distributed import Context, gather, shard
 from fxvene.facts import load_facts
 from fxvene.facts_sweep import plan_batches
-from _facts_cli import ARGS, ROOT, assert_same_runs, write_facts
 
 
 def test_shard_is_a_balanced_partition(tmp_path):
@@ -33,15 +33,39 @@ def test_torchrun_two_cpu_ranks_equal_one_process(tmp_path):
     single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
     args = [*ARGS, "--batch-prompts", "1", "--prefix", "off"]  # full-length rows: no KV-cache export to load (faster)
     assert cli.main(["trace-facts", facts, "--out", single, *args]) == 0
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["CUDA_VISIBLE_DEVICES"] = ""  # CPU ranks, gloo
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "fxvene", "trace-facts", facts, "--out", multi, *args],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "fxvene",
+            "trace-facts",
+            facts,
+            "--out",
+            multi,
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("FactsTraceResult") == 1  # rank 0 alone reports
     assert_same_runs(single, multi, ignore=("rank",))
-    ranks = [json.load(open(os.path.join(multi, "prompts", n)))["rank"]
-             for n in os.listdir(os.path.join(multi, "prompts")) if n.endswith(".json")]
+    ranks = [
+        json.load(open(os.path.join(multi, "prompts", n)))["rank"]
+        for n in os.listdir(os.path.join(multi, "prompts"))
+        if n.endswith(".json")
+    ]
     assert sorted(set(ranks)) == [0, 1] and len(ranks) == 6  # both ranks traced prompts

@@ -1,4 +1,5 @@
 """Bad input is a loud ValueError/TypeError that names the argument, never a silent no-op."""
+
 import pytest
 import torch
 from transformers import BertConfig, BertModel
@@ -22,8 +23,9 @@ def test_unknown_component(gpt2):
 
 
 def test_unknown_model_type_needs_string_component():
-    bert = BertModel(BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32,
-                                vocab_size=30)).eval()
+    bert = BertModel(
+        BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=30)
+    ).eval()
     with pytest.raises(ValueError, match="no component map"):
         pv.IntervenableModel(_cfg(layer=0, component="block_output"), bert)
 
@@ -58,9 +60,13 @@ def test_bad_tracer(gpt2):
 
 def test_position_past_sequence(im, batch):
     base, src = batch
-    with pytest.raises(ValueError, match=r"unit_locations \(base side\).*position 8 is out of range: the base has 8 positions"):
+    with pytest.raises(
+        ValueError, match=r"unit_locations \(base side\).*position 8 is out of range: the base has 8 positions"
+    ):
         im(base=base, sources=[src], unit_locations={"sources->base": (0, 8)})
-    with pytest.raises(ValueError, match=r"unit_locations \(source side\).*position 9 is out of range: sources\[0\] has 8"):
+    with pytest.raises(
+        ValueError, match=r"unit_locations \(source side\).*position 9 is out of range: sources\[0\] has 8"
+    ):
         im(base=base, sources=[src], unit_locations={"sources->base": (9, 0)})
 
 
@@ -82,9 +88,12 @@ def test_locations_batch_and_nesting(im, batch):
 
 def test_source_count(gpt2, batch):
     base, src = batch
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=0, intervention_type=pv.VanillaIntervention),
-        pv.RepresentationConfig(layer=1, intervention_type=pv.VanillaIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=0, intervention_type=pv.VanillaIntervention),
+            pv.RepresentationConfig(layer=1, intervention_type=pv.VanillaIntervention),
+        ]
+    )
     im2 = pv.IntervenableModel(cfg, gpt2)
     with pytest.raises(ValueError, match="sources: got 3, expected 2"):
         im2(base=base, sources=[src, src, src], unit_locations={"sources->base": 1})
@@ -125,9 +134,12 @@ def test_missing_source_locations(im, batch):
 
 def test_config_validation():
     with pytest.raises(ValueError, match="specified for all"):
-        pv.IntervenableConfig(representations=[
-            pv.RepresentationConfig(layer=0, intervention_type=pv.VanillaIntervention),
-            pv.RepresentationConfig(layer=1)])
+        pv.IntervenableConfig(
+            representations=[
+                pv.RepresentationConfig(layer=0, intervention_type=pv.VanillaIntervention),
+                pv.RepresentationConfig(layer=1),
+            ]
+        )
     with pytest.raises(ValueError, match="mode must be"):
         pv.IntervenableConfig(mode="sideways")
     with pytest.raises(TypeError, match="config must be"):

@@ -1,4 +1,5 @@
 """Every example runs (smoke, ``--quick``) on the shipped demo model and prints what its goal promises."""
+
 import os
 import subprocess
 import sys
@@ -12,14 +13,19 @@ CASES = {
     "tutorial2_causal_tracing.py": ["Clean P(Seattle)", "wrote "],
     "tutorial3_das.py": [],
     "tutorial4_positions.py": ["patch positions [0, 2]: layer-5 states changed at [0, 2]", "unchanged: True"],
-    "tutorial5_collect.py": ["Layer 5 block output shape: torch.Size([1, 2, 128])", "equals the model's own hidden state: True"],
+    "tutorial5_collect.py": [
+        "Layer 5 block output shape: torch.Size([1, 2, 128])",
+        "equals the model's own hidden state: True",
+    ],
     "tutorial6_steering.py": ["needs a source", "happy - sad: Today I feel"],
     "das_hierarchical_equality.py": [],
     "steering_per_step.py": [],
 }
 
 
-@pytest.mark.parametrize("script", sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".py") and not f.startswith("_")))
+@pytest.mark.parametrize(
+    "script", sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".py") and not f.startswith("_"))
+)
 def test_example_runs(script, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     args = [sys.executable, os.path.join(EXAMPLES, script), "--quick"]
@@ -35,7 +41,13 @@ def test_example_runs(script, tmp_path):
 
 def test_main_job_writes_the_heatmap(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    r = subprocess.run([sys.executable, "-m", "fxvene", "--samples", "2", "--out", str(tmp_path / "ct.png")],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "fxvene", "--samples", "2", "--out", str(tmp_path / "ct.png")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     assert "P(target) clean" in r.stdout and (tmp_path / "ct.png").stat().st_size > 10_000

@@ -4,15 +4,16 @@ Oracles: HF forward hooks (noise at the first block's input, the clean state res
 position and layer), each prompt's own one-prompt call (the dataset call's specification; those
 calls are checked against pyvene in test_sweep.py), and ROME's averaging loop written out here.
 """
+
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_gpt2
 
 import fxvene as pv
-from conftest import make_gpt2
 from fxvene.facts import load_facts
 from fxvene.facts_results import CLASSES, plot_class_heatmaps, plot_class_lines
 from fxvene.facts_sweep import plan_batches, plan_memory
@@ -44,9 +45,14 @@ def test_each_prompt_equals_its_own_call(g3, traced):
     assert len(traced) == len(RECORDS) and traced.memory["batch_prompts"] > 1  # same-length prompts ran together
     assert [f.index for f in traced.facts] == list(range(len(RECORDS)))
     for rec, res in zip(RECORDS, traced):
-        one = pv.causal_trace(g3, {"input_ids": torch.tensor([rec["input_ids"]])}, rec["subject_positions"],
-                              rec["target_token"], progress=False, **{k: v for k, v in KW.items() if k != "only_correct"
-                                                                     and k != "progress"})
+        one = pv.causal_trace(
+            g3,
+            {"input_ids": torch.tensor([rec["input_ids"]])},
+            rec["subject_positions"],
+            rec["target_token"],
+            progress=False,
+            **{k: v for k, v in KW.items() if k != "only_correct" and k != "progress"},
+        )
         torch.testing.assert_close(res.probs, one.probs, atol=2e-6, rtol=0)
         assert res.clean_prob == pytest.approx(one.clean_prob, abs=1e-6)
         assert res.corrupted_prob == pytest.approx(one.corrupted_prob, abs=1e-6)
@@ -90,10 +96,14 @@ def test_batched_prompt_equals_hooked_hf_restores(g3, traced):
         return x
 
     clean = {}
-    hooks = [_replace_output(g3.transformer.h[l], lambda x, l=l: clean.__setitem__(("b", l), x.clone()) or x)
-             for l in range(3)]
-    hooks += [_replace_output(g3.transformer.h[l].mlp.act, lambda x, l=l: clean.__setitem__(("m", l), x.clone()) or x)
-              for l in range(3)]
+    hooks = [
+        _replace_output(g3.transformer.h[l], lambda x, l=l: clean.__setitem__(("b", l), x.clone()) or x)
+        for l in range(3)
+    ]
+    hooks += [
+        _replace_output(g3.transformer.h[l].mlp.act, lambda x, l=l: clean.__setitem__(("m", l), x.clone()) or x)
+        for l in range(3)
+    ]
     with torch.no_grad():
         g3(input_ids=ids[:1])
     for h in hooks:
@@ -135,11 +145,11 @@ def test_rome_averages_by_token_class(traced):
         first_e, first_a = r.subject_positions[0], r.subject_positions[-1] + 1
         last_e, last_a = first_a - 1, len(r.positions) - 1
         sums["first subject token"].append(scores[first_e])
-        sums["middle subject tokens"] += list(scores[first_e + 1:last_e])
+        sums["middle subject tokens"] += list(scores[first_e + 1 : last_e])
         sums["last subject token"].append(scores[last_e])
         if first_a <= last_a:
             sums["first subsequent token"].append(scores[first_a])
-        sums["further tokens"] += list(scores[first_a + 1:last_a])
+        sums["further tokens"] += list(scores[first_a + 1 : last_a])
         sums["last token"].append(scores[last_a])
         te.append(r.clean_prob - r.corrupted_prob)
     s = traced.summary()
@@ -169,18 +179,22 @@ def test_malformed_records_are_reported_by_line(tmp_path, g3):
     from fxvene.demo import load_demo
 
     _, tok = load_demo()
-    lines = ['{"prompt": "The Space Needle is in downtown", "subject": "Space Needle", "target": " Seattle"}',
-             '{"prompt": "The Louvre is located in", "target": " Paris"}',
-             '',
-             '{"prompt": "The Louvre is located in", "subject": "Eiffel Tower", "target": " Paris"}',
-             '{"prompt": "The Golden Gate Bridge is in", "subject": "Golden Gate Bridge", "target": " San Francisco"}',
-             '[1, 2]',
-             '{"prompt": "Big Ben is in the city of", "subject": "Big Ben", "target": " London"}']
+    lines = [
+        '{"prompt": "The Space Needle is in downtown", "subject": "Space Needle", "target": " Seattle"}',
+        '{"prompt": "The Louvre is located in", "target": " Paris"}',
+        "",
+        '{"prompt": "The Louvre is located in", "subject": "Eiffel Tower", "target": " Paris"}',
+        '{"prompt": "The Golden Gate Bridge is in", "subject": "Golden Gate Bridge", "target": " San Francisco"}',
+        "[1, 2]",
+        '{"prompt": "Big Ben is in the city of", "subject": "Big Ben", "target": " London"}',
+    ]
     path = tmp_path / "facts.jsonl"
     path.write_text("\n".join(lines) + "\n")
     facts, bad = load_facts(str(path), tok)
     assert [(f.line, f.subject_positions, f.target_token) for f in facts] == [
-        (1, [1, 2], tok.encode(" Seattle")[0]), (7, [0, 1], tok.encode(" London")[0])]
+        (1, [1, 2], tok.encode(" Seattle")[0]),
+        (7, [0, 1], tok.encode(" London")[0]),
+    ]
     assert [m.line for m in bad] == [2, 4, 5, 6]
     assert "missing field 'subject'" in bad[0].reason
     assert "'Eiffel Tower' does not occur" in bad[1].reason
@@ -239,13 +253,27 @@ def test_subject_noise_level_is_romes(g3):
 
 def test_dataset_patching_equals_per_prompt_calls(g3):
     recs = [dict(RECORDS[i], source=list(reversed(RECORDS[i]["input_ids"]))) for i in (0, 2, 1)]
-    res = pv.patching_sweep(g3, recs, components=["block_output", "mlp_output"], layers=[0, 2], metric="prob",
-                            only_correct=False, progress=False)
+    res = pv.patching_sweep(
+        g3,
+        recs,
+        components=["block_output", "mlp_output"],
+        layers=[0, 2],
+        metric="prob",
+        only_correct=False,
+        progress=False,
+    )
     assert len(res) == 3
     for rec, r in zip(recs, res):
-        one = pv.patching_sweep(g3, {"input_ids": torch.tensor([rec["input_ids"]])},
-                                {"input_ids": torch.tensor([rec["source"]])}, components=["block_output", "mlp_output"],
-                                layers=[0, 2], tokens=[rec["target_token"]], metric="prob", progress=False)
+        one = pv.patching_sweep(
+            g3,
+            {"input_ids": torch.tensor([rec["input_ids"]])},
+            {"input_ids": torch.tensor([rec["source"]])},
+            components=["block_output", "mlp_output"],
+            layers=[0, 2],
+            tokens=[rec["target_token"]],
+            metric="prob",
+            progress=False,
+        )
         torch.testing.assert_close(r.values, one.values, atol=2e-6, rtol=0)
         torch.testing.assert_close(r.base, one.base, atol=2e-6, rtol=0)
     s = res.summary()

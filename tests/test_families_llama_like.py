@@ -9,20 +9,36 @@ row alone, see test_left_padding); pyvene 0.1.8 for Llama, Mistral, Qwen2, Gemma
 Every family is traced with torch.export: transformers 4.47's fx tracer does not support these families
 (Mixtral and Qwen2-MoE it traces to wrong logits, which fxvene's output check refuses).
 """
+
 import numpy as np
 import pytest
 import torch
 import transformers
-
-import fxvene as pv
 from _hooks import capture, cli_components, head_view, hooks
 from _matrix import cell
 from _tiny import AVAILABLE, make_tiny
+
+import fxvene as pv
 from fxvene.models import family_for
 
-FAMILIES = [f for f in ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "qwen3",
-                         "granite", "mixtral", "qwen2_moe")
-            if f in AVAILABLE]
+FAMILIES = [
+    f
+    for f in (
+        "llama",
+        "mistral",
+        "qwen2",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "olmo",
+        "olmo2",
+        "qwen3",
+        "granite",
+        "mixtral",
+        "qwen2_moe",
+    )
+    if f in AVAILABLE
+]
 SLIDING = [f for f in ("mistral", "gemma2", "gemma3_text") if f in AVAILABLE]  # tiny sliding_window = 4
 PYVENE_FAMILIES = ["llama", "mistral", "qwen2", "gemma", "gemma2", "olmo"]
 TF5 = int(transformers.__version__.split(".")[0]) >= 5
@@ -59,8 +75,11 @@ def _inputs(seed, b=B, s=S, pad=0):
 
 
 def _cfg(component, itype, layer=L, unit="pos", **kw):
-    return pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=layer, component=component, unit=unit, intervention_type=itype, **kw)])
+    return pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=layer, component=component, unit=unit, intervention_type=itype, **kw)
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------- the hand-written oracle
@@ -74,13 +93,17 @@ def hand_table(model, layer=L):
     lay = f"{base}layers.{layer}"
     attn = f"{lay}.self_attn"
     t = {
-        "block_input": (lay, "input", None), "block_output": (lay, "output", None),
+        "block_input": (lay, "input", None),
+        "block_output": (lay, "output", None),
         "mlp_activation": (f"{lay}.mlp.act_fn", "output", None),
-        "mlp_output": (f"{lay}.{moe}", "output", None), "mlp_input": (f"{lay}.{moe}", "input", None),
+        "mlp_output": (f"{lay}.{moe}", "output", None),
+        "mlp_input": (f"{lay}.{moe}", "input", None),
         "attention_value_output": (f"{attn}.o_proj", "input", None),
         "head_attention_value_output": (f"{attn}.o_proj", "input", "num_attention_heads"),
-        "attention_output": (attn, "output", None), "attention_input": (attn, "input", None),
-        "query_output": (f"{attn}.q_proj", "output", None), "key_output": (f"{attn}.k_proj", "output", None),
+        "attention_output": (attn, "output", None),
+        "attention_input": (attn, "input", None),
+        "query_output": (f"{attn}.q_proj", "output", None),
+        "key_output": (f"{attn}.k_proj", "output", None),
         "value_output": (f"{attn}.v_proj", "output", None),
         "head_query_output": (f"{attn}.q_proj", "output", "num_attention_heads"),
         "head_key_output": (f"{attn}.k_proj", "output", "num_key_value_heads"),
@@ -123,9 +146,17 @@ def test_sequence_classifier_sites_equal_hooks(family):
     (pooled at each row's last non-pad token) equal HF's, and components collect the hooked tensors."""
     model = model_for(family, "seq_cls")
     comps = ["block_output", "head_query_output", "mlp_output"]
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=L, component=c, unit="h" if c.startswith("head_") else "pos",
-                                intervention_type=pv.CollectIntervention) for c in comps])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(
+                layer=L,
+                component=c,
+                unit="h" if c.startswith("head_") else "pos",
+                intervention_type=pv.CollectIntervention,
+            )
+            for c in comps
+        ]
+    )
     inputs = _inputs(13)
     inputs["input_ids"][0, -2:] = model.config.pad_token_id  # right padding: pooled before the pads
     inputs["attention_mask"][0, -2:] = 0
@@ -167,15 +198,26 @@ def test_collect_every_component_equals_hooks(family):
     attention_weight equals HF's attention probabilities (eager)."""
     model = model_for(family)
     sites = [(c, layer) for layer in (0, 1) for c in list(hand_table(model, layer)) + ["attention_weight"]]
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=layer, component=c, unit="h" if c.startswith("head_") else "pos",
-                                intervention_type=pv.CollectIntervention) for c, layer in sites])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(
+                layer=layer,
+                component=c,
+                unit="h" if c.startswith("head_") else "pos",
+                intervention_type=pv.CollectIntervention,
+            )
+            for c, layer in sites
+        ]
+    )
     im = pv.IntervenableModel(cfg, model)
     inputs = _inputs(11, pad=2)
     (_, collected), _ = im(base=inputs)
     store = {}
-    specs = [(p, port, capture(store, (c, layer))) for layer in (0, 1)
-             for c, (p, port, _) in hand_table(model, layer).items()]
+    specs = [
+        (p, port, capture(store, (c, layer)))
+        for layer in (0, 1)
+        for c, (p, port, _) in hand_table(model, layer).items()
+    ]
     with hooks(model, specs), torch.no_grad():
         ref = model(**inputs, output_attentions=True)
     for (c, layer), got in zip(sites, collected):
@@ -314,8 +356,11 @@ def test_low_rank_rotation_trains_like_a_hooked_model(family):
 
 
 def _streams(model):
-    return ("block_output", "attention_output", "mlp_output" if "mlp_activation" not in hand_table(model)
-            else "mlp_activation")
+    return (
+        "block_output",
+        "attention_output",
+        "mlp_output" if "mlp_activation" not in hand_table(model) else "mlp_activation",
+    )
 
 
 @pytest.mark.parametrize("family", _params("patching_sweep"))
@@ -326,8 +371,9 @@ def test_patching_sweep_with_causal_prefix_equals_hooked_patches(family):
     table = hand_table(model)
     base, src = _ids(51, 1, 6), _ids(52, 1, 6)
     comps = _streams(model)
-    res = pv.patching_sweep(model, {"input_ids": base}, {"input_ids": src}, components=comps, layers=[0, 1],
-                            prefix=True)
+    res = pv.patching_sweep(
+        model, {"input_ids": base}, {"input_ids": src}, components=comps, layers=[0, 1], prefix=True
+    )
     for ci, c in enumerate(comps):
         for li in (0, 1):
             path, port, _ = hand_table(model, li)[c]
@@ -335,14 +381,17 @@ def test_patching_sweep_with_causal_prefix_equals_hooked_patches(family):
             with hooks(model, [(path, port, capture(store, "s"))]), torch.no_grad():
                 model(input_ids=src)
             for p in range(6):
+
                 def put(x, p=p):
                     y = x.clone()
                     y[:, p] = store["s"][:, p]
                     return y
+
                 with hooks(model, [(path, port, put)]), torch.no_grad():
                     ref = model(input_ids=base).logits[:, -1]
-                torch.testing.assert_close(res.values[ci, li, p], ref, atol=1e-4, rtol=1e-4,
-                                           msg=lambda m: f"{c} layer {li} position {p}: {m}")
+                torch.testing.assert_close(
+                    res.values[ci, li, p], ref, atol=1e-4, rtol=1e-4, msg=lambda m: f"{c} layer {li} position {p}: {m}"
+                )
     assert table  # the table covers the streams
 
 
@@ -354,8 +403,17 @@ def test_causal_trace_with_causal_prefix_equals_hooked_restores(family):
     ids = _ids(61, 1, 6)
     subj, n_samples, level, window, target = [1, 2], 3, 0.5, 2, 7
     streams = _streams(model)
-    res = pv.causal_trace(model, {"input_ids": ids}, subject_positions=subj, target_token=target,
-                          noise_level=level, n_samples=n_samples, streams=streams, window=window, prefix=True)
+    res = pv.causal_trace(
+        model,
+        {"input_ids": ids},
+        subject_positions=subj,
+        target_token=target,
+        noise_level=level,
+        n_samples=n_samples,
+        streams=streams,
+        window=window,
+        prefix=True,
+    )
     d = model.config.hidden_size
     noise = torch.from_numpy(np.random.RandomState(1).randn(n_samples, len(subj), d))  # ROME / pyvene's draw
     n_layers = model.config.num_hidden_layers
@@ -366,8 +424,11 @@ def test_causal_trace_with_causal_prefix_equals_hooked_restores(family):
         return y
 
     clean = {}
-    specs = [(hand_table(model, l)[st][0], hand_table(model, l)[st][1], capture(clean, (st, l)))
-             for st in streams for l in range(n_layers)]
+    specs = [
+        (hand_table(model, l)[st][0], hand_table(model, l)[st][1], capture(clean, (st, l)))
+        for st in streams
+        for l in range(n_layers)
+    ]
     with hooks(model, specs), torch.no_grad():
         model(input_ids=ids)
     rows = ids.expand(n_samples, -1)
@@ -375,8 +436,11 @@ def test_causal_trace_with_causal_prefix_equals_hooked_restores(family):
     for si, st in enumerate(streams):
         for p in range(6):
             for l in range(n_layers):
-                lays = [l] if st == "block_output" else list(range(max(0, l - window // 2),
-                                                                    min(n_layers, l - (-window // 2))))
+                lays = (
+                    [l]
+                    if st == "block_output"
+                    else list(range(max(0, l - window // 2), min(n_layers, l - (-window // 2))))
+                )
                 specs = [(first, "input", noisy)]
                 for ll in lays:
                     path, port, _ = hand_table(model, ll)[st]
@@ -385,6 +449,7 @@ def test_causal_trace_with_causal_prefix_equals_hooked_restores(family):
                         y = x.clone()
                         y[:, p] = clean[key][:, p]
                         return y
+
                     specs.append((path, port, restore))
                 with hooks(model, specs), torch.no_grad():
                     prob = torch.softmax(model(input_ids=rows).logits[:, -1].float(), -1)[:, target].mean()
@@ -440,7 +505,7 @@ def test_left_padding(family):
     _, seq = im.generate(base, intervene_on="prompt", **GEN)
     for i, start in ((0, pad), (1, 0)):
         with torch.no_grad():
-            alone = model.generate(input_ids=base["input_ids"][i:i + 1, start:], **GEN)
+            alone = model.generate(input_ids=base["input_ids"][i : i + 1, start:], **GEN)
         assert torch.equal(seq[i, start:], alone[0]), i
 
     vec = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(4))
@@ -452,6 +517,7 @@ def test_left_padding(family):
         y = x.clone()
         y[:, -1] = y[:, -1] + vec
         return y
+
     with hooks(model, [(path, "output", add_last)]), torch.no_grad():
         ref = model(input_ids=base["input_ids"][:1, pad:]).logits
     torch.testing.assert_close(out.logits[0, pad:], ref[0], atol=1e-5, rtol=1e-5)
@@ -480,7 +546,8 @@ def test_unintervened_graph_equals_hf_and_graph_diff(family):
         site = next(n for n in d.old.graph.nodes if n.name == im.sites()[0].node)
         path = hand_table(model)[comp][0]
         assert path in site.meta["nn_module_stack"].__repr__() or any(
-            path in str(v) for v in site.meta["nn_module_stack"].values())
+            path in str(v) for v in site.meta["nn_module_stack"].values()
+        )
         assert set(d.rewired) == {u.name for u in site.users}
 
 
@@ -493,7 +560,7 @@ def test_cli_components_on_a_saved_model(family, tmp_path):
     store = {}
     with hooks(model, [(p, port, capture(store, c)) for c, (p, port, _) in table.items()]), torch.no_grad():
         model(**ex)
-    for c, (path, port, heads) in table.items():
+    for c, (path, _port, heads) in table.items():
         want = store[c] if heads is None else head_view(store[c], getattr(model.config, heads))
         assert by[c]["module"] == path, c
         assert tuple(by[c]["view"]) == tuple(want.shape), c

@@ -3,13 +3,14 @@
 Oracles: Hugging Face ``model.generate`` with an equivalent hand-written forward hook, and
 pyvene 0.1.8's ``generate`` (reference section 5.3) on the same tiny models.
 """
+
 import os
 
 import pytest
 import torch
+from _matrix import cell
 
 import fxvene as fv
-from _matrix import cell
 from fxvene import generation as G
 
 pv = pytest.importorskip("pyvene")
@@ -115,7 +116,9 @@ def test_all_positions_and_every_token_equals_hf_hook(model, padded):
     assert torch.equal(out, ref)
     # the prompt part matters (differs from decode-only); on the tiny Llama the decode part does too
     # (the tiny random GPT-2 locks into one token once the last prompt position is steered)
-    _, p_only = im.generate(base, unit_locations={"base": [locs]}, source_representations=vec, intervene_on="prompt", **KW)
+    _, p_only = im.generate(
+        base, unit_locations={"base": [locs]}, source_representations=vec, intervene_on="prompt", **KW
+    )
     _, d_only = im.generate(base, source_representations=vec, **KW)
     assert not torch.equal(out, d_only)
     if model.config.model_type == "llama":
@@ -135,8 +138,9 @@ def test_decode_steps_equal_hf_hook(model):
 
 def test_sampling_equals_hf_hook(gpt2):
     base, vec = _base(True), _vec(gpt2)
-    kw = dict(max_new_tokens=MAX_NEW, do_sample=True, temperature=0.7, top_k=20, top_p=0.9, eos_token_id=None,
-              pad_token_id=0)
+    kw = dict(
+        max_new_tokens=MAX_NEW, do_sample=True, temperature=0.7, top_k=20, top_p=0.9, eos_token_id=None, pad_token_id=0
+    )
     im = fv.IntervenableModel(_add_cfg(), gpt2)
     torch.manual_seed(11)
     _, out = im.generate(base, source_representations=vec, **kw)
@@ -151,8 +155,14 @@ def test_eos_stopping_scores_and_padding_equal_hf(gpt2):
     plain = _plain(gpt2, base, **KW)
     eos = int(plain[0, base["input_ids"].shape[1] + 1])  # row 0 emits it as its 2nd new token
     vec = torch.zeros(_width(gpt2))
-    kw = dict(max_new_tokens=MAX_NEW, eos_token_id=eos, pad_token_id=7, return_dict_in_generate=True,
-              output_scores=True, repetition_penalty=1.3)
+    kw = dict(
+        max_new_tokens=MAX_NEW,
+        eos_token_id=eos,
+        pad_token_id=7,
+        return_dict_in_generate=True,
+        output_scores=True,
+        repetition_penalty=1.3,
+    )
     im = fv.IntervenableModel(_add_cfg(), gpt2)
     _, out = im.generate(base, source_representations=vec, **kw)
     ref = _plain(gpt2, base, **kw)
@@ -212,8 +222,12 @@ def test_pyvene_vanilla_source(model, iop, ul):
     cfg = lambda lib: {"layer": 1, "component": "block_output", "intervention_type": lib.VanillaIntervention}  # noqa: E731
     kw = dict(max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
     fim, pim = fv.IntervenableModel(cfg(fv), model), pv.IntervenableModel(cfg(pv), model)
-    forig, fout = fim.generate(base, [src], unit_locations=ul, intervene_on_prompt=iop, output_original_output=True, **kw)
-    porig, pout = pim.generate(base, [src], unit_locations=ul, intervene_on_prompt=iop, output_original_output=True, **kw)
+    forig, fout = fim.generate(
+        base, [src], unit_locations=ul, intervene_on_prompt=iop, output_original_output=True, **kw
+    )
+    porig, pout = pim.generate(
+        base, [src], unit_locations=ul, intervene_on_prompt=iop, output_original_output=True, **kw
+    )
     assert torch.equal(forig, porig) and torch.equal(fout, pout)
     assert not torch.equal(fout, forig)
 
@@ -266,8 +280,12 @@ def test_one_token_prompt_batch_one(model):
 
 def test_head_unit_on_decode_steps(gpt2):
     """h.pos at decode: the chosen heads of the new token, like a hand-written hook on c_proj's input."""
-    cfg = {"layer": 1, "component": "head_attention_value_output", "unit": "h.pos",
-           "intervention_type": fv.ZeroIntervention}
+    cfg = {
+        "layer": 1,
+        "component": "head_attention_value_output",
+        "unit": "h.pos",
+        "intervention_type": fv.ZeroIntervention,
+    }
     base = _base(False)
     im = fv.IntervenableModel(cfg, gpt2)
     _, out = im.generate(base, unit_locations={"base": [[[[1, 3]] * 2, [[0]] * 2]]}, **KW)
@@ -279,7 +297,7 @@ def test_head_unit_on_decode_steps(gpt2):
             return None
         x = args[0].clone()
         for h in (1, 3):
-            x[:, 0, h * dh:(h + 1) * dh] = 0
+            x[:, 0, h * dh : (h + 1) * dh] = 0
         return (x,)
 
     calls = [0]
@@ -341,8 +359,14 @@ def test_tutorial6_flow_matches_pyvene_sampling(pv_gpt2):
     it. (pyvene 0.1.8's own Collect truncates a whole-sequence (1, S, d) collect, reference section 1.8, so
     the direction comes from fxvene, checked against a hook, and only the steering is compared.)"""
     happy, sad = _base(False, batch=1, seed=21), _base(False, batch=1, seed=22)
-    collector = fv.IntervenableModel(fv.IntervenableConfig(representations=[fv.RepresentationConfig(
-        layer=2, component="mlp_output", intervention_type=fv.CollectIntervention)]), gpt2)
+    collector = fv.IntervenableModel(
+        fv.IntervenableConfig(
+            representations=[
+                fv.RepresentationConfig(layer=2, component="mlp_output", intervention_type=fv.CollectIntervention)
+            ]
+        ),
+        gpt2,
+    )
     _, h = collector(base=happy)
     _, s = collector(base=sad)
     seen = []
@@ -354,11 +378,24 @@ def test_tutorial6_flow_matches_pyvene_sampling(pv_gpt2):
     direction = h[0].mean(dim=1) - s[0].mean(dim=1)  # (1, d)
     out = {}
     for lib in (fv, pv):
-        im = lib.IntervenableModel(lib.IntervenableConfig(representations=[lib.RepresentationConfig(
-            layer=2, component="mlp_output", intervention_type=lib.AdditionIntervention)]), gpt2)
+        im = lib.IntervenableModel(
+            lib.IntervenableConfig(
+                representations=[
+                    lib.RepresentationConfig(
+                        layer=2, component="mlp_output", intervention_type=lib.AdditionIntervention
+                    )
+                ]
+            ),
+            gpt2,
+        )
         torch.manual_seed(5)
-        _, out[lib.__name__] = im.generate(_base(False, batch=1, seed=23), source_representations=direction * 50,
-                                           max_new_tokens=8, do_sample=True, temperature=0.7)
+        _, out[lib.__name__] = im.generate(
+            _base(False, batch=1, seed=23),
+            source_representations=direction * 50,
+            max_new_tokens=8,
+            do_sample=True,
+            temperature=0.7,
+        )
     assert torch.equal(out["fxvene"], out["pyvene"])
 
 
@@ -372,13 +409,24 @@ def test_tutorial6_steering():
     sad = tokenizer("I am very sad and", return_tensors="pt")
     layer = min(6, model.config.n_layer - 1)
     collector = fv.IntervenableModel(
-        fv.IntervenableConfig(representations=[fv.RepresentationConfig(
-            layer=layer, component="mlp_output", intervention_type=fv.CollectIntervention)]), model)
+        fv.IntervenableConfig(
+            representations=[
+                fv.RepresentationConfig(layer=layer, component="mlp_output", intervention_type=fv.CollectIntervention)
+            ]
+        ),
+        model,
+    )
     _, happy_acts = collector(base=happy)
     _, sad_acts = collector(base=sad)
     direction = happy_acts[0].mean(dim=1) - sad_acts[0].mean(dim=1)
-    im = fv.IntervenableModel(fv.IntervenableConfig(representations=[fv.RepresentationConfig(
-        layer=layer, component="mlp_output", intervention_type=fv.AdditionIntervention)]), model)
+    im = fv.IntervenableModel(
+        fv.IntervenableConfig(
+            representations=[
+                fv.RepresentationConfig(layer=layer, component="mlp_output", intervention_type=fv.AdditionIntervention)
+            ]
+        ),
+        model,
+    )
     inputs = tokenizer("Today I feel", return_tensors="pt")
     with pytest.raises(ValueError, match="source_representations"):
         im.generate(inputs, max_new_tokens=20, do_sample=True, temperature=0.7)
@@ -389,8 +437,9 @@ def test_tutorial6_steering():
     # pyvene's semantics (decode steps only) give pyvene's tokens
     steer = direction * 50
     _, steered = im.generate(inputs, source_representations=steer, **kw)
-    pim = pv.IntervenableModel({"layer": layer, "component": "mlp_output", "intervention_type": pv.AdditionIntervention},
-                               model)
+    pim = pv.IntervenableModel(
+        {"layer": layer, "component": "mlp_output", "intervention_type": pv.AdditionIntervention}, model
+    )
     _, pout = pim.generate(inputs, source_representations=steer, **kw)
     assert torch.equal(steered, pout)
     # steering the prompt and every generated token visibly changes the words

@@ -1,15 +1,14 @@
 """The on-disk graph cache: reused across processes, validated on load, pickle-free, weight-free,
 safe between concurrent writers, and clearable. Outputs are compared with the HF model's own."""
+
 import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from fxvene import graph_cache, tracing
 from fxvene import step_graphs as SG
@@ -28,7 +27,9 @@ model = GPT2LMHeadModel(cfg).eval()
 """
 
 # in a fresh process: the chunk step graph and the export forward graph, compared with HF
-CHILD = BUILD + """
+CHILD = (
+    BUILD
+    + """
 import json, sys
 from fxvene import tracing
 from fxvene.step_graphs import _flat_cache, step_graph
@@ -47,6 +48,7 @@ print(json.dumps({
     "chunk_diff": float((got_chunk - ref[:, -1]).abs().max()), "forward_diff": float((got_fwd - ref).abs().max()),
 }))
 """
+)
 
 
 def _env(cache):
@@ -59,8 +61,14 @@ def _env(cache):
 
 
 def _child(cache, script=CHILD):
-    return subprocess.Popen([sys.executable, "-c", script], env=_env(cache), cwd=str(ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=_env(cache),
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _result(proc):
@@ -120,9 +128,12 @@ def test_cache_holds_json_only_no_pickle_no_weights(cache):
 
             blob = base64.b64decode(doc["constants"])
             n = int.from_bytes(blob[:8], "little")
-            header = json.loads(blob[8:8 + n])
-            assert all(v["shape"] == [] or int(torch.tensor(v["shape"]).prod()) <= 16
-                       for k, v in header.items() if k != "__metadata__")
+            header = json.loads(blob[8 : 8 + n])
+            assert all(
+                v["shape"] == [] or int(torch.tensor(v["shape"]).prod()) <= 16
+                for k, v in header.items()
+                if k != "__metadata__"
+            )
     assert total < weight_bytes / 4, (total, weight_bytes)
 
 
@@ -357,8 +368,9 @@ def good_entry(tmp_path_factory):
     return entry.name, entry.read_bytes()
 
 
-@pytest.mark.parametrize("corrupt,why", [(_corrupt_weights, "_gone"), (_corrupt_shapes, "fixed the"),
-                                         (_corrupt_key, "does not match")])
+@pytest.mark.parametrize(
+    "corrupt,why", [(_corrupt_weights, "_gone"), (_corrupt_shapes, "fixed the"), (_corrupt_key, "does not match")]
+)
 def test_mismatched_entry_is_rejected_never_used(cache, good_entry, corrupt, why, monkeypatch, caplog):
     """Entries that parse but do not fit this model are discarded with a note, never run: with export
     unavailable, the call fails loudly instead of returning a graph from the bad entry."""
@@ -407,9 +419,9 @@ def test_loaded_graph_sweeps_and_generates_like_pyvene_and_hf(cache, which):
     fresh export's nodes and metadata, and a prefix sweep and generation on it give pyvene 0.1.8's
     and Hugging Face's numbers."""
     import pyvene
+    from conftest import make_gpt2, make_llama
 
     import fxvene as pv
-    from conftest import make_gpt2, make_llama
 
     make = (lambda: make_gpt2(n_layer=2)) if which == "gpt2" else (lambda: make_llama(n_layer=2))
     fresh = SG.step_graph(make(), "chunk")
@@ -441,13 +453,15 @@ def test_loaded_graph_sweeps_and_generates_like_pyvene_and_hf(cache, which):
     src = {"input_ids": torch.randint(1, 50, (1, 6), generator=g)}
     r = pv.patching_sweep(model, base, src, components=["block_output"], prefix=True, progress=False)
     for layer, pos in ((0, 1), (1, 4)):
-        iv = pyvene.IntervenableModel(pyvene.IntervenableConfig([pyvene.RepresentationConfig(layer, "block_output")]),
-                                      model)
+        iv = pyvene.IntervenableModel(
+            pyvene.IntervenableConfig([pyvene.RepresentationConfig(layer, "block_output")]), model
+        )
         _, out = iv(base, [src], unit_locations={"sources->base": pos})
         torch.testing.assert_close(r.values[0, layer, pos], out.logits[:, -1], atol=1e-5, rtol=1e-5)
 
-    im = pv.IntervenableModel({"layer": 1, "component": "mlp_output", "intervention_type": pv.AdditionIntervention},
-                              model)
+    im = pv.IntervenableModel(
+        {"layer": 1, "component": "mlp_output", "intervention_type": pv.AdditionIntervention}, model
+    )
     vec = torch.zeros(model.config.hidden_size)  # a zero steering vector: HF's own greedy text
     kw = dict(max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)
     _, out = im.generate(base, source_representations=vec, **kw)

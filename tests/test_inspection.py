@@ -4,18 +4,19 @@ Expected values are computed here, independently of fxvene's locate/rewrite code
 regions straight from ``nn_module_stack``, users and ancestors by walking the fx graph,
 shapes from the model config.
 """
+
 import io
 import re
 import shutil
 
 import pytest
+from _matrix import cell
+from conftest import frontends
 
 import fxvene as pv
 from fxvene import graphdiff, inspection
 from fxvene.models import Component, family_for
 from fxvene.tracing import trace
-from _matrix import cell
-from conftest import frontends
 
 SIG = ("input_ids", "attention_mask")
 B, S = 2, 8  # the example input every graph is shape-propagated on
@@ -57,7 +58,8 @@ def _block_output(gm, path):
     """The one tensor node of module ``path`` read outside it (computed from nn_module_stack)."""
     inside = {n for n in gm.graph.nodes if path in _stack(n)}
     esc = [
-        n for n in inside
+        n
+        for n in inside
         if n.op != "get_attr" and hasattr(n.meta.get("val"), "shape") and any(u not in inside for u in n.users)
     ]
     assert len(esc) == 1, [n.name for n in esc]
@@ -81,8 +83,10 @@ def _model(request, family):
 # ------------------------------------------------------------------------------ graph diffs
 
 
-CASES = [pytest.param(*c, marks=[cell("gpt2", "graph_diff")] if c[0] == "gpt2" else [], id=f"{c[0]}-{c[1]}")
-         for c in [("gpt2", 3, "transformer.h.3"), ("gpt2", 1, "transformer.h.1"), ("llama", 1, "model.layers.1")]]
+CASES = [
+    pytest.param(*c, marks=[cell("gpt2", "graph_diff")] if c[0] == "gpt2" else [], id=f"{c[0]}-{c[1]}")
+    for c in [("gpt2", 3, "transformer.h.3"), ("gpt2", 1, "transformer.h.1"), ("llama", 1, "model.layers.1")]
+]
 
 
 @pytest.mark.parametrize("frontend", frontends())
@@ -96,7 +100,10 @@ def test_vanilla_block_output_diff(request, family, layer, path, frontend):
     site = _block_output(old, path)
     users = {u.name for u in site.users}
     # the next block (or the final norm, after the last block) reads the block's output
-    nxt = {"gpt2": f"transformer.h.{layer + 1}" if layer < 3 else "transformer.ln_f", "llama": f"model.layers.{layer + 1}"}[family]
+    nxt = {
+        "gpt2": f"transformer.h.{layer + 1}" if layer < 3 else "transformer.ln_f",
+        "llama": f"model.layers.{layer + 1}",
+    }[family]
     assert users and all(any(p.startswith(nxt) for p in _stack(u)) for u in site.users.keys())
 
     # exactly one intervention node and its two data placeholders are added; nothing removed
@@ -105,7 +112,7 @@ def test_vanilla_block_output_diff(request, family, layer, path, frontend):
     assert d.removed == [] and d.outputs_added == [] and d.outputs_removed == []
     # exactly the users of the block's output are rewired, each from the site to the new node
     assert set(d.rewired) == users
-    for u, (before, after) in d.rewired.items():
+    for before, after in d.rewired.values():
         assert after == tuple("fxv_site_0" if a == site.name else a for a in before)
         assert site.name in before
     new_nodes = {n.name: n for n in d.new.graph.nodes}
@@ -173,14 +180,16 @@ def test_source_graph_truncation(request, family, path, frontend):
     needed = _ancestors(site) | {site}
     removed = set(d.removed)
     # every node after the site is removed (the output is replaced, not removed) ...
-    after = [n.name for n in old[old.index(site) + 1:] if n.op != "output"]
+    after = [n.name for n in old[old.index(site) + 1 :] if n.op != "output"]
     assert after and set(after) <= removed
     # ... and nothing the site needs is
     assert not removed & {n.name for n in needed}
     if family == "gpt2":  # no in-place ops in GPT-2's graphs: exactly the unneeded nodes go
         assert removed == {n.name for n in old if n not in needed and n.op not in ("placeholder", "output")}
     assert sorted(d.added) == ["fxv_get_0", "fxv_sloc_0"]
-    assert d.outputs_added == ["fxv_get_0"] and [a.name for a in d._new_nodes["output"].all_input_nodes] == ["fxv_get_0"]
+    assert d.outputs_added == ["fxv_get_0"] and [a.name for a in d._new_nodes["output"].all_input_nodes] == [
+        "fxv_get_0"
+    ]
     assert list(d.rewired) == ["output"]
     text = d.text(context=1, max_run=8)
     assert re.search(r"^- \.\.\. \d+ more removed lines in .*\.\.\.$", text, re.M)
@@ -222,7 +231,7 @@ def test_dot_highlights_and_clusters(gpt2, frontend, tmp_path):
     for u in d.rewired:
         assert _fill(dot, u) == graphdiff.COLORS["rewired"]
     # the intervention node sits in its site's module cluster
-    cluster = dot[dot.index('label="transformer.h.1";'):]
+    cluster = dot[dot.index('label="transformer.h.1";') :]
     assert cluster.index('"fxv_site_0"') < cluster.index('label="transformer.h.2";')
     assert re.search(rf'"{site.name}" \[.*penwidth=2.5', dot)
     # a neighbourhood keeps the changes and drops far nodes
@@ -338,11 +347,13 @@ def test_component_table_arguments(gpt2):
 
 @pytest.mark.parametrize("frontend", frontends())
 def test_sites_listing(gpt2, frontend):
-    config = pv.IntervenableConfig([
-        {"layer": 1, "component": "block_output", "intervention_type": pv.VanillaIntervention},
-        {"layer": 2, "component": "head_key_output", "unit": "h.pos", "intervention_type": pv.VanillaIntervention},
-        {"layer": 0, "component": "mlp_output", "intervention_type": pv.SkipIntervention},
-    ])
+    config = pv.IntervenableConfig(
+        [
+            {"layer": 1, "component": "block_output", "intervention_type": pv.VanillaIntervention},
+            {"layer": 2, "component": "head_key_output", "unit": "h.pos", "intervention_type": pv.VanillaIntervention},
+            {"layer": 0, "component": "mlp_output", "intervention_type": pv.SkipIntervention},
+        ]
+    )
     iv = pv.IntervenableModel(config, gpt2, tracer=frontend)
     rows = iv.sites()
     gm = trace(gpt2, SIG, tracer=frontend).gm
@@ -351,7 +362,9 @@ def test_sites_listing(gpt2, frontend):
     assert (r0.component, r0.layer, r0.unit, r0.intervention) == ("block_output", 1, "pos", "VanillaIntervention")
     assert r0.node == _block_output(gm, "transformer.h.1").name and r0.module == "transformer.h.1"
     assert r0.shape == (B, S, 24) and r0.frontend == frontend and r0.dtype == "float32"
-    assert r1.module == "transformer.h.2.attn.c_attn" and r1.node == _block_output(gm, "transformer.h.2.attn.c_attn").name
+    assert (
+        r1.module == "transformer.h.2.attn.c_attn" and r1.node == _block_output(gm, "transformer.h.2.attn.c_attn").name
+    )
     assert r1.n_heads == 4 and r1.view == (B, 4, S, 6) and r1.unit == "h.pos"
     # Skip reads the module's input on the source side
     mlp_in = {u.name for u in gm.graph.nodes if "transformer.h.0.mlp" in _stack(u)}
@@ -368,9 +381,12 @@ def test_sites_listing(gpt2, frontend):
 def test_rewritten_graph_arguments(gpt2):
     fe = frontends()[-1]
     iv = pv.IntervenableModel(
-        [{"layer": 1, "component": "block_output", "intervention_type": pv.VanillaIntervention},
-         {"layer": 2, "component": "block_output", "intervention_type": pv.CollectIntervention}],
-        gpt2, tracer=fe,
+        [
+            {"layer": 1, "component": "block_output", "intervention_type": pv.VanillaIntervention},
+            {"layer": 2, "component": "block_output", "intervention_type": pv.CollectIntervention},
+        ],
+        gpt2,
+        tracer=fe,
     )
     with pytest.raises(ValueError, match="plan"):
         iv.rewritten_graph(plan="other")

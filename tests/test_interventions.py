@@ -4,6 +4,7 @@ Differential tests build pyvene 0.1.8's class and fxvene's class with the same s
 kwargs and require identical state dicts, outputs and gradients. Formula tests check the
 maths by hand; the remaining tests cover fxvene's deliberate differences from pyvene.
 """
+
 import ast
 import os
 import subprocess
@@ -30,26 +31,33 @@ L = 6  # latent_dim
 NOISE_LEVEL = 0.13462981581687927
 
 
-
-
 @pytest.fixture(scope="module")
 def pv():
     pytest.importorskip("pyvene")
     from pyvene.models import basic_utils, intervention_utils, interventions, layers, modeling_utils
 
-    return types.SimpleNamespace(
-        I=interventions, U=intervention_utils, L=layers, B=basic_utils, M=modeling_utils
-    )
+    return types.SimpleNamespace(I=interventions, U=intervention_utils, L=layers, B=basic_utils, M=modeling_utils)
 
 
 def engine_kwargs(**over):
     """What the engine passes: every RepresentationConfig field + embed_dim + use_fast."""
     kw = dict(
-        layer=0, component="block_output", unit="pos", max_number_of_units=1,
-        low_rank_dimension=R, intervention_type=None, intervention=None,
-        subspace_partition=None, group_key=None, intervention_link_key=None, moe_key=None,
-        source_representation=None, hidden_source_representation=None, latent_dim=L,
-        embed_dim=D, use_fast=False,
+        layer=0,
+        component="block_output",
+        unit="pos",
+        max_number_of_units=1,
+        low_rank_dimension=R,
+        intervention_type=None,
+        intervention=None,
+        subspace_partition=None,
+        group_key=None,
+        intervention_link_key=None,
+        moe_key=None,
+        source_representation=None,
+        hidden_source_representation=None,
+        latent_dim=L,
+        embed_dim=D,
+        use_fast=False,
     )
     kw.update(over)
     return kw
@@ -84,32 +92,64 @@ def fwd_both(p, f, base, source, **kw):
 
 
 ALL_NAMES = [
-    "Intervention", "TrainableIntervention", "ConstantSourceIntervention",
-    "SourcelessIntervention", "BasisAgnosticIntervention", "SharedWeightsTrainableIntervention",
-    "SkipIntervention", "VanillaIntervention", "AdditionIntervention",
-    "SubtractionIntervention", "ZeroIntervention", "CollectIntervention", "NoiseIntervention",
-    "RotatedSpaceIntervention", "LowRankRotatedSpaceIntervention",
-    "BoundlessRotatedSpaceIntervention", "SigmoidMaskRotatedSpaceIntervention",
-    "SigmoidMaskIntervention", "AutoencoderIntervention", "JumpReLUAutoencoderIntervention",
+    "Intervention",
+    "TrainableIntervention",
+    "ConstantSourceIntervention",
+    "SourcelessIntervention",
+    "BasisAgnosticIntervention",
+    "SharedWeightsTrainableIntervention",
+    "SkipIntervention",
+    "VanillaIntervention",
+    "AdditionIntervention",
+    "SubtractionIntervention",
+    "ZeroIntervention",
+    "CollectIntervention",
+    "NoiseIntervention",
+    "RotatedSpaceIntervention",
+    "LowRankRotatedSpaceIntervention",
+    "BoundlessRotatedSpaceIntervention",
+    "SigmoidMaskRotatedSpaceIntervention",
+    "SigmoidMaskIntervention",
+    "AutoencoderIntervention",
+    "JumpReLUAutoencoderIntervention",
 ]
-SWAP_NAMES = ["VanillaIntervention", "AdditionIntervention", "SubtractionIntervention",
-              "ZeroIntervention", "SkipIntervention"]
-TRAINABLE_NAMES = ["RotatedSpaceIntervention", "LowRankRotatedSpaceIntervention",
-                   "BoundlessRotatedSpaceIntervention", "SigmoidMaskRotatedSpaceIntervention",
-                   "SigmoidMaskIntervention"]
+SWAP_NAMES = [
+    "VanillaIntervention",
+    "AdditionIntervention",
+    "SubtractionIntervention",
+    "ZeroIntervention",
+    "SkipIntervention",
+]
+TRAINABLE_NAMES = [
+    "RotatedSpaceIntervention",
+    "LowRankRotatedSpaceIntervention",
+    "BoundlessRotatedSpaceIntervention",
+    "SigmoidMaskRotatedSpaceIntervention",
+    "SigmoidMaskIntervention",
+]
 
 
 # ------------------------------------------------------------------ construction contract
 
 
 def test_exports_exist():
-    for name in ALL_NAMES + ["LocalistRepresentationIntervention",
-                             "DistributedRepresentationIntervention", "PCARotatedSpaceIntervention",
-                             "InterventionOutput", "LambdaIntervention",
-                             "_do_intervention_by_swap", "broadcast_tensor_v1"]:
+    for name in ALL_NAMES + [
+        "LocalistRepresentationIntervention",
+        "DistributedRepresentationIntervention",
+        "PCARotatedSpaceIntervention",
+        "InterventionOutput",
+        "LambdaIntervention",
+        "_do_intervention_by_swap",
+        "broadcast_tensor_v1",
+    ]:
         assert hasattr(fi, name), name
-    for name in ["RotateLayer", "LowRankRotateLayer", "SubspaceLowRankRotateLayer",
-                 "AutoencoderLayer", "InverseRotateLayer"]:
+    for name in [
+        "RotateLayer",
+        "LowRankRotateLayer",
+        "SubspaceLowRankRotateLayer",
+        "AutoencoderLayer",
+        "InverseRotateLayer",
+    ]:
         assert hasattr(fl, name), name
 
 
@@ -119,14 +159,23 @@ def test_construction_matches_pyvene(pv, name):
     p, f = build_pair(pv, name, seed=3, **kw)
     assert_same_state(p, f)
     assert [c.__name__ for c in type(p).__mro__] == [c.__name__ for c in type(f).__mro__]
-    for attr in ["trainable", "is_source_constant", "keep_last_dim", "use_fast",
-                 "subspace_partition", "is_repr_distributed", "basis_agnostic", "shared_weights"]:
+    for attr in [
+        "trainable",
+        "is_source_constant",
+        "keep_last_dim",
+        "use_fast",
+        "subspace_partition",
+        "is_repr_distributed",
+        "basis_agnostic",
+        "shared_weights",
+    ]:
         assert getattr(p, attr, "<missing>") == getattr(f, attr, "<missing>"), attr
     assert f.subspace_partition == [[0, 1, 2, 3], list(range(4, 12))]
     assert str(p) == str(f)
     assert sorted(n for n, _ in p.named_buffers()) == sorted(n for n, _ in f.named_buffers())
-    assert [(n, q.requires_grad) for n, q in p.named_parameters()] == \
-        [(n, q.requires_grad) for n, q in f.named_parameters()]
+    assert [(n, q.requires_grad) for n, q in p.named_parameters()] == [
+        (n, q.requires_grad) for n, q in f.named_parameters()
+    ]
     # pyvene's state dict loads into fxvene
     f.load_state_dict(p.state_dict(), strict=True)
 
@@ -178,8 +227,7 @@ def test_swap_family_matches_pyvene(pv, name):
     assert torch.equal(op, of) and torch.equal(of[..., 5:], base[..., 5:])
     # subspace_partition, fast path, use_fast=True with identical rows
     for use_fast in (False, True):
-        p, f = build_pair(pv, name, embed_dim=D, subspace_partition=[[0, 3], [3, 12]],
-                          use_fast=use_fast)
+        p, f = build_pair(pv, name, embed_dim=D, subspace_partition=[[0, 3], [3, 12]], use_fast=use_fast)
         op, of = fwd_both(p, f, base, src, subspaces=[[1]] * 3)
         assert torch.equal(op, of) and torch.equal(of[..., :3], base[..., :3])
     # per-example rows on a 2-D (flattened) tensor: pyvene is per-example there too
@@ -262,8 +310,7 @@ def test_trainable_forward_and_grad_match_pyvene(pv, name):
         _check_fwd_bwd(p, f, base, src, subspaces=sub)
         for use_fast in (False, True):
             part = [[0, 2], [2, 4]] if name.startswith("LowRank") else [[0, 4], [4, 12]]
-            p, f = build_pair(pv, name, seed=6, **engine_kwargs(subspace_partition=part,
-                                                                 use_fast=use_fast))
+            p, f = build_pair(pv, name, seed=6, **engine_kwargs(subspace_partition=part, use_fast=use_fast))
             _check_fwd_bwd(p, f, base, src, subspaces=[[1]] * 3)
     if name == "LowRankRotatedSpaceIntervention":
         # per-example rows with a partition: pyvene's per-example path
@@ -296,8 +343,9 @@ def test_boundless_and_sigmoid_setters_match_pyvene(pv):
 def test_pca_matches_pyvene(pv):
     rng = np.random.RandomState(0)
     q, _ = np.linalg.qr(rng.randn(D, D))
-    kw = dict(embed_dim=D, pca=types.SimpleNamespace(components_=q[:8]),
-              pca_mean=rng.randn(D), pca_std=rng.rand(D) + 0.5)
+    kw = dict(
+        embed_dim=D, pca=types.SimpleNamespace(components_=q[:8]), pca_mean=rng.randn(D), pca_std=rng.rand(D) + 0.5
+    )
     p, f = build_pair(pv, "PCARotatedSpaceIntervention", **kw)
     assert_same_state(p, f)
     assert f.trainable is False and f.pca_components.shape == (8, D)
@@ -351,8 +399,7 @@ def test_jumprelu_matches_pyvene(pv):
     assert_same_state(p, f)
     assert all(torch.count_nonzero(t) == 0 for n, t in f.named_parameters())
     g = torch.Generator().manual_seed(3)
-    sd = {k: (torch.randn(v.shape, generator=g) if v.is_floating_point() else v)
-          for k, v in p.state_dict().items()}
+    sd = {k: (torch.randn(v.shape, generator=g) if v.is_floating_point() else v) for k, v in p.state_dict().items()}
     sd["threshold"] = sd["threshold"].abs() * 0.1
     p.load_state_dict(sd), f.load_state_dict(sd)
     base, src = rand(3, 2, D, seed=24), rand(3, 2, D, seed=25)
@@ -364,8 +411,12 @@ def test_jumprelu_matches_pyvene(pv):
 
 
 def test_layers_match_pyvene(pv):
-    for name, args in [("RotateLayer", (D,)), ("LowRankRotateLayer", (D, R)),
-                       ("SubspaceLowRankRotateLayer", (D, R)), ("AutoencoderLayer", (D, L))]:
+    for name, args in [
+        ("RotateLayer", (D,)),
+        ("LowRankRotateLayer", (D, R)),
+        ("SubspaceLowRankRotateLayer", (D, R)),
+        ("AutoencoderLayer", (D, L)),
+    ]:
         torch.manual_seed(4)
         lp = getattr(pv.L, name)(*args)
         torch.manual_seed(4)
@@ -396,8 +447,7 @@ def test_lowrank_formula_by_hand():
     torch.testing.assert_close(m(x.clone(), s.clone()), expected, atol=1e-5, rtol=1e-5)
     cols = [1, 3]
     expected = x + ((s - x) @ W[:, cols]) @ W[:, cols].T
-    torch.testing.assert_close(m(x.clone(), s.clone(), subspaces=[cols] * 3), expected,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m(x.clone(), s.clone(), subspaces=[cols] * 3), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_lowrank_per_example_without_partition():
@@ -459,8 +509,7 @@ def test_partition_id_equals_explicit_indices():
     base, src = rand(2, 3, D, seed=38), rand(2, 3, D, seed=39)
     a = fi.VanillaIntervention(embed_dim=D, subspace_partition=[[0, 6], [6, 12]])
     b = fi.VanillaIntervention(embed_dim=D)
-    assert torch.equal(a(base.clone(), src, subspaces=[[0]] * 2),
-                       b(base.clone(), src, subspaces=[list(range(6))] * 2))
+    assert torch.equal(a(base.clone(), src, subspaces=[[0]] * 2), b(base.clone(), src, subspaces=[list(range(6))] * 2))
     out = a(base.clone(), src, subspaces=[[1]] * 2)
     assert torch.equal(out[..., 6:], src[..., 6:]) and torch.equal(out[..., :6], base[..., :6])
 
@@ -469,7 +518,9 @@ def test_swap_modes_by_hand():
     base, src = rand(2, 3, D, seed=40), rand(2, 3, D, seed=41)
     sw = fi._do_intervention_by_swap
     assert torch.equal(sw(base.clone(), src, "add", 4), torch.cat([base[..., :4] + src[..., :4], base[..., 4:]], -1))
-    assert torch.equal(sw(base.clone(), src, "subtract", 4), torch.cat([base[..., :4] - src[..., :4], base[..., 4:]], -1))
+    assert torch.equal(
+        sw(base.clone(), src, "subtract", 4), torch.cat([base[..., :4] - src[..., :4], base[..., 4:]], -1)
+    )
     z = fi.ZeroIntervention(embed_dim=D)(base.clone())
     assert torch.count_nonzero(z) == 0
     # (d,) source broadcasts
@@ -497,20 +548,19 @@ def test_broadcast_and_can_use_fast(pv):
 
 
 def test_per_example_subspaces_are_per_example(pv):
-    out = fi._do_intervention_by_swap(torch.zeros(2, 1, 6), torch.ones(2, 1, 6), "interchange", 6,
-                                      [[0, 1], [2, 3]])
+    out = fi._do_intervention_by_swap(torch.zeros(2, 1, 6), torch.ones(2, 1, 6), "interchange", 6, [[0, 1], [2, 3]])
     exp = torch.zeros(2, 1, 6)
     exp[0, :, 0:2] = 1
     exp[1, :, 2:4] = 1
     assert torch.equal(out, exp)
     # pyvene applies the union (documented bug §10.5): make sure we really differ
-    pyv = pv.U._do_intervention_by_swap(torch.zeros(2, 1, 6), torch.ones(2, 1, 6), "interchange", 6,
-                                        [[0, 1], [2, 3]])
+    pyv = pv.U._do_intervention_by_swap(torch.zeros(2, 1, 6), torch.ones(2, 1, 6), "interchange", 6, [[0, 1], [2, 3]])
     assert torch.equal(pyv[:, 0, :4], torch.ones(2, 4)) and not torch.equal(pyv, out)
 
 
-@pytest.mark.parametrize("name", ["VanillaIntervention", "AdditionIntervention",
-                                  "SubtractionIntervention", "ZeroIntervention"])
+@pytest.mark.parametrize(
+    "name", ["VanillaIntervention", "AdditionIntervention", "SubtractionIntervention", "ZeroIntervention"]
+)
 def test_localist_per_example_subspaces(name):
     base, src = rand(3, 4, D, seed=42), rand(3, 4, D, seed=43)
     subs = [[0, 1], [5], [2, 9]]
@@ -626,6 +676,7 @@ def test_intervention_output(pv):
     assert torch.equal(o.output, torch.ones(2)) and torch.equal(o["latent"], torch.zeros(3))
     assert len(o.to_tuple()) == 2 and fi.InterventionOutput(output=1).to_tuple() == (1,)
     from transformers.utils import ModelOutput
+
     assert isinstance(o, ModelOutput)
 
 
@@ -639,17 +690,32 @@ def test_get_type_from_string_allow_list(monkeypatch):
         raise AssertionError("get_type_from_string must not import modules")
 
     monkeypatch.setattr(importlib, "import_module", boom)
-    for name in ["VanillaIntervention", "LowRankRotatedSpaceIntervention", "CollectIntervention",
-                 "NoiseIntervention", "JumpReLUAutoencoderIntervention"]:
+    for name in [
+        "VanillaIntervention",
+        "LowRankRotatedSpaceIntervention",
+        "CollectIntervention",
+        "NoiseIntervention",
+        "JumpReLUAutoencoderIntervention",
+    ]:
         assert fb.get_type_from_string(f"<class 'pyvene.models.interventions.{name}'>") is getattr(fi, name)
         assert fb.get_type_from_string(f"pyvene.models.interventions.{name}") is getattr(fi, name)
         assert fb.get_type_from_string(f"<class 'fxvene.interventions.{name}'>") is getattr(fi, name)
         assert fb.get_type_from_string(f"fxvene.interventions.{name}") is getattr(fi, name)
-    bad = ["<class 'os.system'>", "os.system", "builtins.eval", "subprocess.Popen",
-           "pyvene.models.interventions.os", "fxvene.interventions.torch",
-           "fxvene.interventions.np", "fxvene.interventions._do_intervention_by_swap",
-           "fxvene.basic_utils.create_directory", "VanillaIntervention", "",
-           "<class 'torch.nn.Linear'>", "__main__.VanillaIntervention"]
+    bad = [
+        "<class 'os.system'>",
+        "os.system",
+        "builtins.eval",
+        "subprocess.Popen",
+        "pyvene.models.interventions.os",
+        "fxvene.interventions.torch",
+        "fxvene.interventions.np",
+        "fxvene.interventions._do_intervention_by_swap",
+        "fxvene.basic_utils.create_directory",
+        "VanillaIntervention",
+        "",
+        "<class 'torch.nn.Linear'>",
+        "__main__.VanillaIntervention",
+    ]
     for s in bad:
         with pytest.raises(ValueError):
             fb.get_type_from_string(s)
@@ -661,8 +727,9 @@ def test_basic_utils_match_pyvene(pv, tmp_path, capsys):
     B = pv.B
     x = torch.linspace(-3, 15, 40)
     assert torch.equal(fb.sigmoid_boundary(x, 1.0, 7.0, 0.5), B.sigmoid_boundary(x, 1.0, 7.0, 0.5))
-    torch.testing.assert_close(fb.harmonic_sigmoid_boundary(x, 1.0, 7.0, 0.5),
-                               B.harmonic_sigmoid_boundary(x, 1.0, 7.0, 0.5), equal_nan=True)
+    torch.testing.assert_close(
+        fb.harmonic_sigmoid_boundary(x, 1.0, 7.0, 0.5), B.harmonic_sigmoid_boundary(x, 1.0, 7.0, 0.5), equal_nan=True
+    )
     torch.manual_seed(0)
     a = B.random_permutation_matrix(6)
     torch.manual_seed(0)
@@ -700,8 +767,9 @@ def test_basic_utils_match_pyvene(pv, tmp_path, capsys):
     fb.top_vals(Tok(), res, n=2)
     assert "c_d" in capsys.readouterr().out
 
-    model = types.SimpleNamespace(config=types.SimpleNamespace(architectures=["GPT2LMHeadModel"]),
-                                  wte=torch.nn.Embedding(7, 4))
+    model = types.SimpleNamespace(
+        config=types.SimpleNamespace(architectures=["GPT2LMHeadModel"]), wte=torch.nn.Embedding(7, 4)
+    )
     emb = rand(1, 2, 4, seed=57)
     assert torch.equal(fb.embed_to_distrib(model, emb, logits=True), B.embed_to_distrib(model, emb, logits=True))
     assert torch.equal(fb.embed_to_distrib(model, emb, log=True), B.embed_to_distrib(model, emb, log=True))
@@ -726,10 +794,12 @@ def test_no_pyvene_import():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 assert node.module.split(".")[0] != "pyvene", fname
     # stub the package so only these three modules (not the engine in fxvene/__init__) load
-    code = ("import sys, types; pkg = types.ModuleType('fxvene'); pkg.__path__ = ['fxvene'];"
-            "sys.modules['fxvene'] = pkg;"
-            "import fxvene.interventions, fxvene.layers, fxvene.basic_utils as b;"
-            "b.get_type_from_string('pyvene.models.interventions.VanillaIntervention');"
-            "sys.exit(int(any(m.split('.')[0] == 'pyvene' for m in sys.modules)))")
+    code = (
+        "import sys, types; pkg = types.ModuleType('fxvene'); pkg.__path__ = ['fxvene'];"
+        "sys.modules['fxvene'] = pkg;"
+        "import fxvene.interventions, fxvene.layers, fxvene.basic_utils as b;"
+        "b.get_type_from_string('pyvene.models.interventions.VanillaIntervention');"
+        "sys.exit(int(any(m.split('.')[0] == 'pyvene' for m in sys.modules)))"
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO)).returncode == 0

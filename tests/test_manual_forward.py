@@ -1,12 +1,13 @@
 """fxvene against a hand-written GPT-2 forward (no pyvene, no hooks): the numbers come from
 the weights alone, so this checks the engine independently of the oracle."""
+
 import math
 
 import pytest
 import torch
+from conftest import frontends
 
 import fxvene as pv
-from conftest import frontends
 
 
 def _ln(x, mod):
@@ -68,8 +69,11 @@ def test_block_output_patch_matches_manual(gpt2, batch, frontend):
         return x
 
     expected = gpt2_manual(gpt2, base["input_ids"], put)
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=2, component="block_output", intervention_type=pv.VanillaIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(layer=2, component="block_output", intervention_type=pv.VanillaIntervention)
+        ]
+    )
     im = pv.IntervenableModel(cfg, gpt2, tracer=frontend)
     _, out = im(base=base, sources=[src], unit_locations={"sources->base": ([src_pos], [base_pos])})
     torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5)
@@ -99,9 +103,13 @@ def test_head_attention_value_output_patch_matches_manual(gpt2, batch, frontend)
         return x
 
     expected = gpt2_manual(gpt2, base["input_ids"], put)
-    cfg = pv.IntervenableConfig(representations=[
-        pv.RepresentationConfig(layer=1, component="head_attention_value_output", unit="h.pos",
-                                intervention_type=pv.VanillaIntervention)])
+    cfg = pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(
+                layer=1, component="head_attention_value_output", unit="h.pos", intervention_type=pv.VanillaIntervention
+            )
+        ]
+    )
     im = pv.IntervenableModel(cfg, gpt2, tracer=frontend)
     loc = [[heads, pos]]
     _, out = im(base=base, sources=[src], unit_locations={"sources->base": (loc, loc)})

@@ -1,31 +1,51 @@
 """The README's support matrix is generated from the tests' ``cell(family, feature)`` marks (tests/_matrix.py):
 the renderer, the outcome recorder, and the README table against the marks the test files declare."""
+
 import json
 import os
 import re
 import subprocess
 import sys
 
+import _matrix as M
 import pytest
 import transformers
-
-import _matrix as M
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 
 
 def _run(version, rows):
-    return {"transformers": version, "torch": "2.13.0", "results": [
-        dict(family=f, feature=ft, frontend=fe, test=f"t::{i}", outcome=o) for i, (f, ft, fe, o) in enumerate(rows)]}
+    return {
+        "transformers": version,
+        "torch": "2.13.0",
+        "results": [
+            dict(family=f, feature=ft, frontend=fe, test=f"t::{i}", outcome=o) for i, (f, ft, fe, o) in enumerate(rows)
+        ],
+    }
 
 
 def test_render_and_parse_round_trip():
-    r4 = _run("4.47.1", [("gpt_neo", "components", "hf_fx", "passed"), ("gpt_neo", "components", "export", "passed"),
-                         ("gpt_neo", "generate", None, "passed"), ("phi3", "cli", None, "failed"),
-                         ("phi3", "cli", None, "passed"), ("phi3", "pyvene_diff", None, "skipped")])
-    r5 = _run("5.23.0", [("gpt_neo", "components", "export", "passed"), ("gpt_neo", "generate", None, "passed"),
-                         ("qwen3", "generate", None, "passed"), ("phi3", "cli", None, "passed")])
+    r4 = _run(
+        "4.47.1",
+        [
+            ("gpt_neo", "components", "hf_fx", "passed"),
+            ("gpt_neo", "components", "export", "passed"),
+            ("gpt_neo", "generate", None, "passed"),
+            ("phi3", "cli", None, "failed"),
+            ("phi3", "cli", None, "passed"),
+            ("phi3", "pyvene_diff", None, "skipped"),
+        ],
+    )
+    r5 = _run(
+        "5.23.0",
+        [
+            ("gpt_neo", "components", "export", "passed"),
+            ("gpt_neo", "generate", None, "passed"),
+            ("qwen3", "generate", None, "passed"),
+            ("phi3", "cli", None, "passed"),
+        ],
+    )
     table = M.render([r5, r4])
     lines = table.splitlines()
     assert lines[0] == "| family | " + " | ".join(M.FEATURES) + " |"
@@ -49,9 +69,14 @@ def test_bad_cell_is_refused_and_other_features_follow_the_listed_ones():
 
 
 def _marked_test_files():
-    return sorted(os.path.join(TESTS, f) for f in os.listdir(TESTS) if f.startswith("test_") and f.endswith(".py")
-                  and re.search(r"^from _matrix import|^import _matrix", open(os.path.join(TESTS, f)).read(), re.M)
-                  and f != "test_matrix.py")
+    return sorted(
+        os.path.join(TESTS, f)
+        for f in os.listdir(TESTS)
+        if f.startswith("test_")
+        and f.endswith(".py")
+        and re.search(r"^from _matrix import|^import _matrix", open(os.path.join(TESTS, f)).read(), re.M)
+        and f != "test_matrix.py"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +87,14 @@ def declared(tmp_path_factory):
     assert files, "no test file uses tests/_matrix.py's cell marks"
     env = dict(os.environ, FXVENE_MATRIX_CELLS=out)
     env.pop("FXVENE_MATRIX_OUT", None)
-    res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     with open(out, encoding="utf-8") as f:
         data = json.load(f)
@@ -86,17 +117,27 @@ def test_outcomes_are_recorded(tmp_path):
         "def test_x(fam, frontend):\n    assert fam == 'a'\n"
         "@pytest.mark.skip(reason='no')\n@pytest.mark.parametrize('fam', [pytest.param('a', marks=cell('a', 'cli'))])\n"
         "def test_y(fam):\n    pass\n"
-        "def test_unmarked():\n    pass\n")
+        "def test_unmarked():\n    pass\n"
+    )
     out = tmp_path / "out.json"
     env = dict(os.environ, FXVENE_MATRIX_OUT=str(out), PYTHONPATH=TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("FXVENE_MATRIX_CELLS", None)
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_matrix", str(test)],
-                   cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_matrix", str(test)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     data = json.loads(out.read_text())
     assert data["transformers"] == transformers.__version__
     got = sorted((r["family"], r["feature"], r["frontend"], r["outcome"]) for r in data["results"])
-    assert got == [("a", "cli", None, "skipped"), ("a", "generate", "export", "passed"),
-                   ("b", "cli", "export", "failed")]
+    assert got == [
+        ("a", "cli", None, "skipped"),
+        ("a", "generate", "export", "passed"),
+        ("b", "cli", "export", "failed"),
+    ]
 
 
 def test_readme_matrix_lists_exactly_the_declared_cells(declared):
@@ -111,7 +152,10 @@ def test_readme_matrix_lists_exactly_the_declared_cells(declared):
     assert not missing and not extra, (
         f"README support matrix vs the tests' marks on transformers {version}: cells the tests declare but the "
         f"README does not list: {missing}; cells the README lists that no test declares: {extra}. Regenerate it: "
-        "FXVENE_MATRIX_OUT=... on both lines, then python tests/_matrix.py render OUT_4.json OUT_5.json")
+        "FXVENE_MATRIX_OUT=... on both lines, then python tests/_matrix.py render OUT_4.json OUT_5.json"
+    )
     for key, (status, fes) in here.items():
         if status == "pass" and declared[key]:
-            assert set(fes) == declared[key], f"{key}: README lists frontends {fes}, the tests run {sorted(declared[key])}"
+            assert set(fes) == declared[key], (
+                f"{key}: README lists frontends {fes}, the tests run {sorted(declared[key])}"
+            )

@@ -1,6 +1,7 @@
 """The research-method examples on the shipped demo model: examples/ioi_path_patching.py and
 examples/iti_steering.py, run in-process (fast), with their numbers checked against hand computations
 (HF forward hooks) rather than against fxvene."""
+
 import os
 import re
 import sys
@@ -13,10 +14,39 @@ import fxvene as pv
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)
 
-HAPPY_WORDS = ("happy", "glad", "cheerful", "joyful", "delighted", "laugh", "smile", "wonderful", "sing", "dance",
-               "beautiful", "bright", "sunshine", "joy")
-SAD_WORDS = ("sad", "unhappy", "gloomy", "miserable", "upset", "cry", "lonely", "terrible", "rain", "tears", "dark",
-             "painful", "cold", "sigh", "alone")
+HAPPY_WORDS = (
+    "happy",
+    "glad",
+    "cheerful",
+    "joyful",
+    "delighted",
+    "laugh",
+    "smile",
+    "wonderful",
+    "sing",
+    "dance",
+    "beautiful",
+    "bright",
+    "sunshine",
+    "joy",
+)
+SAD_WORDS = (
+    "sad",
+    "unhappy",
+    "gloomy",
+    "miserable",
+    "upset",
+    "cry",
+    "lonely",
+    "terrible",
+    "rain",
+    "tears",
+    "dark",
+    "painful",
+    "cold",
+    "sigh",
+    "alone",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +65,9 @@ def _direct_path_by_hand(model, base, source, layer, head, metric):
 
     def run(ids, tag):
         h1 = blk[layer].attn.c_proj.register_forward_pre_hook(lambda m, a: got.__setitem__((tag, "z"), a[0]))
-        h2 = blk[-1].register_forward_hook(lambda m, a, o: got.__setitem__((tag, "resid"),
-                                                                          o[0] if isinstance(o, tuple) else o))
+        h2 = blk[-1].register_forward_hook(
+            lambda m, a, o: got.__setitem__((tag, "resid"), o[0] if isinstance(o, tuple) else o)
+        )
         try:
             with torch.no_grad():
                 return model(**ids).logits[:, -1]
@@ -88,25 +119,35 @@ def test_iti_example(demo, capsys):
     # each chosen head's shift has the std of the head's outputs along its (unit) direction
     d = x.shape[-1]
     for l, h in chosen:
-        v = shift[l][h * d:(h + 1) * d]
+        v = shift[l][h * d : (h + 1) * d]
         torch.testing.assert_close((x[:, l, h] @ (v / v.norm())).std(), v.norm())
     layers = sorted(shift)
     steer = iti.steering_model(model, layers)
     inputs = tok("Today I feel", return_tensors="pt")
     alpha = 5.0
-    _, ours = steer.generate(inputs, source_representations=[alpha * shift[l] for l in layers], intervene_on="all",
-                             unit_locations=None, max_new_tokens=6, do_sample=False)
+    _, ours = steer.generate(
+        inputs,
+        source_representations=[alpha * shift[l] for l in layers],
+        intervene_on="all",
+        unit_locations=None,
+        max_new_tokens=6,
+        do_sample=False,
+    )
     # reference: HF's own generate (KV cache) with a forward pre-hook adding the shift to c_proj's input
     # at every forward, the prompt and each new token
-    hooks = [model.transformer.h[l].attn.c_proj.register_forward_pre_hook(
-        lambda m, a, v=alpha * shift[l]: (a[0] + v,) + tuple(a[1:])) for l in layers]
+    hooks = [
+        model.transformer.h[l].attn.c_proj.register_forward_pre_hook(
+            lambda m, a, v=alpha * shift[l]: (a[0] + v,) + tuple(a[1:])
+        )
+        for l in layers
+    ]
     try:
         ref = model.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)
     finally:
         for hk in hooks:
             hk.remove()
     assert ours.tolist() == ref.tolist()
-    happy = tok.decode(ours[0, inputs["input_ids"].shape[1]:])
+    happy = tok.decode(ours[0, inputs["input_ids"].shape[1] :])
     assert any(w in happy for w in HAPPY_WORDS), happy
 
     iti.main(["--quick", "--tokens", "5", "--top-k", "6"])

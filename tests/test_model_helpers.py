@@ -1,15 +1,16 @@
 """pyvene's model helpers (create_gpt2, create_llama, ...): signatures, defaults and return order
 ``(config, tokenizer, model)``; the Hugging Face ones load local checkpoints saved from tiny configs
 (the hub is not reachable in tests) with the real loading code."""
+
 import inspect
 
 import pytest
 import torch
+from _tiny import make_tiny, tiny_config
+from conftest import build_offline_tokenizer
 from transformers import GPT2LMHeadModel, GPT2Model, GPTNeoForCausalLM, GPTNeoXForCausalLM, LlamaForCausalLM
 
 import fxvene as pv
-from _tiny import make_tiny, tiny_config
-from conftest import build_offline_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,18 @@ def _same_weights(a, b):
 
 
 def test_signatures_match_pyvene(pyvene):
-    for name in ("create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox", "create_llama", "create_olmo",
-                 "create_gru", "create_gru_lm", "create_gru_classifier", "create_mlp_classifier"):
+    for name in (
+        "create_gpt2",
+        "create_gpt2_lm",
+        "create_gpt_neo",
+        "create_gpt_neox",
+        "create_llama",
+        "create_olmo",
+        "create_gru",
+        "create_gru_lm",
+        "create_gru_classifier",
+        "create_mlp_classifier",
+    ):
         ours, theirs = inspect.signature(getattr(pv, name)), inspect.signature(getattr(pyvene, name))
         assert list(ours.parameters) == list(theirs.parameters), name
         for p in ours.parameters.values():
@@ -62,13 +73,17 @@ def test_other_hf_helpers_load_local_checkpoints(checkpoints):
     assert type(neo) is GPTNeoForCausalLM and config.num_layers == 2 and tok is not None
     assert _same_weights(neo, GPTNeoForCausalLM.from_pretrained(checkpoints["gpt_neo"]))
     config, tok, neox = pv.create_gpt_neox(checkpoints["gpt_neox"])
-    assert type(neox) is GPTNeoXForCausalLM and _same_weights(neox, GPTNeoXForCausalLM.from_pretrained(checkpoints["gpt_neox"]))
+    assert type(neox) is GPTNeoXForCausalLM and _same_weights(
+        neox, GPTNeoXForCausalLM.from_pretrained(checkpoints["gpt_neox"])
+    )
     config, tok, llama = pv.create_llama(checkpoints["llama"])
     assert type(llama) is LlamaForCausalLM and llama.dtype == torch.bfloat16  # pyvene's default dtype
     ref = LlamaForCausalLM.from_pretrained(checkpoints["llama"])
     assert _same_weights(llama, ref.to(torch.bfloat16))
     config, tok, llama32 = pv.create_llama(checkpoints["llama"], dtype=torch.float32)
-    assert llama32.dtype == torch.float32 and _same_weights(llama32, LlamaForCausalLM.from_pretrained(checkpoints["llama"]))
+    assert llama32.dtype == torch.float32 and _same_weights(
+        llama32, LlamaForCausalLM.from_pretrained(checkpoints["llama"])
+    )
     cfg = tiny_config("llama")
     config, tok, fresh = pv.create_llama(checkpoints["llama"], config=cfg)
     assert config is cfg and fresh.dtype == torch.float32 and tok is not None

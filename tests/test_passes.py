@@ -1,12 +1,13 @@
 """Each pass alone, on known GPT-2 and Llama graphs."""
+
 import pytest
 import torch
 import torch.nn as nn
+from conftest import frontends
 
 from fxvene import tracing
 from fxvene.passes import locate
 from fxvene.passes.rewrite import expose, insert_interventions, truncate
-from conftest import frontends
 
 
 class AddOne(nn.Module):
@@ -56,8 +57,19 @@ def test_insert_rewires_output_users(gpt2, frontend):
     gm = tg.gm
     site = locate.module_output(gm, "transformer.h.1")
     users_before = {u.name for u in site.users}
-    new = insert_interventions(gm, [dict(name="iv", module=AddOne(), node=site.name, port="output",
-                                         region="transformer.h.1", inputs=["fxv_src_0"])])
+    new = insert_interventions(
+        gm,
+        [
+            dict(
+                name="iv",
+                module=AddOne(),
+                node=site.name,
+                port="output",
+                region="transformer.h.1",
+                inputs=["fxv_src_0"],
+            )
+        ],
+    )
     assert gm.graph is not new.graph  # pure: the input graph is untouched
     assert {u.name for u in site.users} == users_before
     nodes = {n.name: n for n in new.graph.nodes}
@@ -88,8 +100,9 @@ def test_insert_input_port_rewires_only_region_users(llama, frontend):
     site = locate.module_input(gm, "model.layers.1.mlp")
     inside = [u for u in site.users if "model.layers.1.mlp" in locate.module_paths(u)]
     outside = [u for u in site.users if u not in inside]
-    new = insert_interventions(gm, [dict(name="iv", module=Ident(), node=site.name, port="input",
-                                         region="model.layers.1.mlp")])
+    new = insert_interventions(
+        gm, [dict(name="iv", module=Ident(), node=site.name, port="input", region="model.layers.1.mlp")]
+    )
     nodes = {n.name: n for n in new.graph.nodes}
     iv = next(n for n in new.graph.nodes if n.target == "iv")
     assert {u.name for u in iv.users} == {u.name for u in inside}
@@ -109,7 +122,8 @@ def test_expose_and_truncate(gpt2, frontend):
     # hooks that a pyvene wrap elsewhere in the session may have removed from this shared model)
     seen = {}
     handle = gpt2.transformer.h[0].register_forward_hook(
-        lambda m, a, o: seen.__setitem__("h0", o[0] if isinstance(o, tuple) else o))
+        lambda m, a, o: seen.__setitem__("h0", o[0] if isinstance(o, tuple) else o)
+    )
     try:
         gpt2(input_ids=ids, attention_mask=mask)
     finally:

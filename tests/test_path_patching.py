@@ -2,19 +2,22 @@
 reference: forward hooks on the HF modules, a sender run (attention outputs frozen to the base run,
 senders from the source; MLPs frozen too with freeze="all") that records the receivers' inputs, then a
 receiver run that patches only those inputs."""
+
 import pytest
 import torch
+from conftest import make_gpt2, make_llama
 
 import fxvene as pv
-from conftest import make_gpt2, make_llama
 
 SEQ = 7
 
 
 def _inputs(seed, vocab=50, b=2):
     g = torch.Generator().manual_seed(seed)
-    return ({"input_ids": torch.randint(1, vocab, (b, SEQ), generator=g)},
-            {"input_ids": torch.randint(1, vocab, (b, SEQ), generator=g)})
+    return (
+        {"input_ids": torch.randint(1, vocab, (b, SEQ), generator=g)},
+        {"input_ids": torch.randint(1, vocab, (b, SEQ), generator=g)},
+    )
 
 
 class Ref:
@@ -67,8 +70,11 @@ def reference(model, base, source, senders, receivers, freeze):
     L = len(R.blocks)
     cache = {}
     # a whole head as a receiver: its query, key and value inputs
-    receivers = ["logits" if r == "logits" else (k,) + tuple(r[1:])
-                 for r in receivers for k in (("q", "k", "v") if r[0] == "head" else (r[0],))]
+    receivers = [
+        "logits" if r == "logits" else (k,) + tuple(r[1:])
+        for r in receivers
+        for k in (("q", "k", "v") if r[0] == "head" else (r[0],))
+    ]
 
     def rec(key, x):
         cache[key] = x.detach().clone()
@@ -85,6 +91,7 @@ def reference(model, base, source, senders, receivers, freeze):
     # pass 1: the sender run, recording the receivers' inputs
     hooks = []
     for l in range(L):
+
         def freeze_z(m, a, l=l):
             z = cache[("base", "z", l)].clone()
             for s in senders:
@@ -92,20 +99,26 @@ def reference(model, base, source, senders, receivers, freeze):
                     cols = slice(s[2] * R.dh, (s[2] + 1) * R.dh)
                     z[..., cols] = cache[("src", "z", l)][..., cols]
             return (z,) + tuple(a[1:])
+
         hooks.append((R.o_proj(l).register_forward_pre_hook, freeze_z))
         if freeze == "all" or ("mlp", l) in senders:
             tag = "src" if ("mlp", l) in senders else "base"
-            hooks.append((R.mlp(l).register_forward_hook,
-                          lambda m, a, o, l=l, tag=tag: _swap_first(o, cache[(tag, "mlp", l)])))
+            hooks.append(
+                (R.mlp(l).register_forward_hook, lambda m, a, o, l=l, tag=tag: _swap_first(o, cache[(tag, "mlp", l)]))
+            )
     got = {}
     for r in receivers:
         if r == "logits":
-            hooks.append((R.blocks[L - 1].register_forward_hook, lambda m, a, o: got.__setitem__("logits", _first(o).clone())))
+            hooks.append(
+                (R.blocks[L - 1].register_forward_hook, lambda m, a, o: got.__setitem__("logits", _first(o).clone()))
+            )
         elif r[0] == "mlp":
             hooks.append((R.mlp(r[1]).register_forward_pre_hook, lambda m, a, r=r: got.__setitem__(r, a[0].clone())))
         else:
             mod, cols = R.qkv(r[0], r[1], r[2])
-            hooks.append((mod.register_forward_hook, lambda m, a, o, r=r, cols=cols: got.__setitem__(r, o[..., cols].clone())))
+            hooks.append(
+                (mod.register_forward_hook, lambda m, a, o, r=r, cols=cols: got.__setitem__(r, o[..., cols].clone()))
+            )
     R.run(base, hooks)
     # pass 2: the base run with only the receivers' inputs patched
     hooks = []
@@ -121,6 +134,7 @@ def reference(model, base, source, senders, receivers, freeze):
                 o = o.clone()
                 o[..., cols] = got[r]
                 return o
+
             hooks.append((mod.register_forward_hook, put))
     return R.run(base, hooks)
 
@@ -166,27 +180,32 @@ def test_no_path_no_effect_and_metric():
     # a sender after the receiver reaches nothing
     res = pv.path_patching(model, base, source, senders=("head", 2, 0), receivers=("q", 1, 0))
     torch.testing.assert_close(res.logits, res.base_logits)
-    res = pv.path_patching(model, base, source, senders=[("head", 0, 0)], receivers="logits", metric="logit_diff",
-                           tokens=[3, 8])
+    res = pv.path_patching(
+        model, base, source, senders=[("head", 0, 0)], receivers="logits", metric="logit_diff", tokens=[3, 8]
+    )
     torch.testing.assert_close(res.value[:, 0], res.logits[:, 3] - res.logits[:, 8])
     torch.testing.assert_close(res.effect, res.value - res.base_value)
     # the graph diff shows the rewired edge into the receiver (the final norm reads the spliced residual)
     d = res.graph_diff()
     assert d.added_by_kind().get("path") and d.rewired
     rewired_users = [n for n in d.rewired if d._new_nodes[n].op != "output"]
-    assert rewired_users and all("fxv_receiver_0" in [a.name for a in d._new_nodes[n].all_input_nodes]
-                                 for n in rewired_users)
+    assert rewired_users and all(
+        "fxv_receiver_0" in [a.name for a in d._new_nodes[n].all_input_nodes] for n in rewired_users
+    )
     assert "fxv_freeze_attn_0" in " ".join(res.graph_diff("senders").added)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(senders=[("head", 9, 0)], receivers="logits"), "layer 9 is out of range"),
-    (dict(senders=[("head", 0, 7)], receivers="logits"), "head 7 is out of range"),
-    (dict(senders=[("q", 0, 0)], receivers="logits"), "senders"),
-    (dict(senders=[("head", 0, 0)], receivers=[("attn", 1)]), "receivers"),
-    (dict(senders=[], receivers="logits"), "senders must not be empty"),
-    (dict(senders=[("head", 0, 0)], receivers="logits", freeze="mlps"), "freeze"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(senders=[("head", 9, 0)], receivers="logits"), "layer 9 is out of range"),
+        (dict(senders=[("head", 0, 7)], receivers="logits"), "head 7 is out of range"),
+        (dict(senders=[("q", 0, 0)], receivers="logits"), "senders"),
+        (dict(senders=[("head", 0, 0)], receivers=[("attn", 1)]), "receivers"),
+        (dict(senders=[], receivers="logits"), "senders must not be empty"),
+        (dict(senders=[("head", 0, 0)], receivers="logits", freeze="mlps"), "freeze"),
+    ],
+)
 def test_bad_input(kwargs, match):
     model = make_gpt2(n_layer=2, n_embd=16)
     base, source = _inputs(2)

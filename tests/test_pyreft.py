@@ -8,6 +8,7 @@ groups weight decay by (``weight_decay=0.06``), every training loss, the trained
 intervention class, resolved because pyreft imported it; its ``load_state_dict`` returns None).
 Skipped where pyreft (installed ``--no-deps``), datasets, accelerate or pyvene are missing.
 """
+
 import importlib.util
 import json
 import os
@@ -17,8 +18,10 @@ import sys
 import pytest
 
 MISSING = [m for m in ("pyreft", "datasets", "accelerate", "pyvene") if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {MISSING} (pip install '.[reft]' and "
-                                                      "pip install --no-deps pyreft==0.1.0 pyvene==0.1.8)")
+pytestmark = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"not installed: {MISSING} (pip install '.[reft]' and pip install --no-deps pyreft==0.1.0 pyvene==0.1.8)",
+)
 FLOW = os.path.join(os.path.dirname(__file__), "_pyreft_flow.py")
 
 
@@ -28,8 +31,12 @@ def runs(tmp_path_factory):
     procs = {}
     for lib in ("pyvene", "fxvene"):
         out = d / f"{lib}.json"
-        procs[lib] = (subprocess.Popen([sys.executable, FLOW, lib, str(out)], stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True), out)
+        procs[lib] = (
+            subprocess.Popen(
+                [sys.executable, FLOW, lib, str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            ),
+            out,
+        )
     res = {}
     for lib, (p, out) in procs.items():
         log, _ = p.communicate(timeout=600)

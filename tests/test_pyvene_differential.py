@@ -4,21 +4,31 @@ Every non-trainable intervention type x every component x units pos / h / h.pos,
 GPT-2 and Llama (GQA) models, batch 2 with different positions per example, on every frontend
 this transformers line has.
 """
+
 import pytest
 import torch
 import transformers
-
-import fxvene as fv
 from _matrix import cell
 from conftest import frontends, make_gpt2, make_llama
+
+import fxvene as fv
 
 pv = pytest.importorskip("pyvene")
 
 MODELS = {"gpt2": make_gpt2(), "llama": make_llama()}
 
 PLAIN = [
-    "block_input", "block_output", "mlp_input", "mlp_output", "mlp_activation", "attention_input",
-    "attention_output", "attention_value_output", "query_output", "key_output", "value_output",
+    "block_input",
+    "block_output",
+    "mlp_input",
+    "mlp_output",
+    "mlp_activation",
+    "attention_input",
+    "attention_output",
+    "attention_value_output",
+    "query_output",
+    "key_output",
+    "value_output",
 ]
 HEADS = ["head_attention_value_output", "head_query_output", "head_key_output", "head_value_output"]
 
@@ -42,11 +52,15 @@ def cases():
             types = ["Vanilla", "Addition", "Subtraction", "Zero", "Collect"]
             # pyvene crashes on these (its GQA k/v dims are hidden_size; Llama's self_attn gets hidden_states
             # as a kwarg, which pyvene's Skip getter reads as args[0]); fxvene's behaviour there is tested by hand
-            if unit == "pos" and comp != "attention_weight" and not (
-                    model == "llama" and comp in ("key_output", "value_output")):
+            if (
+                unit == "pos"
+                and comp != "attention_weight"
+                and not (model == "llama" and comp in ("key_output", "value_output"))
+            ):
                 types.append("Noise")
             if comp in ("block_output", "mlp_output", "mlp_activation") or (
-                    comp == "attention_output" and model == "gpt2"):
+                comp == "attention_output" and model == "gpt2"
+            ):
                 types.append("Skip")
             for t in types:
                 # GPT-2's row of the support matrix (Llama's comes from test_families_llama_like.py)
@@ -66,8 +80,13 @@ def _run(lib, model, comp, unit, t, **kw):
     nunits = 2 if (t == "Collect" and unit in ("pos", "h.pos")) else 1
     if t == "Noise":
         nunits = 1
-    cfg = lib.IntervenableConfig(representations=[lib.RepresentationConfig(
-        layer=1, component=comp, unit=unit, max_number_of_units=nunits, intervention_type=getattr(lib, name))])
+    cfg = lib.IntervenableConfig(
+        representations=[
+            lib.RepresentationConfig(
+                layer=1, component=comp, unit=unit, max_number_of_units=nunits, intervention_type=getattr(lib, name)
+            )
+        ]
+    )
     im = lib.IntervenableModel(cfg, model, **kw)
     g = torch.Generator().manual_seed(1)
     base = {"input_ids": torch.randint(0, 50, (2, 8), generator=g)}
@@ -114,7 +133,9 @@ def test_multi_site_groups_and_source_representations(pv_gpt2, frontend):
     reps = lambda lib, **kw: [  # noqa: E731
         lib.RepresentationConfig(layer=0, component="block_output", intervention_type=lib.VanillaIntervention, **kw),
         lib.RepresentationConfig(layer=2, component="mlp_output", intervention_type=lib.VanillaIntervention, **kw),
-        lib.RepresentationConfig(layer=3, component="attention_output", intervention_type=lib.AdditionIntervention, **kw),
+        lib.RepresentationConfig(
+            layer=3, component="attention_output", intervention_type=lib.AdditionIntervention, **kw
+        ),
     ]
     locs = {"sources->base": ([[[1], [2], [3]]] * 3, [[[4], [5], [6]]] * 3)}
     outs = []
@@ -147,8 +168,13 @@ def test_shorthand_locations_and_subspaces(pv_gpt2, frontend):
     ]:
         res = []
         for lib, kw in ((pv, {}), (fv, {"tracer": frontend})):
-            cfg = lib.IntervenableConfig(representations=[
-                lib.RepresentationConfig(layer=2, component="block_output", intervention_type=lib.VanillaIntervention)])
+            cfg = lib.IntervenableConfig(
+                representations=[
+                    lib.RepresentationConfig(
+                        layer=2, component="block_output", intervention_type=lib.VanillaIntervention
+                    )
+                ]
+            )
             im = lib.IntervenableModel(cfg, gpt2, **kw)
             res.append(im(base=base, sources=[src], unit_locations=ul, subspaces=sub)[1].logits)
         torch.testing.assert_close(res[1], res[0], atol=1e-5, rtol=1e-5)
@@ -163,13 +189,17 @@ def test_serial_mode(pv_gpt2, frontend):
     s1 = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
     res = []
     for lib, kw in ((pv, {}), (fv, {"tracer": frontend})):
-        cfg = lib.IntervenableConfig(representations=[
-            lib.RepresentationConfig(layer=1, component="block_output", intervention_type=lib.VanillaIntervention),
-            lib.RepresentationConfig(layer=2, component="block_output", intervention_type=lib.VanillaIntervention),
-        ], mode="serial")
+        cfg = lib.IntervenableConfig(
+            representations=[
+                lib.RepresentationConfig(layer=1, component="block_output", intervention_type=lib.VanillaIntervention),
+                lib.RepresentationConfig(layer=2, component="block_output", intervention_type=lib.VanillaIntervention),
+            ],
+            mode="serial",
+        )
         im = lib.IntervenableModel(cfg, gpt2, **kw)
-        res.append(im(base=base, sources=[s0, s1],
-                      unit_locations={"source_0->source_1": 1, "source_1->base": 4})[1].logits)
+        res.append(
+            im(base=base, sources=[s0, s1], unit_locations={"source_0->source_1": 1, "source_1->base": 4})[1].logits
+        )
     torch.testing.assert_close(res[1], res[0], atol=1e-5, rtol=1e-5)
 
 
@@ -181,12 +211,20 @@ def test_string_component_and_lambda(pv_gpt2, frontend):
     src = {"input_ids": torch.randint(0, 50, (2, 6), generator=g)}
     res = []
     for lib, kw in ((pv, {}), (fv, {"tracer": frontend})):
-        cfg = lib.IntervenableConfig(representations=[
-            lib.RepresentationConfig(component="transformer.h[1].mlp.output", intervention_type=lib.VanillaIntervention)])
+        cfg = lib.IntervenableConfig(
+            representations=[
+                lib.RepresentationConfig(
+                    component="transformer.h[1].mlp.output", intervention_type=lib.VanillaIntervention
+                )
+            ]
+        )
         im = lib.IntervenableModel(cfg, gpt2, **kw)
         res.append(im(base=base, sources=[src], unit_locations={"sources->base": 3})[1].logits)
-        cfg = lib.IntervenableConfig(representations=[
-            lib.RepresentationConfig(component="transformer.h[0].mlp.output", intervention=lambda b, s: b * 0.5)])
+        cfg = lib.IntervenableConfig(
+            representations=[
+                lib.RepresentationConfig(component="transformer.h[0].mlp.output", intervention=lambda b, s: b * 0.5)
+            ]
+        )
         im = lib.IntervenableModel(cfg, gpt2, **kw)
         res.append(im(base=base, unit_locations={"base": 2})[1].logits)
     torch.testing.assert_close(res[2], res[0], atol=1e-5, rtol=1e-5)
@@ -202,15 +240,32 @@ def test_constant_source_labels_and_max_units(pv_gpt2, frontend):
     const = torch.randn(24, generator=g)
     res = []
     for lib, kw in ((pv, {}), (fv, {"tracer": frontend})):
-        cfg = lib.IntervenableConfig(representations=[lib.RepresentationConfig(
-            layer=1, component="mlp_output", intervention_type=lib.AdditionIntervention, source_representation=const)])
+        cfg = lib.IntervenableConfig(
+            representations=[
+                lib.RepresentationConfig(
+                    layer=1,
+                    component="mlp_output",
+                    intervention_type=lib.AdditionIntervention,
+                    source_representation=const,
+                )
+            ]
+        )
         im = lib.IntervenableModel(cfg, gpt2, **kw)
         res.append(im(base=base, unit_locations={"base": [1, 3]})[1].logits)
-        cfg = lib.IntervenableConfig(representations=[lib.RepresentationConfig(
-            layer=2, component="block_output", max_number_of_units=3, intervention_type=lib.VanillaIntervention)])
+        cfg = lib.IntervenableConfig(
+            representations=[
+                lib.RepresentationConfig(
+                    layer=2, component="block_output", max_number_of_units=3, intervention_type=lib.VanillaIntervention
+                )
+            ]
+        )
         im = lib.IntervenableModel(cfg, gpt2, **kw)
-        out = im(base=base, sources=[src], labels=base["input_ids"],
-                 unit_locations={"sources->base": ([[[0, 1, 2], [3, 4, 5]]], [[[4, 5, 6], [0, 1, 2]]])})[1]
+        out = im(
+            base=base,
+            sources=[src],
+            labels=base["input_ids"],
+            unit_locations={"sources->base": ([[[0, 1, 2], [3, 4, 5]]], [[[4, 5, 6], [0, 1, 2]]])},
+        )[1]
         res += [out.logits, out.loss]
     for a, b in zip(res[:3], res[3:]):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

@@ -3,6 +3,7 @@ each ```bash block with bash -e (this environment's `python` and `fxvene` first 
 in an empty directory. A block can be left out only with a visible reason: an HTML comment
 ``<!-- readme-test: skip (why) -->`` right above it (the set-up lines, which need the package
 registry and which .ci/run runs)."""
+
 import os
 import re
 import subprocess
@@ -27,7 +28,7 @@ def snippets(text=None):
         lang = m.group(1).lower()
         if not lang:
             continue  # diagrams and file trees
-        before = text[:m.start()]
+        before = text[: m.start()]
         headings = re.findall(r"^#+ (.+)$", FENCE.sub("", before), re.M)  # not the comments inside code
         last_line = before.rstrip("\n").rsplit("\n", 1)[-1]
         skip = SKIP.search(last_line)
@@ -47,24 +48,37 @@ EXPECT = {
     (BEYOND, "bash"): [r"^block_output\s+6\s", r"^frontend:\s+\w+", r"^wrote diff\.dot"],
 }
 DATASET = "Causal tracing over a dataset: ROME's averages, several processes, resumable runs"
-EXPECT[(DATASET, "python")] = [r"^FactsTraceResult: causal traces of 3 of 4 records run; 1 skipped",
-                               r"ATE 0\.\d+", r"^skipped line 4 the model predicts"]
-EXPECT[(DATASET, "bash")] = [r"^run: 2 prompt traces \(2 traced now, 0 from before\)",
-                             r"^run: 2 prompt traces \(0 traced now, 2 from before\)",
-                             r"^run2: 2 prompt traces \(2 traced now, 0 from before\)"]
+EXPECT[(DATASET, "python")] = [
+    r"^FactsTraceResult: causal traces of 3 of 4 records run; 1 skipped",
+    r"ATE 0\.\d+",
+    r"^skipped line 4 the model predicts",
+]
+EXPECT[(DATASET, "bash")] = [
+    r"^run: 2 prompt traces \(2 traced now, 0 from before\)",
+    r"^run: 2 prompt traces \(0 traced now, 2 from before\)",
+    r"^run2: 2 prompt traces \(2 traced now, 0 from before\)",
+]
 METHODS = "Research methods as rewrites: attribution patching, path patching, ITI, IOI"
 # several blocks of one language under one heading: (heading, language, k) is the k-th of them
-EXPECT[(METHODS, "python", 0)] = [r"^AttributionResult: first-order estimates of patching",
-                                  r"^L\d+H\d+ position \d+: estimate [-+]\d"]
+EXPECT[(METHODS, "python", 0)] = [
+    r"^AttributionResult: first-order estimates of patching",
+    r"^L\d+H\d+ position \d+: estimate [-+]\d",
+]
 EXPECT[(METHODS, "python", 1)] = [r"^path patching: receivers \[\('q', 7, 3\), \('q', 10, 3\)\]"]
 EXPECT[(METHODS, "python", 2)] = [r"^1 Today I feel (happy|glad)"]
 CROSS = "Patching from a different site (fxvene extension)"
-EXPECT[(CROSS, "python")] = [r"^source layer 0 -> layer 8: p\(Rome\)=0\.0\d\d p\(Paris\)=0\.8",
-                             r"^source layer 8 -> layer 8: p\(Rome\)=0\.00\d p\(Paris\)=0\.99",
-                             r"^\S+ -> \S+$", r"^nodes: \d+ -> \d+ "]
-FILES = {(BEYOND, "python"): ["causal_trace.png", "steer_dir"], (BEYOND, "bash"): ["diff.dot"],
-         (DATASET, "python"): ["aie.png", "aie_lines.png"], (DATASET, "bash"): ["run/summary.json", "run/aie.png",
-                                                                                "run2/summary.json"]}
+EXPECT[(CROSS, "python")] = [
+    r"^source layer 0 -> layer 8: p\(Rome\)=0\.0\d\d p\(Paris\)=0\.8",
+    r"^source layer 8 -> layer 8: p\(Rome\)=0\.00\d p\(Paris\)=0\.99",
+    r"^\S+ -> \S+$",
+    r"^nodes: \d+ -> \d+ ",
+]
+FILES = {
+    (BEYOND, "python"): ["causal_trace.png", "steer_dir"],
+    (BEYOND, "bash"): ["diff.dot"],
+    (DATASET, "python"): ["aie.png", "aie_lines.png"],
+    (DATASET, "bash"): ["run/summary.json", "run/aie.png", "run2/summary.json"],
+}
 
 
 def _cases():
@@ -79,7 +93,7 @@ def _cases():
 def test_the_readme_has_snippets_and_every_language_is_runnable():
     found = snippets()
     assert sum(lang == "python" for _, lang, _, _ in found) >= 2
-    for heading, lang, code, skip in found:
+    for heading, lang, _code, _skip in found:
         assert lang in RUNNABLE, f"README block under {heading!r} has language {lang!r}, which this test cannot run"
     assert {(h, lang) for h, lang, *_ in found} >= {key[:2] for key in EXPECT}
     # only the set-up block is skipped, and it says why
@@ -88,18 +102,29 @@ def test_the_readme_has_snippets_and_every_language_is_runnable():
 
 
 def test_snippet_parser():
-    text = ("# A\n```python\n# not a heading\nprint(1)\n```\n<!-- readme-test: skip (needs the network) -->\n```bash\npip x\n```\n"
-            "```\ntree\n```\n## B\n```sh\necho hi\n```\n")
-    assert snippets(text) == [("A", "python", "# not a heading\nprint(1)\n", None), ("A", "bash", "pip x\n", "needs the network"),
-                              ("B", "sh", "echo hi\n", None)]
+    text = (
+        "# A\n```python\n# not a heading\nprint(1)\n```\n<!-- readme-test: skip (needs the network) -->\n```bash\npip x\n```\n"
+        "```\ntree\n```\n## B\n```sh\necho hi\n```\n"
+    )
+    assert snippets(text) == [
+        ("A", "python", "# not a heading\nprint(1)\n", None),
+        ("A", "bash", "pip x\n", "needs the network"),
+        ("B", "sh", "echo hi\n", None),
+    ]
 
 
 @pytest.mark.parametrize("heading,lang,k,code", _cases())
 def test_readme_snippet_runs(heading, lang, k, code, tmp_path):
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", MPLBACKEND="Agg",
-               OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"), TOKENIZERS_PARALLELISM="false",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
+        TOKENIZERS_PARALLELISM="false",
+        PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+    )
     env.pop("PYTHONSTARTUP", None)
     if RUNNABLE[lang] == "python":
         path = tmp_path / "snippet.py"
@@ -110,8 +135,10 @@ def test_readme_snippet_runs(heading, lang, k, code, tmp_path):
         path.write_text("set -euo pipefail\n" + code)
         cmd = ["bash", str(path)]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, f"README snippet under {heading!r} failed:\n{code}\n--- stdout\n{r.stdout[-3000:]}" \
-                              f"\n--- stderr\n{r.stderr[-5000:]}"
+    assert r.returncode == 0, (
+        f"README snippet under {heading!r} failed:\n{code}\n--- stdout\n{r.stdout[-3000:]}"
+        f"\n--- stderr\n{r.stderr[-5000:]}"
+    )
     for pattern in EXPECT.get((heading, lang, k), EXPECT.get((heading, lang), [])):
         assert re.search(pattern, r.stdout, re.M), (pattern, r.stdout[-3000:])
     for name in FILES.get((heading, lang), []):

@@ -1,16 +1,17 @@
 """Readable sweep results (fxvene/results.py): summaries without tensor dumps, ``top(k)`` and
 ``to_dataframe()`` checked cell by cell against the result's own tensors (brute force), and the
 causal-trace figure's labels read back from the matplotlib axes."""
+
 import itertools
 import os
 import re
 
 import pytest
 import torch
+from conftest import make_gpt2
 
 import fxvene as pv
 from fxvene.results import CausalTraceResult, SweepResult, clean_token
-from conftest import make_gpt2
 
 DEMO = pv.demo_model_path()
 HAVE_DEMO = os.path.isfile(os.path.join(DEMO, "tokenizer.json"))
@@ -21,8 +22,16 @@ def synthetic_sweep(heads=False, tokens=(7, 11, 3)):
     shape = [2, 3, 4] + ([2] if heads else []) + [2, len(tokens)]
     values = torch.randn(*shape, generator=g)
     base = torch.randn(2, len(tokens), generator=g)
-    return SweepResult(values, base, ["block_output", "mlp_output"], [0, 2, 5], [1, 2, 3, 4],
-                       heads=[0, 3] if heads else None, tokens=list(tokens), metric="logits")
+    return SweepResult(
+        values,
+        base,
+        ["block_output", "mlp_output"],
+        [0, 2, 5],
+        [1, 2, 3, 4],
+        heads=[0, 3] if heads else None,
+        tokens=list(tokens),
+        metric="logits",
+    )
 
 
 def brute_force_cells(res):
@@ -37,8 +46,9 @@ def brute_force_cells(res):
         rec = {"component": res.components[ci], "layer": res.layers[li], "position": res.positions[pi]}
         if res.heads is not None:
             rec["head"] = res.heads[idx[3]]
-        rec.update(example=e, token=res.tokens[k] if res.tokens is not None else k, value=value, base=base,
-                   effect=value - base)
+        rec.update(
+            example=e, token=res.tokens[k] if res.tokens is not None else k, value=value, base=base, effect=value - base
+        )
         cells.append(rec)
     return cells
 
@@ -70,8 +80,9 @@ def test_sweep_top_k_against_the_tensor(heads, by):
     key = {"effect": lambda r: r["effect"], "abs_effect": lambda r: abs(r["effect"]), "value": lambda r: r["value"]}[by]
     expected = sorted(brute_force_cells(res), key=key, reverse=True)[:5]
     got = res.top(5, by=by)
-    assert [{k: r[k] for k in r if k not in ("value", "base", "effect")} for r in got] == \
-        [{k: r[k] for k in r if k not in ("value", "base", "effect")} for r in expected]
+    assert [{k: r[k] for k in r if k not in ("value", "base", "effect")} for r in got] == [
+        {k: r[k] for k in r if k not in ("value", "base", "effect")} for r in expected
+    ]
     for g, e in zip(got, expected):
         assert g["value"] == pytest.approx(e["value"]) and g["effect"] == pytest.approx(e["effect"])
         assert all(type(v) in (str, int, float) for v in g.values()), g  # plain Python values, no tensors
@@ -154,9 +165,21 @@ def synthetic_trace(input_ids=None, target=559):
     g = torch.Generator().manual_seed(2)
     ids = input_ids or [218, 566, 515, 655, 654, 633]
     probs = torch.rand(3, len(ids), 12, generator=g) * 0.9 + 0.01
-    return CausalTraceResult(probs, 0.93, 0.02, ["block_output", "mlp_activation", "attention_output"],
-                             list(range(len(ids))), list(range(12)), 10, [1, 2], target, 0.38, 10,
-                             input_ids=ids, n_layers=12)
+    return CausalTraceResult(
+        probs,
+        0.93,
+        0.02,
+        ["block_output", "mlp_activation", "attention_output"],
+        list(range(len(ids))),
+        list(range(12)),
+        10,
+        [1, 2],
+        target,
+        0.38,
+        10,
+        input_ids=ids,
+        n_layers=12,
+    )
 
 
 def test_trace_repr_is_a_summary():
@@ -184,8 +207,7 @@ def test_trace_decode_names_tokens():
 
 def test_trace_top_k_against_the_tensor():
     res = synthetic_trace()
-    cells = [(float(res.probs[s, p, l]), res.streams[s], p, l)
-             for s in range(3) for p in range(6) for l in range(12)]
+    cells = [(float(res.probs[s, p, l]), res.streams[s], p, l) for s in range(3) for p in range(6) for l in range(12)]
     expected = sorted(cells, reverse=True)[:7]
     got = res.top(7)
     assert [(r["stream"], r["position"], r["layer"]) for r in got] == [(s, p, l) for _, s, p, l in expected]
@@ -210,8 +232,17 @@ def test_trace_to_dataframe_rows_match_the_tensor():
     res = synthetic_trace()
     df = res.to_dataframe()
     assert len(df) == res.probs.numel()
-    assert list(df.columns) == ["stream", "position", "token", "subject", "layer", "first_layer", "last_layer",
-                                "prob", "effect"]
+    assert list(df.columns) == [
+        "stream",
+        "position",
+        "token",
+        "subject",
+        "layer",
+        "first_layer",
+        "last_layer",
+        "prob",
+        "effect",
+    ]
     for row, (s, p, l) in zip(df.to_dict("records"), itertools.product(range(3), range(6), range(12))):
         assert (row["stream"], row["position"], row["layer"]) == (res.streams[s], p, l)
         assert row["prob"] == pytest.approx(float(res.probs[s, p, l]))
@@ -256,8 +287,11 @@ def test_plot_labels_with_a_tokenizer(tmp_path):
     t = figure_text(fig)
     assert t["titles"] == ["hidden state", "MLP", "attention"]
     assert t["bars"] == ['p(" Seattle")'] * 3
-    assert t["xlabels"] == ["single restored layer", "center of interval of 10 restored MLP layers",
-                            "center of interval of 10 restored attention layers"]
+    assert t["xlabels"] == [
+        "single restored layer",
+        "center of interval of 10 restored MLP layers",
+        "center of interval of 10 restored attention layers",
+    ]
     assert t["yticks"] == ["The", "Space*", "Needle*", "is", "in", "downtown"]
     assert [w == "bold" for w in t["bold"]] == [False, True, True, False, False, False]
     assert '"The Space Needle is in downtown"' in t["suptitle"]
@@ -299,8 +333,16 @@ def test_plot_without_labels_and_bad_labels(tmp_path):
 def test_real_trace_fills_ids_and_layers(tmp_path):
     model = make_gpt2()
     ids = torch.tensor([[3, 14, 15, 9, 26, 5]])
-    res = pv.causal_trace(model, {"input_ids": ids}, [1, 2], 7, n_samples=2, streams=("block_output", "mlp_activation"),
-                          window=3, progress=False)
+    res = pv.causal_trace(
+        model,
+        {"input_ids": ids},
+        [1, 2],
+        7,
+        n_samples=2,
+        streams=("block_output", "mlp_activation"),
+        window=3,
+        progress=False,
+    )
     assert res.input_ids == ids[0].tolist() and res.n_layers == 4
     text = repr(res)
     no_tensor_dump(text, res.probs)

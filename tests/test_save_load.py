@@ -4,23 +4,21 @@ Round trips (fxvene -> fxvene, pyvene 0.1.8 dir -> fxvene) must reproduce output
 the oracle for "bit for bit" is the object that was saved (and, for pyvene directories, pyvene
 itself running the same inputs).
 """
+
 import json
 import os
 import shutil
 
 import pytest
 import torch
+from conftest import batch_ids
 
 import fxvene as pv
-from conftest import batch_ids
 from fxvene.serialization import intervention_state_dict, read_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
 B = 2
-
-
-
 
 
 def _ids(seed, vocab=50, n=8):
@@ -31,22 +29,49 @@ def _reps(lib):
     """LowRank, linked Rotated with a partition, a constant source, Boundless, SigmoidMask, Collect, Zero."""
     R = lib.RepresentationConfig
     return [
-        R(layer=1, component="block_output", intervention_type=lib.LowRankRotatedSpaceIntervention, low_rank_dimension=4),
-        R(layer=2, component="block_output", intervention_type=lib.RotatedSpaceIntervention,
-          subspace_partition=[[0, 8], [8, 24]], intervention_link_key=0),
-        R(layer=2, component="block_output", intervention_type=lib.RotatedSpaceIntervention,
-          subspace_partition=[[0, 8], [8, 24]], intervention_link_key=0),
-        R(layer=0, component="mlp_output", intervention_type=lib.AdditionIntervention,
-          source_representation=torch.randn(24, generator=torch.Generator().manual_seed(7))),
-        R(layer=0, component="attention_output", intervention_type=lib.BoundlessRotatedSpaceIntervention,
-          max_number_of_units=2),
+        R(
+            layer=1,
+            component="block_output",
+            intervention_type=lib.LowRankRotatedSpaceIntervention,
+            low_rank_dimension=4,
+        ),
+        R(
+            layer=2,
+            component="block_output",
+            intervention_type=lib.RotatedSpaceIntervention,
+            subspace_partition=[[0, 8], [8, 24]],
+            intervention_link_key=0,
+        ),
+        R(
+            layer=2,
+            component="block_output",
+            intervention_type=lib.RotatedSpaceIntervention,
+            subspace_partition=[[0, 8], [8, 24]],
+            intervention_link_key=0,
+        ),
+        R(
+            layer=0,
+            component="mlp_output",
+            intervention_type=lib.AdditionIntervention,
+            source_representation=torch.randn(24, generator=torch.Generator().manual_seed(7)),
+        ),
+        R(
+            layer=0,
+            component="attention_output",
+            intervention_type=lib.BoundlessRotatedSpaceIntervention,
+            max_number_of_units=2,
+        ),
         R(layer=3, component="block_output", intervention_type=lib.SigmoidMaskIntervention),
     ]
 
 
 N = 6
-LOCS = {"sources->base": ([[[3]] * B, [[3]] * B, [[3]] * B, None, [[1, 2]] * B, [[6]] * B],
-                          [[[5]] * B, [[5]] * B, [[5]] * B, [[4]] * B, [[2, 6]] * B, [[7]] * B])}
+LOCS = {
+    "sources->base": (
+        [[[3]] * B, [[3]] * B, [[3]] * B, None, [[1, 2]] * B, [[6]] * B],
+        [[[5]] * B, [[5]] * B, [[5]] * B, [[4]] * B, [[2, 6]] * B, [[7]] * B],
+    )
+}
 SUBS = [None, [[0]] * B, [[1]] * B, None, None, None]
 
 
@@ -116,8 +141,10 @@ def test_roundtrip_instance_interventions_and_attributes(gpt2, tmp_path):
     low = pv.LowRankRotatedSpaceIntervention(embed_dim=24, low_rank_dimension=3, keep_last_dim=True)
     ae = pv.AutoencoderIntervention(embed_dim=24, latent_dim=6)
     ae.set_interchange_dim([1, 3])
-    reps = [pv.RepresentationConfig(layer=1, component="block_output", intervention=low),
-            pv.RepresentationConfig(layer=2, component="mlp_output", intervention=ae)]
+    reps = [
+        pv.RepresentationConfig(layer=1, component="block_output", intervention=low),
+        pv.RepresentationConfig(layer=2, component="mlp_output", intervention=ae),
+    ]
     im = pv.IntervenableModel(pv.IntervenableConfig(representations=reps), gpt2)
     locs = {"sources->base": ([[[2, 3]] * B, [[4]] * B], [[[5, 6]] * B, [[1]] * B])}
     b, s = _ids(3), _ids(4)
@@ -177,7 +204,9 @@ def test_save_intervention_load_intervention(gpt2, pyvene, tmp_path):
     other.load_intervention(str(tmp_path / "pv"), include_model=False)
     trainable = [k for k in other.sorted_keys if isinstance(other.interventions[k], pv.TrainableIntervention)]
     for k in trainable:
-        for (n, a), (_, b) in zip(other.interventions[k].state_dict().items(), pim.interventions[k].state_dict().items()):
+        for (n, a), (_, b) in zip(
+            other.interventions[k].state_dict().items(), pim.interventions[k].state_dict().items()
+        ):
             assert torch.equal(a, b), (k, n)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="intkey_"):
@@ -189,8 +218,15 @@ def test_include_model_roundtrip(tmp_path):
 
     model = make_gpt2(n_layer=2)
     im = pv.IntervenableModel(
-        pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-            layer=1, component="block_output", intervention_type=pv.RotatedSpaceIntervention)]), model)
+        pv.IntervenableConfig(
+            representations=[
+                pv.RepresentationConfig(
+                    layer=1, component="block_output", intervention_type=pv.RotatedSpaceIntervention
+                )
+            ]
+        ),
+        model,
+    )
     im.enable_model_gradients()
     with torch.no_grad():
         model.transformer.h[0].mlp.c_fc.weight.add_(1.0)
@@ -214,9 +250,16 @@ class _Payload:
 
 def _pyvene_like_dir(directory, model, pyvene):
     torch.manual_seed(0)
-    cfg = pyvene.IntervenableConfig(representations=[pyvene.RepresentationConfig(
-        layer=1, component="block_output", intervention_type=pyvene.LowRankRotatedSpaceIntervention,
-        low_rank_dimension=4)])
+    cfg = pyvene.IntervenableConfig(
+        representations=[
+            pyvene.RepresentationConfig(
+                layer=1,
+                component="block_output",
+                intervention_type=pyvene.LowRankRotatedSpaceIntervention,
+                low_rank_dimension=4,
+            )
+        ]
+    )
     pim = pyvene.IntervenableModel(cfg, model)
     pim.save(str(directory))
     return pim.sorted_keys[0]
@@ -235,9 +278,19 @@ def test_malicious_pickle_is_refused(gpt2, pyvene, tmp_path):
     with pytest.raises(ValueError, match="refused"):
         pv.IntervenableModel.load(str(tmp_path), gpt2)
     assert not marker.exists()
-    im = pv.IntervenableModel(pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-        layer=1, component="block_output", intervention_type=pv.LowRankRotatedSpaceIntervention,
-        low_rank_dimension=4)]), gpt2)
+    im = pv.IntervenableModel(
+        pv.IntervenableConfig(
+            representations=[
+                pv.RepresentationConfig(
+                    layer=1,
+                    component="block_output",
+                    intervention_type=pv.LowRankRotatedSpaceIntervention,
+                    low_rank_dimension=4,
+                )
+            ]
+        ),
+        gpt2,
+    )
     with pytest.raises(ValueError, match="refused"):
         im.load_intervention(str(tmp_path), include_model=False)
     assert not marker.exists()
@@ -261,8 +314,13 @@ def test_type_strings_are_allow_listed(gpt2, pyvene, tmp_path):
     _pyvene_like_dir(tmp_path, gpt2, pyvene)
     cfg_path = tmp_path / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    for bad in ["<class 'subprocess.Popen'>", "<class 'os.system'>", "builtins.eval",
-                "<class 'pyvene.models.interventions.os'>", "<class '__main__.Anything'>"]:
+    for bad in [
+        "<class 'subprocess.Popen'>",
+        "<class 'os.system'>",
+        "builtins.eval",
+        "<class 'pyvene.models.interventions.os'>",
+        "<class '__main__.Anything'>",
+    ]:
         cfg["intervention_types"] = [bad]
         cfg_path.write_text(json.dumps(cfg))
         with pytest.raises(ValueError, match="unsupported intervention type"):
@@ -279,15 +337,21 @@ class MyScale(pv.TrainableIntervention, pv.LocalistRepresentationIntervention):
 
 
 def test_custom_intervention_type_needs_an_imported_or_explicit_class(gpt2, tmp_path):
-    im = pv.IntervenableModel(pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-        layer=0, component="block_output", intervention_type=MyScale)]), gpt2)
+    im = pv.IntervenableModel(
+        pv.IntervenableConfig(
+            representations=[pv.RepresentationConfig(layer=0, component="block_output", intervention_type=MyScale)]
+        ),
+        gpt2,
+    )
     with torch.no_grad():
         im.interventions[im.sorted_keys[0]].scale.mul_(1.5)
         ref = im(_ids(1), [_ids(2)], {"sources->base": 4})[1].logits
     im.save(str(tmp_path))
     # this test module is imported, so its Intervention subclass resolves (as pyreft's does)
     with torch.no_grad():
-        assert torch.equal(pv.IntervenableModel.load(str(tmp_path), gpt2)(_ids(1), [_ids(2)], {"sources->base": 4})[1].logits, ref)
+        assert torch.equal(
+            pv.IntervenableModel.load(str(tmp_path), gpt2)(_ids(1), [_ids(2)], {"sources->base": 4})[1].logits, ref
+        )
     path = tmp_path / "config.json"
     cfg = json.loads(path.read_text())
     cfg["intervention_types"] = ["<class 'not_imported_anywhere.MyScale'>"]  # nothing is imported on load
@@ -301,8 +365,10 @@ def test_custom_intervention_type_needs_an_imported_or_explicit_class(gpt2, tmp_
 
 def test_collect_and_noise_load(gpt2, tmp_path):
     """Constant-source interventions without a stored tensor (pyvene 0.1.8 fails to reload these)."""
-    reps = [pv.RepresentationConfig(layer=0, component="block_input", intervention_type=pv.NoiseIntervention),
-            pv.RepresentationConfig(layer=2, component="block_output", intervention_type=pv.CollectIntervention)]
+    reps = [
+        pv.RepresentationConfig(layer=0, component="block_input", intervention_type=pv.NoiseIntervention),
+        pv.RepresentationConfig(layer=2, component="block_output", intervention_type=pv.CollectIntervention),
+    ]
     im = pv.IntervenableModel(pv.IntervenableConfig(representations=reps), gpt2)
     locs = {"base": ([[[0, 1, 2, 3]] * B, [[5]] * B])}
     (_, ref_c), ref = im(_ids(1), unit_locations=locs)
@@ -314,8 +380,12 @@ def test_collect_and_noise_load(gpt2, tmp_path):
 
 
 def test_bad_inputs(gpt2, tmp_path):
-    im = pv.IntervenableModel(pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-        layer=0, component="block_output", intervention=lambda b, s: b)]), gpt2)
+    im = pv.IntervenableModel(
+        pv.IntervenableConfig(
+            representations=[pv.RepresentationConfig(layer=0, component="block_output", intervention=lambda b, s: b)]
+        ),
+        gpt2,
+    )
     with pytest.raises(TypeError, match="function"):
         im.save(str(tmp_path / "lam"))
     assert not (tmp_path / "lam" / "config.json").exists()

@@ -1,11 +1,11 @@
 """Seed tutorials 1, 4 and 5, exactly as the user wrote them, with ``import fxvene as pv`` and a local
 random-weight GPT-2 (plus an offline tokenizer) in place of the hub's "gpt2"."""
+
 import re
 
-import pytest
 import torch
 
-TUTORIAL_1 = '''
+TUTORIAL_1 = """
 import pyvene as pv
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import torch
@@ -49,9 +49,9 @@ paris_token = tokenizer.encode(" Paris")[0]
 
 print(f"P(Rome): {probs[rome_token].item():.4f}")
 print(f"P(Paris): {probs[paris_token].item():.4f}")
-'''
+"""
 
-TUTORIAL_4 = '''
+TUTORIAL_4 = """
 import pyvene as pv
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,9 +93,9 @@ _, outputs = intervenable(
     sources=[source_inputs],
     unit_locations={"sources->base": ([[[0, 2]]], [[[0, 2]]])},
 )
-'''
+"""
 
-TUTORIAL_5 = '''
+TUTORIAL_5 = """
 import pyvene as pv
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,7 +130,7 @@ layer10_attn = collected[1]
 
 print(f"Layer 5 block output shape: {layer5_output.shape}")
 print(f"Layer 10 attention output shape: {layer10_attn.shape}")
-'''
+"""
 
 
 def run_tutorial(code, model_dir, capsys):

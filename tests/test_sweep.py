@@ -2,14 +2,15 @@
 
 Oracles: the HF model's own forward and pyvene 0.1.8's per-cell loops.
 """
+
 import numpy as np
 import pytest
 import pyvene
 import torch
-
-import fxvene as pv
 from _matrix import cell
 from conftest import frontends, make_gpt2
+
+import fxvene as pv
 from fxvene.passes.locate import module_paths
 from fxvene.passes.slice import boundary_after, heavy_nodes, segment
 from fxvene.passes.sweep import readout
@@ -154,8 +155,9 @@ def test_head_sweep_equals_pyvene(gpt4):
     g = torch.Generator().manual_seed(5)
     base = {"input_ids": torch.randint(0, 50, (1, 5), generator=g)}
     src = {"input_ids": torch.randint(0, 50, (1, 5), generator=g)}
-    r = patching_sweep(gpt4, base, src, components="head_attention_value_output", layers=[1, 3], positions=[2, 4],
-                       progress=False)
+    r = patching_sweep(
+        gpt4, base, src, components="head_attention_value_output", layers=[1, 3], positions=[2, 4], progress=False
+    )
     assert r.values.shape == (1, 2, 2, 4, 1, 50)
     for li, layer in enumerate([1, 3]):
         for pi, pos in enumerate([2, 4]):
@@ -173,8 +175,9 @@ def test_chunking_gives_the_same_results(gpt4):
     src = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
     full = patching_sweep(gpt4, base, src, components=["block_output", "mlp_activation"], progress=False)
     for max_rows in (1, 7):
-        part = patching_sweep(gpt4, base, src, components=["block_output", "mlp_activation"], max_rows=max_rows,
-                              progress=False)
+        part = patching_sweep(
+            gpt4, base, src, components=["block_output", "mlp_activation"], max_rows=max_rows, progress=False
+        )
         torch.testing.assert_close(part.values, full.values, atol=1e-6, rtol=1e-6)
     ct = causal_trace(gpt4, {"input_ids": PROMPT}, [0, 1], TARGET, n_samples=3, window=2, progress=False)
     ct7 = causal_trace(gpt4, {"input_ids": PROMPT}, [0, 1], TARGET, n_samples=3, window=2, max_rows=7, progress=False)
@@ -193,16 +196,27 @@ def _pyvene_trace_cell(model, stream, layer, pos, window, n_layers, prompt=PROMP
     iv = pyvene.IntervenableModel(cfg, model)
     n = len(lays)
     base = {"input_ids": prompt}
-    _, out = iv(base, [None] + [base] * n,
-                {"sources->base": ([None] + [[[pos]]] * n, [[[0, 1, 2, 3]]] + [[[pos]]] * n)})
+    _, out = iv(
+        base, [None] + [base] * n, {"sources->base": ([None] + [[[pos]]] * n, [[[0, 1, 2, 3]]] + [[[pos]]] * n)}
+    )
     return torch.softmax(out.logits[0, -1], -1)[TARGET].item()
 
 
 @cell("gpt2", "causal_trace")
 @pytest.mark.parametrize("frontend", frontends())
 def test_causal_trace_equals_pyvene_loop(gpt4, frontend):
-    r = causal_trace(gpt4, {"input_ids": PROMPT}, [0, 1, 2, 3], TARGET, noise_level=PYVENE_NOISE_LEVEL,
-                     n_samples=1, seed=1, window=3, tracer=frontend, progress=False)
+    r = causal_trace(
+        gpt4,
+        {"input_ids": PROMPT},
+        [0, 1, 2, 3],
+        TARGET,
+        noise_level=PYVENE_NOISE_LEVEL,
+        n_samples=1,
+        seed=1,
+        window=3,
+        tracer=frontend,
+        progress=False,
+    )
     assert r.probs.shape == (3, 6, 4)
     ref = np.zeros((3, 6, 4))
     for si, st in enumerate(r.streams):
@@ -217,10 +231,28 @@ def test_causal_trace_equals_pyvene_loop(gpt4, frontend):
 
 
 def test_causal_trace_samples_average_and_default_noise(gpt4):
-    one = causal_trace(gpt4, {"input_ids": PROMPT}, [1, 2], TARGET, n_samples=1, seed=1, window=2,
-                       streams="block_output", progress=False)
-    two = causal_trace(gpt4, {"input_ids": PROMPT}, [1, 2], TARGET, n_samples=2, seed=1, window=2,
-                       streams="block_output", progress=False)
+    one = causal_trace(
+        gpt4,
+        {"input_ids": PROMPT},
+        [1, 2],
+        TARGET,
+        n_samples=1,
+        seed=1,
+        window=2,
+        streams="block_output",
+        progress=False,
+    )
+    two = causal_trace(
+        gpt4,
+        {"input_ids": PROMPT},
+        [1, 2],
+        TARGET,
+        n_samples=2,
+        seed=1,
+        window=2,
+        streams="block_output",
+        progress=False,
+    )
     std = float(gpt4.get_input_embeddings().weight.std())
     assert abs(two.noise_level - 3 * std) < 1e-6
     # hand-written corrupted forward for sample 1: noise rows 2..3 of RandomState(1).randn(2, 2, d)
@@ -246,21 +278,28 @@ def test_seed_tutorial_2_runs_any_prompt_length(gpt4):
         clean_prob = torch.softmax(_hf_logits(gpt4, clean_inputs["input_ids"])[0, -1], -1)[TARGET].item()
         results = []
         for restore_layer in range(gpt4.config.n_layer):
-            config = pv.IntervenableConfig(representations=[
-                pv.RepresentationConfig(layer=0, component="block_input", intervention_type=pv.NoiseIntervention),
-                pv.RepresentationConfig(layer=restore_layer, component="block_output",
-                                        intervention_type=pv.VanillaIntervention),
-            ])
+            config = pv.IntervenableConfig(
+                representations=[
+                    pv.RepresentationConfig(layer=0, component="block_input", intervention_type=pv.NoiseIntervention),
+                    pv.RepresentationConfig(
+                        layer=restore_layer, component="block_output", intervention_type=pv.VanillaIntervention
+                    ),
+                ]
+            )
             intervenable = pv.IntervenableModel(config, gpt4)
             _, outputs = intervenable(base=clean_inputs, sources=[clean_inputs])
             results.append(torch.softmax(outputs.logits[0, -1], dim=-1)[TARGET].item())
             if length == 4:  # pyvene runs this length: same numbers
-                pcfg = pyvene.IntervenableConfig(representations=[
-                    pyvene.RepresentationConfig(layer=0, component="block_input",
-                                                intervention_type=pyvene.NoiseIntervention),
-                    pyvene.RepresentationConfig(layer=restore_layer, component="block_output",
-                                                intervention_type=pyvene.VanillaIntervention),
-                ])
+                pcfg = pyvene.IntervenableConfig(
+                    representations=[
+                        pyvene.RepresentationConfig(
+                            layer=0, component="block_input", intervention_type=pyvene.NoiseIntervention
+                        ),
+                        pyvene.RepresentationConfig(
+                            layer=restore_layer, component="block_output", intervention_type=pyvene.VanillaIntervention
+                        ),
+                    ]
+                )
                 _, pout = pyvene.IntervenableModel(pcfg, gpt4)(base=clean_inputs, sources=[clean_inputs, clean_inputs])
                 assert abs(torch.softmax(pout.logits[0, -1], -1)[TARGET].item() - results[-1]) < 1e-5
         np.testing.assert_allclose(results, clean_prob, atol=1e-5)
@@ -326,8 +365,18 @@ def test_prefix_rows_run_only_the_positions_from_the_patched_one(gpt4):
 def test_prefix_causal_trace_llama_equals_pyvene_loop(llama):
     """Rotary positions: rows that start at position p must rotate positions p.. (not 0..)."""
     prompt = torch.tensor([[5, 9, 13, 2, 44, 7]])
-    r = causal_trace(llama, {"input_ids": prompt}, [0, 1, 2, 3], TARGET, noise_level=PYVENE_NOISE_LEVEL,
-                     n_samples=1, seed=1, window=3, prefix=True, progress=False)
+    r = causal_trace(
+        llama,
+        {"input_ids": prompt},
+        [0, 1, 2, 3],
+        TARGET,
+        noise_level=PYVENE_NOISE_LEVEL,
+        n_samples=1,
+        seed=1,
+        window=3,
+        prefix=True,
+        progress=False,
+    )
     ref = np.zeros((3, 6, 3))
     for si, st in enumerate(r.streams):
         for p in range(6):
@@ -373,15 +422,15 @@ def test_prefix_plan_chosen_by_cost_equals_pyvene(gpt4, monkeypatch, costs, quan
     loc = np.full((len(cells), 4), -1)
     for r, (l, p) in enumerate(cells):
         loc[r, l] = p
-    out = eng.run_rows(b, s, {"sample": np.zeros(len(cells), dtype=np.int64), "loc": loc, "head": None},
-                       progress=False)
+    out = eng.run_rows(b, s, {"sample": np.zeros(len(cells), dtype=np.int64), "loc": loc, "head": None}, progress=False)
     if quantum is not None:
         assert eng.last_quantum == quantum
     else:
         assert 1 <= eng.last_quantum <= 7
     for r, (l, p) in enumerate(cells):
-        torch.testing.assert_close(out[r:r + 1], _pyvene_patch(gpt4, "block_output", l, p, base, src),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            out[r : r + 1], _pyvene_patch(gpt4, "block_output", l, p, base, src), atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("prefix", [True, False])
@@ -395,8 +444,9 @@ def test_sweep_left_padded_batch_equals_pyvene(which, prefix, gpt4, llama):
     base = {"input_ids": torch.randint(0, 50, (2, 6), generator=g), "attention_mask": mask}
     src = {"input_ids": torch.randint(0, 50, (2, 6), generator=g), "attention_mask": mask.flip(0)}
     comps = ["block_output", "attention_output"]
-    r = patching_sweep(model, base, src, components=comps, layers=[0, 2], prefix=prefix, tracer="export",
-                       progress=False)
+    r = patching_sweep(
+        model, base, src, components=comps, layers=[0, 2], prefix=prefix, tracer="export", progress=False
+    )
     for ci, comp in enumerate(comps):
         for li, layer in enumerate([0, 2]):
             for pos in range(6):
@@ -471,8 +521,17 @@ def test_compiled_prefix_sweep_equals_pyvene_and_compiles_once(which, gpt4, llam
     for seq, positions in [(6, None), (8, [0, 3, 7]), (5, [4])]:
         base = {"input_ids": torch.randint(0, 50, (1, seq), generator=g)}
         src = {"input_ids": torch.randint(0, 50, (1, seq), generator=g)}
-        r = patching_sweep(model, base, src, components=comps, layers=[0, n_layers - 1], positions=positions,
-                           prefix=True, compile={"backend": cnt}, progress=False)
+        r = patching_sweep(
+            model,
+            base,
+            src,
+            components=comps,
+            layers=[0, n_layers - 1],
+            positions=positions,
+            prefix=True,
+            compile={"backend": cnt},
+            progress=False,
+        )
         for ci, comp in enumerate(comps):
             for li, layer in enumerate([0, n_layers - 1]):
                 for pi, pos in enumerate(positions or range(seq)):
@@ -498,8 +557,17 @@ def test_inductor_prefix_sweep_one_row_reaches_the_tail_equals_pyvene():
     g = torch.Generator().manual_seed(5)
     base = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
     src = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
-    r = patching_sweep(model, base, src, components=["block_output"], layers=[0], positions=[2, 5], prefix=True,
-                       compile=True, progress=False)
+    r = patching_sweep(
+        model,
+        base,
+        src,
+        components=["block_output"],
+        layers=[0],
+        positions=[2, 5],
+        prefix=True,
+        compile=True,
+        progress=False,
+    )
     for pi, pos in enumerate([2, 5]):
         ref = _pyvene_patch(model, "block_output", 0, pos, base, src)
         torch.testing.assert_close(r.values[0, 0, pi], ref, atol=1e-5, rtol=1e-5)
@@ -509,8 +577,19 @@ def test_compiled_causal_trace_with_prefix_equals_pyvene_loop(gpt4):
     import torch._dynamo
 
     torch._dynamo.reset()
-    r = causal_trace(gpt4, {"input_ids": PROMPT}, [0, 1, 2, 3], TARGET, noise_level=PYVENE_NOISE_LEVEL,
-                     n_samples=1, seed=1, window=3, prefix=True, compile={"backend": "eager"}, progress=False)
+    r = causal_trace(
+        gpt4,
+        {"input_ids": PROMPT},
+        [0, 1, 2, 3],
+        TARGET,
+        noise_level=PYVENE_NOISE_LEVEL,
+        n_samples=1,
+        seed=1,
+        window=3,
+        prefix=True,
+        compile={"backend": "eager"},
+        progress=False,
+    )
     ref = np.zeros((3, 6, 4))
     for si, st in enumerate(r.streams):
         for p in range(6):

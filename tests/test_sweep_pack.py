@@ -4,14 +4,15 @@ end in lanes, one call per segment, the packing mask keeping every row to its ow
 Oracles: pyvene 0.1.8's per-cell patches and hand-written HF forwards with hooks (noise on the first
 block's input, the clean block output restored at one layer and position).
 """
+
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_gpt2, make_llama
-from fxvene.sweep import SweepEngine, _ENGINES, causal_trace, patching_sweep
-from fxvene.sweep_pack import lanes
 from test_sweep import _pyvene_patch
+
+from fxvene.sweep import _ENGINES, SweepEngine, causal_trace, patching_sweep
+from fxvene.sweep_pack import lanes
 
 TARGET = 11
 
@@ -61,6 +62,7 @@ def _hook_trace(model, ids, subj, noise, level, layer, pos, clean_out):
     blocks = model.transformer.h if hasattr(model, "transformer") else model.model.layers
     probs = []
     for s in range(noise.shape[0]):
+
         def pre(mod, args, kwargs, s=s):
             h = (args[0] if args else kwargs["hidden_states"]).clone()
             h[:, subj] = (h[:, subj].double() + torch.from_numpy(noise[s]) * level).to(h.dtype)
@@ -86,6 +88,7 @@ def _hook_trace(model, ids, subj, noise, level, layer, pos, clean_out):
 def _clean_block_outputs(model, ids):
     blocks = model.transformer.h if hasattr(model, "transformer") else model.model.layers
     got = {}
+
     def keep(i):
         return lambda m, a, o: got.__setitem__(i, (o[0] if isinstance(o, tuple) else o).clone())
 
@@ -106,13 +109,23 @@ def test_packed_causal_trace_with_samples_equals_hook_forwards(models, which):
     model = models[which]
     ids = torch.tensor([[5, 9, 13, 2, 44, 7, 30]])
     subj, level = [1, 2], 0.5
-    r = causal_trace(model, {"input_ids": ids}, subj, TARGET, noise_level=level, n_samples=2, seed=1,
-                     streams="block_output", progress=False)
+    r = causal_trace(
+        model,
+        {"input_ids": ids},
+        subj,
+        TARGET,
+        noise_level=level,
+        n_samples=2,
+        seed=1,
+        streams="block_output",
+        progress=False,
+    )
     assert _engine_of(model, [("block_output", layer) for layer in range(3)]).last_packed
     noise = np.random.RandomState(1).randn(2, len(subj), model.config.hidden_size)
     clean = _clean_block_outputs(model, ids)
-    ref = np.array([[_hook_trace(model, ids, subj, noise, level, layer, p, clean) for layer in range(3)]
-                    for p in range(7)])
+    ref = np.array(
+        [[_hook_trace(model, ids, subj, noise, level, layer, p, clean) for layer in range(3)] for p in range(7)]
+    )
     np.testing.assert_allclose(r.probs[0].numpy(), ref, atol=1e-5)
 
 
@@ -145,8 +158,9 @@ def test_rows_are_grouped_where_they_cannot_be_packed(models):
     assert eng.packed_segments and not eng.last_packed
     try:
         SweepEngine.pack = False
-        patching_sweep(model, {"input_ids": base["input_ids"]}, {"input_ids": src["input_ids"]}, layers=[1],
-                       progress=False)
+        patching_sweep(
+            model, {"input_ids": base["input_ids"]}, {"input_ids": src["input_ids"]}, layers=[1], progress=False
+        )
         assert not eng.last_packed
     finally:
         SweepEngine.pack = True

@@ -1,4 +1,5 @@
 """fxvene's MLP and GRU (fxvene.toy_models) against pyvene 0.1.8's: same seed, same weights, same outputs."""
+
 import pytest
 import torch
 
@@ -55,8 +56,11 @@ def test_gru_models_same_seed_same_weights_and_outputs(pyvene, include_emb):
     cfg = dict(GRU_CFG, include_emb=include_emb)
     x = torch.randn(2, 5, 8)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    for ours_cls, name in ((GRUForClassification, "GRUForClassification"), (GRULMHeadModel, "GRULMHeadModel"),
-                           (GRUModel, "GRUModel")):
+    for ours_cls, name in (
+        (GRUForClassification, "GRUForClassification"),
+        (GRULMHeadModel, "GRULMHeadModel"),
+        (GRUModel, "GRUModel"),
+    ):
         torch.manual_seed(5)
         theirs = getattr(theirs_mod, name)(theirs_mod.GRUConfig(**cfg))
         torch.manual_seed(5)
@@ -67,8 +71,9 @@ def test_gru_models_same_seed_same_weights_and_outputs(pyvene, include_emb):
         for a, b in zip(out, ref):
             assert torch.equal(a, b)
         if ours_cls is GRUForClassification:  # pooled at each example's last unmasked step
-            assert torch.equal(ours(inputs_embeds=x, attention_mask=mask)[0],
-                               theirs(inputs_embeds=x, attention_mask=mask)[0])
+            assert torch.equal(
+                ours(inputs_embeds=x, attention_mask=mask)[0], theirs(inputs_embeds=x, attention_mask=mask)[0]
+            )
         if include_emb:
             ids, pos = torch.randint(0, 20, (2, 5)), torch.arange(5).expand(2, 5)
             assert torch.equal(ours(input_ids=ids, position_ids=pos)[0], theirs(input_ids=ids, position_ids=pos)[0])
@@ -150,13 +155,15 @@ def test_mlp_vanilla_patch_every_component_matches_pyvene(pyvene, mlp_pair, comp
     for layer in (0, 1):
         outs = []
         for lib, model in ((pyvene, theirs), (pv_fx, ours)):
-            im = lib.IntervenableModel({"layer": layer, "component": component,
-                                        "intervention_type": lib.VanillaIntervention}, model=model)
+            im = lib.IntervenableModel(
+                {"layer": layer, "component": component, "intervention_type": lib.VanillaIntervention}, model=model
+            )
             # clones: pyvene writes block_input patches into the caller's inputs_embeds (eval dropout
             # passes the tensor through and its pre-hook scatters in place)
             _, full = im(base=_clone(base), sources=[source], unit_locations={"sources->base": 0})
-            _, part = im(base=_clone(base), sources=[source], unit_locations={"sources->base": 0},
-                         subspaces=[[[0, 2, 5]] * 4])
+            _, part = im(
+                base=_clone(base), sources=[source], unit_locations={"sources->base": 0}, subspaces=[[[0, 2, 5]] * 4]
+            )
             outs.append((full[0], part[0]))
         (pf, pp), (ff, fp) = outs
         assert isinstance(ff, torch.Tensor) and ff.shape == (4, 3)
@@ -188,8 +195,12 @@ def test_mlp_das_rotated_space_training_matches_pyvene(pyvene, mlp_pair):
         opt = torch.optim.Adam(iv.rotate_layer.parameters(), lr=0.01)
         losses = []
         for _ in range(3):
-            _, out = im(base, [s1, s2], {"sources->base": ([[[0]] * 6, [[0]] * 6], [[[0]] * 6, [[0]] * 6])},
-                        subspaces=[[[0, 1, 2, 3]] * 6, [[4, 5, 6, 7]] * 6])
+            _, out = im(
+                base,
+                [s1, s2],
+                {"sources->base": ([[[0]] * 6, [[0]] * 6], [[[0]] * 6, [[0]] * 6])},
+                subspaces=[[[0, 1, 2, 3]] * 6, [[4, 5, 6, 7]] * 6],
+            )
             loss = torch.nn.functional.cross_entropy(out[0], labels)
             loss.backward()
             opt.step()
@@ -204,11 +215,22 @@ def test_mlp_das_rotated_space_training_matches_pyvene(pyvene, mlp_pair):
 # ----------------------------------------------------------------------------- interventions on the GRU (unit "t")
 
 GRU_COMPONENTS = (
-    "cell_input", "cell_output", "x2h_output", "h2h_output",
-    "reset_gate_input", "update_gate_input", "new_gate_input",
-    "reset_gate_output", "update_gate_output", "new_gate_output",
-    "reset_x2h_output", "update_x2h_output", "new_x2h_output",
-    "reset_h2h_output", "update_h2h_output", "new_h2h_output",
+    "cell_input",
+    "cell_output",
+    "x2h_output",
+    "h2h_output",
+    "reset_gate_input",
+    "update_gate_input",
+    "new_gate_input",
+    "reset_gate_output",
+    "update_gate_output",
+    "new_gate_output",
+    "reset_x2h_output",
+    "update_x2h_output",
+    "new_x2h_output",
+    "reset_h2h_output",
+    "update_h2h_output",
+    "new_h2h_output",
 )
 STEPS = 8  # the length fxvene traces with first: one export serves every test
 
@@ -225,8 +247,10 @@ def gru_pair(pyvene):
 
 def _gru_inputs(seed, b=1):
     g = torch.Generator().manual_seed(seed)
-    return ({"inputs_embeds": torch.randn(b, STEPS, 6, generator=g)},
-            {"inputs_embeds": torch.randn(b, STEPS, 6, generator=g)})
+    return (
+        {"inputs_embeds": torch.randn(b, STEPS, 6, generator=g)},
+        {"inputs_embeds": torch.randn(b, STEPS, 6, generator=g)},
+    )
 
 
 def _hooked(model, module, inputs, fn):
@@ -252,8 +276,10 @@ def test_gru_time_step_patch_matches_manual_hooks(gru_pair):
     cell = ours.gru.cells[0]
     kept = []
     _hooked(ours, cell, source, lambda t, o: kept.append(o.clone()))
-    im = pv_fx.IntervenableModel({"layer": 0, "component": "cell_output", "unit": "t",
-                                  "intervention_type": pv_fx.VanillaIntervention}, model=ours)
+    im = pv_fx.IntervenableModel(
+        {"layer": 0, "component": "cell_output", "unit": "t", "intervention_type": pv_fx.VanillaIntervention},
+        model=ours,
+    )
     _, out = im(base=base, sources=[source], unit_locations={"sources->base": ([[[6], [2]]], [[[3], [5]]])})
     pairs = {0: (6, 3), 1: (2, 5)}
 
@@ -267,8 +293,9 @@ def test_gru_time_step_patch_matches_manual_hooks(gru_pair):
     ref = _hooked(ours, cell, base, patch)
     assert torch.allclose(out[0], ref[0], atol=1e-6)
     assert not torch.allclose(out[0], ours(**base)[0])
-    zero = pv_fx.IntervenableModel({"layer": 1, "component": "cell_output", "unit": "t",
-                                    "intervention_type": pv_fx.ZeroIntervention}, model=ours)
+    zero = pv_fx.IntervenableModel(
+        {"layer": 1, "component": "cell_output", "unit": "t", "intervention_type": pv_fx.ZeroIntervention}, model=ours
+    )
     _, z = zero(base=base, unit_locations={"base": 3})
     zref = _hooked(ours, ours.gru.cells[1], base, lambda t, o: torch.zeros_like(o) if t == 3 else None)
     assert torch.allclose(z[0], zref[0], atol=1e-6)
@@ -292,8 +319,12 @@ def test_gru_collect_and_vanilla_every_component_match_pyvene(pyvene, gru_pair):
             col = lib.IntervenableModel(dict(rep, intervention_type=lib.CollectIntervention), model=model)
             collected = col(base=_clone(base), unit_locations={"base": [every]})[0][1]
             van = lib.IntervenableModel(dict(rep, intervention_type=lib.VanillaIntervention), model=model)
-            _, patched = van(base=_clone(base), sources=[_clone(source)],
-                             unit_locations={"sources->base": ([every], [every])}, subspaces=[[[0, 1, 2]]])
+            _, patched = van(
+                base=_clone(base),
+                sources=[_clone(source)],
+                unit_locations={"sources->base": ([every], [every])},
+                subspaces=[[[0, 1, 2]]],
+            )
             got[lib.__name__] = (collected, patched[0])
         (pc, pp), (fc, fp) = got["pyvene"], got["fxvene"]
         # pyvene's list of one (batch, dim) tensor per step
@@ -308,19 +339,20 @@ def test_gru_zero_every_step_matches_pyvene(pyvene, gru_pair):
     (constant-source interventions ignore the time step); fxvene gives that when every step is listed."""
     theirs, ours = gru_pair
     base, _ = _gru_inputs(2)
-    _, ref = pyvene.IntervenableModel({"component": "cell_output", "unit": "t",
-                                       "intervention_type": pyvene.ZeroIntervention}, model=theirs)(
-        base=_clone(base), unit_locations={"base": 3})
-    _, out = pv_fx.IntervenableModel({"component": "cell_output", "unit": "t",
-                                      "intervention_type": pv_fx.ZeroIntervention}, model=ours)(
-        base=base, unit_locations={"base": [[list(range(STEPS))]]})
+    _, ref = pyvene.IntervenableModel(
+        {"component": "cell_output", "unit": "t", "intervention_type": pyvene.ZeroIntervention}, model=theirs
+    )(base=_clone(base), unit_locations={"base": 3})
+    _, out = pv_fx.IntervenableModel(
+        {"component": "cell_output", "unit": "t", "intervention_type": pv_fx.ZeroIntervention}, model=ours
+    )(base=base, unit_locations={"base": [[list(range(STEPS))]]})
     assert torch.allclose(out[0], ref[0], atol=1e-6)
 
 
 def test_gru_other_lengths_trace_again_and_bad_steps(gru_pair):
     _, ours = gru_pair
-    im = pv_fx.IntervenableModel({"layer": 0, "component": "cell_output", "unit": "t",
-                                  "intervention_type": pv_fx.ZeroIntervention}, model=ours)
+    im = pv_fx.IntervenableModel(
+        {"layer": 0, "component": "cell_output", "unit": "t", "intervention_type": pv_fx.ZeroIntervention}, model=ours
+    )
     short = {"inputs_embeds": torch.randn(1, 3, 6)}
     _, out = im(base=short, unit_locations={"base": 1})
     ref = _hooked(ours, ours.gru.cells[0], short, lambda t, o: torch.zeros_like(o) if t == 1 else None)
@@ -328,8 +360,10 @@ def test_gru_other_lengths_trace_again_and_bad_steps(gru_pair):
     with pytest.raises(ValueError, match="out of range"):
         im(base=short, unit_locations={"base": 3})
     with pytest.raises(ValueError, match="resolves to 8 nodes"):  # one per step: unit "pos" cannot pick one
-        pv_fx.IntervenableModel({"layer": 0, "component": "cell_output", "unit": "pos",
-                                 "intervention_type": pv_fx.ZeroIntervention}, model=ours)
+        pv_fx.IntervenableModel(
+            {"layer": 0, "component": "cell_output", "unit": "pos", "intervention_type": pv_fx.ZeroIntervention},
+            model=ours,
+        )
 
 
 def test_mlp_in_training_mode_traces_without_dropout_and_padded_mask_is_refused(pyvene):
@@ -344,8 +378,9 @@ def test_mlp_in_training_mode_traces_without_dropout_and_padded_mask_is_refused(
     x = torch.randn(3, 1, 8)
     with torch.no_grad():
         assert torch.equal(traced.gm(inputs_embeds=x)[0], mlp.eval()(inputs_embeds=x)[0])
-    im = pv_fx.IntervenableModel({"layer": 0, "component": "block_output",
-                                  "intervention_type": pv_fx.ZeroIntervention}, model=mlp)
+    im = pv_fx.IntervenableModel(
+        {"layer": 0, "component": "block_output", "intervention_type": pv_fx.ZeroIntervention}, model=mlp
+    )
     _, a = im(base={"inputs_embeds": x}, unit_locations={"base": 0})
     _, b = im(base={"inputs_embeds": x}, unit_locations={"base": 0})
     assert torch.equal(a[0], b[0])  # no dropout in the graph
@@ -362,8 +397,10 @@ def test_gru_distributed_intervention_acts_one_step_at_a_time(gru_pair):
     kept = []
     _hooked(ours, cell, source, lambda t, o: kept.append(o.clone()))
     torch.manual_seed(0)
-    im = pv_fx.IntervenableModel({"layer": 1, "component": "cell_output", "unit": "t",
-                                  "intervention_type": pv_fx.RotatedSpaceIntervention}, model=ours)
+    im = pv_fx.IntervenableModel(
+        {"layer": 1, "component": "cell_output", "unit": "t", "intervention_type": pv_fx.RotatedSpaceIntervention},
+        model=ours,
+    )
     _, out = im(base=base, sources=[source], unit_locations={"sources->base": ([[[1, 2], [3, 4]]], [[[5, 6], [6, 7]]])})
     plan = {0: {5: 1, 6: 2}, 1: {6: 3, 7: 4}}  # row -> {base step: source step}
 
@@ -385,8 +422,10 @@ def test_gru_collect_listed_steps_sites_and_graph_diff(gru_pair):
     base, _ = _gru_inputs(5, b=2)
     kept = []
     _hooked(ours, ours.gru.cells[1], base, lambda t, o: kept.append(o.clone()))
-    im = pv_fx.IntervenableModel({"layer": 1, "component": "cell_output", "unit": "t",
-                                  "intervention_type": pv_fx.CollectIntervention}, model=ours)
+    im = pv_fx.IntervenableModel(
+        {"layer": 1, "component": "cell_output", "unit": "t", "intervention_type": pv_fx.CollectIntervention},
+        model=ours,
+    )
     collected = im(base=base, unit_locations={"base": [[[1, 4], [6, 2]]]})[0][1]
     assert isinstance(collected, list) and len(collected) == 2
     for k, steps in enumerate(([1, 6], [4, 2])):  # the k-th listed step of each example
@@ -397,8 +436,10 @@ def test_gru_collect_listed_steps_sites_and_graph_diff(gru_pair):
     (row,) = im.sites()
     assert row.ok and row.unit == "t" and len(row.steps) == STEPS and row.node == row.steps[0]
     assert row.module == "gru.cells.1" and row.shape == (2, STEPS, 6)
-    van = pv_fx.IntervenableModel({"layer": 1, "component": "cell_output", "unit": "t",
-                                   "intervention_type": pv_fx.VanillaIntervention}, model=ours)
+    van = pv_fx.IntervenableModel(
+        {"layer": 1, "component": "cell_output", "unit": "t", "intervention_type": pv_fx.VanillaIntervention},
+        model=ours,
+    )
     (vrow,) = van.sites()
     assert vrow.steps == row.steps
     d = van.graph_diff()

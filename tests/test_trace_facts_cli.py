@@ -1,5 +1,6 @@
 """``fxvene trace-facts``: per-prompt files, resuming after SIGINT / SIGKILL, malformed records, the
 progress bar. The uninterrupted run is the oracle of the interrupted-and-resumed one (bit for bit)."""
+
 import json
 import os
 import re
@@ -9,9 +10,9 @@ import sys
 import time
 
 import pytest
+from _facts_cli import ARGS, ROOT, assert_same_runs, prompt_files, write_facts
 
 from fxvene import cli
-from _facts_cli import ARGS, ROOT, assert_same_runs, prompt_files, write_facts
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,9 @@ def test_run_directory(reference, capsys):
     summary = json.load(open(os.path.join(reference, "summary.json")))
     assert summary["n_records"] == 10 and summary["n_traced"] == 8
     assert [m["line"] for m in summary["malformed"]] == [3, 6]
-    assert "missing field" in summary["malformed"][0]["reason"] and "not valid JSON" in summary["malformed"][1]["reason"]
+    assert (
+        "missing field" in summary["malformed"][0]["reason"] and "not valid JSON" in summary["malformed"][1]["reason"]
+    )
     assert summary["summary"]["classes"][0] == "first subject token" and summary["summary"]["n_prompts"] == 8
     run = json.load(open(os.path.join(reference, "run.json")))
     assert run["options"]["samples"] == 2 and len(run["facts_sha256"]) == 64
@@ -44,8 +47,14 @@ def test_run_directory(reference, capsys):
 def test_killed_run_resumes_to_the_uninterrupted_result(facts, reference, tmp_path, capsys, sig, after):
     out = str(tmp_path / "run")
     env = dict(os.environ, FXVENE_FACTS_STALL_AFTER=str(after))  # stall with the next prompt in flight
-    p = subprocess.Popen([sys.executable, "-m", "fxvene", "trace-facts", facts, "--out", out, "--batch-prompts", "1",
-                          *ARGS], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "fxvene", "trace-facts", facts, "--out", out, "--batch-prompts", "1", *ARGS],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     try:
         while True:  # wait for `after` finished prompts and one half-written (data, no record)
@@ -87,23 +96,46 @@ def test_rerun_with_other_options_is_refused(facts, reference, capsys):
 
 
 def test_argument_errors_before_anything_loads(tmp_path, facts):
-    code = (f"import sys\nfrom fxvene.cli import main\n"
-            f"sys.exit(main(['trace-facts', {str(tmp_path / 'nope.jsonl')!r}, '--model', 'gpt2-tiny', "
-            f"'--out', {str(tmp_path / 'o')!r}]))")
+    code = (
+        f"import sys\nfrom fxvene.cli import main\n"
+        f"sys.exit(main(['trace-facts', {str(tmp_path / 'nope.jsonl')!r}, '--model', 'gpt2-tiny', "
+        f"'--out', {str(tmp_path / 'o')!r}]))"
+    )
     prog = code + "\n"
-    r = subprocess.run([sys.executable, "-c", "import sys, json\ntry:\n" + "".join(f"    {ln}\n" for ln in prog.splitlines())
-                        + "except SystemExit as e:\n    print('EXIT', e.code)\nprint('MODULES', json.dumps(sorted(sys.modules)))"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, json\ntry:\n"
+            + "".join(f"    {ln}\n" for ln in prog.splitlines())
+            + "except SystemExit as e:\n    print('EXIT', e.code)\nprint('MODULES', json.dumps(sorted(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     mods = set(json.loads(r.stdout.rsplit("MODULES ", 1)[1]))
     assert "EXIT 1" in r.stdout and "no such file" in r.stderr
     assert "torch" not in mods and "transformers" not in mods
-    r = subprocess.run([sys.executable, "-c", "import sys, json\nfrom fxvene.cli import main\ntry:\n"
-                        "    main(['trace-facts', '--help'])\nexcept SystemExit:\n    pass\n"
-                        "print('MODULES', json.dumps(sorted(sys.modules)))"], capture_output=True, text=True, cwd=ROOT,
-                       timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, json\nfrom fxvene.cli import main\ntry:\n"
+            "    main(['trace-facts', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('MODULES', json.dumps(sorted(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert "--memory-budget" in r.stdout and "torchrun" in r.stdout
     mods = set(json.loads(r.stdout.rsplit("MODULES ", 1)[1]))
     assert "torch" not in mods and "transformers" not in mods
     with pytest.raises(SystemExit):
         cli.main(["trace-facts", facts, "--model", "gpt2-tiny", "--out", str(tmp_path / "o"), "--samples", "x"])
-    assert cli.main(["trace-facts", facts, "--model", "gpt2-tiny", "--out", str(tmp_path / "o"), "--noise", "loud"]) == 1
+    assert (
+        cli.main(["trace-facts", facts, "--model", "gpt2-tiny", "--out", str(tmp_path / "o"), "--noise", "loud"]) == 1
+    )

@@ -1,11 +1,12 @@
 """Tracing frontends: exact outputs, shared weights, traced once, clear errors."""
+
 import pytest
 import torch
+from conftest import frontends, make_gpt2, make_llama
 from transformers import GPT2LMHeadModel, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import fxvene as pv
 from fxvene import tracing
-from conftest import frontends, make_gpt2, make_llama
 
 
 def _tiny(name):
@@ -14,8 +15,15 @@ def _tiny(name):
         return make_gpt2()
     if name == "llama":
         return make_llama()
-    kw = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-              intermediate_size=48, vocab_size=50, max_position_embeddings=64)
+    kw = dict(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        vocab_size=50,
+        max_position_embeddings=64,
+    )
     if name == "mistral":
         return MistralForCausalLM(MistralConfig(**kw)).eval()
     return Qwen2ForCausalLM(Qwen2Config(**kw)).eval()
@@ -48,8 +56,13 @@ def test_traced_once_per_model(gpt2):
     try:
         m = make_gpt2(n_layer=2, seed=3)
         for layer in range(2):
-            cfg = pv.IntervenableConfig(representations=[
-                pv.RepresentationConfig(layer=layer, component="block_output", intervention_type=pv.VanillaIntervention)])
+            cfg = pv.IntervenableConfig(
+                representations=[
+                    pv.RepresentationConfig(
+                        layer=layer, component="block_output", intervention_type=pv.VanillaIntervention
+                    )
+                ]
+            )
             pv.IntervenableModel(cfg, m, tracer="export")
         assert calls == [1]
     finally:
@@ -113,8 +126,12 @@ def test_auto_decides_up_front_without_a_failed_hf_fx_attempt(monkeypatch):
     assert frontend == ("hf_fx" if tracing.hf_fx_available() else "export") and why
     ids = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        torch.testing.assert_close(tg.wrap_outputs(tg.gm(input_ids=ids, attention_mask=torch.ones_like(ids))).logits,
-                                   m(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            tg.wrap_outputs(tg.gm(input_ids=ids, attention_mask=torch.ones_like(ids))).logits,
+            m(input_ids=ids).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 @pytest.mark.skipif(not tracing.hf_fx_available(), reason="HF's fx tracer exists in transformers 4.x only")
@@ -163,11 +180,16 @@ def test_no_warning_from_fxvene_reaches_the_user(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, FXVENE_CACHE_DIR=str(tmp_path / "graphs"), OMP_NUM_THREADS="1",
-               PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        FXVENE_CACHE_DIR=str(tmp_path / "graphs"),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     env.pop("FXVENE_QUIET", None)
-    p = subprocess.run([sys.executable, "-c", NO_NOISE], env=env, cwd=str(tmp_path), capture_output=True,
-                       text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-c", NO_NOISE], env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip().endswith("ok")
     noise = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith("fxvene: ")]
@@ -197,10 +219,10 @@ def test_cli_and_python_load_and_trace_the_same_graph(tmp_path):
 
 
 def test_cli_demo_is_the_python_demo():
+    import os
+
     from fxvene import cli
     from fxvene.demo import demo_model_path, load_demo
-
-    import os
 
     if not os.path.isfile(os.path.join(demo_model_path(), "config.json")):
         pytest.skip("demo model not installed")

@@ -9,21 +9,19 @@
 * A ``torch.compile``'d training step equals the eager step and does not recompile.
 * Seed tutorial 3 runs as written.
 """
+
 import re
 
 import pytest
 import torch
-
-import fxvene as pv
 from _matrix import cell
 from conftest import batch_ids, frontends, make_gpt2
+
+import fxvene as pv
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
 B = 2
-
-
-
 
 
 def _ids(seed, vocab=50, n=8):
@@ -66,59 +64,193 @@ def _keep_last_dim(lib):
 
 # (model, representations (intervention types by name), unit_locations, subspaces, setup)
 CASES = {
-    "rotated": ("gpt2", [dict(layer=1, component="block_output", t="RotatedSpaceIntervention")],
-                _P([[[3]] * B], [[[5]] * B]), None, None),
-    "rotated_partition": ("gpt2", [dict(layer=1, component="block_output", t="RotatedSpaceIntervention",
-                                        subspace_partition=[[0, 12], [12, 24]])],
-                          _P([[[3]] * B], [[[5]] * B]), [[[1]] * B], None),
-    "rotated_partition_per_example": ("gpt2", [dict(layer=2, component="block_output", t="RotatedSpaceIntervention",
-                                                    subspace_partition=[[0, 12], [12, 24]])],
-                                      _P([[[3]] * B], [[[5]] * B]), [[[0], [1]]], None),
-    "rotated_linked": ("gpt2", [dict(layer=1, component="block_output", t="RotatedSpaceIntervention",
-                                     subspace_partition=[[0, 8], [8, 24]], intervention_link_key=0),
-                                dict(layer=1, component="block_output", t="RotatedSpaceIntervention",
-                                     subspace_partition=[[0, 8], [8, 24]], intervention_link_key=0)],
-                       _P([[[3]] * B, [[2]] * B], [[[5]] * B, [[5]] * B]), [[[0]] * B, [[1]] * B], None),
-    "rotated_keep_last_dim": ("gpt2", [dict(layer=1, component="block_output", intervention=_keep_last_dim)],
-                              _P([[[2, 3]] * B], [[[5, 6]] * B]), None, None),
-    "rotated_heads": ("gpt2", [dict(layer=1, component="head_attention_value_output", unit="h.pos",
-                                    t="RotatedSpaceIntervention", max_number_of_units=2)],
-                      _P([[[[0, 2]] * B, [[3]] * B]], [[[[1, 2]] * B, [[4]] * B]]), None, None),
-    "lowrank_nunit2": ("gpt2", [dict(layer=2, component="mlp_output", t="LowRankRotatedSpaceIntervention",
-                                     low_rank_dimension=4, max_number_of_units=2)],
-                       _P([[[3, 4]] * B], [[[5, 6]] * B]), None, None),
-    "lowrank_partition": ("gpt2", [dict(layer=2, component="mlp_output", t="LowRankRotatedSpaceIntervention",
-                                        low_rank_dimension=4, subspace_partition=[[0, 2], [2, 4]])],
-                          _P([[[3]] * B], [[[5]] * B]), [[[0], [1]]], None),
-    "boundless_nunit2": ("gpt2", [dict(layer=0, component="attention_output", t="BoundlessRotatedSpaceIntervention",
-                                       max_number_of_units=2)],
-                         _P([[[1, 4]] * B], [[[2, 6]] * B]), None, _boundless_setup),
-    "sigmoid_mask_rotated": ("gpt2", [dict(layer=3, component="block_input", t="SigmoidMaskRotatedSpaceIntervention")],
-                             _P([[[0]] * B], [[[7]] * B]), None, None),
-    "sigmoid_mask": ("gpt2", [dict(layer=3, component="block_output", t="SigmoidMaskIntervention")],
-                     _P([[[0, 1]] * B], [[[6, 7]] * B]), None, _sigmask_setup),
-    "jumprelu": ("gpt2", [dict(layer=1, component="block_output", t="JumpReLUAutoencoderIntervention",
-                               low_rank_dimension=6)],
-                 _P([[[2, 3]] * B], [[[5, 6]] * B]), None, _jumprelu_setup),
-    "llama_rotated": ("llama", [dict(layer=1, component="block_output", t="RotatedSpaceIntervention")],
-                      _P([[[3]] * B], [[[5]] * B]), None, None),
-    "llama_lowrank_attention": ("llama", [dict(layer=0, component="attention_output",
-                                               t="LowRankRotatedSpaceIntervention", low_rank_dimension=3,
-                                               max_number_of_units=2)],
-                                _P([[[3, 4]] * B], [[[5, 6]] * B]), None, None),
-    "llama_boundless_mlp": ("llama", [dict(layer=2, component="mlp_output", t="BoundlessRotatedSpaceIntervention")],
-                            _P([[[3]] * B], [[[5]] * B]), None, None),
-    "llama_sigmoid_mask_rotated_linked": ("llama", [
-        dict(layer=1, component="mlp_output", t="SigmoidMaskRotatedSpaceIntervention", intervention_link_key="a"),
-        dict(layer=1, component="mlp_output", t="SigmoidMaskRotatedSpaceIntervention", intervention_link_key="a")],
-        _P([[[1]] * B, [[2]] * B], [[[5]] * B, [[5]] * B]), None, None),
-    "llama_rotated_value_heads": ("llama", [dict(layer=1, component="head_value_output", unit="h.pos",
-                                                 t="RotatedSpaceIntervention", max_number_of_units=2)],
-                                  _P([[[[0, 1]] * B, [[3]] * B]], [[[[0, 1]] * B, [[3]] * B]]), None, None),
+    "rotated": (
+        "gpt2",
+        [dict(layer=1, component="block_output", t="RotatedSpaceIntervention")],
+        _P([[[3]] * B], [[[5]] * B]),
+        None,
+        None,
+    ),
+    "rotated_partition": (
+        "gpt2",
+        [dict(layer=1, component="block_output", t="RotatedSpaceIntervention", subspace_partition=[[0, 12], [12, 24]])],
+        _P([[[3]] * B], [[[5]] * B]),
+        [[[1]] * B],
+        None,
+    ),
+    "rotated_partition_per_example": (
+        "gpt2",
+        [dict(layer=2, component="block_output", t="RotatedSpaceIntervention", subspace_partition=[[0, 12], [12, 24]])],
+        _P([[[3]] * B], [[[5]] * B]),
+        [[[0], [1]]],
+        None,
+    ),
+    "rotated_linked": (
+        "gpt2",
+        [
+            dict(
+                layer=1,
+                component="block_output",
+                t="RotatedSpaceIntervention",
+                subspace_partition=[[0, 8], [8, 24]],
+                intervention_link_key=0,
+            ),
+            dict(
+                layer=1,
+                component="block_output",
+                t="RotatedSpaceIntervention",
+                subspace_partition=[[0, 8], [8, 24]],
+                intervention_link_key=0,
+            ),
+        ],
+        _P([[[3]] * B, [[2]] * B], [[[5]] * B, [[5]] * B]),
+        [[[0]] * B, [[1]] * B],
+        None,
+    ),
+    "rotated_keep_last_dim": (
+        "gpt2",
+        [dict(layer=1, component="block_output", intervention=_keep_last_dim)],
+        _P([[[2, 3]] * B], [[[5, 6]] * B]),
+        None,
+        None,
+    ),
+    "rotated_heads": (
+        "gpt2",
+        [
+            dict(
+                layer=1,
+                component="head_attention_value_output",
+                unit="h.pos",
+                t="RotatedSpaceIntervention",
+                max_number_of_units=2,
+            )
+        ],
+        _P([[[[0, 2]] * B, [[3]] * B]], [[[[1, 2]] * B, [[4]] * B]]),
+        None,
+        None,
+    ),
+    "lowrank_nunit2": (
+        "gpt2",
+        [
+            dict(
+                layer=2,
+                component="mlp_output",
+                t="LowRankRotatedSpaceIntervention",
+                low_rank_dimension=4,
+                max_number_of_units=2,
+            )
+        ],
+        _P([[[3, 4]] * B], [[[5, 6]] * B]),
+        None,
+        None,
+    ),
+    "lowrank_partition": (
+        "gpt2",
+        [
+            dict(
+                layer=2,
+                component="mlp_output",
+                t="LowRankRotatedSpaceIntervention",
+                low_rank_dimension=4,
+                subspace_partition=[[0, 2], [2, 4]],
+            )
+        ],
+        _P([[[3]] * B], [[[5]] * B]),
+        [[[0], [1]]],
+        None,
+    ),
+    "boundless_nunit2": (
+        "gpt2",
+        [dict(layer=0, component="attention_output", t="BoundlessRotatedSpaceIntervention", max_number_of_units=2)],
+        _P([[[1, 4]] * B], [[[2, 6]] * B]),
+        None,
+        _boundless_setup,
+    ),
+    "sigmoid_mask_rotated": (
+        "gpt2",
+        [dict(layer=3, component="block_input", t="SigmoidMaskRotatedSpaceIntervention")],
+        _P([[[0]] * B], [[[7]] * B]),
+        None,
+        None,
+    ),
+    "sigmoid_mask": (
+        "gpt2",
+        [dict(layer=3, component="block_output", t="SigmoidMaskIntervention")],
+        _P([[[0, 1]] * B], [[[6, 7]] * B]),
+        None,
+        _sigmask_setup,
+    ),
+    "jumprelu": (
+        "gpt2",
+        [dict(layer=1, component="block_output", t="JumpReLUAutoencoderIntervention", low_rank_dimension=6)],
+        _P([[[2, 3]] * B], [[[5, 6]] * B]),
+        None,
+        _jumprelu_setup,
+    ),
+    "llama_rotated": (
+        "llama",
+        [dict(layer=1, component="block_output", t="RotatedSpaceIntervention")],
+        _P([[[3]] * B], [[[5]] * B]),
+        None,
+        None,
+    ),
+    "llama_lowrank_attention": (
+        "llama",
+        [
+            dict(
+                layer=0,
+                component="attention_output",
+                t="LowRankRotatedSpaceIntervention",
+                low_rank_dimension=3,
+                max_number_of_units=2,
+            )
+        ],
+        _P([[[3, 4]] * B], [[[5, 6]] * B]),
+        None,
+        None,
+    ),
+    "llama_boundless_mlp": (
+        "llama",
+        [dict(layer=2, component="mlp_output", t="BoundlessRotatedSpaceIntervention")],
+        _P([[[3]] * B], [[[5]] * B]),
+        None,
+        None,
+    ),
+    "llama_sigmoid_mask_rotated_linked": (
+        "llama",
+        [
+            dict(layer=1, component="mlp_output", t="SigmoidMaskRotatedSpaceIntervention", intervention_link_key="a"),
+            dict(layer=1, component="mlp_output", t="SigmoidMaskRotatedSpaceIntervention", intervention_link_key="a"),
+        ],
+        _P([[[1]] * B, [[2]] * B], [[[5]] * B, [[5]] * B]),
+        None,
+        None,
+    ),
+    "llama_rotated_value_heads": (
+        "llama",
+        [
+            dict(
+                layer=1,
+                component="head_value_output",
+                unit="h.pos",
+                t="RotatedSpaceIntervention",
+                max_number_of_units=2,
+            )
+        ],
+        _P([[[[0, 1]] * B, [[3]] * B]], [[[[0, 1]] * B, [[3]] * B]]),
+        None,
+        None,
+    ),
 }
 # the second frontend (export, where hf_fx is the default) runs this subset
-SECOND_FRONTEND = ["rotated_linked", "rotated_heads", "lowrank_nunit2", "boundless_nunit2", "jumprelu",
-                   "llama_rotated_value_heads"]
+SECOND_FRONTEND = [
+    "rotated_linked",
+    "rotated_heads",
+    "lowrank_nunit2",
+    "boundless_nunit2",
+    "jumprelu",
+    "llama_rotated_value_heads",
+]
 
 
 def _config(lib, reps):
@@ -168,6 +300,7 @@ def models(gpt2, llama):
 
 def _params():
     fes = frontends()
+
     def marks(n):
         return [cell("gpt2", "trainable")] if CASES[n][0] == "gpt2" else []
 
@@ -199,16 +332,47 @@ def test_same_outputs_and_gradients_as_pyvene(pyvene, models, name, tracer):
 
 def test_flattening_rule_embed_dims(gpt2, llama):
     R = pv.RepresentationConfig
-    im = pv.IntervenableModel(pv.IntervenableConfig(representations=[
-        R(layer=0, component="block_output", max_number_of_units=3, intervention_type=pv.RotatedSpaceIntervention),
-        R(layer=0, component="head_attention_value_output", unit="h.pos", max_number_of_units=2,
-          intervention_type=pv.RotatedSpaceIntervention),
-        R(layer=0, component="mlp_activation", intervention_type=pv.LowRankRotatedSpaceIntervention,
-          low_rank_dimension=2)]), gpt2)
+    im = pv.IntervenableModel(
+        pv.IntervenableConfig(
+            representations=[
+                R(
+                    layer=0,
+                    component="block_output",
+                    max_number_of_units=3,
+                    intervention_type=pv.RotatedSpaceIntervention,
+                ),
+                R(
+                    layer=0,
+                    component="head_attention_value_output",
+                    unit="h.pos",
+                    max_number_of_units=2,
+                    intervention_type=pv.RotatedSpaceIntervention,
+                ),
+                R(
+                    layer=0,
+                    component="mlp_activation",
+                    intervention_type=pv.LowRankRotatedSpaceIntervention,
+                    low_rank_dimension=2,
+                ),
+            ]
+        ),
+        gpt2,
+    )
     assert [int(iv.embed_dim) for iv in im.interventions.values()] == [72, 12, 96]
-    im = pv.IntervenableModel(pv.IntervenableConfig(representations=[
-        R(layer=0, component="head_key_output", unit="h.pos", max_number_of_units=2,
-          intervention_type=pv.BoundlessRotatedSpaceIntervention)]), llama)
+    im = pv.IntervenableModel(
+        pv.IntervenableConfig(
+            representations=[
+                R(
+                    layer=0,
+                    component="head_key_output",
+                    unit="h.pos",
+                    max_number_of_units=2,
+                    intervention_type=pv.BoundlessRotatedSpaceIntervention,
+                )
+            ]
+        ),
+        llama,
+    )
     assert [int(iv.embed_dim) for iv in im.interventions.values()] == [16]
 
 
@@ -306,8 +470,10 @@ def test_linked_interventions_at_different_locations(pyvene, gpt2):
     at position 5 is written into position 6. Where the linked keys share site and positions (the
     DAS usage) the two agree (see the differential cases above). The oracle: pyvene with two
     unlinked interventions holding the same weights."""
-    reps = [dict(layer=1, component="block_output", t="BoundlessRotatedSpaceIntervention", intervention_link_key=0),
-            dict(layer=1, component="block_output", t="BoundlessRotatedSpaceIntervention", intervention_link_key=0)]
+    reps = [
+        dict(layer=1, component="block_output", t="BoundlessRotatedSpaceIntervention", intervention_link_key=0),
+        dict(layer=1, component="block_output", t="BoundlessRotatedSpaceIntervention", intervention_link_key=0),
+    ]
     locs = _P([[[1]] * B, [[2]] * B], [[[5]] * B, [[6]] * B])
     torch.manual_seed(0)
     im = pv.IntervenableModel(_config(pv, reps), gpt2)
@@ -366,9 +532,20 @@ def test_compiled_training_step_equals_eager_and_does_not_recompile():
 
     def build():
         torch.manual_seed(0)
-        return pv.IntervenableModel(pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-            layer=0, component="block_output", intervention_type=pv.LowRankRotatedSpaceIntervention,
-            low_rank_dimension=4, max_number_of_units=2)]), model)
+        return pv.IntervenableModel(
+            pv.IntervenableConfig(
+                representations=[
+                    pv.RepresentationConfig(
+                        layer=0,
+                        component="block_output",
+                        intervention_type=pv.LowRankRotatedSpaceIntervention,
+                        low_rank_dimension=4,
+                        max_number_of_units=2,
+                    )
+                ]
+            ),
+            model,
+        )
 
     eager, comp = build(), build().compile(backend=backend, dynamic=False)  # fxvene compiles the rewritten graphs
     opts = {m: torch.optim.Adam(m.get_trainable_parameters(), lr=1e-2) for m in (eager, comp)}
@@ -405,7 +582,7 @@ def test_compiled_training_step_equals_eager_and_does_not_recompile():
 
 # ------------------------------------------------------------------------------------ seed tutorial 3
 
-TUTORIAL_3 = '''
+TUTORIAL_3 = """
 import pyvene as pv
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import torch
@@ -463,7 +640,7 @@ for step in range(100):
 # 5. Analyze learned rotation
 rotation = intervenable.interventions["layer.6.comp.block_output.unit.pos.nunit.1#0"][0]
 print(f"Learned rotation shape: {rotation.rotate_layer.weight.shape}")
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -516,9 +693,19 @@ def test_unit_locations_none_applies_at_every_position(gpt2):
     """With no unit_locations a distributed intervention acts on every position of the whole tensor;
     this equals applying it position by position by hand (a forward hook)."""
     torch.manual_seed(0)
-    im = pv.IntervenableModel(pv.IntervenableConfig(representations=[pv.RepresentationConfig(
-        layer=2, component="block_output", intervention_type=pv.LowRankRotatedSpaceIntervention,
-        low_rank_dimension=5)]), gpt2)
+    im = pv.IntervenableModel(
+        pv.IntervenableConfig(
+            representations=[
+                pv.RepresentationConfig(
+                    layer=2,
+                    component="block_output",
+                    intervention_type=pv.LowRankRotatedSpaceIntervention,
+                    low_rank_dimension=5,
+                )
+            ]
+        ),
+        gpt2,
+    )
     iv = im.interventions[im.sorted_keys[0]]
     base, src = _ids(1), _ids(2)
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Interventions in the latent space of an autoencoder (learned here, or a loaded SAE)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -4,11 +4,13 @@ and the marker classes that say how an intervention sees its units.
 The engine builds an intervention with every ``RepresentationConfig`` field plus
 ``embed_dim`` and ``use_fast`` as keyword arguments, so every class takes ``**kwargs``.
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import torch
 from transformers.utils import ModelOutput
@@ -20,8 +22,8 @@ from .swap import _do_intervention_by_swap, expand_partition
 class InterventionOutput(ModelOutput):
     """An intervention's result together with a latent it computed on the way."""
 
-    output: Optional[Any] = None
-    latent: Optional[Any] = None
+    output: Any | None = None
+    latent: Any | None = None
 
 
 def short_str(intervention: torch.nn.Module) -> str:
@@ -70,7 +72,7 @@ class Intervention(torch.nn.Module):
         self.register_buffer("source_representation", source_representation)
         self.is_source_constant = True
 
-    def set_interchange_dim(self, interchange_dim: Union[int, list, torch.Tensor]) -> None:
+    def set_interchange_dim(self, interchange_dim: int | list | torch.Tensor) -> None:
         """Swap ``interchange_dim`` coordinates from now on (an int, or indices for autoencoders)."""
         if isinstance(interchange_dim, torch.Tensor):
             self.interchange_dim = interchange_dim
@@ -85,7 +87,7 @@ class Intervention(torch.nn.Module):
         scalar = isinstance(dim, torch.Tensor) and dim.dim() == 0
         self.__dict__["_interchange_int"] = int(dim) if scalar else None
 
-    def _swap_dim(self) -> Union[int, torch.Tensor, None]:
+    def _swap_dim(self) -> int | torch.Tensor | None:
         """``interchange_dim`` as a Python int when it is a scalar.
 
         Slicing with a tensor bound calls ``.item()``, which breaks a ``torch.compile``
@@ -101,19 +103,23 @@ class Intervention(torch.nn.Module):
         self._refresh_interchange_int()
         return self.__dict__["_interchange_int"]
 
-    def _source_or_constant(self, source: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _source_or_constant(self, source: torch.Tensor | None) -> torch.Tensor | None:
         constant = getattr(self, "source_representation", None)
         return source if constant is None else constant
 
-    def _swap(self, base: torch.Tensor, source: Optional[torch.Tensor], mode: str, subspaces: Any) -> torch.Tensor:
+    def _swap(self, base: torch.Tensor, source: torch.Tensor | None, mode: str, subspaces: Any) -> torch.Tensor:
         return _do_intervention_by_swap(
-            base, source, mode, self._swap_dim(), subspaces,
-            subspace_partition=self.subspace_partition, use_fast=self.use_fast,
+            base,
+            source,
+            mode,
+            self._swap_dim(),
+            subspaces,
+            subspace_partition=self.subspace_partition,
+            use_fast=self.use_fast,
         )
 
     @abstractmethod
-    def forward(self, base, source, subspaces=None):
-        ...
+    def forward(self, base, source, subspaces=None): ...
 
 
 class LocalistRepresentationIntervention(torch.nn.Module):
@@ -137,7 +143,7 @@ class TrainableIntervention(Intervention):
         super().__init__(**kwargs)
         self.is_source_constant = False
 
-    def tie_weight(self, linked_intervention: "TrainableIntervention") -> None:
+    def tie_weight(self, linked_intervention: TrainableIntervention) -> None:
         """Called for linked interventions; the built-in ones share the object, so nothing to do."""
 
 

@@ -3,6 +3,7 @@
 ``k`` below is ``interchange_dim`` (all of ``embed_dim`` unless set); with ``subspaces`` the
 chosen columns replace the first ``k`` (see ``swap.py``).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,9 +5,11 @@ a low-rank rotation, a frozen PCA basis, and a learned mask in the native basis.
 Every use of ``R`` goes through ``rotate_layer`` (an orthogonal parametrization), so the
 gradients that reach ``rotate_layer`` are the same, to the bit, as pyvene's.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -181,8 +183,10 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention, DistributedRepresen
             picked = diff[..., cols].unsqueeze(dim=1)
             return torch.matmul(picked, self.rotate_layer.weight[..., cols].T).squeeze(dim=1)
         rows = [
-            (diff[i, subspace_columns(sub, part)].unsqueeze(dim=0),
-             self.rotate_layer.weight[..., subspace_columns(sub, part)].T)
+            (
+                diff[i, subspace_columns(sub, part)].unsqueeze(dim=0),
+                self.rotate_layer.weight[..., subspace_columns(sub, part)].T,
+            )
             for i, sub in enumerate(subspaces)
         ]
         picked = torch.stack([row for row, _ in rows], dim=0)
@@ -213,7 +217,11 @@ class PCARotatedSpaceIntervention(BasisAgnosticIntervention, DistributedRepresen
     def forward(self, base, source, subspaces=None, **kwargs):
         rotated_base, rotated_source = self._to_pca(base), self._to_pca(source)
         swapped = _do_intervention_by_swap(
-            rotated_base, rotated_source, "interchange", self._swap_dim(), subspaces,
+            rotated_base,
+            rotated_source,
+            "interchange",
+            self._swap_dim(),
+            subspaces,
             subspace_partition=self.subspace_partition,
         )
         return torch.matmul(swapped, self.pca_components) * self.pca_std + self.pca_mean

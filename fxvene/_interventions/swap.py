@@ -16,9 +16,11 @@ every example, as pyvene does; one row per example applies per example; any othe
 ``ValueError``. Where both counts are equal the direct call follows pyvene (per position). The
 engine marks the subspaces it passes (:class:`PerExampleSubspaces`): those are always per example.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -35,17 +37,16 @@ class CollectSourceError(ValueError, AssertionError):
     """
 
 
-def expand_partition(partition: Optional[Sequence[Sequence[int]]]) -> Optional[list]:
+def expand_partition(partition: Sequence[Sequence[int]] | None) -> list | None:
     """``[start, end]`` pairs become ``list(range(start, end))``; explicit index lists stay."""
     if partition is None:
         return None
     return [
-        list(range(part[0], part[1])) if len(part) == 2 and isinstance(part[0], int) else part
-        for part in partition
+        list(range(part[0], part[1])) if len(part) == 2 and isinstance(part[0], int) else part for part in partition
     ]
 
 
-def subspace_columns(subspace: Sequence[int], partition: Optional[Partition]) -> Sequence[int]:
+def subspace_columns(subspace: Sequence[int], partition: Partition | None) -> Sequence[int]:
     """The last-dim columns that one example's ``subspace`` names."""
     if partition is None:
         return subspace
@@ -70,7 +71,7 @@ def broadcast_tensor_v2(x: torch.Tensor, target_shape: Sequence[int]) -> torch.T
     return x.expand(*target_shape[:-1], x.shape[-1])
 
 
-def _as_tensor(subspaces: Any) -> Optional[torch.Tensor]:
+def _as_tensor(subspaces: Any) -> torch.Tensor | None:
     try:
         return torch.tensor(subspaces)
     except Exception:  # ragged, non-numeric, ...: not a rectangular table
@@ -113,9 +114,9 @@ def _per_position(base: torch.Tensor, subspaces: Any) -> bool:
 
 def _regions(
     base: torch.Tensor,
-    interchange_dim: Union[int, torch.Tensor, None],
+    interchange_dim: int | torch.Tensor | None,
     subspaces: Any,
-    partition: Optional[Partition],
+    partition: Partition | None,
     use_fast: bool,
 ) -> tuple[list[Index], bool]:
     """Index tuples into ``base`` for the swap, and whether there is one per example."""
@@ -127,19 +128,17 @@ def _regions(
         cols = torch.tensor([list(subspace_columns(s, partition)) for s in subspaces], device=base.device)
         rows = torch.arange(base.shape[-2], device=base.device).unsqueeze(-1)
         return [(Ellipsis, rows, cols)], False
-    per_example = [
-        (row, Ellipsis, subspace_columns(subspace, partition)) for row, subspace in enumerate(subspaces)
-    ]
+    per_example = [(row, Ellipsis, subspace_columns(subspace, partition)) for row, subspace in enumerate(subspaces)]
     return per_example, True
 
 
 def _do_intervention_by_swap(
     base: torch.Tensor,
-    source: Optional[torch.Tensor],
+    source: torch.Tensor | None,
     mode: str = "interchange",
-    interchange_dim: Union[int, torch.Tensor, None] = None,
+    interchange_dim: int | torch.Tensor | None = None,
     subspaces: Any = None,
-    subspace_partition: Optional[Partition] = None,
+    subspace_partition: Partition | None = None,
     use_fast: bool = False,
 ) -> torch.Tensor:
     """Apply ``mode`` to the chosen coordinates (see the module docstring).

@@ -5,6 +5,7 @@ Same config fields, module names, parameter names and initialisation order as py
 The class names are pyvene's too, so fxvene's component maps (``models/mlp.py``,
 ``models/gru.py``) cover pyvene-built instances as well.
 """
+
 from fxvene.toy_models.gru import (
     GRUCell,
     GRUConfig,
@@ -17,6 +18,16 @@ from fxvene.toy_models.gru import (
 from fxvene.toy_models.mlp import MLPBlock, MLPConfig, MLPForClassification, MLPModel, MLPModelOutput
 
 __all__ = [
-    "GRUCell", "GRUConfig", "GRUForClassification", "GRULMHeadModel", "GRUModel", "GRUModelOutput",
-    "GRUPreTrainedModel", "MLPBlock", "MLPConfig", "MLPForClassification", "MLPModel", "MLPModelOutput",
+    "GRUCell",
+    "GRUConfig",
+    "GRUForClassification",
+    "GRULMHeadModel",
+    "GRUModel",
+    "GRUModelOutput",
+    "GRUPreTrainedModel",
+    "MLPBlock",
+    "MLPConfig",
+    "MLPForClassification",
+    "MLPModel",
+    "MLPModelOutput",
 ]

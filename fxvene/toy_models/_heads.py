@@ -1,5 +1,6 @@
 """What the two toy models share: their config base and the classification loss they compute
 from ``config.problem_type``."""
+
 import inspect
 
 import torch

@@ -11,9 +11,9 @@ Module tree (the component map ``models/gru.py`` refers to it)::
 Each cell is called once per time step, so a cell's output at step t is the output of its t-th
 call; fxvene's ``unit="t"`` counts those calls from 0, as pyvene does.
 """
+
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -30,9 +30,18 @@ class GRUConfig(FieldsConfig):
     model_type = "gru"
 
     def __init__(
-        self, include_emb=False, vocab_size=50_257, max_position_embeddings=512, n_layer=2,
-        h_dim=512, n_labels=2, include_bias=True, pdrop=0.3,
-        problem_type="single_label_classification", initializer_range=0.02, **kwargs
+        self,
+        include_emb=False,
+        vocab_size=50_257,
+        max_position_embeddings=512,
+        n_layer=2,
+        h_dim=512,
+        n_labels=2,
+        include_bias=True,
+        pdrop=0.3,
+        problem_type="single_label_classification",
+        initializer_range=0.02,
+        **kwargs,
     ):
         self._keep(locals())
         super().__init__(**kwargs)
@@ -74,7 +83,7 @@ class GRUCell(nn.Module):
 @dataclass
 class GRUModelOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor = None
-    hidden_states: Optional[Tuple[torch.FloatTensor]] = None
+    hidden_states: tuple[torch.FloatTensor] | None = None
 
 
 class GRUPreTrainedModel(PreTrainedModel):
@@ -106,8 +115,15 @@ class GRUModel(GRUPreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.wte = new_embeddings
 
-    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, hidden_states=None,
-                output_hidden_states=None, return_dict=None):
+    def forward(
+        self,
+        input_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        hidden_states=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
         """``hidden_states``: the initial state (n_layer, batch, h_dim), zeros by default. Returns the
         last layer's state at every step (batch, seq, h_dim) and its state after the last step."""
         if inputs_embeds is None:
@@ -146,8 +162,16 @@ class GRUForClassification(GRUPreTrainedModel):
         self.gru = GRUModel(config)
         self.score = nn.Linear(config.h_dim, self.n_labels, bias=False)
 
-    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, attention_mask=None,
-                labels=None, output_hidden_states=None, return_dict=None):
+    def forward(
+        self,
+        input_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        attention_mask=None,
+        labels=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
         body = self.gru(input_ids=input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
         every_step = body[0]
         batch, steps = every_step.shape[0], every_step.shape[1]
@@ -180,8 +204,15 @@ class GRULMHeadModel(GRUPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
-    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, labels=None,
-                output_hidden_states=None, return_dict=None):
+    def forward(
+        self,
+        input_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
         body = self.gru(input_ids=input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
         logits = self.lm_head(body[0])
         loss = None

@@ -10,8 +10,8 @@ Module tree (the component map ``models/mlp.py`` refers to it)::
         h.{i}: MLPBlock (ff1, act, dropout)
       score
 """
+
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -29,9 +29,19 @@ class MLPConfig(FieldsConfig):
     model_type = "mlp"
 
     def __init__(
-        self, include_emb=False, vocab_size=50_257, max_position_embeddings=512, n_layer=2,
-        h_dim=512, num_classes=2, activation_function="gelu", pdrop=0.3,
-        problem_type="single_label_classification", include_bias=True, squeeze_output=True, **kwargs
+        self,
+        include_emb=False,
+        vocab_size=50_257,
+        max_position_embeddings=512,
+        n_layer=2,
+        h_dim=512,
+        num_classes=2,
+        activation_function="gelu",
+        pdrop=0.3,
+        problem_type="single_label_classification",
+        include_bias=True,
+        squeeze_output=True,
+        **kwargs,
     ):
         self._keep(locals())
         super().__init__(**kwargs)
@@ -40,7 +50,7 @@ class MLPConfig(FieldsConfig):
 @dataclass
 class MLPModelOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor = None
-    hidden_states: Optional[Tuple[torch.FloatTensor]] = None
+    hidden_states: tuple[torch.FloatTensor] | None = None
 
 
 class MLPBlock(nn.Module):
@@ -75,8 +85,9 @@ class MLPModel(PreTrainedModel):
         self.h = nn.ModuleList(MLPBlock(config) for _ in range(config.n_layer))
         self.post_init()
 
-    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, output_hidden_states=None,
-                return_dict=None):
+    def forward(
+        self, input_ids=None, position_ids=None, inputs_embeds=None, output_hidden_states=None, return_dict=None
+    ):
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("MLPModel: give input_ids or inputs_embeds")
@@ -110,8 +121,15 @@ class MLPForClassification(PreTrainedModel):
         self.score = nn.Linear(config.h_dim, self.num_classes, bias=config.include_bias)
         self.post_init()
 
-    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, labels=None,
-                output_hidden_states=None, return_dict=None):
+    def forward(
+        self,
+        input_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
         body = self.mlp(
             input_ids=input_ids,
             position_ids=position_ids,
