@@ -50,7 +50,7 @@ def _build(args):
     if args.model == "demo":
         root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         sys.path.insert(0, root)
-        from fxvene.demo import demo_model_path  # tiny module: no engine import
+        from fxvene.zoo.demo import demo_model_path  # tiny module: no engine import
 
         kw = {"attn_implementation": "eager"} if args.attn == "eager" else {}
         model = AutoModelForCausalLM.from_pretrained(demo_model_path(), **kw).eval()

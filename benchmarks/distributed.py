@@ -42,8 +42,8 @@ def child(args):
     torch.set_num_threads(args.threads)
     sys.path.insert(0, ROOT)
     import fxvene as pv
-    from fxvene import distributed
-    from fxvene.facts import load_facts
+    from fxvene.sweeps import distributed
+    from fxvene.sweeps.facts import load_facts
 
     ctx = distributed.context()
     if args.model:
@@ -55,7 +55,7 @@ def child(args):
         model, tok = pv.load_demo()
     if ctx is not None and torch.cuda.is_available():
         model = model.to(distributed.device())
-    from fxvene.facts import demo_facts_path
+    from fxvene.sweeps.facts import demo_facts_path
 
     facts_path = args.facts or demo_facts_path()
     facts, _ = load_facts(facts_path, tok)

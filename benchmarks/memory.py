@@ -5,7 +5,7 @@ A causal trace of P prompts of S tokens with n noise samples runs R = P x 3 stre
 x n rows. The naive way is one batched forward of R rows (``model(input_ids)`` with R x S tokens):
 its peak grows with R (the logits alone are R x S x vocabulary floats). The sweep keeps its peak near
 the budget: prompts per batch and rows per chunk come from ``memory_budget``
-(:func:`fxvene.facts_sweep.plan_memory`), each chunk's readout is reduced to p(target) at once.
+(:func:`fxvene.sweeps.datasets.plan_memory`), each chunk's readout is reduced to p(target) at once.
 
 Each row is a fresh process. After the model is loaded and a small warm-up has run (the sweep: one
 prompt, one sample, so the graph is traced and the engine built; the forward: 4 rows), freed heap is
@@ -65,7 +65,7 @@ def _model(name, device):
     if name == "demo":
         model, tok = pv.load_demo()
     else:
-        from fxvene.cli import builtin_model
+        from fxvene.cli.app import builtin_model
 
         model = builtin_model(name)
         _, tok = pv.load_demo()

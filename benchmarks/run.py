@@ -83,7 +83,8 @@ def _trace_rows(model, label, L, reps, has_nn, pyvene, vocab):
     """ROME-style tracing of the block_output stream only: L layers x 10 positions, one noise
     sample (pyvene's), 4 subject tokens; B = one plain batched forward of the same L*10 rows with
     full logits; nnsight's best form (one trace: clean invoke + patched rows, logits_to_keep=1)."""
-    from fxvene.sweep import PYVENE_NOISE_LEVEL, causal_trace, trace_noise
+    from fxvene.sweeps.core import PYVENE_NOISE_LEVEL, trace_noise
+    from fxvene.sweeps.sweep import causal_trace
 
     prompt = {"input_ids": torch.randint(0, vocab, (1, 10), generator=torch.Generator().manual_seed(3))}
     subj, target = [0, 1, 2, 3], 7 % vocab
@@ -99,7 +100,7 @@ def _trace_rows(model, label, L, reps, has_nn, pyvene, vocab):
     t_B = _best(plain, reps)
     t_fx = _best(lambda: causal_trace(model, prompt, subj, target, **kw), reps)
     t_np = _best(lambda: causal_trace(model, prompt, subj, target, prefix=False, **kw), reps)
-    from fxvene.sweep import SweepEngine
+    from fxvene.sweeps.engine import SweepEngine
 
     SweepEngine.pack = False  # the causal prefix in start-position groups (the path before packing)
     try:
@@ -126,7 +127,7 @@ def _trace_rows(model, label, L, reps, has_nn, pyvene, vocab):
     if has_nn:
         import nnsight_bench as nb
 
-        from fxvene.sweep import window_layers
+        from fxvene.sweeps.core import window_layers
 
         nnm = nb._wrap(model)
         cells = [("block_output", l, p) for p in range(10) for l in range(L)]
@@ -171,7 +172,7 @@ def main(argv=None):
     import transformers
 
     import fxvene as pv
-    from fxvene.sweep import patching_sweep
+    from fxvene.sweeps.sweep import patching_sweep
 
     L = 6 if args.quick else 12
     reps = 1 if args.quick else 2
@@ -361,7 +362,8 @@ def _sweep_rows(args, model, L, reps, has_nn, pyvene, rows):
     """(b) and issue 11's side-by-side tracing rows: (b1) block_output only on this model, (b2) the
     same on a tiny GPT-2 (12 x 64, vocab 1000: per-call overhead shows), (b3) three streams with
     the default 10 noise samples (as the README's example)."""
-    from fxvene.sweep import PYVENE_NOISE_LEVEL, causal_trace, window_layers
+    from fxvene.sweeps.core import PYVENE_NOISE_LEVEL, window_layers
+    from fxvene.sweeps.sweep import causal_trace
 
     def plain(ids):
         with torch.no_grad():
@@ -419,7 +421,7 @@ def _sweep_rows(args, model, L, reps, has_nn, pyvene, rows):
     if has_nn:
         import nnsight_bench as nb
 
-        from fxvene.sweep import trace_noise
+        from fxvene.sweeps.core import trace_noise
 
         nnm = nb._wrap(model)
         cells_b = [(st, l, p) for st in streams for p in range(10) for l in range(L)]

@@ -46,21 +46,21 @@ from pathlib import Path
 
 # pyvene module path -> the fxvene module that defines the same public names
 ALIASES = {
-    "pyvene.models.basic_utils": "fxvene.basic_utils",
-    "pyvene.models.configuration_intervenable_model": "fxvene.configuration",
-    "pyvene.models.intervenable_base": "fxvene.intervenable",
+    "pyvene.models.basic_utils": "fxvene.api.basic_utils",
+    "pyvene.models.configuration_intervenable_model": "fxvene.api.configuration",
+    "pyvene.models.intervenable_base": "fxvene.api.intervenable",
     "pyvene.models.interventions": "fxvene.interventions",
-    "pyvene.models.layers": "fxvene.layers",
-    "pyvene.models.mlp.modelings_mlp": "fxvene.toy_models.mlp",
-    "pyvene.models.mlp.modelings_intervenable_mlp": "fxvene.model_helpers",
-    "pyvene.models.gru.modelings_gru": "fxvene.toy_models.gru",
-    "pyvene.models.gru.modelings_intervenable_gru": "fxvene.model_helpers",
-    "pyvene.models.gpt2.modelings_intervenable_gpt2": "fxvene.model_helpers",
-    "pyvene.models.gpt_neo.modelings_intervenable_gpt_neo": "fxvene.model_helpers",
-    "pyvene.models.gpt_neox.modelings_intervenable_gpt_neox": "fxvene.model_helpers",
-    "pyvene.models.llama.modelings_intervenable_llama": "fxvene.model_helpers",
-    "pyvene.models.olmo.modelings_intervenable_olmo": "fxvene.model_helpers",
-    "pyvene.data_generators.causal_model": "fxvene.causal_model",
+    "pyvene.models.layers": "fxvene.interventions.layers",
+    "pyvene.models.mlp.modelings_mlp": "fxvene.zoo.toy_models.mlp",
+    "pyvene.models.mlp.modelings_intervenable_mlp": "fxvene.zoo.helpers",
+    "pyvene.models.gru.modelings_gru": "fxvene.zoo.toy_models.gru",
+    "pyvene.models.gru.modelings_intervenable_gru": "fxvene.zoo.helpers",
+    "pyvene.models.gpt2.modelings_intervenable_gpt2": "fxvene.zoo.helpers",
+    "pyvene.models.gpt_neo.modelings_intervenable_gpt_neo": "fxvene.zoo.helpers",
+    "pyvene.models.gpt_neox.modelings_intervenable_gpt_neox": "fxvene.zoo.helpers",
+    "pyvene.models.llama.modelings_intervenable_llama": "fxvene.zoo.helpers",
+    "pyvene.models.olmo.modelings_intervenable_olmo": "fxvene.zoo.helpers",
+    "pyvene.data_generators.causal_model": "fxvene.causal.model",
 }
 # pyvene modules of which fxvene has some names only: name -> (fxvene module, the names)
 PARTIAL = {

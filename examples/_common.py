@@ -16,7 +16,7 @@ def load(model_name):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fxvene.demo import demo_model_path
+    from fxvene.zoo.demo import demo_model_path
 
     path = model_name or demo_model_path()
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ import fxvene as pv
 
 
 def load():
-    from fxvene.demo import demo_model_path, load_demo
+    from fxvene.zoo.demo import demo_model_path, load_demo
 
     if os.path.exists(os.path.join(demo_model_path(), "config.json")):
         model, tok = load_demo()

@@ -106,7 +106,7 @@ def fallback_gpt2(max_steps=200):
 
 
 def load_model():
-    from fxvene.demo import demo_model_path, load_demo
+    from fxvene.zoo.demo import demo_model_path, load_demo
 
     if os.path.isfile(os.path.join(demo_model_path(), "config.json")):
         model, tokenizer = load_demo()

@@ -3,14 +3,14 @@
 ``import fxvene as pv`` and run pyvene 0.1.8 code unchanged.
 
 Importing the package is cheap: torch, transformers and the engine load on first use of a
-name (PEP 562 module ``__getattr__``), so ``fxvene --help`` and ``from fxvene.demo import
+name (PEP 562 module ``__getattr__``), so ``fxvene --help`` and ``from fxvene.zoo.demo import
 demo_model_path`` never pay for them. ``pv.IntervenableModel``, ``from fxvene import X`` and
 ``dir(fxvene)`` behave as with eager imports.
 """
 
 from importlib import import_module as _import_module  # bound here: tests may patch importlib.import_module
 
-__version__ = "0.1.0"
+from fxvene._version import __version__
 
 # public name -> the submodule that defines it (loaded on first access)
 _BASIC_UTILS = (
@@ -30,7 +30,7 @@ _BASIC_UTILS = (
     "get_list_depth",
     "get_batch_size",
     "GET_LOC",
-)  # pyvene exports its basic_utils at top level (fxvene.basic_utils.__all__; a test keeps them equal)
+)  # pyvene exports its basic_utils at top level (fxvene.api.basic_utils.__all__; a test keeps them equal)
 _INTERVENTIONS = (
     "AdditionIntervention",
     "AutoencoderIntervention",
@@ -72,30 +72,30 @@ _MODEL_HELPERS = (
     "create_mlp_classifier",
     "GRUConfig",
     "MLPConfig",
-)  # pyvene's model helpers (its __init__ exports them); fxvene.model_helpers
+)  # pyvene's model helpers (its __init__ exports them); fxvene.zoo.helpers
 _LAZY = {
-    **{name: "fxvene.basic_utils" for name in _BASIC_UTILS},
+    **{name: "fxvene.api.basic_utils" for name in _BASIC_UTILS},
     **{name: "fxvene.interventions" for name in _INTERVENTIONS},
-    "IntervenableConfig": "fxvene.configuration",
-    "RepresentationConfig": "fxvene.configuration",
-    "IntervenableModel": "fxvene.intervenable",
-    "IntervenableModelOutput": "fxvene.intervenable",
-    "demo_model_path": "fxvene.demo",
-    "load_demo": "fxvene.demo",
-    "TracingError": "fxvene.tracing",
-    "trace": "fxvene.tracing",
-    "causal_trace": "fxvene.sweep",
-    "patching_sweep": "fxvene.sweep",
-    "plot_causal_trace": "fxvene.results",
-    "SweepResult": "fxvene.results",
-    "CausalTraceResult": "fxvene.results",
-    "clear_graph_cache": "fxvene.graph_cache",
-    "set_verbosity": "fxvene.progress",
-    "build_intervenable_model": "fxvene.intervenable",
-    "CausalModel": "fxvene.causal_model",
-    **{name: "fxvene.model_helpers" for name in _MODEL_HELPERS},
-    "attribution_patching": "fxvene.attribution",
-    "path_patching": "fxvene.path_patching",
+    "IntervenableConfig": "fxvene.api.configuration",
+    "RepresentationConfig": "fxvene.api.configuration",
+    "IntervenableModel": "fxvene.api.intervenable",
+    "IntervenableModelOutput": "fxvene.api.intervenable",
+    "demo_model_path": "fxvene.zoo.demo",
+    "load_demo": "fxvene.zoo.demo",
+    "TracingError": "fxvene.graph.tracing",
+    "trace": "fxvene.graph.tracing",
+    "causal_trace": "fxvene.sweeps.sweep",
+    "patching_sweep": "fxvene.sweeps.sweep",
+    "plot_causal_trace": "fxvene.sweeps.results",
+    "SweepResult": "fxvene.sweeps.results",
+    "CausalTraceResult": "fxvene.sweeps.results",
+    "clear_graph_cache": "fxvene.graph.cache",
+    "set_verbosity": "fxvene.graph.progress",
+    "build_intervenable_model": "fxvene.api.intervenable",
+    "CausalModel": "fxvene.causal.model",
+    **{name: "fxvene.zoo.helpers" for name in _MODEL_HELPERS},
+    "attribution_patching": "fxvene.methods.attribution",
+    "path_patching": "fxvene.methods.path_patching",
 }
 
 __all__ = sorted(n for n in _LAZY if not n.startswith("_")) + ["__version__"]

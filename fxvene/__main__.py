@@ -47,7 +47,7 @@ def _check(p, args):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "trace-facts":  # the fxvene command's dataset trace (torchrun -m fxvene trace-facts ...)
-        from fxvene.cli import main as cli_main
+        from fxvene.cli.app import main as cli_main
 
         return cli_main(argv)
     p = argparse.ArgumentParser(prog="python -m fxvene", description=__doc__)
@@ -66,9 +66,9 @@ def main(argv=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fxvene.demo import demo_model_path
-    from fxvene.results import plot_causal_trace
-    from fxvene.sweep import causal_trace
+    from fxvene.sweeps.results import plot_causal_trace
+    from fxvene.sweeps.sweep import causal_trace
+    from fxvene.zoo.demo import demo_model_path
 
     path = args.model or demo_model_path()
     tok = AutoTokenizer.from_pretrained(path)

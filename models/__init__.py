@@ -6,44 +6,20 @@ A spec maps each pyvene component name to a :class:`Component`: the module path
 projection, ``heads`` splits the last dim into heads), and the dimension expression
 pyvene uses for ``embed_dim``. A family lists the model classes it covers and, for each,
 the prefix of the base model inside it (``transformer.`` for ``GPT2LMHeadModel``).
+
+May import: torch, the standard library and fxvene.passes (data and pure functions; no fxvene runtime state).
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
-
-
-@dataclass(frozen=True)
-class Component:
-    module: str  # e.g. "h.{layer}.attn.c_proj"
-    port: str = "output"  # "output" | "input"
-    split3: int | None = None  # slot of a fused qkv output
-    heads: str | None = None  # config attribute giving the head count
-    dim: str | None = None  # pyvene dimension expression ("n_embd", "n_embd/n_head", ...)
-    pattern: str | None = None  # structural pattern inside the module region (e.g. "attention_probs")
-    needs: str | None = None  # requirement checked at locate time (e.g. "eager")
-    # how q/k/v lie in the fused output ``split3`` picks from: None = three equal thirds [q|k|v] (GPT-2);
-    # else (layout, query-head-count expr, head-dim expr), layout "sizes" = [q heads | k heads | v heads]
-    # (Phi-3, Falcon multi-query) or "grouped" = per key/value group [its q heads | k | v] (GPT-NeoX,
-    # Falcon); the key/value head count follows from the output width. heads="layout": the slot's heads.
-    fused: tuple | None = None
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    prefixes: dict  # model class name -> path prefix of the base model
-    components: dict  # component name -> Component
-    n_layers: str  # config attribute giving the layer count
-    derived: bool = False  # True: derived from the model's module tree (models/derive.py), not hand-written
-    missing: dict = field(default_factory=dict)  # derived only: component name -> why it could not be placed
+from .spec import Component, Family, eval_dim  # the spec types, re-exported
 
 
 _FAMILIES = None
 
 
-def _families():
+def families():
     """Every family in this package: each module (name not starting with "_") that defines
     ``FAMILY`` (or a list ``FAMILIES``). Adding a family is adding a file."""
     global _FAMILIES
@@ -66,7 +42,7 @@ def _families():
 def hand_family_for(model):
     """The hand-written family spec and path prefix for ``model`` (by class name, following the MRO)."""
     for cls in type(model).__mro__:
-        for fam in _families():
+        for fam in families():
             if cls.__name__ in fam.prefixes:
                 return fam, fam.prefixes[cls.__name__]
     return None, None
@@ -105,45 +81,4 @@ def why_underived(model):
 
 
 def supported_model_types():
-    return sorted(n for fam in _families() for n in fam.prefixes)
-
-
-def eval_dim(expr, config):
-    """pyvene's dimension expressions: "attr", "attr*4", "a*b", "a/b", or a number. First alternative that resolves wins."""
-    if expr is None:
-        return None
-    for alt in expr.split("|"):
-        alt = alt.strip()
-        try:
-            if "*" in alt:
-                a, b = alt.split("*")
-                va, vb = _attr(config, a), _attr(config, b)
-                if va is None or vb is None:
-                    continue
-                return int(va) * int(vb)
-            if "/" in alt:
-                a, b = alt.split("/")
-                va, vb = _attr(config, a), _attr(config, b)
-                if va is None or vb is None:
-                    continue
-                return int(va) // int(vb)
-            if alt.isdigit():
-                return int(alt)
-            v = _attr(config, alt)
-            if v is not None:
-                return int(v)
-        except (TypeError, ValueError):
-            continue
-    return None
-
-
-def _attr(config, name):
-    name = name.strip()
-    if name.isdigit():
-        return int(name)
-    if name == "kv_dim":  # GQA: k/v projections are num_key_value_heads * head_dim wide
-        heads = getattr(config, "num_attention_heads", None)
-        kv = getattr(config, "num_key_value_heads", None) or heads
-        hd = getattr(config, "head_dim", None) or config.hidden_size // heads
-        return kv * hd
-    return getattr(config, name, None)
+    return sorted(n for fam in families() for n in fam.prefixes)

@@ -6,7 +6,7 @@ picks from by a :class:`~models.Component` ``fused`` layout (GPT-NeoX, Falcon, P
 has its own :func:`models.llama.layout`. Each family file still names its paths and config fields.
 """
 
-from . import Component as _C
+from .spec import Component as _C
 
 _WEIGHT = dict(pattern="attention_probs", needs="eager")
 

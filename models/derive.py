@@ -18,7 +18,7 @@ and which projection is which when their names say nothing.
 
 from __future__ import annotations
 
-from . import Component, Family, eval_dim
+from .spec import Component, Family, eval_dim
 
 # torch is imported on first use: fxvene.models is read by the CLI's argument checks, which load
 # neither torch nor transformers

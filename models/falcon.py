@@ -13,7 +13,7 @@ multi-query). q/k are read before the rotary embedding. ``attention_weight`` nee
 the rotary (non-ALiBi) variant.
 """
 
-from . import Family
+from .spec import Family
 from ._layouts import fused_layout
 
 FUSED = ("grouped", "num_attention_heads", "hidden_size/num_attention_heads")

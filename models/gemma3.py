@@ -4,7 +4,7 @@ the Llama layout, like Gemma 2, plus q/k norms applied per head after ``q_proj``
 Gemma3ForConditionalGeneration is not covered.
 """
 
-from . import Family
+from .spec import Family
 from .llama import layout, prefixes
 
 FAMILY = Family(

@@ -1,6 +1,6 @@
 """GPT-2 family (GPT2Model, GPT2LMHeadModel, GPT2ForSequenceClassification): pyvene 0.1.8's map."""
 
-from . import Component, Family
+from .spec import Component, Family
 
 _C = Component
 COMPONENTS = {

@@ -8,7 +8,7 @@ they point at ``attn.attention``. ``attention_output`` is the wrapper's output, 
 (windowed) and global layers alternate (``attention_types``); both have the same components.
 """
 
-from . import Family
+from .spec import Family
 from ._layouts import separate_layout
 
 COMPONENTS = separate_layout(

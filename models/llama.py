@@ -12,7 +12,7 @@ component there is the same module port, and the block output is still the decod
 OLMo 2 sit inside the block, after the q/k projections pyvene reads).
 """
 
-from . import Component, Family
+from .spec import Component, Family
 
 _C = Component
 HEAD_DIM = "head_dim|hidden_size/num_attention_heads"

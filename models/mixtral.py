@@ -11,7 +11,7 @@ transformers 4; on transformers 5 the block is ``mlp`` and the experts are one f
 
 from importlib.metadata import distribution, version
 
-from . import Family
+from .spec import Family
 from .llama import layout, prefixes
 
 

@@ -1,7 +1,7 @@
-"""pyvene's MLP (fxvene.toy_models.MLPModel / MLPForClassification): pyvene 0.1.8's map, every
+"""pyvene's MLP (fxvene.zoo.toy_models.MLPModel / MLPForClassification): pyvene 0.1.8's map, every
 component ``h_dim`` wide. The model takes ``inputs_embeds`` (or ``input_ids`` with ``include_emb``)."""
 
-from . import Component, Family
+from .spec import Component, Family
 
 _C = Component
 COMPONENTS = {

@@ -4,7 +4,7 @@ built-in T5 map (its tutorial adds one by mutating ``type_to_module_mapping``: `
 components carry pyvene's names; decoder components are prefixed ``decoder_`` (their positions are
 decoder positions). A call passes ``decoder_input_ids`` with the inputs (T5EncoderModel takes none)."""
 
-from . import Component, Family
+from .spec import Component, Family
 
 _C = Component
 COMPONENTS = {

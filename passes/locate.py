@@ -18,7 +18,7 @@ class LocateError(ValueError):
     """A component did not resolve to exactly one node.
 
     ``candidates`` lists the names of the nodes it resolved to (empty when none), so that
-    tools (``fxvene.inspection``) can report them without parsing the message.
+    tools (``fxvene.inspection.tables``) can report them without parsing the message.
     """
 
     def __init__(self, message, candidates=()):

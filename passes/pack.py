@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from .rewrite import _copy
+from .rewrite import copy_graph
 
 _SOFTMAX = {torch.ops.aten.softmax.int, torch.ops.aten._softmax.default, torch.softmax, torch.nn.functional.softmax}
 _SDPA = {torch.ops.aten.scaled_dot_product_attention.default, torch.nn.functional.scaled_dot_product_attention}
@@ -52,7 +52,7 @@ def pack_attention(gm):
     """``gm`` (a segment of a chunk step graph) with the packing mask added to each attention, or
     ``gm`` unchanged when it has no attention. Returns ``(new_gm, used)``: ``used`` the set of mask
     placeholders the graph reads (``fxv_pack_add`` and/or ``fxv_pack_keep``)."""
-    new = _copy(gm)
+    new = copy_graph(gm)
     graph = new.graph
     cats = _past_cats(graph)
     cores = [n for n in graph.nodes if n.op == "call_function" and (n.target in _SOFTMAX or n.target in _SDPA)]

@@ -5,9 +5,9 @@ time (placeholder ``<name>_value``), through a splice op ``module(x, value)`` th
 units come from ``value`` (e.g. one head's query columns) and which stay ``x``. For an ``input``
 port only the users inside ``region`` read the spliced value (the receiver module's input edge);
 for an ``output`` port every user does. Nothing else changes: every other edge still carries the
-original value, which is what :func:`fxvene.graphdiff.diff` shows as the rewired users.
+original value, which is what :func:`fxvene.inspection.diff.diff` shows as the rewired users.
 
-Path patching (:mod:`fxvene.path_patching`) uses it twice: to freeze every attention output to the
+Path patching (:mod:`fxvene.methods.path_patching`) uses it twice: to freeze every attention output to the
 base run (senders from the source run) in the run that computes the receivers' inputs, and to feed
 those inputs to the receivers only, in the final run.
 """
@@ -15,7 +15,7 @@ those inputs to the receivers only, in the final run.
 from __future__ import annotations
 
 from .locate import module_paths, normalize_path
-from .rewrite import _copy, _last_placeholder
+from .rewrite import copy_graph, _last_placeholder
 
 
 def rewire(gm, requests):
@@ -23,7 +23,7 @@ def rewire(gm, requests):
     ``module(x, value)``), ``node`` (the site node name), ``port`` (``"input"``/``"output"``) and
     ``region`` (the receiving module's path, for input ports). Requests at the same node chain in
     list order. The placeholder of request ``name`` is ``<name>_value``. Returns a new GraphModule."""
-    new = _copy(gm)
+    new = copy_graph(gm)
     graph = new.graph
     by_name = {n.name: n for n in graph.nodes}
     current = {}

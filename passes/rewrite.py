@@ -25,7 +25,7 @@ except ImportError:  # an older torch: plain GraphModules
     _LazyGraphModule = fx.GraphModule
 
 
-def _copy(gm):
+def copy_graph(gm):
     # graph_copy copies node meta shallowly: deep-copying export's symbolic FakeTensor metadata
     # costs seconds per graph on a 12-layer model
     graph = fx.Graph()
@@ -65,7 +65,7 @@ def insert_interventions(gm, requests):
     ``collect=True`` is a tap: its node's value is appended to the outputs and no user is
     rewired.
     """
-    new = _copy(gm)
+    new = copy_graph(gm)
     graph = new.graph
     by_name = _nodes_by_name(graph)
     current = {}
@@ -119,7 +119,7 @@ def expose(gm, requests):
     (a gather applied to the value, called as ``module(x, *inputs)``), optional ``inputs``
     (placeholder names). Returns the new GraphModule; new outputs follow the old ones, in order.
     """
-    new = _copy(gm)
+    new = copy_graph(gm)
     graph = new.graph
     by_name = _nodes_by_name(graph)
     out = next(n for n in graph.nodes if n.op == "output")
@@ -155,7 +155,7 @@ def _impure(node):
 
 def truncate(gm, keep):
     """Keep only the outputs at indices ``keep`` and drop every node they do not need."""
-    new = _copy(gm)
+    new = copy_graph(gm)
     graph = new.graph
     out = next(n for n in graph.nodes if n.op == "output")
     values = list(out.args[0])

@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .rewrite import _copy
+from .rewrite import copy_graph
 
 
 class ReadoutError(ValueError):
@@ -72,7 +72,7 @@ def readout(gm, output_index=0, position=-1, tokens=False):
     ``fxv_tokens`` (a LongTensor ``(k,)``): ``(b, k)``. The full unembedding is removed.
     An output that already is the last position's logits (a step graph's) is accepted with
     ``position=-1``."""
-    new = _copy(gm)
+    new = copy_graph(gm)
     graph = new.graph
     out = next(n for n in graph.nodes if n.op == "output")
     values = list(out.args[0])
@@ -126,7 +126,7 @@ def insert_selectors(gm, requests):
     ``module`` (called as ``module(x, src, loc, on)``) and ``node`` (the site node name; a
     placeholder is fine). Ops at the same node chain in list order; every user of the node
     (except the chain) is rewired to the last op."""
-    new = _copy(gm)
+    new = copy_graph(gm)
     graph = new.graph
     by_name = {n.name: n for n in graph.nodes}
     current = {}

@@ -1,5 +1,8 @@
 """Shared by the trace-facts command-line tests: a facts file for the built-in gpt2-tiny, the
-arguments, and a comparison of two run directories."""
+arguments, and a comparison of two run directories. ``ARGS`` fixes torch's thread count
+(``--threads 1``): the runs a test compares, in the pytest process or in a subprocess or under
+torchrun, are then bit for bit equal on any CPU (another count may change the last bits: the CPU's
+matrix-product kernel, and so its order of summation, can depend on it)."""
 
 import json
 import os
@@ -20,6 +23,8 @@ ARGS = [
     "--no-progress",
     "--noise",
     "0.5",
+    "--threads",
+    "1",
 ]
 
 

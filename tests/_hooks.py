@@ -111,7 +111,7 @@ def head_view(t, n_heads):
 def cli_components(model, directory, layer):
     """``fxvene components DIRECTORY --layer LAYER --json`` after ``model.save_pretrained(DIRECTORY)`` (the CLI
     loads the directory as a user's code does, SDPA attention included): component -> the CLI's row."""
-    from fxvene.cli import main
+    from fxvene.cli.app import main
 
     model.save_pretrained(directory)
     buf = io.StringIO()

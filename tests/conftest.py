@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-pytest_plugins = ["_matrix"]  # the support matrix: FXVENE_MATRIX_OUT writes the marked tests' outcomes
+# _matrix: the support matrix (FXVENE_MATRIX_OUT writes the marked tests' outcomes);
+# _messages: every fxvene error a bad-input test's pytest.raises catches fits in 3 lines and 300 characters
+pytest_plugins = ["_matrix", "_messages"]
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead (and contention in CI)
 
@@ -92,7 +94,7 @@ def batch():
 
 def frontends():
     """Frontends this transformers line has: hf_fx exists in transformers 4.x only."""
-    from fxvene.tracing import hf_fx_available
+    from fxvene.graph.tracing import hf_fx_available
 
     return ["hf_fx", "export"] if hf_fx_available() else ["export"]
 

@@ -353,6 +353,7 @@ def test_unsupported_model(pv_gpt2, pyvene, ids, bad):
         _im(bad, _rep(pv))
     msg = str(e.value)
     assert "model" in msg and type(bad).__name__ in msg and "GPT2LMHeadModel" in msg and "LlamaForCausalLM" in msg, msg
+    assert "`fxvene components --list`" in msg, msg  # the full list is behind the command
     _same(before, _state(bad))
     base, src = ids
     model = make_gpt2()
@@ -363,7 +364,7 @@ def test_unsupported_model(pv_gpt2, pyvene, ids, bad):
 
 
 def test_untraceable_model_is_a_value_error_listing_what_is_supported():
-    from fxvene.tracing import TracingError
+    from fxvene.graph.tracing import TracingError
 
     m = _Untraceable(make_gpt2(n_layer=1).config).eval()
     before = _state(m)
@@ -371,7 +372,8 @@ def test_untraceable_model_is_a_value_error_listing_what_is_supported():
         _im(m, _rep(pv, layer=0))
     assert isinstance(e.value, TracingError)
     msg = str(e.value)
-    assert msg.startswith("model: ") and "could not trace _Untraceable" in msg and "Supported architectures" in msg
+    assert msg.startswith("model: ") and "could not trace _Untraceable" in msg and "fxvene components --list" in msg
+    assert "export: " in msg and set(e.value.attempts) >= {"export"}  # each tracer's whole error is kept
     _same(before, _state(m))
 
 
@@ -545,7 +547,7 @@ GEN_KW = dict(max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id
 
 
 def test_generate_rejects_the_same_bad_input(gpt2, pv_gpt2, pyvene, ids, monkeypatch):
-    import fxvene.generation as G
+    import fxvene.api.generation as G
 
     base, src = ids
     im = _im(gpt2, _rep(pv))
@@ -707,7 +709,7 @@ def test_load_refuses_types_outside_the_allow_list(gpt2, pv_gpt2, pyvene, ids, t
 def test_weights_with_the_wrong_shape(gpt2, pv_gpt2, pyvene, ids, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from fxvene.serialization import intervention_state_dict
+    from fxvene.api.serialization import intervention_state_dict
 
     im, d = _saved(tmp_path, gpt2)
     w = d / next(p for p in os.listdir(d) if p.startswith("intkey_"))

@@ -1,4 +1,4 @@
-"""The ``fxvene`` command, called in-process (``fxvene.cli.main``) on built-in tiny models."""
+"""The ``fxvene`` command, called in-process (``fxvene.cli.app.main``) on built-in tiny models."""
 
 import json
 import os
@@ -9,8 +9,8 @@ import pytest
 from _matrix import cell
 from conftest import frontends, make_gpt2
 
-from fxvene import cli
-from fxvene.demo import demo_model_path
+from fxvene.cli import app as cli
+from fxvene.zoo.demo import demo_model_path
 
 GPT2_COMPONENTS = [
     "block_input",
@@ -39,9 +39,11 @@ def run(capsys, *argv):
 
 
 def one_line_error(err):
+    """The one line an error prints; its message (after ``fxvene VERB: error: ``) fits in 300 characters."""
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
     assert "Traceback" not in err
+    assert len(lines[0].split(": error: ", 1)[-1]) <= 300, lines[0]
     return lines[0]
 
 
@@ -172,6 +174,31 @@ def test_builtin_shapes(capsys):
     )  # GQA: 2 key/value heads of 8
 
 
+def test_components_list(capsys):
+    """``fxvene components --list``: every supported model class, by family, from the specs alone."""
+    from fxvene.models import families, supported_model_types
+
+    code, out, err = run(capsys, "components", "--list")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["family", "model"] and f"({len(supported_model_types())})" in lines[0]
+    listed = [c.strip() for ln in lines[1:] if "  " in ln for c in ln[ln.index("  ") :].split(",") if c.strip()]
+    assert sorted(listed) == supported_model_types()
+    assert {ln.split()[0] for ln in lines[1:] if ln[:1].strip() and "  " in ln} == {f.name for f in families()}
+    assert all(len(ln) <= 100 for ln in lines[:-1])
+    for argv in (["components"], ["components", "gpt2-tiny", "--list"]):  # MODEL or --list, not both
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+        assert "--list" in one_line_error(capsys.readouterr().err)
+
+
+def test_components_list_loads_nothing_heavy():
+    out, err, mods = loaded_after("from fxvene.cli.app import main\nmain(['components', '--list'])")
+    assert "GPT2LMHeadModel" in out and "LlamaForCausalLM" in out and not err
+    assert_light(mods)
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [
@@ -216,11 +243,11 @@ def test_usage_errors_exit_2(capsys, argv):
 
 
 def test_demo_name_loads_the_shipped_directory(capsys, tmp_path, monkeypatch):
-    """'demo' loads whatever fxvene.demo.demo_model_path() holds (here a stand-in saved GPT-2)."""
-    import fxvene.demo
+    """'demo' loads whatever fxvene.zoo.demo.demo_model_path() holds (here a stand-in saved GPT-2)."""
+    import fxvene.zoo.demo
 
     make_gpt2(n_layer=2).save_pretrained(tmp_path, safe_serialization=True)
-    monkeypatch.setattr(fxvene.demo, "demo_model_path", lambda: str(tmp_path))
+    monkeypatch.setattr(fxvene.zoo.demo, "demo_model_path", lambda: str(tmp_path))
     cli.builtin_model.cache_clear()
     try:
         code, out, err = run(capsys, "trace", "demo", "--tracer", frontends()[0])
@@ -234,7 +261,7 @@ def test_demo_name_loads_the_shipped_directory(capsys, tmp_path, monkeypatch):
 # `import fxvene`, `fxvene --help` and argument errors must not load torch, transformers or the
 # engine (asserted on the modules a fresh interpreter loaded, not on time).
 
-HEAVY = ("torch", "transformers", "fxvene.intervenable", "fxvene.sweep", "fxvene.tracing")
+HEAVY = ("torch", "transformers", "fxvene.api.intervenable", "fxvene.sweeps.sweep", "fxvene.graph.tracing")
 
 
 def loaded_after(code):
@@ -260,14 +287,14 @@ def assert_light(mods):
 
 
 def test_import_fxvene_is_light():
-    _, _, mods = loaded_after("import fxvene\nfrom fxvene.demo import demo_model_path\ndir(fxvene)")
+    _, _, mods = loaded_after("import fxvene\nfrom fxvene.zoo.demo import demo_model_path\ndir(fxvene)")
     assert "fxvene" in mods
     assert_light(mods)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["components", "--help"], ["diff", "--help"]])
 def test_help_loads_nothing_heavy(argv):
-    out, err, mods = loaded_after(f"from fxvene.cli import main\nmain({argv!r})")
+    out, err, mods = loaded_after(f"from fxvene.cli.app import main\nmain({argv!r})")
     assert out.startswith("usage: fxvene") and "exit 0" in err
     assert_light(mods)
 
@@ -288,7 +315,7 @@ def test_help_loads_nothing_heavy(argv):
 )
 def test_argument_errors_before_anything_loads(argv, needle):
     """Argument errors are one line, exit status 1, and come before torch or the model load."""
-    out, err, mods = loaded_after(f"import sys\nfrom fxvene.cli import main\nsys.exit(main({argv!r}))")
+    out, err, mods = loaded_after(f"import sys\nfrom fxvene.cli.app import main\nsys.exit(main({argv!r}))")
     line = one_line_error(err.replace("exit 1\n", ""))
     assert "exit 1" in err and line.startswith(f"fxvene {argv[0]}: error: ") and needle in line, err
     assert_light(mods)
@@ -308,13 +335,15 @@ def test_config_errors_before_anything_loads(tmp_path, config, needle):
     cfg = tmp_path / "c.json"
     cfg.write_text(config)
     argv = ["diff", "gpt2-tiny", "--config", str(cfg)]
-    out, err, mods = loaded_after(f"import sys\nfrom fxvene.cli import main\nsys.exit(main({argv!r}))")
+    out, err, mods = loaded_after(f"import sys\nfrom fxvene.cli.app import main\nsys.exit(main({argv!r}))")
     assert "exit 1" in err and needle in err, err
     assert_light(mods)
 
 
 def test_usage_error_loads_nothing_heavy():
-    out, err, mods = loaded_after("from fxvene.cli import main\nmain(['components', 'gpt2-tiny', '--tracer', 'jit'])")
+    out, err, mods = loaded_after(
+        "from fxvene.cli.app import main\nmain(['components', 'gpt2-tiny', '--tracer', 'jit'])"
+    )
     assert "exit 2" in err and "invalid choice: 'jit'" in err
     assert_light(mods)
 
@@ -401,16 +430,19 @@ PUBLIC = [
 
 def test_lazy_names_are_the_real_objects():
     import fxvene as pv
-    import fxvene.demo
-    from fxvene import basic_utils, configuration, intervenable, interventions, results, sweep, tracing
+    import fxvene.zoo.demo
+    from fxvene import interventions
+    from fxvene.api import basic_utils, configuration, intervenable
+    from fxvene.graph import tracing
+    from fxvene.sweeps import results, sweep
 
     where = {
         "IntervenableConfig": configuration,
         "RepresentationConfig": configuration,
         "IntervenableModel": intervenable,
         "IntervenableModelOutput": intervenable,
-        "demo_model_path": fxvene.demo,
-        "load_demo": fxvene.demo,
+        "demo_model_path": fxvene.zoo.demo,
+        "load_demo": fxvene.zoo.demo,
         "TracingError": tracing,
         "trace": tracing,
         "causal_trace": sweep,

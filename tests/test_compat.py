@@ -157,9 +157,9 @@ def test_direct_call_on_3d_with_per_position_subspaces(name):
 
 
 def _flat(pkv):
-    from fxvene.step_graphs import _flat_cache
+    from fxvene.graph.step_graphs import flat_cache
 
-    return _flat_cache(pkv)
+    return flat_cache(pkv)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -13,7 +13,7 @@ from _hooks import module_hook, read
 from conftest import batch_ids, make_gpt2, make_llama
 
 import fxvene as pv
-from fxvene.sites import resolve_site
+from fxvene.graph.sites import resolve_site
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from fxvene.demo import demo_model_path, load_demo
+from fxvene.zoo.demo import demo_model_path, load_demo
 
 
 @pytest.fixture(scope="module")

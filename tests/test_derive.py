@@ -18,8 +18,8 @@ from _tiny import AVAILABLE, COMMON, LLAMA_LIKE, make_tiny
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import fxvene as pv
-from fxvene import cli
-from fxvene.models import _families, derive, eval_dim, family_for, hand_family_for
+from fxvene.cli import app as cli
+from fxvene.models import derive, eval_dim, families, family_for, hand_family_for
 
 _HEAD_MAPS = {
     "causal_lm": transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -30,7 +30,7 @@ _HEAD_MAPS = {
 
 def _registered():
     """(model_type, head) pairs whose model class a hand spec in fxvene.models names, on this line."""
-    named = {cls for fam in _families() for cls in fam.prefixes}
+    named = {cls for fam in families() for cls in fam.prefixes}
     out = []
     for mt in AVAILABLE:
         heads = [h for h, names in _HEAD_MAPS.items() if names.get(mt) in named]
@@ -155,8 +155,8 @@ _PYVENE_ALIASES = {
 
 @pytest.mark.skipif(int(transformers.__version__.split(".")[0]) >= 5, reason="hf_fx (fast) is on transformers 4 only")
 def test_pyvene_alias_is_the_same_node():
-    from fxvene.sites import resolve_site
-    from fxvene.tracing import trace
+    from fxvene.graph.sites import resolve_site
+    from fxvene.graph.tracing import trace
 
     model = make_tiny("gpt2", head="base")
     traced = trace(model, ("input_ids", "attention_mask"), tracer="hf_fx")
@@ -309,7 +309,7 @@ def test_missing_role_is_a_clear_error_not_a_wrong_node():
         assert "block 0 (model.layers.0) of LlamaForCausalLM" in msg
     assert "key_output" in fam.components and "query_output" in fam.components
     # through the engine: asking for it names what was looked for (the hand spec hidden here)
-    from fxvene.sites import resolve_site
+    from fxvene.graph.sites import resolve_site
 
     class Traced:  # resolve_site stops at the spec, before the graph
         gm = None
@@ -317,7 +317,7 @@ def test_missing_role_is_a_clear_error_not_a_wrong_node():
     import fxvene.models as models
 
     old = models._FAMILIES
-    models._FAMILIES = [f for f in _families() if "LlamaForCausalLM" not in f.prefixes]
+    models._FAMILIES = [f for f in families() if "LlamaForCausalLM" not in f.prefixes]
     try:
         with pytest.raises(
             ValueError,

@@ -8,10 +8,10 @@ import sys
 
 from _facts_cli import ARGS, ROOT, assert_same_runs, write_facts
 
-from fxvene import cli
-from fxvene.distributed import Context, gather, shard
-from fxvene.facts import load_facts
-from fxvene.facts_sweep import plan_batches
+from fxvene.cli import app as cli
+from fxvene.sweeps.datasets import plan_batches
+from fxvene.sweeps.distributed import Context, gather, shard
+from fxvene.sweeps.facts import load_facts
 
 
 def test_shard_is_a_balanced_partition(tmp_path):

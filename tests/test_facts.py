@@ -14,9 +14,10 @@ import torch
 from conftest import make_gpt2
 
 import fxvene as pv
-from fxvene.facts import load_facts
-from fxvene.facts_results import CLASSES, plot_class_heatmaps, plot_class_lines
-from fxvene.facts_sweep import plan_batches, plan_memory
+from fxvene.sweeps.core import window_layers
+from fxvene.sweeps.datasets import plan_batches, plan_memory
+from fxvene.sweeps.facts import load_facts
+from fxvene.sweeps.facts_results import CLASSES, plot_class_heatmaps, plot_class_lines
 
 NOISE = 0.5
 # token records of three lengths; subjects of 1-3 tokens, at the start, middle and just before the end
@@ -132,7 +133,7 @@ def test_batched_prompt_equals_hooked_hf_restores(g3, traced):
     for p in (0, 2, 5):
         for l in range(3):
             assert float(res.probs[b, p, l]) == pytest.approx(run([("b", l, p)]), abs=2e-6)
-            window = pv.sweep.window_layers(l, 2, 3)
+            window = window_layers(l, 2, 3)
             assert float(res.probs[m, p, l]) == pytest.approx(run([("m", w, p) for w in window]), abs=2e-6)
 
 
@@ -176,7 +177,7 @@ def test_only_facts_the_model_gets_right_are_traced(g3):
 
 
 def test_malformed_records_are_reported_by_line(tmp_path, g3):
-    from fxvene.demo import load_demo
+    from fxvene.zoo.demo import load_demo
 
     _, tok = load_demo()
     lines = [
@@ -220,7 +221,7 @@ def test_memory_plan_and_chunks(g3, traced, monkeypatch):
     assert budget == 1 << 20 and 1 <= bp < 64 and rows >= 1
     bp2, rows2, _ = plan_memory(g3, 6, 2, 9, memory_budget="4MB")
     assert bp2 >= bp and rows2 > rows
-    from fxvene.sweep_engine import SweepEngine
+    from fxvene.sweeps.engine import SweepEngine
 
     calls, run_rows = [], SweepEngine.run_rows
 

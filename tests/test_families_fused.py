@@ -16,9 +16,10 @@ from _matrix import cell
 from _tiny import AVAILABLE, make_tiny
 
 import fxvene as pv
+from fxvene.graph.tracing import hf_fx_available
 from fxvene.models import family_for
-from fxvene.sweep import causal_trace, patching_sweep, trace_noise, window_layers
-from fxvene.tracing import hf_fx_available
+from fxvene.sweeps.core import trace_noise, window_layers
+from fxvene.sweeps.sweep import causal_trace, patching_sweep
 
 FAMILIES = [f for f in ("gpt_neo", "gpt_neox", "gptj", "falcon", "phi3") if f in AVAILABLE]
 # model variants: (family, config overrides); Falcon's default tiny config is multi-query
@@ -336,7 +337,7 @@ def test_fused_layouts_pick_the_columns_hf_reads(variant):
     picks, for q, k and v, the fused output's columns HF's code reads, head by head."""
     from types import SimpleNamespace
 
-    from fxvene.sites import fused_slot, slot_view, view_columns
+    from fxvene.graph.sites import fused_slot, slot_view, view_columns
 
     model = model_for(variant)
     fam, _ = family_for(model)
@@ -681,7 +682,7 @@ def test_generate_with_kv_cache_equals_hf_hooked_generate(variant):
     _gen_check(variant, pad=0)
     # the KV cache: decode forwards are one-token runs of the decode step graph (past keys/values as
     # inputs, two per layer), never the HF modules
-    from fxvene import generation as G
+    from fxvene.api import generation as G
 
     model = model_for(variant)
     assert G.step_graph(model, "decode").n_kv == 2 * 2
@@ -721,7 +722,7 @@ def test_left_padding_generate_and_patch_equal_hf(variant):
 
 @pytest.mark.parametrize("variant,frontend", _params("graph_diff", with_frontend=True))
 def test_unintervened_graph_equals_hf_and_graph_diff(variant, frontend):
-    from fxvene.tracing import trace
+    from fxvene.graph.tracing import trace
 
     model = model_for(variant)
     inputs = _inputs(81)

@@ -528,7 +528,7 @@ def test_left_padding(family):
 
 @pytest.mark.parametrize("family", _params("graph_diff"))
 def test_unintervened_graph_equals_hf_and_graph_diff(family):
-    from fxvene.tracing import trace
+    from fxvene.graph.tracing import trace
 
     model = model_for(family)
     inputs = _inputs(91, pad=2)

@@ -11,7 +11,7 @@ import torch
 from _matrix import cell
 
 import fxvene as fv
-from fxvene import generation as G
+from fxvene.api import generation as G
 
 pv = pytest.importorskip("pyvene")
 
@@ -249,7 +249,7 @@ def test_pyvene_eos_collect_count(pv_gpt2):
 
 def test_decode_is_one_token_forward_of_cached_graph(gpt2):
     """The decode graph takes past keys/values as inputs; each decode forward sees one token; no weight copy."""
-    from fxvene.tracing import shares_parameters
+    from fxvene.graph.tracing import shares_parameters
 
     sg = G.step_graph(gpt2, "decode")
     names = sg.traced.input_names
@@ -344,11 +344,11 @@ def test_bad_arguments(gpt2, kwargs, exc, match):
 
 
 def _demo_or_none():
-    from fxvene.demo import demo_model_path
+    from fxvene.zoo.demo import demo_model_path
 
     if not os.path.exists(os.path.join(demo_model_path(), "config.json")):
         return None
-    from fxvene.demo import load_demo
+    from fxvene.zoo.demo import load_demo
 
     return load_demo()
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fxvene import graph_cache, tracing
-from fxvene import step_graphs as SG
+from fxvene.graph import cache as graph_cache
+from fxvene.graph import step_graphs as SG
+from fxvene.graph import tracing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,8 +32,8 @@ CHILD = (
     BUILD
     + """
 import json, sys
-from fxvene import tracing
-from fxvene.step_graphs import _flat_cache, step_graph
+from fxvene.graph import tracing
+from fxvene.graph.step_graphs import flat_cache, step_graph
 sg = step_graph(model, "chunk")
 tg = tracing.trace(model, tracer="export")
 g = torch.Generator().manual_seed(3)
@@ -40,7 +41,7 @@ ids = torch.randint(0, 3000, (3, 9), generator=g)
 mask = torch.ones_like(ids)
 with torch.no_grad():
     ref = model(input_ids=ids, attention_mask=mask).logits
-    past = _flat_cache(model(input_ids=ids[:, :4], use_cache=True).past_key_values)
+    past = flat_cache(model(input_ids=ids[:, :4], use_cache=True).past_key_values)
     got_chunk = sg.gm(ids[:, 4:], mask, torch.arange(4, 9).expand(3, -1), *past)[0]
     got_fwd = tg.wrap_outputs(tg.gm(input_ids=ids, attention_mask=mask)).logits
 print(json.dumps({
@@ -185,7 +186,7 @@ def _corrupt_shapes(path):
 def test_corrupt_entry_is_detected_and_re_exported(cache, corrupt, caplog, capfd, monkeypatch):
     import logging
 
-    from fxvene import progress
+    from fxvene.graph import progress
 
     SG.step_graph(_model(), "chunk")
     (entry,) = cache.glob("*.fxgraph.json")
@@ -195,7 +196,7 @@ def test_corrupt_entry_is_detected_and_re_exported(cache, corrupt, caplog, capfd
     orig = progress.progress
     monkeypatch.setattr(SG, "progress", lambda what, **k: orig(what, delay=0))
     capfd.readouterr()
-    with caplog.at_level(logging.DEBUG, logger="fxvene.graph_cache"):
+    with caplog.at_level(logging.DEBUG, logger="fxvene.graph.cache"):
         sg = SG.step_graph(model, "chunk")
     assert not sg.from_cache
     assert any("discarding" in r.getMessage() for r in caplog.records)
@@ -280,7 +281,7 @@ def test_one_export_serves_prefill_decode_and_chunk(monkeypatch):
 
 
 def test_cache_cli(cache, capsys):
-    from fxvene.cli import main
+    from fxvene.cli.app import main
 
     SG.step_graph(_model(), "chunk")
     assert main(["cache", "info"]) == 0
@@ -292,7 +293,7 @@ def test_cache_cli(cache, capsys):
 
 
 def test_progress_messages_and_quiet(cache, capfd, monkeypatch):
-    from fxvene import progress
+    from fxvene.graph import progress
 
     monkeypatch.setattr(progress, "_LEVEL", None)
     with progress.progress("doing a slow thing", delay=0):
@@ -316,7 +317,7 @@ def test_progress_messages_and_quiet(cache, capfd, monkeypatch):
 
 
 def test_first_export_says_what_it_does(cache, capfd, monkeypatch):
-    from fxvene import progress
+    from fxvene.graph import progress
 
     monkeypatch.setattr(progress, "_LEVEL", 1)
     orig = progress.progress
@@ -333,7 +334,7 @@ def test_top_level_names(cache):
     import fxvene as pv
 
     assert pv.clear_graph_cache is graph_cache.clear_graph_cache
-    from fxvene import progress
+    from fxvene.graph import progress
 
     assert pv.set_verbosity is progress.set_verbosity
     SG.step_graph(_model(), "chunk")
@@ -385,7 +386,7 @@ def test_mismatched_entry_is_rejected_never_used(cache, good_entry, corrupt, why
         raise tracing.TracingError("export disabled by the test")
 
     monkeypatch.setattr(SG, "_export", no_export)
-    with caplog.at_level(logging.DEBUG, logger="fxvene.graph_cache"):
+    with caplog.at_level(logging.DEBUG, logger="fxvene.graph.cache"):
         with pytest.raises(tracing.TracingError, match="export disabled"):
             SG.step_graph(_model(), "chunk")
     notes = [r.getMessage() for r in caplog.records if "discarding" in r.getMessage()]
@@ -395,7 +396,7 @@ def test_mismatched_entry_is_rejected_never_used(cache, good_entry, corrupt, why
 
 def test_program_form_still_loads_when_the_own_format_cannot_store_a_graph(cache, monkeypatch):
     """A graph fxvene's format does not cover is stored as torch's exported program, and loads."""
-    from fxvene import graph_format
+    from fxvene.graph import format as graph_format
 
     def refuse(*a, **k):
         raise graph_format.Unsupported("test")

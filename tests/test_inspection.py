@@ -14,9 +14,10 @@ from _matrix import cell
 from conftest import frontends
 
 import fxvene as pv
-from fxvene import graphdiff, inspection
+from fxvene.graph.tracing import trace
+from fxvene.inspection import diff as graphdiff
+from fxvene.inspection import tables as inspection
 from fxvene.models import Component, family_for
-from fxvene.tracing import trace
 
 SIG = ("input_ids", "attention_mask")
 B, S = 2, 8  # the example input every graph is shape-propagated on

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from fxvene import basic_utils as fb
 from fxvene import interventions as fi
-from fxvene import layers as fl
+from fxvene.api import basic_utils as fb
+from fxvene.interventions import layers as fl
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:To copy construct from a tensor:UserWarning"  # pyvene's SigmoidMaskIntervention
@@ -710,7 +710,7 @@ def test_get_type_from_string_allow_list(monkeypatch):
         "fxvene.interventions.torch",
         "fxvene.interventions.np",
         "fxvene.interventions._do_intervention_by_swap",
-        "fxvene.basic_utils.create_directory",
+        "fxvene.api.basic_utils.create_directory",
         "VanillaIntervention",
         "",
         "<class 'torch.nn.Linear'>",
@@ -797,7 +797,7 @@ def test_no_pyvene_import():
     code = (
         "import sys, types; pkg = types.ModuleType('fxvene'); pkg.__path__ = ['fxvene'];"
         "sys.modules['fxvene'] = pkg;"
-        "import fxvene.interventions, fxvene.layers, fxvene.basic_utils as b;"
+        "import fxvene.interventions, fxvene.interventions.layers, fxvene.api.basic_utils as b;"
         "b.get_type_from_string('pyvene.models.interventions.VanillaIntervention');"
         "sys.exit(int(any(m.split('.')[0] == 'pyvene' for m in sys.modules)))"
     )

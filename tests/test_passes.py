@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from conftest import frontends
 
-from fxvene import tracing
+from fxvene.graph import tracing
 from fxvene.passes import locate
 from fxvene.passes.rewrite import expose, insert_interventions, truncate
 

@@ -216,11 +216,11 @@ def test_bad_input(kwargs, match):
 def test_rewire_pass_is_pure_and_rewires_only_the_receiving_edges():
     """passes.path.rewire: a new GraphModule; for an input port only the users inside the receiving
     module read the spliced value, every other user still reads the original node."""
+    from fxvene.graph.sites import resolve_site
+    from fxvene.graph.tracing import trace
+    from fxvene.methods.path_patching import Splice
     from fxvene.passes.locate import module_paths
     from fxvene.passes.path import rewire
-    from fxvene.path_patching import Splice
-    from fxvene.sites import resolve_site
-    from fxvene.tracing import trace
 
     model = make_gpt2(n_layer=2, n_embd=16)
     traced = trace(model, ("input_ids", "attention_mask"))

@@ -11,7 +11,7 @@ import torch
 from conftest import make_gpt2
 
 import fxvene as pv
-from fxvene.results import CausalTraceResult, SweepResult, clean_token
+from fxvene.sweeps.results import CausalTraceResult, SweepResult, clean_token
 
 DEMO = pv.demo_model_path()
 HAVE_DEMO = os.path.isfile(os.path.join(DEMO, "tokenizer.json"))

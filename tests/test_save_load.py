@@ -14,7 +14,7 @@ import torch
 from conftest import batch_ids
 
 import fxvene as pv
-from fxvene.serialization import intervention_state_dict, read_weights
+from fxvene.api.serialization import intervention_state_dict, read_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 

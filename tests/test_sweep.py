@@ -11,12 +11,14 @@ from _matrix import cell
 from conftest import frontends, make_gpt2
 
 import fxvene as pv
+from fxvene.graph.sites import resolve_site
+from fxvene.graph.tracing import export_graph, trace
 from fxvene.passes.locate import module_paths
 from fxvene.passes.slice import boundary_after, heavy_nodes, segment
 from fxvene.passes.sweep import readout
-from fxvene.sites import resolve_site
-from fxvene.sweep import PYVENE_NOISE_LEVEL, causal_trace, patching_sweep, plot_causal_trace, window_layers
-from fxvene.tracing import export_graph, trace
+from fxvene.sweeps.core import PYVENE_NOISE_LEVEL, window_layers
+from fxvene.sweeps.results import plot_causal_trace
+from fxvene.sweeps.sweep import causal_trace, patching_sweep
 
 PROMPT = torch.tensor([[5, 9, 13, 2, 44, 7]])
 TARGET = 11
@@ -319,7 +321,7 @@ def test_plot_causal_trace(gpt4, tmp_path):
 def test_chunk_step_graph_matches_hf_with_a_cached_past(llama):
     """The graph prefix-reusing sweeps run: an S-token chunk after P cached positions gives the
     logits of the whole sequence (HF's own forward); also with no past (P=0) and one-token chunks."""
-    from fxvene.generation import _flat_cache, step_graph
+    from fxvene.api.generation import flat_cache, step_graph
 
     sg = step_graph(llama, "chunk")
     ids = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(8))
@@ -329,7 +331,7 @@ def test_chunk_step_graph_matches_hf_with_a_cached_past(llama):
         for p in (0, 1, 4, 6):
             if p:
                 pkv = llama(input_ids=ids[:, :p], use_cache=True).past_key_values
-                past = [t for kv in pkv for t in kv] if isinstance(pkv, tuple) else _flat_cache(pkv)
+                past = [t for kv in pkv for t in kv] if isinstance(pkv, tuple) else flat_cache(pkv)
             else:
                 past = [torch.zeros(2, 2, 0, 8)] * sg.n_kv
             got = sg.gm(ids[:, p:], mask, torch.arange(p, 7).expand(2, -1), *past)[0]
@@ -339,7 +341,7 @@ def test_chunk_step_graph_matches_hf_with_a_cached_past(llama):
 def test_prefix_rows_run_only_the_positions_from_the_patched_one(gpt4):
     """A cell restoring block_output of layer 1 at position 2 recomputes nothing below layer 1 and
     only positions 2.. above it (the last block's tail: only the last position); same number as pyvene."""
-    from fxvene.sweep import SweepEngine
+    from fxvene.sweeps.engine import SweepEngine
 
     g = torch.Generator().manual_seed(9)
     base = {"input_ids": torch.randint(0, 50, (1, 6), generator=g)}
@@ -389,7 +391,7 @@ def test_prefix_causal_trace_llama_equals_pyvene_loop(llama):
 def test_prefix_row_groups_starting_before_the_patched_position_equal_pyvene(gpt4, monkeypatch, quantum):
     """Rows are grouped by first patched position rounded down to a multiple of ``offset_quantum``: a
     row may recompute a few unchanged positions before its patch (8: every row starts at 0)."""
-    from fxvene.sweep import SweepEngine
+    from fxvene.sweeps.engine import SweepEngine
 
     monkeypatch.setattr(SweepEngine, "offset_quantum", quantum)
     g = torch.Generator().manual_seed(11)
@@ -409,7 +411,7 @@ def test_prefix_plan_chosen_by_cost_equals_pyvene(gpt4, monkeypatch, costs, quan
     """The row groups are chosen by expected cost (a fixed cost per segment call, a cost per
     row-position, a fixed cost of the LM-head call): calls only -> one group of full-length rows; positions only -> one group per
     start position; both -> in between. Every choice gives pyvene's numbers."""
-    from fxvene.sweep import SweepEngine
+    from fxvene.sweeps.engine import SweepEngine
 
     monkeypatch.setattr(SweepEngine, "_costs", lambda self, base: costs)
     monkeypatch.setattr(SweepEngine, "pack", False)  # the start-position groups, not lanes

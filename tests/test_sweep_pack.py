@@ -11,8 +11,10 @@ import torch
 from conftest import make_gpt2, make_llama
 from test_sweep import _pyvene_patch
 
-from fxvene.sweep import _ENGINES, SweepEngine, causal_trace, patching_sweep
-from fxvene.sweep_pack import lanes
+from fxvene.sweeps.core import _ENGINES
+from fxvene.sweeps.engine import SweepEngine
+from fxvene.sweeps.packing import lanes
+from fxvene.sweeps.sweep import causal_trace, patching_sweep
 
 TARGET = 11
 

@@ -1,10 +1,10 @@
-"""fxvene's MLP and GRU (fxvene.toy_models) against pyvene 0.1.8's: same seed, same weights, same outputs."""
+"""fxvene's MLP and GRU (fxvene.zoo.toy_models) against pyvene 0.1.8's: same seed, same weights, same outputs."""
 
 import pytest
 import torch
 
 import fxvene as pv_fx
-from fxvene.toy_models import GRUForClassification, GRULMHeadModel, GRUModel, MLPForClassification
+from fxvene.zoo.toy_models import GRUForClassification, GRULMHeadModel, GRUModel, MLPForClassification
 
 MLP_CFG = dict(h_dim=8, n_layer=2, pdrop=0.0, num_classes=3, vocab_size=20, max_position_embeddings=16)
 GRU_CFG = dict(h_dim=8, n_layer=2, vocab_size=20, max_position_embeddings=16)

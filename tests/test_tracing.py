@@ -6,7 +6,7 @@ from conftest import frontends, make_gpt2, make_llama
 from transformers import GPT2LMHeadModel, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import fxvene as pv
-from fxvene import tracing
+from fxvene.graph import tracing
 
 
 def _tiny(name):
@@ -201,7 +201,7 @@ def test_cli_and_python_load_and_trace_the_same_graph(tmp_path):
     Python API traces for it (same attention implementation, same frontend, same nodes)."""
     from transformers import AutoModelForCausalLM
 
-    from fxvene import cli
+    from fxvene.cli import app as cli
 
     _sdpa_gpt2(seed=10).save_pretrained(tmp_path, safe_serialization=True)
     user = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
@@ -221,8 +221,8 @@ def test_cli_and_python_load_and_trace_the_same_graph(tmp_path):
 def test_cli_demo_is_the_python_demo():
     import os
 
-    from fxvene import cli
-    from fxvene.demo import demo_model_path, load_demo
+    from fxvene.cli import app as cli
+    from fxvene.zoo.demo import demo_model_path, load_demo
 
     if not os.path.isfile(os.path.join(demo_model_path(), "config.json")):
         pytest.skip("demo model not installed")

@@ -649,7 +649,7 @@ def tutorial3_dir(request):
     (12 layers, width 64) with an offline word-level tokenizer."""
     import os
 
-    from fxvene.demo import demo_model_path
+    from fxvene.zoo.demo import demo_model_path
 
     path = demo_model_path()
     if os.path.isfile(os.path.join(path, "config.json")):

@@ -1,1 +1,0 @@
-"""Implementation of ``fxvene.interventions`` (import the classes from there)."""

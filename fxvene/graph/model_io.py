@@ -1,0 +1,180 @@
+"""What a model takes and returns, for the tracer: nothing is assumed of ``forward`` beyond a lead
+input (``input_ids`` or ``inputs_embeds``).
+
+* Inputs: the requested inputs the forward takes are traced; the others (the ``attention_mask`` every
+  call carries, given to pyvene's MLP) stay placeholders of the graph that feed only
+  :func:`check_ignored_input`, which refuses a value the model would have needed (a padded mask).
+  ``use_cache=False`` is passed only where the forward takes it, ``return_dict`` never: the graph
+  returns what the model returns by default, as pyvene's calls do.
+* Outputs: a ``ModelOutput``, a tuple of tensors (pyvene's MLP and GRU) or one tensor.
+* Fixed lengths: export unrolls a loop over time steps (pyvene's GRU), so such a graph holds one
+  sequence length. It is detected (:func:`fixed_length`), guarded (:func:`check_steps`) and traced
+  once per length: :func:`steps_signature` adds the length to a call's signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+
+import torch
+import torch.fx  # noqa: F401  (torch.fx.node.has_side_effect)
+
+from fxvene.graph.errors import TracingError
+
+
+def forward_parameters(model):
+    """The keyword inputs ``model.forward`` takes, or None when it takes any (``**kwargs``)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return frozenset(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+
+
+def split_inputs(model, input_names):
+    """``(taken, ignored)``: the requested inputs ``model.forward`` takes, and those it does not."""
+    accepted = forward_parameters(model)
+    if accepted is None:
+        return tuple(input_names), ()
+    taken = tuple(n for n in input_names if n in accepted)
+    ignored = tuple(n for n in input_names if n not in accepted)
+    lead = [n for n in input_names if n in ("input_ids", "inputs_embeds")]
+    if lead and not any(n in accepted for n in lead):
+        raise TracingError(f"{type(model).__name__}.forward takes no {lead[0]!r}; its inputs are {sorted(accepted)}")
+    return taken, ignored
+
+
+def lead_input(model):
+    """``"input_ids"`` where the model's forward takes token ids and it has input embeddings to look
+    them up in, else ``"inputs_embeds"`` (pyvene's MLP and GRU without ``include_emb``)."""
+    accepted = forward_parameters(model)
+    if accepted is None:
+        return "input_ids"
+    if "input_ids" in accepted:
+        try:
+            has_embeddings = model.get_input_embeddings() is not None
+        except (AttributeError, NotImplementedError):
+            has_embeddings = False
+        if has_embeddings or "inputs_embeds" not in accepted:
+            return "input_ids"
+    return "inputs_embeds" if "inputs_embeds" in accepted else "input_ids"
+
+
+def construction_inputs(model):
+    """The inputs an IntervenableModel traces with to resolve its sites: the lead input and the
+    mask, plus ``decoder_input_ids`` for an encoder-decoder model (T5), in the order of a call's
+    signature (:data:`fxvene.api.validation.INPUT_KEYS`)."""
+    names = (lead_input(model), "attention_mask")
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        names += ("decoder_input_ids",)
+    return names
+
+
+def switches(model, **flags):
+    """``use_cache=False, return_dict=True`` (say), each only where the model's forward takes it."""
+    accepted = forward_parameters(model)
+    return {k: v for k, v in flags.items() if accepted is None or k in accepted}
+
+
+def flat_output(out):
+    """``(output_cls, keys, flat tensors)`` of a model output: a ModelOutput's tensor fields, a tuple
+    of tensors (keys "0", "1", ...), or one tensor."""
+    if isinstance(out, torch.Tensor):
+        return torch.Tensor, ("0",), (out,)
+    if hasattr(out, "items") and hasattr(out, "keys"):  # a ModelOutput
+        items = [(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+        return type(out), tuple(k for k, _ in items), tuple(v for _, v in items)
+    if isinstance(out, tuple) and all(isinstance(v, torch.Tensor) for v in out):
+        return tuple, tuple(str(i) for i in range(len(out))), tuple(out)
+
+    raise TracingError(
+        f"the model returns {type(out).__name__} with entries of types "
+        f"{[type(v).__name__ for v in out] if isinstance(out, (tuple, list)) else '?'}; fxvene traces models whose "
+        "output is a ModelOutput, a tuple of tensors or a tensor"
+    )
+
+
+@torch.fx.node.has_side_effect
+def check_ignored_input(value, name, model_name):
+    """A graph node for an input the model's forward does not take: None, or a mask of ones (what
+    every call carries), passes; anything else would be silently ignored, so it is refused."""
+    if value is None or torch.compiler.is_compiling():
+        return None
+    if name != "attention_mask" or not bool((value == 1).all()):
+        raise ValueError(
+            f"{name}: {model_name}.forward takes no {name!r}, so it cannot be applied"
+            + (" (this mask has padding)" if name == "attention_mask" else "")
+            + f"; give {model_name} only the inputs its forward takes"
+        )
+    return None
+
+
+def add_ignored_inputs(gm, ignored, model_name):
+    """Placeholders for the requested inputs the model does not take (callers pass them), each
+    feeding only :func:`check_ignored_input`."""
+    if not ignored:
+        return gm
+    graph = gm.graph
+    last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    for name in ignored:
+        with graph.inserting_after(last):
+            ph = graph.placeholder(name, default_value=None)
+        ph.meta["fxvene"] = "ignored_input"
+        with graph.inserting_after(ph):
+            chk = graph.call_function(check_ignored_input, (ph, name, model_name))
+        chk.meta["fxvene"] = "ignored_input"
+        last = chk
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+STEPS = "@steps="  # a signature entry (not an input): the sequence length a per-length graph is traced for
+FIXED_LENGTH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the length it traced to
+
+
+def steps_signature(model, inputs, signature):
+    """``signature`` plus the call's sequence length where ``model`` traces to a graph of one length
+    (a recurrent model whose loop over time steps export unrolls, e.g. pyvene's GRU)."""
+    if model not in FIXED_LENGTH or any(str(k).startswith(STEPS) for k in signature):
+        return signature
+    lead = inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]
+    return tuple(signature) + (f"{STEPS}{lead.shape[1]}",)
+
+
+def fixed_length(gm, lead):
+    """The sequence length an exported graph is specialised to (its loop unrolled), else None."""
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and n.name == lead:
+            val = n.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim() >= 2:
+                d = str(val.shape[1])  # a SymInt that export specialised prints as its value
+                return int(d) if d.isdigit() else None
+    return None
+
+
+@torch.fx.node.has_side_effect
+def check_steps(lead, steps, model_name):
+    """A graph node of a fixed-length graph: the call must have the length it was traced for."""
+    if not torch.compiler.is_compiling() and lead.shape[1] != steps:
+        raise ValueError(
+            f"inputs: {model_name} was traced for sequences of {steps} steps (its loop over time is unrolled), "
+            f"this call has {lead.shape[1]}; fxvene traces it again per length when called through "
+            "IntervenableModel"
+        )
+    return None
+
+
+def guard_length(gm, lead, steps, model_name):
+    graph = gm.graph
+    ph = next(n for n in graph.nodes if n.op == "placeholder" and n.name == lead)
+    last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    with graph.inserting_after(last):
+        chk = graph.call_function(check_steps, (ph, steps, model_name))
+    chk.meta["fxvene"] = "fixed_length"
+    graph.lint()
+    gm.recompile()
+    return gm
