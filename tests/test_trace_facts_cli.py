@@ -118,14 +118,14 @@ def test_resume_under_other_settings_is_reported(facts, reference, tmp_path, cap
     out = str(tmp_path / "run")
     _interrupted_copy(reference, out, ["000007", "000009"])
     capsys.readouterr()
-    args = [a if a != "1" else "2" for a in ARGS]  # --threads 2
+    args = [*ARGS[: ARGS.index("--threads")], "--threads", "2", *ARGS[ARGS.index("--threads") + 2 :]]
     assert torch.get_num_threads() == 1
     assert cli.main(["trace-facts", facts, "--out", out, "--batch-prompts", "2", *args]) == 0
     assert torch.get_num_threads() == 1  # the caller's count again
     err = capsys.readouterr().err
     (line,) = [ln for ln in err.splitlines() if "warning" in ln]
     assert "(threads 1 -> 2, batch_prompts 1 -> 2)" in line and "in the last bits" in line, line
-    assert "--threads 1 matches the first run" in line and len(line) < 300
+    assert "--threads 1 matches it" in line and len(line) < 300
     run = json.load(open(os.path.join(out, "run.json")))
     assert run["settings"]["threads"] == 1 and run["options"]["batch_prompts"] == 1  # the first run's
     assert [(r["session"], r["settings"]["threads"], r["options"]["batch_prompts"]) for r in run["resumes"]] == [
@@ -136,12 +136,13 @@ def test_resume_under_other_settings_is_reported(facts, reference, tmp_path, cap
 
     run["settings"]["transformers"] = "0.0.1"  # as if the first run had another transformers
     json.dump(run, open(os.path.join(out, "run.json"), "w"))
-    os.remove(os.path.join(out, "prompts", "000007.json"))
+    for stem in ("000007", "000009"):  # the remedy: retrace the other settings' prompts under the first run's
+        os.remove(os.path.join(out, "prompts", f"{stem}.json"))
     assert cli.main(["trace-facts", facts, "--out", out, "--batch-prompts", "1", *ARGS]) == 0
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
-    assert "(transformers 0.0.1 -> " in line and "or more where a new version changed" in line, line
+    assert "(transformers 0.0.1 -> " in line and "or more if a version changed the code" in line, line
     assert "threads" not in line and len(line) < 300
-    assert json.load(open(os.path.join(out, "prompts", "000007.json")))["session"] == 2
+    assert json.load(open(os.path.join(out, "prompts", "000009.json")))["session"] == 2
     assert [r["session"] for r in json.load(open(os.path.join(out, "run.json")))["resumes"]] == [1, 2]
     assert_same_runs(reference, out, ignore=("session",))  # --threads 1 and batches of 1 again: the same bits
 
@@ -153,14 +154,16 @@ def test_resumed_batches_are_the_uninterrupted_runs(facts, monkeypatch):
     loaded = load_facts(facts, None, vocab_size=50)
     ran = []
     trace_batch = datasets._trace_batch
-    monkeypatch.setattr(
-        datasets,
-        "_trace_batch",
-        lambda eng, m, batch, *a: ran.append([f.index for f in batch]) or trace_batch(eng, m, batch, *a),
-    )
+
+    def spy(eng, m, batch, *rest):  # which prompts share a batch
+        ran.append([f.index for f in batch])
+        return trace_batch(eng, m, batch, *rest)
+
+    monkeypatch.setattr(datasets, "_trace_batch", spy)
     kw = dict(noise_level=0.5, n_samples=2, window=2, only_correct=False, batch_prompts=2, progress=False)
     full = datasets.trace_facts(model, loaded, **kw)
-    batches, ran[:] = list(ran), []
+    batches = ran[:]
+    ran.clear()
     assert batches == [[4, 8], [0, 7], [9], [1, 3], [6]]  # by length, then record order
     part = datasets.trace_facts(model, loaded, done={4, 8, 0, 3}, **kw)
     assert ran == [[0, 7], [9], [1, 3], [6]]  # [0, 7] and [1, 3] whole, though 0 and 3 are done
@@ -168,6 +171,37 @@ def test_resumed_batches_are_the_uninterrupted_runs(facts, monkeypatch):
     assert [f.index for f in part.facts] == [1, 6, 7, 9]
     for f, r in zip(part.facts, part.results):
         assert torch.equal(r.probs, by_index[f.index].probs) and r.clean_prob == by_index[f.index].clean_prob
+
+
+def test_run_json_checks(tmp_path):
+    """run.json against a new session: refusals name what differs; nothing done yet: a fresh start under
+    the new settings; a run.json of an older fxvene (no settings): the resume says it cannot check."""
+    from fxvene.cli.trace_facts import _start_run
+
+    out = str(tmp_path)
+    st = {"threads": 4, "device": "cpu AVX2", "torch": "2", "transformers": "5", "fxvene": "0", "python": "3"}
+    info = {
+        "facts": "f",
+        "facts_sha256": "a" * 64,
+        "model": "m",
+        "options": {"seed": 1, "max_rows": None},
+        "settings": st,
+    }
+    assert _start_run(out, info, 0) == (None, None, 0)
+    err, _, _ = _start_run(out, dict(info, facts_sha256="b" * 64), 3)
+    assert "another facts file (sha256 aaaaaaaaaaaa..., now bbbbbbbbbbbb...)" in err and len(err) < 300
+    err, _, _ = _start_run(out, dict(info, model="m2"), 3)
+    assert "another model ('m', now 'm2'); use a new --out, or the same --model to resume" in err
+    new = dict(info, settings=dict(st, threads=1), options={"seed": 1, "max_rows": 8})
+    assert _start_run(out, new, 0) == (None, None, 0)  # nothing done: the run starts afresh
+    assert json.load(open(tmp_path / "run.json"))["settings"]["threads"] == 1
+    _, warning, session = _start_run(out, dict(new, settings=st), 2)
+    assert session == 1 and "(threads 1 -> 4): " in warning and "--threads 1 matches it" in warning
+    old = json.load(open(tmp_path / "run.json"))
+    del old["settings"], old["resumes"]
+    json.dump(old, open(tmp_path / "run.json", "w"))
+    _, warning, session = _start_run(out, new, 2)
+    assert session == 1 and "no settings of its first run (an older fxvene)" in warning and len(warning) < 300
 
 
 def test_rerun_with_other_options_is_refused(facts, reference, capsys):

@@ -293,18 +293,24 @@ def _start_run(out_dir, run_info, n_done):
     if not diff:
         return None, None, session
     if any(first.get(k) != now.get(k) for k in VERSIONS):
-        how = "by rounding, or more where a new version changed the computation"
+        how = "(rounding, or more if a version changed the code)"
     else:
         how = "in the last bits (float rounding)"
-    hint = (
-        f"; --threads {first.get('threads')} matches the first run"
-        if any(d.startswith("threads ") for d in diff)
-        else ""
-    )
-    warning = (
-        f"fxvene trace-facts: warning: this resume runs with other settings than the first run ({', '.join(diff)}): "
-        f"the prompts traced now may differ from an uninterrupted run's {how}{hint}"
-    )
+    hint = f"; --threads {first.get('threads')} matches it" if any(d.startswith("threads ") for d in diff) else ""
+
+    def line(shown):
+        return (
+            f"fxvene trace-facts: warning: settings differ from the first run's ({', '.join(shown)}): "
+            f"the prompts traced now may differ from an uninterrupted run's {how}{hint}"
+        )
+
+    def first_n(n):  # one line of under 300 characters: the rest is in run.json
+        return diff if n == len(diff) else diff[:n] + [f"{len(diff) - n} more in run.json"]
+
+    n = len(diff)
+    while n > 1 and len(line(first_n(n))) >= 300:
+        n -= 1
+    warning = line(first_n(n))
     return None, warning, session
 
 

@@ -20,7 +20,11 @@ How the prompts run:
   :func:`plan_memory`'s estimate.
 * **reproducible row groups**: the causal-prefix engine groups rows by start position; dataset sweeps
   fix the grouping (``row_groups=1``: one group per start position) instead of choosing it by timings
-  measured in each process, so a resumed or sharded run computes bit for bit what a single run does.
+  measured in each process, so a resumed or sharded run computes bit for bit what a single run does,
+  given the same thread count (``torch.set_num_threads``: the CPU's matrix-product kernel, and so its
+  order of summation, can depend on it), device and library versions. A resumed run cuts the same
+  batches (:func:`plan_batches` ignores ``done``) and runs a batch with some prompts done whole: a
+  prompt's last bits may depend on the shapes of its batch.
 * **sharded**: under ``torchrun`` (``torch.distributed``), batches are split across ranks
   (:mod:`fxvene.sweeps.distributed`) and the per-prompt results gathered on rank 0 (other ranks return None).
 """
@@ -209,7 +213,7 @@ def trace_facts(
     :func:`plan_memory`. ``row_groups``: positions per row group of the causal prefix (1: one group
     per start position, reproducible; None: chosen by the engine's timings). ``on_result(fact,
     result)`` is called as each prompt finishes; ``done``: record indices not to run (already
-    done). Returns a :class:`FactsTraceResult` (on rank 0 under ``torch.distributed``; None on
+    done; a batch with any prompt not done runs whole, as in a run without ``done``). Returns a :class:`FactsTraceResult` (on rank 0 under ``torch.distributed``; None on
     the others)."""
     fam, streams = check_trace_args(model, streams, window, n_samples)
     if row_groups is not None and (not isinstance(row_groups, int) or isinstance(row_groups, bool) or row_groups < 1):
