@@ -1,4 +1,4 @@
-"""Attribution patching (fxvene/attribution.py) against independent references: central finite
+"""Attribution patching (fxvene/methods/attribution.py) against independent references: central finite
 differences of a hand-written interpolation (forward hooks on the HF modules, float64; on Llama, whose
 RMSNorm rounds to float32, autograd of the same hooked interpolation), and the exact
 patching sweep (small perturbations: estimate close to exact; exact_top_k: equal to the sweep)."""

@@ -403,7 +403,7 @@ def test_tutorial6_steering():
     """Seed tutorial 6 on the shipped demo model: the happy-sad direction at layer 6 mlp_output steers the text."""
     demo = _demo_or_none()
     if demo is None:
-        pytest.skip("the demo model (fxvene/demo/model) is not built")
+        pytest.skip("the demo model (fxvene/zoo/demo/model) is not built")
     model, tokenizer = demo
     happy = tokenizer("I am very happy and", return_tensors="pt")
     sad = tokenizer("I am very sad and", return_tensors="pt")

@@ -1,4 +1,4 @@
-"""Path patching (fxvene/path_patching.py, passes/path.py) against a hand-written TransformerLens-style
+"""Path patching (fxvene/methods/path_patching.py, passes/path.py) against a hand-written TransformerLens-style
 reference: forward hooks on the HF modules, a sender run (attention outputs frozen to the base run,
 senders from the source; MLPs frozen too with freeze="all") that records the receivers' inputs, then a
 receiver run that patches only those inputs."""

@@ -115,7 +115,7 @@ def _cross_site(traced, model, rep, i, site, axes):
             f"the target {here} has units of width {wt} ({axes.pos} positions); a source is patched only into a "
             "site of the same width"
         )
-    return src  # "t": time steps of a recurrent model (fxvene/time_steps.py)
+    return src  # "t": time steps of a recurrent model (fxvene/graph/time_steps.py)
 
 
 def _construction_signature(model):

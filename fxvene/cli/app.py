@@ -7,7 +7,7 @@
 
 MODEL is a local model directory (loaded with ``AutoModelForCausalLM.from_pretrained``,
 offline) or a built-in name: ``gpt2-tiny``, ``llama-tiny``, ``gpt2-small-shape`` (GPT-2
-small's shape, random weights) or ``demo`` (the model shipped in ``fxvene/demo/model``).
+small's shape, random weights) or ``demo`` (the model shipped in ``fxvene/zoo/demo/model``).
 
 Errors print one line on stderr (``-v`` shows the traceback) and exit with status 1;
 usage errors exit with status 2. Arguments are checked before torch, transformers or the model

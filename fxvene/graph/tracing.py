@@ -17,7 +17,9 @@ off, as pyvene's wrap leaves them); the user's module modes come back afterwards
   has it, supports the model family and the model uses eager attention (HF's fx tracer gives wrong
   outputs for SDPA attention on transformers 4.47, e.g. GPT-2), else ``export``. Every traced graph
   is still checked against the model's own outputs; should the chosen frontend fail, the other one
-  is tried, quietly.
+  is tried, quietly: the warnings of an attempt that fails are dropped, those of one that succeeds
+  pass through the user's filters; the error when both fail is two lines (``.attempts`` keeps each
+  tracer's whole message).
 
 Exported graphs are kept in the on-disk graph cache (:mod:`fxvene.graph.cache`); a loaded graph
 passes the same output check as a fresh one. Slow steps say what they do on stderr
@@ -392,16 +394,16 @@ def _trace_new(model, input_names, tracer, per_model, key):
 def _failure(model, tracer, errors):
     """The error when no frontend traced ``model``: at most two lines, each tracer's error cut to its
     first line (``.attempts`` keeps every tracer's whole message; ``.hint``, what to do, when known)."""
-    name = type(model).__name__
-    budget, parts = 160, {}
-    for i, (k, v) in enumerate(sorted(errors.items(), key=lambda kv: len(kv[1]))):  # short ones leave room
-        parts[k] = clip(v, max(budget // (len(errors) - i) - len(k) - 4, 30))
-        budget -= len(parts[k]) + len(k) + 4
-    msg = f"fxvene could not trace {name} (tracer={tracer!r}): " + "; ".join(f"{k}: {parts[k]}" for k in errors)
+    head = f"fxvene could not trace {type(model).__name__} (tracer={tracer!r}): "
     hint = None
     if tracer == "hf_fx" and hf_fx_available() and choose_frontend(model)[0] != "hf_fx":
         hint = f"{choose_frontend(model)[1]}; use tracer='auto' or 'export'"
-        msg += "\n" + hint
+    # room for a caller's "model: " and a second line of what to do (validation.unsupported)
+    budget, parts = 290 - len(head) - max(len(hint or ""), 85), {}
+    for i, (k, v) in enumerate(sorted(errors.items(), key=lambda kv: len(kv[1]))):  # short ones leave room
+        parts[k] = clip(v, max(budget // (len(errors) - i) - len(k) - 4, 30))
+        budget -= len(parts[k]) + len(k) + 4
+    msg = head + "; ".join(f"{k}: {parts[k]}" for k in errors) + (f"\n{hint}" if hint else "")
     err = TracingError(msg)
     err.attempts, err.hint = dict(errors), hint
     return err
