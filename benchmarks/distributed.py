@@ -10,7 +10,7 @@ prompt before the clock starts, on every rank):
                             benchmarks/distributed.py --child --threads 1
 
 The clocked part is ``pv.causal_trace(model, facts, tokenizer=tok, ...)`` over the facts (the demo's
-``fxvene/demo/facts.jsonl`` by default), between two barriers, so a K-process row includes the
+``fxvene/zoo/demo/facts.jsonl`` by default), between two barriers, so a K-process row includes the
 gather of the results on rank 0. Every row also reports how far its per-prompt probabilities are from
 the K-process row's: the one-thread rows must agree bit for bit (a sharded run computes what a single
 process computes); the two-thread row may differ by float rounding (threaded matmuls).
@@ -154,7 +154,7 @@ def main(argv=None):
     p.add_argument("--window", type=int, default=10)
     p.add_argument("--limit", type=int, default=0, help="only the first N facts (0: all)")
     p.add_argument("--model", default=None, help="a model directory with its tokenizer (default: the demo)")
-    p.add_argument("--facts", default=None, help="a JSONL file of facts (default: fxvene/demo/facts.jsonl)")
+    p.add_argument("--facts", default=None, help="a JSONL file of facts (default: fxvene/zoo/demo/facts.jsonl)")
     args = p.parse_args(argv)
     if args.child:
         return child(args)

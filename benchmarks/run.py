@@ -178,7 +178,7 @@ def main(argv=None):
     reps = 1 if args.quick else 2
     model = _model(L)
     rows = []  # (workload, column -> value, note)
-    nn_note = "not timed (not installed: pip would replace torch/transformers; see benchmarks/README.md)"
+    nn_note = "not timed (not installed: pip would replace torch/transformers; see docs/benchmarks.md)"
     has_nn = _nnsight()
 
     def plain(ids, full=True):

@@ -75,10 +75,10 @@ OUT_OF_SCOPE = {
     "InterventionUtilsTestCase.test_initialization_positive": "asserts pyvene's private bookkeeping (_intervention_group, _key_getter_call_counter, "
     "_key_setter_call_counter, _batched_setter_activation_select, hot_activations, is_model_stateless)",
     "InterventionUtilsTestCase.test_local_trainable_save_positive": "differs on purpose: counts pyvene's pickled intervention files (*.bin); fxvene saves "
-    "safetensors + JSON (README Differences)",
+    "safetensors + JSON (docs/differences.md)",
     "InterventionUtilsTestCase.test_local_load_positive": "differs on purpose: gives one location entry for a batch of 10 (pyvene patches example 0's "
     "source into every row); fxvene refuses a location list whose length is not the batch size "
-    "with a ValueError (README Differences)",
+    "with a ValueError (docs/differences.md)",
 }
 # tests that cannot judge where a reference (a manual forward in pyvene's tests/utils.py) or a module
 # they hook does not behave as they assume on the installed transformers: check -> the tests

@@ -9,7 +9,7 @@ predict what the model predicts for the source (" Paris"), read out among the ca
 Interchange intervention accuracy (IIA) on held-out country pairs measures whether the subspace
 carries "which country".
 
-Model: the demo GPT-2 shipped in ``fxvene/demo/model`` (12 layers, width 128, knows capitals)
+Model: the demo GPT-2 shipped in ``fxvene/zoo/demo/model`` (12 layers, width 128, knows capitals)
 when present, else a 12-layer GPT-2 (width 64) with a word-level tokenizer, both built here and
 trained for a few seconds on the capital facts (a random-weight GPT-2 answers every prompt alike,
 so there would be no counterfactual behaviour to align).

@@ -13,8 +13,8 @@ May import: torch, the standard library and fxvene.passes (data and pure functio
 from __future__ import annotations
 
 import weakref
-from .spec import Component, Family, eval_dim  # the spec types, re-exported
 
+from .spec import Component, Family, eval_dim  # the spec types, re-exported
 
 _FAMILIES = None
 

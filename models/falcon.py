@@ -13,8 +13,8 @@ multi-query). q/k are read before the rotary embedding. ``attention_weight`` nee
 the rotary (non-ALiBi) variant.
 """
 
-from .spec import Family
 from ._layouts import fused_layout
+from .spec import Family
 
 FUSED = ("grouped", "num_attention_heads", "hidden_size/num_attention_heads")
 # the key/value widths depend on the layout (one head under multi-query): taken from the graph

@@ -5,7 +5,7 @@ pyvene 0.1.8 maps Gemma with the same module ports. Its widths assume ``heads x 
 k/v widths ``kv_heads x head_dim``.
 """
 
-from .spec import Family
 from .llama import layout, prefixes
+from .spec import Family
 
 FAMILY = Family(name="gemma", prefixes=prefixes("Gemma"), components=layout(), n_layers="num_hidden_layers")

@@ -7,7 +7,7 @@ pyvene 0.1.8's map. Sliding-window layers alternate with global ones; the KV-cac
 layer's full keys/values and the masks apply the window.
 """
 
-from .spec import Family
 from .llama import layout, prefixes
+from .spec import Family
 
 FAMILY = Family(name="gemma2", prefixes=prefixes("Gemma2"), components=layout(), n_layers="num_hidden_layers")

@@ -4,8 +4,8 @@ the Llama layout, like Gemma 2, plus q/k norms applied per head after ``q_proj``
 Gemma3ForConditionalGeneration is not covered.
 """
 
-from .spec import Family
 from .llama import layout, prefixes
+from .spec import Family
 
 FAMILY = Family(
     name="gemma3_text",

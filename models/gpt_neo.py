@@ -8,8 +8,8 @@ they point at ``attn.attention``. ``attention_output`` is the wrapper's output, 
 (windowed) and global layers alternate (``attention_types``); both have the same components.
 """
 
-from .spec import Family
 from ._layouts import separate_layout
+from .spec import Family
 
 COMPONENTS = separate_layout(
     "h.{layer}.attn.attention",

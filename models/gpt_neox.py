@@ -9,8 +9,8 @@ columns ``[3h*d, 3h*d+d)``, ``[3h*d+d, 3h*d+2d)``, ``[3h*d+2d, 3h*d+3d)`` (d = h
 Parallel residual (``use_parallel_residual``) or not, the components are the same module ports.
 """
 
-from .spec import Family
 from ._layouts import fused_layout
+from .spec import Family
 
 FUSED = ("grouped", "num_attention_heads", "hidden_size/num_attention_heads")
 COMPONENTS = fused_layout(

@@ -4,8 +4,8 @@ separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` in ``attn`` and ``fc_in``
 ``attention_input`` are the same tensor (two sites). q/k are read before the rotary embedding.
 """
 
-from .spec import Family
 from ._layouts import separate_layout
+from .spec import Family
 
 COMPONENTS = separate_layout(
     "h.{layer}.attn",

@@ -3,7 +3,7 @@ components: ``attention_output``/``mlp_output`` are the sublayers' outputs befor
 ``block_output`` the layer's output. (transformers has no Granite sequence classifier.)
 """
 
-from .spec import Family
 from .llama import layout, prefixes
+from .spec import Family
 
 FAMILY = Family(name="granite", prefixes=prefixes("Granite"), components=layout(), n_layers="num_hidden_layers")

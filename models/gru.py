@@ -1,5 +1,5 @@
 """pyvene's GRU (fxvene.zoo.toy_models.GRUModel / GRUForClassification / GRULMHeadModel): pyvene 0.1.8's
-map. Each cell runs once per time step, so these components take ``unit="t"`` (fxvene/time_steps.py):
+map. Each cell runs once per time step, so these components take ``unit="t"`` (fxvene/graph/time_steps.py):
 time step t is the cell's t-th call. The ``{reset,update,new}_{x2h,h2h}_output`` components are thirds
 of the fused ``x2h``/``h2h`` outputs (reset, update, new gates in that order), on every head
 (pyvene drops the split on the LM head; fxvene does not)."""

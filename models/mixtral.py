@@ -11,8 +11,8 @@ transformers 4; on transformers 5 the block is ``mlp`` and the experts are one f
 
 from importlib.metadata import distribution, version
 
-from .spec import Family
 from .llama import layout, prefixes
+from .spec import Family
 
 
 def _moe_name():

@@ -5,7 +5,7 @@ OLMo 2 normalises *after* attention and MLP (no input norm) and has q/k norms ov
 and ``mlp_output`` the sublayers' outputs before their post-norms, ``block_output`` the layer's output.
 """
 
-from .spec import Family
 from .llama import layout, prefixes
+from .spec import Family
 
 FAMILY = Family(name="olmo2", prefixes=prefixes("Olmo2"), components=layout(), n_layers="num_hidden_layers")

@@ -7,8 +7,8 @@ head_dim`` each, GQA): the "sizes" layout. ``mlp.gate_up_proj`` computes [gate |
 ``mlp_activation`` is ``activation_fn(gate)`` (the activation module's output), as Llama's ``act_fn``.
 """
 
-from .spec import Family
 from ._layouts import fused_layout
+from .spec import Family
 
 FUSED = ("sizes", "num_attention_heads", "head_dim|hidden_size/num_attention_heads")
 COMPONENTS = fused_layout(

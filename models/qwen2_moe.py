@@ -8,8 +8,8 @@ logits), ``model.layers[0].mlp.shared_expert.output``, ``model.layers[0].mlp.exp
 ``mlp_only_layers`` have a dense MLP in the same place, so ``mlp_*`` mean the same there.
 """
 
-from .spec import Family
 from .llama import layout, prefixes
+from .spec import Family
 
 FAMILY = Family(
     name="qwen2_moe",

@@ -4,7 +4,7 @@ Qwen3 sets ``head_dim`` explicitly (often ``heads x head_dim != hidden``) and no
 ``query_output``/``key_output`` are the projections' outputs, before those norms.
 """
 
-from .spec import Family
 from .llama import layout, prefixes
+from .spec import Family
 
 FAMILY = Family(name="qwen3", prefixes=prefixes("Qwen3"), components=layout(), n_layers="num_hidden_layers")

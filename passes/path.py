@@ -15,7 +15,7 @@ those inputs to the receivers only, in the final run.
 from __future__ import annotations
 
 from .locate import module_paths, normalize_path
-from .rewrite import copy_graph, _last_placeholder
+from .rewrite import _last_placeholder, copy_graph
 
 
 def rewire(gm, requests):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the tiny demo GPT-2 shipped in ``fxvene/demo/model``.
+"""Train the tiny demo GPT-2 shipped in ``fxvene/zoo/demo/model``.
 
 The model is a small ``GPT2LMHeadModel`` trained from scratch, on CPU, on a
 synthetic corpus generated here (deterministically) so that the pyvene
@@ -22,7 +22,7 @@ follows "... in the city of".  Every word is in the vocabulary in both forms
 
 Usage::
 
-    python scripts/train_demo_model.py                 # writes fxvene/demo/model
+    python scripts/train_demo_model.py                 # writes fxvene/zoo/demo/model
     python scripts/train_demo_model.py --out /tmp/m --steps 300
 
 Everything (corpus, initialisation, batch order) is seeded; a rerun with the

@@ -11,7 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 # _matrix: the support matrix (FXVENE_MATRIX_OUT writes the marked tests' outcomes);
 # _messages: every fxvene error a bad-input test's pytest.raises catches fits in 3 lines and 300 characters
-pytest_plugins = ["_matrix", "_messages"]
+pytest_plugins = ["_matrix", "_messages", "_tiers"]  # _tiers: the fast set is -m "not slow"
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead (and contention in CI)
 

@@ -1,5 +1,5 @@
 """Compile once (issues 4 and 11): calls that differ only in data or sizes cause zero recompiles,
-batch 1 included (torch specialises size 1 unless the batch dim is marked unbacked: fxvene/compile.py).
+batch 1 included (torch specialises size 1 unless the batch dim is marked unbacked: fxvene/graph/compile.py).
 
 Recompiles are counted with torch's own counters (a CompileCounter backend: every frame
 Dynamo compiles calls it once; ``torch._dynamo.utils.counters``). Outputs are compared with

@@ -1,4 +1,4 @@
-"""The shipped demo model (fxvene/demo/model) loads offline and knows its facts."""
+"""The shipped demo model (fxvene/zoo/demo/model) loads offline and knows its facts."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Readable sweep results (fxvene/results.py): summaries without tensor dumps, ``top(k)`` and
+"""Readable sweep results (fxvene/sweeps/results.py): summaries without tensor dumps, ``top(k)`` and
 ``to_dataframe()`` checked cell by cell against the result's own tensors (brute force), and the
 causal-trace figure's labels read back from the matplotlib axes."""
 

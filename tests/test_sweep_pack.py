@@ -1,4 +1,4 @@
-"""Packed sweep rows (fxvene/sweep_pack.py, passes/pack.py): rows of different lengths laid end to
+"""Packed sweep rows (fxvene/sweeps/packing.py, passes/pack.py): rows of different lengths laid end to
 end in lanes, one call per segment, the packing mask keeping every row to its own tokens.
 
 Oracles: pyvene 0.1.8's per-cell patches and hand-written HF forwards with hooks (noise on the first

@@ -85,7 +85,7 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
         self.tracer = tracer
         self.use_fast = kwargs.get("use_fast", False)
         self.as_adaptor = kwargs.get("as_adaptor", False)
-        # fxvene extension (issue 4): torch.compile the rewritten graphs (fxvene/compile.py)
+        # fxvene extension (issue 4): torch.compile the rewritten graphs (fxvene/graph/compile.py)
         self._compile_options = None
         if kwargs.get("compile"):
             from fxvene.graph.compile import compile_options
@@ -353,7 +353,7 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
 
     __call__ = nn.Module.__call__
 
-    # fxvene extension (issue 4): compile once. Delegates to fxvene/compile.py.
+    # fxvene extension (issue 4): compile once. Delegates to fxvene/graph/compile.py.
     def compile(self, **options):
         """``torch.compile`` every rewritten graph this model runs (lazily, once per call
         structure; batch/sequence dims dynamic). ``options`` go to ``torch.compile``."""

@@ -110,7 +110,7 @@ class ModelMethods:
 
         return intervenable_diff(self, plan=plan, group=group, signature=signature, active=active, collect=collect)
 
-    # ---------------------------------------------------------------- generation (fxvene/generation.py)
+    # ---------------------------------------------------------------- generation (fxvene/api/generation.py)
     def generate(
         self,
         base,
@@ -158,7 +158,7 @@ class ModelMethods:
             **generate_kwargs,
         )
 
-    # ---------------------------------------------------------------- save / load (fxvene/serialization.py)
+    # ---------------------------------------------------------------- save / load (fxvene/api/serialization.py)
     def save(self, save_directory, save_to_hf_hub=False, hf_repo_name="my-awesome-model", include_model=False):
         """Write ``config.json`` (pyvene 0.1.8's layout) and safetensors weights. Never pickle.
         See :mod:`fxvene.api.serialization`."""

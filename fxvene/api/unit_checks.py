@@ -128,7 +128,7 @@ def check_index(t, unit, axes, seq, what, where):
 def _n_units(t, unit):
     if t is None:
         return None
-    if unit == "t":  # time steps: the intervention acts on one step at a time (fxvene/time_steps.py)
+    if unit == "t":  # time steps: the intervention acts on one step at a time (fxvene/graph/time_steps.py)
         return 1
     return t[0].shape[1] if unit == "h.pos" else t.shape[1]
 

@@ -11,7 +11,7 @@ sampler makes the same ``random`` calls in the same order, and the mechanisms ar
 number of times in the same order, so a seeded run gives the same inputs and datasets. Where
 pyvene crashes obscurely or never returns (a cycle, a parent that names no variable, an unknown
 variable in an intervention, a value a variable cannot take) this raises a ValueError/TypeError;
-see the README's "Differences".
+see "Differences from pyvene 0.1.8" in the docs (docs/differences.md).
 """
 
 from __future__ import annotations

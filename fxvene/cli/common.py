@@ -10,7 +10,7 @@ BUILTINS = {
     "gpt2-tiny": "GPT-2, 4 layers, width 24, 4 heads, vocabulary 50 (random weights)",
     "llama-tiny": "Llama, 3 layers, width 32, 4 heads, 2 key/value heads (GQA), vocabulary 50 (random weights)",
     "gpt2-small-shape": "GPT-2 small's shape: 12 layers, width 768, 12 heads, vocabulary 50257 (random weights)",
-    "demo": "the demo GPT-2 shipped with fxvene (fxvene/demo/model)",
+    "demo": "the demo GPT-2 shipped with fxvene (fxvene/zoo/demo/model)",
 }
 TRACERS = ("auto", "hf_fx", "export")
 # what the checks need to know of a random-weight built-in without building it: (class, layers)

@@ -47,7 +47,7 @@ def compile_options(options):
 
 
 def say(what):
-    """One progress line on stderr (fxvene/progress.py) while a first compile runs."""
+    """One progress line on stderr (fxvene/graph/progress.py) while a first compile runs."""
     try:
         from fxvene.graph.progress import progress
     except ImportError:  # pragma: no cover - progress.py ships with fxvene

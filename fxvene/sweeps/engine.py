@@ -44,7 +44,7 @@ class SweepSite(nn.Module):
             return x
         cols = slot_columns(self.site, x.shape[-1])
         if self.unit == "pos" and loc.shape[-1] == 2:
-            # packed rows (fxvene/sweep_pack.py): ``loc`` is (batch row, position) of each patch
+            # packed rows (fxvene/sweeps/packing.py): ``loc`` is (batch row, position) of each patch
             rows = torch.nonzero(on).flatten()
             x[loc[rows, 0], loc[rows, 1], cols] = src[rows, 0].to(x.dtype)
             return x
@@ -76,7 +76,7 @@ class _Segment:
     tail: bool = False
     fn: object = None
     used: set = field(default_factory=set)  # the placeholders the segment reads
-    pfn: object = None  # the segment with the packing mask (fxvene/sweep_pack.py; None: not packable)
+    pfn: object = None  # the segment with the packing mask (fxvene/sweeps/packing.py; None: not packable)
     pused: set = field(default_factory=set)  # the packing-mask placeholders it reads
 
 
@@ -199,7 +199,7 @@ class SweepEngine(RowGroups):
             self._build_packed(fam)
 
     def _build_packed(self, fam):
-        """The packed variants of the segments before the position-wise tail (fxvene/sweep_pack.py):
+        """The packed variants of the segments before the position-wise tail (fxvene/sweeps/packing.py):
         families whose attention was checked against references (GPT-2, the Llama layout), every
         attention found (``passes.pack.pack_attention``); else rows keep their start-position groups."""
         from fxvene.passes.pack import PackError, pack_attention
@@ -425,7 +425,7 @@ class SweepEngine(RowGroups):
         return self._run_groups(base, source, sample, loc, head, entry, tokens, max_rows, progress)
 
     def _run_packed(self, base, source, sample, loc, entry, tokens, max_rows, progress):
-        """Rows packed in lanes (fxvene/sweep_pack.py), in chunks of ``max_rows`` rows."""
+        """Rows packed in lanes (fxvene/sweeps/packing.py), in chunks of ``max_rows`` rows."""
         R, seq = sample.shape[0], base["ids"].shape[1]
         first = torch.where(loc >= 0, loc, torch.full_like(loc, seq)).min(1).values.clamp(max=seq - 1)
         order = torch.from_numpy(np.argsort(entry.numpy(), kind="stable")).long()
@@ -497,7 +497,7 @@ class SweepEngine(RowGroups):
                     )
 
     _tail_ok = False
-    pack = True  # pack rows in lanes where the engine can (fxvene/sweep_pack.py); False: start-position groups
+    pack = True  # pack rows in lanes where the engine can (fxvene/sweeps/packing.py); False: start-position groups
     pack_note = None  # why the segments could not be packed
     last_packed = None  # whether the last run_rows packed its rows
     offset_quantum = None  # positions per row group (None: chosen by expected cost, :meth:`plan`)

@@ -281,7 +281,7 @@ def parse_bytes(value, what="memory_budget"):
 
 
 def demo_facts_path():
-    """The facts file shipped with the demo model (``fxvene/demo/facts.jsonl``)."""
+    """The facts file shipped with the demo model (``fxvene/zoo/demo/facts.jsonl``)."""
     from fxvene.zoo.demo import demo_model_path
 
     return os.path.join(os.path.dirname(demo_model_path()), "facts.jsonl")

@@ -15,13 +15,13 @@ fxvene runs it as rows of batched forwards, and computes less than one forward p
   *chunk* step graph (``generation.step_graph(model, "chunk")``: an S-token input after P cached
   positions), so a row starts at its first patched position and attends over the base run's
   cached keys/values of the positions before it. Rows of different lengths are *packed* end to end
-  in lanes (fxvene/sweep_pack.py; pass ``passes.pack.pack_attention`` gives every attention a mask
+  in lanes (fxvene/sweeps/packing.py; pass ``passes.pack.pack_attention`` gives every attention a mask
   that keeps each token to its own row), so every segment is one call for all rows and no position
   is computed twice. Where packing does not apply (compiled engines, head components, padded
   prompts, families other than GPT-2 and the Llama layout) rows are grouped by start position
-  instead, as many groups as expected cost says (fxvene/sweep_groups.py: a segment call has a fixed
+  instead, as many groups as expected cost says (fxvene/sweeps/groups.py: a segment call has a fixed
   cost, measured once per engine, that more groups pay more often; one group is full-length rows).
-  ``compile=True`` compiles the segments once (fxvene/compile.py: rows unbacked, positions dynamic),
+  ``compile=True`` compiles the segments once (fxvene/graph/compile.py: rows unbacked, positions dynamic),
   prefix or not;
 * **position-wise tail**: after the last layer's attention mixes positions, only the last
   position matters for the readout, so the rest of the last block runs on that position;
@@ -89,7 +89,7 @@ def patching_sweep(
     on, over cached keys/values). ``"auto"`` uses it where the model's chunk step graph exports
     and passes its checks (else full-length rows: same numbers); ``True`` insists (ValueError
     otherwise); ``False`` runs full-length rows. ``compile``: True or a dict of ``torch.compile`` options
-    (fxvene/compile.py): the engine's graph segments are compiled once, on the first call, and
+    (fxvene/graph/compile.py): the engine's graph segments are compiled once, on the first call, and
     reused for every later prompt, length and grid (prefix or not).
 
     Many prompts: ``base`` a JSONL path or a list of records (prompt, subject, target and a
