@@ -55,58 +55,80 @@ def _in_region(node, path):
     return path in module_paths(node)
 
 
+def _hook_order(requests, users, index):
+    """``requests`` as ``(list index, request)`` pairs, in the order pyvene's hooks would fire where
+    several share a node (one tensor under several names): output hooks first, the innermost module's
+    first (it returns first), then input pre-hooks in call order, an outer module's before an inner
+    one's; requests of one hook keep list order. Nodes are independent, so only the order within a
+    node matters."""
+
+    def key(item):
+        j, req = item
+        region = normalize_path(req.get("region") or "")
+        depth = region.count(".") + 1 if region else 0
+        if req.get("port") != "input":
+            return (0, -depth, j)
+        called = min((index[u] for u in users[req["node"]] if _in_region(u, region)), default=len(index))
+        return (1, called, depth, j)
+
+    return sorted(enumerate(requests), key=key)
+
+
 def insert_interventions(gm, requests):
     """Insert one ``call_module`` node per request.
 
     ``requests`` is a list of dicts with keys ``name`` (submodule name to register),
     ``module`` (an nn.Module called as ``module(x, *inputs)``), ``node`` (site node name),
     ``port`` ("input"/"output"), ``region`` (module path) and ``inputs`` (placeholder names
-    for per-call data). Requests at the same node chain in list order. A request with
-    ``collect=True`` is a tap: its node's value is appended to the outputs and no user is
-    rewired.
+    for per-call data). A request with ``collect=True`` is a tap: its node's value is appended
+    to the outputs (in list order) and no user is rewired.
+
+    Requests at one node (several names of one tensor: block ``L``'s output and block ``L+1``'s
+    input) act in the order pyvene's hooks fire (:func:`_hook_order`), each on the value the
+    earlier ones left, as pyvene's in-place writes do: a tap reads the value before every write
+    that comes after it, whatever names they use. A write reaches the node's users in its scope
+    (every user for an ``output`` port, those inside ``region`` for an ``input`` port).
     """
     new = copy_graph(gm)
     graph = new.graph
     by_name = _nodes_by_name(graph)
-    current = {}
-    inserted = []
-    collected = []
-    for req in requests:
-        site = by_name[req["node"]]
-        cur = current.get(req["node"], site)
-        phs = []
+    for req in requests:  # placeholders in list order: the call signature does not depend on hook order
         for ph_name in req.get("inputs", ()):
             if ph_name in by_name:
-                phs.append(by_name[ph_name])
                 continue
             with graph.inserting_after(_last_placeholder(graph)):
                 ph = graph.placeholder(ph_name, default_value=None)
             ph.meta["fxvene"] = "input"
             by_name[ph_name] = ph
-            phs.append(ph)
+    # the graph's own users of each site, before anything is inserted (taps and ops are never rewired)
+    users = {name: list(by_name[name].users) for name in {req["node"] for req in requests}}
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    reads = {}  # (site node, user) -> the value that user reads now
+    taps = {}
+    for j, req in _hook_order(requests, users, index):
+        site = by_name[req["node"]]
+        region = normalize_path(req["region"]) if req["port"] == "input" else None
+        scope = [u for u in users[req["node"]] if region is None or _in_region(u, region)]
+        cur = reads.get((site, scope[0]), site) if scope else site
+        phs = [by_name[ph_name] for ph_name in req.get("inputs", ())]
         new.add_submodule(req["name"], req["module"])
-        with graph.inserting_after(cur):
+        # a site that is a model input (inputs_embeds): after every placeholder, the per-call ones included
+        with graph.inserting_after(cur if cur.op != "placeholder" else _last_placeholder(graph)):
             node = graph.call_module(req["name"], (cur, *phs))
         node.meta["nn_module_stack"] = {}
         if req.get("collect"):
-            # a read-only tap: sees every earlier intervention at this site, changes nothing
+            # a read-only tap: sees the writes before it at this node, changes nothing
             node.meta["fxvene"] = "collect"
-            collected.append(node)
+            taps[j] = node
             continue
         node.meta["fxvene"] = "intervention"
         node.meta["val"] = site.meta.get("val")
-        region = normalize_path(req["region"]) if req["port"] == "input" else None
-        for u in list(cur.users):
-            if u is node:
-                continue
-            if region is not None and not _in_region(u, region):
-                continue
-            u.replace_input_with(cur, node)
-        current[req["node"]] = node
-        inserted.append(node)
-    if collected:
+        for u in scope:
+            u.replace_input_with(reads.get((site, u), site), node)
+            reads[(site, u)] = node
+    if taps:
         out = next(n for n in graph.nodes if n.op == "output")
-        out.args = (tuple(out.args[0]) + tuple(collected),)
+        out.args = (tuple(out.args[0]) + tuple(taps[j] for j in sorted(taps)),)
     graph.lint()
     new.recompile()
     return new

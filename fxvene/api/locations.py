@@ -11,11 +11,11 @@ import torch
 
 
 def list_depth(x):
-    d = 0
-    while isinstance(x, (list, tuple)) and len(x) > 0:
-        d += 1
-        x = x[0]
-    return d
+    """Nesting depth of ``x``, judged over every entry (``[None, [[1]]]`` is 3 deep, as in pyvene's
+    ``get_list_depth``); an empty list counts as no list."""
+    if not isinstance(x, (list, tuple)) or len(x) == 0:
+        return 0
+    return 1 + max(list_depth(e) for e in x)
 
 
 def _is_int(v):

@@ -105,6 +105,12 @@ class GraphPlanning:
         if ck in self._graphs:
             return self._graphs[ck]
         traced = self._traced(sig)
+        gm = insert_interventions(traced.gm, self._site_requests(traced, active, collect))
+        self._graphs[ck] = (traced, gm)
+        return traced, gm
+
+    def _site_requests(self, traced, active, collect):
+        """``insert_interventions`` requests of the keys in ``active`` (site ops) and ``collect`` (taps)."""
         reqs = []
         for key in self.sorted_keys:
             if key not in active and key not in collect:
@@ -150,9 +156,7 @@ class GraphPlanning:
                         name=f"fxv_site_{i}", module=op, node=site.node, port=site.port, region=site.path, inputs=inputs
                     )
                 )
-        gm = insert_interventions(traced.gm, reqs)
-        self._graphs[ck] = (traced, gm)
-        return traced, gm
+        return reqs
 
     def _site_call(self, key, sub, extra, **more):
         """The per-call data a site op reads (subspaces, keyword arguments as pyvene passes them)."""
@@ -168,14 +172,6 @@ class GraphPlanning:
         if ck in self._graphs:
             return self._graphs[ck]
         traced = self._traced(sig)
-        gm = traced.gm
-        written = {}  # (node, port, module) -> the last prior setter's node there
-        if prior:  # serial mode: the previous group's setters act on this source run
-            _, gm = self._base_graph(sig, tuple(prior), ())
-            for pk in prior:
-                if self.representations[pk].unit != "t":
-                    ps = self._site(traced, pk)
-                    written[(ps.node, ps.port, ps.path)] = f"fxv_site_{self.sorted_keys.index(pk)}"
         reqs = []
         for key in keys:
             i = self.sorted_keys.index(key)
@@ -183,24 +179,40 @@ class GraphPlanning:
                 reqs.append(time_steps.source_request(traced, self.model, self.representations[key], i, key))
                 continue
             site = self._site(traced, key, source_side=True)
-            # a site a prior setter wrote is read after it (pyvene: the setter's hook runs before the getter's)
-            node = written.get((site.node, site.port, site.path), site.node)
             reqs.append(
                 dict(
-                    node=node,
+                    node=site.node,
+                    port=site.port,
+                    region=site.path,
                     module=Gather(site, self.representations[key].unit, f"unit_locations (source side) of {key}"),
                     name=f"fxv_get_{i}",
                     inputs=[f"fxv_sloc_{i}"],
                 )
             )
         n_out = len(traced.output_keys)
-        gm = expose(gm, reqs)
+        if prior:
+            # serial mode: the previous group's setters act on this source run, and each getter is a tap
+            # among them in pyvene's hook order (one tensor may have several names; the setters were
+            # registered first, so on one hook they act before the getter)
+            taps = [dict(r, port=r.get("port", "output"), region=r.get("region", ""), collect=True) for r in reqs]
+            gm = insert_interventions(traced.gm, self._site_requests(traced, prior, ()) + taps)
+        else:
+            gm = expose(traced.gm, reqs)
         gm = truncate(gm, list(range(n_out, n_out + len(reqs))))
         self._graphs[ck] = (traced, gm)
         return traced, gm
 
     def _needs_source(self, key):
+        """Whether ``key`` cannot act without a source (a function acts with ``source=None``)."""
         iv = self.interventions[key]
         if isinstance(iv, LambdaIntervention):
             return False
         return not getattr(iv, "is_source_constant", False)
+
+    def _reads_source(self, key):
+        """Whether ``key`` reads its group's source run when the call has one: every intervention that
+        needs a source, and a function (pyvene 0.1.8 calls ``f(base, source)`` with the source's units)."""
+        iv = self.interventions[key]
+        if isinstance(iv, CollectIntervention):
+            return False
+        return isinstance(iv, LambdaIntervention) or self._needs_source(key)

@@ -13,7 +13,6 @@ import torch
 from fxvene.api.planning import preserved_rng
 from fxvene.graph.errors import clip
 from fxvene.graph.tracing import TracingError
-from fxvene.interventions import CollectIntervention
 
 
 class SourceRuns:
@@ -30,9 +29,11 @@ class SourceRuns:
             if call.src_locs[i] is not None:
                 feeds[f"fxv_sloc_{i}"] = call.index("source", i, self.representations[key].unit)
         ops = []
+        present = dict(gm.named_children())
         for key in prior:
-            i = self.sorted_keys.index(key)
-            op = gm.get_submodule(f"fxv_site_{i}")
+            op = present.get(f"fxv_site_{self.sorted_keys.index(key)}")
+            if op is None:  # a setter no read site of this group depends on: truncated away (pyvene: it fires unread)
+                continue
             ops.append(op)
             op.call = (prior_calls or {}).get(key) or self._site_call(key, None, None)
         try:
@@ -48,9 +49,7 @@ class SourceRuns:
             return dict(call.source_representations)
         slices = {}
         for gi, keys in enumerate(self._groups.values()):
-            need = [
-                k for k in keys if self._needs_source(k) and not isinstance(self.interventions[k], CollectIntervention)
-            ]
+            need = [k for k in keys if self._reads_source(k)]
             if call.sources[gi] is not None and need:
                 slices.update(self._run_source(call, gi, need))
         return slices
@@ -66,7 +65,7 @@ class SourceRuns:
             if call.sources[gi] is None:
                 prior, prior_feeds = (), {}
                 continue
-            need = [k for k in keys if self._needs_source(k)]
+            need = [k for k in keys if self._reads_source(k)]
             subs = call.subspaces
             calls = {
                 k: self._site_call(k, subs[self.sorted_keys.index(k)] if subs is not None else None, call.extra)
@@ -91,24 +90,28 @@ class SourceRuns:
         from fxvene.api.generation import step_graph_for
         from fxvene.graph.step_graphs import TF_MAJOR, make_cache, step_graph
 
-        if "input_ids" not in base_in or set(base_in) - {"input_ids", "attention_mask", "position_ids"}:
+        lead = "inputs_embeds" if "inputs_embeds" in base_in else "input_ids"
+        if lead not in base_in or set(base_in) - {lead, "attention_mask", "position_ids"}:
             raise ValueError(
-                f"use_cache=True: past_key_values are computed for input_ids (with attention_mask and "
-                f"position_ids) only; base has {sorted(base_in)}"
+                f"use_cache=True: past_key_values are computed for input_ids or inputs_embeds (with attention_mask "
+                f"and position_ids) only; base has {sorted(base_in)}"
             )
-        ids, mask = base_in["input_ids"], base_in["attention_mask"]
+        ids, mask = base_in[lead], base_in["attention_mask"]  # ids: (batch, seq) or embeddings (batch, seq, width)
         pos = base_in.get("position_ids")
         if pos is None:  # what the model uses without position_ids
             pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
         pos = pos.expand(ids.shape[0], -1).contiguous()
         try:
             with preserved_rng():
-                sg = step_graph(self.model, "prefill")
+                sg = step_graph(self.model, "prefill" if lead == "input_ids" else "prefill_embeds")
         except TracingError as e:
             raise ValueError(
                 f"use_cache=True: no KV-cache graph for {type(self.model).__name__} ({clip(e, 200)})"
             ) from None
         gm = step_graph_for(self, sg, active, ())
+        # the call's feeds without those of its Collects (this graph has no taps)
+        takes = {n.target for n in gm.graph.nodes if n.op == "placeholder"}
+        feeds = {k: v for k, v in feeds.items() if k in takes}
         empty = sg.empty(ids.shape[0], ids.device) if sg.empty_past else []
         for name, call in calls.items():
             gm.get_submodule(name).call = {**call, "full_outputs": None}

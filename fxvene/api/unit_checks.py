@@ -398,8 +398,6 @@ def check_call(
     unit location against the sequence / head count, unit counts against ``max_number_of_units`` for
     fixed-width interventions, source representations, subspaces, labels. ``base_in``/``signature``
     come from :func:`check_base`."""
-    from fxvene.interventions import CollectIntervention
-
     lead = lead_tensor(base_in)
     batch, seq = lead.shape[0], lead.shape[1]
     device = lead.device
@@ -465,9 +463,7 @@ def check_call(
             check_index(bt, unit, axes, tseq, bw, where)
         width = check_width(iv, rep, axes, bt, key)
         src = src_in[group_of[key]]
-        reads = (
-            not isinstance(iv, CollectIntervention) and im._needs_source(key) and srcreps is None and src is not None
-        )
+        reads = im._reads_source(key) and srcreps is None and src is not None
         if reads and src_locs[i] is None and bt is not None:
             raise ValueError(
                 f"unit_locations: intervention {i} ({key}) reads a source but no source-side locations were given"

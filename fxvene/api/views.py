@@ -155,11 +155,7 @@ def rewritten_graph(intervenable, plan="base", group=0, signature=None, active=N
         groups = list(intervenable._groups.values())
         if not isinstance(group, int) or isinstance(group, bool) or not 0 <= group < len(groups):
             raise ValueError(f"group must be an int in [0, {len(groups)}), got {group!r}")
-        keys = [
-            k
-            for k in groups[group]
-            if intervenable._needs_source(k) and not isinstance(intervenable.interventions[k], CollectIntervention)
-        ]
+        keys = [k for k in groups[group] if intervenable._reads_source(k)]
         if not keys:
             raise ValueError(f"group {group}: no intervention in it reads a source, so it has no source run")
         prior = tuple(groups[group - 1]) if intervenable.mode == "serial" and group > 0 else ()
