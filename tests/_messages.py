@@ -31,6 +31,7 @@ CHECKED = {
     "test_cli",
     "test_sweep",
     "test_generation",
+    "test_generate_options",
     "test_attribution",
     "test_path_patching",
     "test_facts",

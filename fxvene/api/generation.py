@@ -170,6 +170,19 @@ def _as_list(x):
     return [int(x)]
 
 
+def _default_length(model, given_gc, kwargs, cfg):
+    """Whether HF generate's default length applies (its ``has_default_max_length`` branch of
+    ``_prepare_generated_length``): then ``max_length`` counts new tokens. transformers 4: no
+    ``max_length`` argument and the config's is GenerationConfig's 20; transformers 5: ``max_length``
+    set neither as an argument nor in the given or the model's generation config."""
+    if kwargs.get("max_length") is not None:
+        return False
+    if TF_MAJOR < 5:
+        return cfg["max_length"] == 20
+    model_gc = getattr(model, "generation_config", None)
+    return getattr(given_gc, "max_length", None) is None and getattr(model_gc, "max_length", None) is None
+
+
 def settings(model, prompt_len, mask, kwargs):
     """Merge ``model.generation_config`` (or a ``generation_config=`` argument) with ``kwargs`` into
     the loop's settings. Unknown or unsupported options raise ``ValueError`` naming them."""
@@ -177,7 +190,8 @@ def settings(model, prompt_len, mask, kwargs):
     from transformers.generation import logits_process as lp
 
     kwargs = dict(kwargs)
-    gc = kwargs.pop("generation_config", None) or getattr(model, "generation_config", None)
+    given_gc = kwargs.pop("generation_config", None)
+    gc = given_gc or getattr(model, "generation_config", None)
     user_procs = kwargs.pop("logits_processor", None)
     user_stops = kwargs.pop("stopping_criteria", None)
     for k in kwargs:
@@ -213,11 +227,27 @@ def settings(model, prompt_len, mask, kwargs):
     if cfg["num_return_sequences"] not in (None, 1):
         raise ValueError("generate: num_return_sequences > 1 is not supported; repeat the prompt in the batch instead")
     if cfg["use_cache"] is False:
-        pass  # fxvene always decodes with the KV cache; the tokens are the same
+        # without the cache pyvene's decode steps re-run the whole sequence, so its locations (the default
+        # {"base": 0} included) hit prompt positions: other tokens than KV-cached decoding (docs/differences.md)
+        if "use_cache" in kwargs:
+            raise ValueError(
+                "generate: use_cache=False is not supported: fxvene decodes with the KV cache (pyvene without it "
+                "intervenes on other positions); drop use_cache=False"
+            )
+        raise ValueError(
+            "generate: the generation config sets use_cache=False, which fxvene does not support (it decodes "
+            "with the KV cache); pass use_cache=True"
+        )
     if cfg["max_new_tokens"] is not None:
         max_new = int(cfg["max_new_tokens"])
     else:
-        max_new = int(cfg["max_length"]) - prompt_len
+        max_len = int(cfg["max_length"])
+        if _default_length(model, given_gc, kwargs, cfg):  # HF: 20 *new* tokens, within the model's positions
+            max_len += prompt_len
+            limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+            if isinstance(limit, int):
+                max_len = min(max_len, limit)
+        max_new = max_len - prompt_len
     if max_new < 1:
         raise ValueError(
             f"generate: nothing to generate (max_new_tokens={cfg['max_new_tokens']}, max_length={cfg['max_length']}, "

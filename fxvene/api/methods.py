@@ -137,8 +137,10 @@ class ModelMethods:
         max_length, do_sample, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
         no_repeat_ngram_size, min_new_tokens, min_length, eos_token_id, pad_token_id, logits_processor,
         stopping_criteria, generation_config, return_dict_in_generate, output_scores, output_logits, max_time,
-        use_cache; early_stopping / length_penalty are accepted and, as in HF without beams, change nothing.
-        ``num_beams > 1`` is refused (the cache rows beam search reorders carry per-example interventions).
+        use_cache (True only); early_stopping / length_penalty are accepted and, as in HF without beams, change
+        nothing. Without max_new_tokens / max_length the length is HF generate's default on each transformers
+        line (20 new tokens). ``num_beams > 1`` and ``use_cache=False`` are refused (the cache rows beam search
+        reorders carry per-example interventions; without the cache pyvene intervenes on prompt positions).
         See :mod:`fxvene.api.generation`.
         """
         from fxvene.api.generation import generate

@@ -10,6 +10,8 @@ keys/values are plain tensor inputs and outputs.
 * **prefill** / **decode**: separate exports, used only for a model whose chunk graph cannot be
   traced or fails those checks. ``step_graph(model, "prefill")`` on a model with a working chunk
   graph returns the chunk graph with ``empty_past`` set: call it with :meth:`StepGraph.inputs`.
+* **prefill_embeds**: the prompt forward on ``inputs_embeds (b, S, width)`` instead of ``input_ids``
+  (no past), exported on request only: the keys/values of forward's ``use_cache=True`` on embeddings.
 
 Exported programs are kept in the on-disk graph cache (:mod:`fxvene.graph.cache`); a loaded one is
 checked exactly like a fresh export.
@@ -193,10 +195,13 @@ class CacheStep(nn.Module):
                 break
 
     def forward(self, input_ids, attention_mask, position_ids, past):
+        return self._step({"input_ids": input_ids}, attention_mask, position_ids, past)
+
+    def _step(self, lead, attention_mask, position_ids, past):
         pkv = make_cache(past, self._mode)
         with sliding_window_masks(self.model):
             out = self.model(
-                input_ids=input_ids,
+                **lead,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 past_key_values=pkv,
@@ -205,6 +210,13 @@ class CacheStep(nn.Module):
                 **self._keep,
             )
         return (out.logits[:, -1, :], *flat_cache(out.past_key_values))
+
+
+class CacheStepEmbeds(CacheStep):
+    """:class:`CacheStep` on ``inputs_embeds`` (b, S, width) instead of ``input_ids`` (the prefill_embeds graph)."""
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, past):
+        return self._step({"inputs_embeds": inputs_embeds}, attention_mask, position_ids, past)
 
 
 @dataclass
@@ -249,7 +261,11 @@ def _strip_prefix(graph, prefix="model"):
         for k, v in stack.items():
             path, cls = v if isinstance(v, tuple) else (k, None)
             path = str(path)
-            if path == "" and cls is not None and str(getattr(cls, "__name__", cls)).endswith("CacheStep"):
+            if (
+                path == ""
+                and cls is not None
+                and str(getattr(cls, "__name__", cls)).endswith(("CacheStep", "CacheStepEmbeds"))
+            ):
                 continue  # the wrapper itself
             if path == prefix:
                 path = ""
@@ -275,6 +291,13 @@ def _examples(model, wrapper, phase):
     pos = position_ids_from_mask(mask)
     if phase == "prefill":
         return (ids, mask, pos, []), ({0: _auto(), 1: _auto()},) * 3 + ([],)
+    if phase == "prefill_embeds":
+        try:
+            with torch.no_grad():
+                embeds = model.get_input_embeddings()(ids)
+        except Exception as e:  # noqa: BLE001 - no usable input embeddings
+            raise TracingError(f"{type(model).__name__} has no input embeddings to trace inputs_embeds with") from e
+        return (embeds, mask, pos, []), ({0: _auto(), 1: _auto()},) * 3 + ([],)
     if phase == "chunk":
         # a 3-token chunk after a 2-token past, batch 4: every size distinct, so none is unified with another
         b, P = 4, 2
@@ -342,7 +365,7 @@ def _export(wrapper, args, dyn, model, phase):
 
 def _export_step(model, phase):
     """Export (or load from the graph cache) and check the ``phase`` step graph of ``model``."""
-    wrapper = CacheStep(model)
+    wrapper = CacheStepEmbeds(model) if phase == "prefill_embeds" else CacheStep(model)
     args, dyn = _examples(model, wrapper, phase)
     with torch.no_grad():
         ref = wrapper(*args)
@@ -454,9 +477,10 @@ def _check_dynamic(graph, phase, model):
     """The batch (and prompt / past length) must stay symbolic: a model whose code turns them into
     constants would otherwise give a graph that silently only runs at the example's shape."""
     phs = {n.target: n for n in graph.nodes if n.op == "placeholder"}
-    want = [("input_ids", 0, "batch size"), ("attention_mask", 1, "sequence length")]
-    if phase in ("prefill", "chunk"):
-        want.append(("input_ids", 1, "prompt length"))
+    lead = "inputs_embeds" if phase == "prefill_embeds" else "input_ids"
+    want = [(lead, 0, "batch size"), ("attention_mask", 1, "sequence length")]
+    if phase in ("prefill", "chunk", "prefill_embeds"):
+        want.append((lead, 1, "prompt length"))
     if phase in ("decode", "chunk"):
         want.append(("past_0", 2, "past length"))
     for name, dim, what in want:
@@ -472,12 +496,12 @@ _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def step_graph(model, phase):
-    """The (cached) KV-cache step graph of ``model`` for ``phase`` ('prefill', 'decode', 'chunk');
-    re-made if its parameters moved. One export serves all three: 'prefill' and 'decode' return
-    the chunk graph (prefill with ``empty_past``) unless it cannot be traced or fails its checks,
-    in which case they get their own exports."""
-    if phase not in ("prefill", "decode", "chunk"):
-        raise ValueError(f"phase must be 'prefill', 'decode' or 'chunk', got {phase!r}")
+    """The (cached) KV-cache step graph of ``model`` for ``phase`` ('prefill', 'decode', 'chunk',
+    'prefill_embeds'); re-made if its parameters moved. One export serves the first three: 'prefill' and
+    'decode' return the chunk graph (prefill with ``empty_past``) unless it cannot be traced or fails its
+    checks, in which case they get their own exports. 'prefill_embeds' is always its own export."""
+    if phase not in ("prefill", "decode", "chunk", "prefill_embeds"):
+        raise ValueError(f"phase must be 'prefill', 'decode', 'chunk' or 'prefill_embeds', got {phase!r}")
     p = next(model.parameters())
     key = (p.device, p.dtype, p.data_ptr())
     per = _STEPS.setdefault(model, {})
@@ -486,7 +510,7 @@ def step_graph(model, phase):
         per["_key"] = key
     if phase in per:
         return per[phase]
-    if phase != "chunk":
+    if phase in ("prefill", "decode"):
         chunk = None
         if per.get("_chunk_error") is None:
             try:
