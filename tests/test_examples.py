@@ -20,6 +20,7 @@ CASES = {
     "tutorial6_steering.py": ["needs a source", "happy - sad: Today I feel"],
     "das_hierarchical_equality.py": [],
     "steering_per_step.py": [],
+    "sae_features.py": ["trained an SAE of 512 features", "lowers log p(target) more than 5 random: True"],
 }
 
 
