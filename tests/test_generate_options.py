@@ -1,5 +1,5 @@
 """generate's options against HF generate and pyvene 0.1.8 (issue 28, items 8-10): the default length
-(no max_length / max_new_tokens) on each transformers line, use_cache=False (refused), and forward's
+(no max_length / max_new_tokens) on each transformers line, use_cache=False (pyvene's tokens), and forward's
 use_cache=True with inputs_embeds.
 
 pyvene's generate is ``model.generate(**base, **kwargs)`` with its hooks registered, so where no
@@ -80,30 +80,29 @@ def test_length_rules_equal_hf(gc_max_length, kw):
 # ------------------------------------------------------------------------------------------------ item 10
 
 
-def test_use_cache_false_is_refused():
-    """pyvene without the cache re-runs the whole sequence at each step, so its default {"base": 0} hits
-    the first prompt token: fxvene refuses rather than decoding other tokens silently."""
-    im = fv.IntervenableModel(_add_cfg(fv), make_gpt2())
-    with pytest.raises(ValueError, match="use_cache=False"):
-        im.generate(_base(), source_representations=_vec(), use_cache=False, max_new_tokens=3, **NO_EOS)
+def test_use_cache_false_equals_pyvene():
+    """Without the cache every forward runs the whole sequence, so pyvene's default {"base": 0} hits the
+    first prompt token at every step: fxvene runs HF's loop on its graphs and gives pyvene's tokens."""
+    base, vec = _base(), _vec()
+    kw = dict(source_representations=vec, use_cache=False, max_new_tokens=3, **NO_EOS)
+    _, fout = fv.IntervenableModel(_add_cfg(fv), make_gpt2()).generate(base, **kw)
+    _, pout = pv.IntervenableModel(_add_cfg(pv), make_gpt2()).generate(base, **kw)
+    assert torch.equal(fout, pout)
 
 
 def test_use_cache_false_in_the_model_config():
-    """A model whose config says use_cache=False (HF then generates without the cache): refused, naming
-    the way out, use_cache=True, which then gives pyvene's tokens."""
+    """A model whose generation config says use_cache=False: HF (and so pyvene) generates without the cache,
+    and so does fxvene; use_cache=True overrides it in both."""
     fmodel, pmodel = make_gpt2(), make_gpt2()
     for m in (fmodel, pmodel):
         m.generation_config.use_cache = False
     base, vec = _base(), _vec()
-    im = fv.IntervenableModel(_add_cfg(fv), fmodel)
-    kw = dict(max_new_tokens=5, **NO_EOS)
-    with pytest.raises(ValueError, match="pass use_cache=True"):
-        im.generate(base, source_representations=vec, **kw)
-    _, fout = im.generate(base, source_representations=vec, use_cache=True, **kw)
-    _, pout = pv.IntervenableModel(_add_cfg(pv), pmodel).generate(
-        base, source_representations=vec, use_cache=True, **kw
-    )
-    assert torch.equal(fout, pout)
+    fim, pim = fv.IntervenableModel(_add_cfg(fv), fmodel), pv.IntervenableModel(_add_cfg(pv), pmodel)
+    kw = dict(max_new_tokens=5, source_representations=vec, **NO_EOS)
+    for extra in ({}, {"use_cache": True}):
+        _, fout = fim.generate(base, **kw, **extra)
+        _, pout = pim.generate(base, **kw, **extra)
+        assert torch.equal(fout, pout)
 
 
 # ------------------------------------------------------------------------------------------------ item 8

@@ -327,7 +327,7 @@ def test_addition_without_source_is_a_clear_error(gpt2):
         (dict(decode_steps=[-1]), ValueError, "decode_steps"),
         (dict(decode_steps=[1], intervene_on="prompt"), ValueError, "decode_steps"),
         (dict(decode_steps=[0, 2]), ValueError, "never run"),  # max_new_tokens=3: steps 0 and 1
-        (dict(num_beams=3), ValueError, "num_beams"),
+        (dict(num_beams=2, num_return_sequences=3), ValueError, "num_return_sequences <= num_beams"),
         (dict(frobnicate=1), ValueError, "frobnicate"),
         (dict(max_new_tokens=0), ValueError, "max_new_tokens"),
     ],
