@@ -137,12 +137,12 @@ def test_batched_prompt_equals_hooked_hf_restores(g3, traced):
             assert float(res.probs[m, p, l]) == pytest.approx(run([("m", w, p) for w in window]), abs=2e-6)
 
 
-def test_rome_averages_by_token_class(traced):
-    """ROME's loop (first_e, first_a = subject range; middle and further tokens one sample each)."""
+def rows_by_class(traced, of):
+    """ROME's loop (first_e, first_a = subject range; middle and further tokens one sample each) over
+    ``of(result)[position, stream, layer]``."""
     sums = {c: [] for c in CLASSES}
-    te = []
     for r in traced:
-        scores = (r.probs - r.corrupted_prob).permute(1, 0, 2).double()  # [position, stream, layer]
+        scores = of(r)
         first_e, first_a = r.subject_positions[0], r.subject_positions[-1] + 1
         last_e, last_a = first_a - 1, len(r.positions) - 1
         sums["first subject token"].append(scores[first_e])
@@ -152,12 +152,30 @@ def test_rome_averages_by_token_class(traced):
             sums["first subsequent token"].append(scores[first_a])
         sums["further tokens"] += list(scores[first_a + 1 : last_a])
         sums["last token"].append(scores[last_a])
-        te.append(r.clean_prob - r.corrupted_prob)
-    s = traced.summary()
-    assert list(s.classes) == list(CLASSES)
+    return sums
+
+
+def test_rome_averages_by_token_class(traced):
+    te = [r.clean_prob - r.corrupted_prob for r in traced]
+    # per prompt: the mean over a class's rows of each prompt's own restored - corrupted
+    sums = rows_by_class(traced, lambda r: (r.probs - r.corrupted_prob).permute(1, 0, 2).double())
+    s = traced.summary(definition="per_prompt")
+    assert list(s.classes) == list(CLASSES) and s.definition == "per_prompt"
     for c, name in enumerate(CLASSES):
         assert s.counts[c] == len(sums[name])
         torch.testing.assert_close(s.aie[:, c], torch.stack(sums[name]).mean(0), atol=1e-12, rtol=0)
+    # ROME's (the default): the mean restored p over a class's rows - the mean corrupted p over all prompts
+    low = sum(r.corrupted_prob for r in traced) / len(traced)
+    restored = rows_by_class(traced, lambda r: r.probs.permute(1, 0, 2).double())
+    rome = traced.summary()
+    assert rome.definition == "rome" and traced.summary(definition="rome") is rome and rome.counts == s.counts
+    for c, name in enumerate(CLASSES):
+        torch.testing.assert_close(rome.aie[:, c], torch.stack(restored[name]).mean(0) - low, atol=1e-12, rtol=0)
+    one_row = [CLASSES.index(c) for c in ("first subject token", "last subject token", "last token")]
+    torch.testing.assert_close(rome.aie[:, one_row], s.aie[:, one_row], atol=1e-7, rtol=0)  # one row per prompt
+    assert (rome.aie[:, 1] - s.aie[:, 1]).abs().max() > 1e-6  # middle subject tokens: not every prompt has them
+    with pytest.raises(ValueError, match="definition must be 'rome' or 'per_prompt'"):
+        traced.summary(definition="ROME")
     assert s.counts == [6, 2, 6, 5, 5, 6]  # record 4: the subject ends the prompt
     assert s.total["ate"] == pytest.approx(sum(te) / len(te), abs=1e-12)
     assert "ATE" in repr(traced) and "last subject token" in repr(s)
@@ -295,11 +313,14 @@ def test_figures_are_labelled(traced, tmp_path):
     assert axes[0].get_xlabel() == "single restored layer"
     assert axes[1].get_xlabel() == "center of interval of 2 restored MLP layers"
     bars = [a for a in fig.axes if not a.get_title()]
-    assert len(bars) == 3 and all(b.get_ylabel() == "AIE on p(target)" for b in bars)
-    assert "Average indirect effect on p(target) over 6 prompts" in fig.get_suptitle()
+    assert len(bars) == 3 and all(b.get_ylabel() == "AIE (ROME) on p(target)" for b in bars)
+    assert "Average indirect effect on p(target) over 6 prompts, ROME's" in fig.get_suptitle()
+    per = traced.plot(definition="per_prompt")
+    assert "per prompt: mean of restored - corrupted" in per.get_suptitle()
+    assert [a.get_ylabel() for a in per.axes if not a.get_title()][0] == "AIE (per prompt) on p(target)"
     lines = traced.plot_lines(path=str(tmp_path / "lines.png"))
     ax = lines.axes[0]
-    assert ax.get_ylabel() == "AIE on p(target)" and ax.get_xlabel() == "single restored layer"
+    assert ax.get_ylabel() == "AIE (ROME) on p(target)" and ax.get_xlabel() == "single restored layer"
     assert [t.get_text() for t in lines.axes[-1].get_legend().get_texts()] == list(CLASSES)
     y = ax.get_lines()[0].get_ydata()
     assert np.allclose(y, traced.summary().aie[0, 0].numpy())

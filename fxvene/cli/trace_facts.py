@@ -3,8 +3,8 @@
     fxvene trace-facts FACTS.jsonl --model DIR --out RUN_DIR [--samples 10] [--window 10] [--threads N] ...
     torchrun --nproc_per_node=2 -m fxvene trace-facts FACTS.jsonl --model DIR --out RUN_DIR
 
-The options are those of ``pv.causal_trace(model, "FACTS.jsonl", ...)`` (:func:`fxvene.sweeps.datasets.
-trace_facts`). Each prompt's trace is written as soon as its batch finishes, as
+The options are those of ``pv.causal_trace(model, "FACTS.jsonl", ...)`` (``fxvene.sweeps.datasets.
+trace_facts``). Each prompt's trace is written as soon as its batch finishes, as
 ``RUN_DIR/prompts/NNNNNN.safetensors`` (the probabilities) and ``NNNNNN.json`` (the rest, the record and
 the session that traced it), each through a temporary file and ``os.replace``; the JSON is written last
 and marks the prompt done. Run the same command again after an interruption and it traces only the
@@ -33,7 +33,11 @@ finished prompts, which a user can still make (a new --out) after reading the wa
 with a smaller --batch-prompts or --memory-budget after running out of memory is the common case.
 
 At the end (rank 0): ``summary.json`` (ROME's averages by token class, the skipped and malformed
-records), ``summary.safetensors`` and the figures ``aie.png`` and ``aie_lines.png``.
+records), ``summary.safetensors`` and the figures ``aie.png`` and ``aie_lines.png``, all in the AIE
+definition of ``--aie`` (``rome``: ROME's, the mean restored p of a class minus the mean corrupted p
+of all prompts; ``per_prompt``: the mean of each prompt's own difference), which each of them names
+and ``run.json`` records. A resume keeps the run's definition (a run.json without one, from an older
+fxvene, was ``per_prompt``); another ``--aie`` on a resume is refused like the other *what* options.
 
 Nothing heavy is imported here at module level: ``fxvene --help`` stays instant.
 """
@@ -77,8 +81,18 @@ def add_parser(sub, builtins):
     sp.add_argument(
         "--noise",
         default=None,
-        help="noise level: a number, or 'subjects' (ROME: 3 x the std of the subject tokens' embeddings); "
+        help="noise: a number (Gaussian std), ROME's s<k> (k x the std of the subjects' embeddings, each "
+        "subject tokenized alone), m (a Gaussian fitted to the prompts' embeddings), t<d> (Student-t, d "
+        "degrees), u<x> (uniform, half-width x), or 'subjects' (3 x the std of the prompts' subject tokens); "
         "default 3 x the std of the embedding matrix",
+    )
+    sp.add_argument("--replace", action="store_true", help="replace the subject's embeddings by the noise (not add it)")
+    sp.add_argument(
+        "--aie",
+        choices=("rome", "per_prompt"),
+        default=None,
+        help="the AIE of the summary and figures: rome (mean restored - mean corrupted over all prompts) or "
+        "per_prompt (mean of each prompt's restored - corrupted); default rome, or the resumed run's",
     )
     sp.add_argument("--seed", type=int, default=1, help="noise seed (default 1)")
     sp.add_argument(
@@ -145,11 +159,8 @@ def check(args):
         v = getattr(args, opt)
         if v is not None and v < 1:
             raise CLIError(f"--{opt.replace('_', '-')} must be >= 1, got {v}")
-    if args.noise is not None and args.noise != "subjects":
-        try:
-            float(args.noise)
-        except ValueError:
-            raise CLIError(f"--noise must be a number or 'subjects', got {args.noise!r}") from None
+    if args.noise is not None and not _noise_ok(args.noise):
+        raise CLIError(f"--noise must be a number, s<k>, m, t<d> (d > 2), u<x> or 'subjects', got {args.noise!r}")
     if args.row_groups != "auto":
         try:
             if int(args.row_groups) < 1:
@@ -167,11 +178,29 @@ def check(args):
         _int_list(args.layers, "--layers")
 
 
+def _noise_ok(text):
+    """Whether ``text`` is a --noise spelling (checked here without torch; the sweep checks it again)."""
+    import math
+
+    def number(t):
+        try:
+            return float(t) if math.isfinite(float(t)) and float(t) >= 0 else None
+        except ValueError:
+            return None
+
+    if text in ("subjects", "m", "s") or number(text) is not None:
+        return True
+    x = number(text[1:]) if text[:1] in ("s", "t", "u") else None
+    return x is not None and (text[0] != "t" or x > 2)
+
+
 def _options(args):
     return {
         "samples": args.samples,
         "window": args.window,
         "noise": args.noise,
+        "replace": bool(args.replace),
+        "aie": args.aie,
         "seed": args.seed,
         "streams": [s.strip() for s in args.streams.split(",") if s.strip()],
         "layers": None if args.layers is None else _int_list(args.layers, "--layers"),
@@ -214,7 +243,8 @@ def _tokenizer(spec):
 
 # options that decide what is computed (another value: another experiment, refused) and those that only
 # decide how the work is cut and run (another value: the same numbers to float rounding, a warning)
-WHAT = ("samples", "window", "noise", "seed", "streams", "layers", "only_correct")
+WHAT = ("samples", "window", "noise", "replace", "seed", "streams", "layers", "only_correct", "aie")
+OLDER = {"replace": False, "aie": "per_prompt"}  # what a run.json of an older fxvene, without the key, ran
 HOW = ("batch_prompts", "max_rows", "memory_budget", "row_groups", "tracer", "prefix", "compile")
 VERSIONS = ("torch", "transformers", "fxvene", "python")
 
@@ -266,7 +296,7 @@ def _start_run(out_dir, run_info, n_done):
         return None, None, 0
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
-    opts, new_opts = old.get("options") or {}, run_info["options"]
+    opts, new_opts = {**OLDER, **(old.get("options") or {})}, {**OLDER, **run_info["options"]}
     refusal = None
     if old.get("facts_sha256") != run_info["facts_sha256"]:
         sha = str(old.get("facts_sha256"))[:12], run_info["facts_sha256"][:12]
@@ -312,6 +342,21 @@ def _start_run(out_dir, run_info, n_done):
         n -= 1
     warning = line(first_n(n))
     return None, warning, session
+
+
+def run_definition(out_dir, asked):
+    """The AIE definition of a run: ``asked`` (--aie) where given, else the one ``RUN_DIR/run.json``
+    records (an older run.json without it: ``"per_prompt"``), else ``"rome"``."""
+    if asked is not None:
+        return asked
+    path = os.path.join(out_dir, "run.json")
+    if not os.path.isfile(path):
+        return "rome"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return (json.load(f).get("options") or {}).get("aie") or OLDER["aie"]
+    except (OSError, ValueError):
+        return "rome"
 
 
 def cmd_trace_facts(args, out):
@@ -360,6 +405,7 @@ def _run(args, out, opts, ctx):
         return os.path.join(prompts, f"{f.index:06d}")
 
     done = {f.index for f in facts if os.path.isfile(stem(f) + ".json") and os.path.isfile(stem(f) + ".safetensors")}
+    opts["aie"] = run_definition(args.out, opts["aie"])
     info = {
         "facts": os.path.abspath(args.facts),
         "facts_sha256": _sha256(args.facts),
@@ -391,7 +437,11 @@ def _run(args, out, opts, ctx):
         )
     if warning:
         print(warning, file=sys.stderr)
-    noise = opts["noise"] if opts["noise"] in (None, "subjects") else float(opts["noise"])
+    noise = opts["noise"]
+    try:
+        noise = float(noise)
+    except (TypeError, ValueError):
+        pass  # None or a spelling
     res = trace_facts(
         model,
         loaded,
@@ -413,6 +463,7 @@ def _run(args, out, opts, ctx):
         row_groups=None if opts["row_groups"] == "auto" else int(opts["row_groups"]),
         on_result=write,
         done=done,
+        replace=opts["replace"],
     )
     distributed.barrier(ctx)
     if rank != 0:
@@ -420,7 +471,7 @@ def _run(args, out, opts, ctx):
     skipped_idx = {s["index"] for s in res.skipped}
     traced = [f for f in facts if f.index not in skipped_idx]
     results = [load_trace(stem(f))[0] for f in traced]
-    full = FactsTraceResult(results, traced, res.skipped, bad, res.options, memory=res.memory)
+    full = FactsTraceResult(results, traced, res.skipped, bad, dict(res.options, aie=opts["aie"]), memory=res.memory)
     _write_summary(args, full, write_json)
     print(full, file=out)
     print(
@@ -454,7 +505,8 @@ def _write_summary(args, full, write_json):
         "value": summary.value.contiguous(),
         "sem": summary.sem.contiguous(),
     }
-    atomic_write(os.path.join(args.out, "summary.safetensors"), lambda tmp: save_file(tensors, tmp))
+    meta = {"definition": summary.definition, "quantity": summary.quantity}
+    atomic_write(os.path.join(args.out, "summary.safetensors"), lambda tmp: save_file(tensors, tmp, metadata=meta))
     if args.no_plot:
         return
     import importlib.util

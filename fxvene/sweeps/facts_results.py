@@ -15,9 +15,12 @@ subject it is both the first subsequent token and the last token; tokens before 
 no class. Definitions (per prompt, p = the probability of the target token at the last position):
 
 * total effect ``TE = p(clean) - p(subject corrupted)``; ``ATE`` its mean over prompts;
-* indirect effect of a restore ``IE = p(corrupted, the clean state restored at one token and layer
-  (a window of layers for MLP / attention)) - p(corrupted)``; ``AIE[stream, class, layer]`` the mean
-  IE over the prompts and the positions of the class.
+* ``AIE[stream, class, layer]``, the average indirect effect of restoring the clean state at one token
+  and layer (a window of layers for MLP / attention), in one of two definitions (``DEFINITIONS``):
+  ``"rome"`` (the default; ROME's analysis code): the mean restored p over the class's rows (prompts x
+  positions) minus the mean corrupted p over all prompts; ``"per_prompt"``: the mean over the class's
+  rows of each prompt's own difference ``p(restored) - p(corrupted)``. They agree where a class has one
+  row per prompt (every class but the middle subject tokens and the further tokens).
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ import torch
 
 from fxvene.sweeps.results import STREAM_CMAPS, STREAM_TITLES
 
+DEFINITIONS = {
+    "rome": "ROME's: mean restored - mean corrupted",
+    "per_prompt": "per prompt: mean of restored - corrupted",
+}
+
 CLASSES = (
     "first subject token",
     "middle subject tokens",
@@ -42,7 +50,7 @@ CLASSES = (
 
 
 def token_classes(subject_positions, n_tokens):
-    """The positions of each of ROME's six token classes (:data:`CLASSES`) in an ``n_tokens`` prompt."""
+    """The positions of each of ROME's six token classes (``CLASSES``) in an ``n_tokens`` prompt."""
     s0, s1, last = subject_positions[0], subject_positions[-1], n_tokens - 1
     fa = s1 + 1
     return [[s0], list(range(s0 + 1, s1)), [s1], [fa] if fa <= last else [], list(range(fa + 1, last)), [last]]
@@ -67,6 +75,7 @@ class ClassSummary:
     n_layers: int | None = None
     total: dict = field(default_factory=dict)  # trace: ate, ate_sem, clean, corrupted; patch: base
     classes: tuple = CLASSES
+    definition: str | None = None  # trace: the AIE's definition, "rome" or "per_prompt" (DEFINITIONS)
 
     @property
     def aie(self):
@@ -84,6 +93,7 @@ class ClassSummary:
     def to_dict(self):
         return {
             "kind": self.kind,
+            "definition": self.definition,
             "quantity": self.quantity,
             "n_prompts": self.n_prompts,
             "classes": list(self.classes),
@@ -104,6 +114,9 @@ class ClassSummary:
             f"ClassSummary: {name} on {self.quantity} over {self.n_prompts} prompt"
             f"{'s' if self.n_prompts != 1 else ''} by token class x layer x stream"
         ]
+        if self.definition is not None:
+            lines[0] += f"; {name} = {DEFINITIONS[self.definition]}"
+
         if self.kind == "trace":
             t = self.total
             lines.append(f"  ATE {t['ate']:.4f} (clean {t['clean']:.4f}, subject corrupted {t['corrupted']:.4f})")
@@ -120,9 +133,9 @@ def _nan_none(x):
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
-def class_average(per_prompt, quantity, kind, streams, layers, window=None, n_layers=None, total=None):
+def class_average(per_prompt, quantity, kind, streams, layers, window=None, n_layers=None, total=None, definition=None):
     """``per_prompt``: ``(effects[stream, position, layer], values[...], subject_positions)`` for each
-    prompt -> :class:`ClassSummary` (float64 sums; NaN where a class has no sample)."""
+    prompt -> ``ClassSummary`` (float64 sums; NaN where a class has no sample)."""
     A, L = len(streams), len(layers)
     s1 = torch.zeros(A, len(CLASSES), L, dtype=torch.float64)
     s2 = torch.zeros_like(s1)
@@ -153,6 +166,7 @@ def class_average(per_prompt, quantity, kind, streams, layers, window=None, n_la
         window,
         n_layers,
         total or {},
+        definition=definition,
     )
 
 
@@ -167,7 +181,7 @@ class _FactsResult:
     malformed: list  # fxvene.sweeps.facts.Malformed
     options: dict
     memory: dict = field(default_factory=dict)
-    _summary: ClassSummary | None = None
+    _summary: object = None  # the summary, computed once (traces: {definition: summary})
 
     def __len__(self):
         return len(self.results)
@@ -205,41 +219,61 @@ class _FactsResult:
 
 
 class FactsTraceResult(_FactsResult):
-    """Causal traces of a dataset of facts: ``results[i]`` is the :class:`CausalTraceResult` of
-    ``facts[i]``; ``.summary()`` ROME's averages by token class (:class:`ClassSummary`);
-    ``.plot()`` the average heatmaps, ``.plot_lines()`` the per-class curves."""
+    """Causal traces of a dataset of facts: ``results[i]`` is the ``CausalTraceResult`` of
+    ``facts[i]``; ``.summary()`` ROME's averages by token class (``ClassSummary``);
+    ``.plot()`` the average heatmaps, ``.plot_lines()`` the per-class curves. ``definition``:
+    the AIE's, ``"rome"`` or ``"per_prompt"`` (``DEFINITIONS``); None: the run's own
+    (``options["aie"]``, set by ``fxvene trace-facts``), else ``"rome"``."""
 
-    def summary(self):
-        if self._summary is None:
+    def aie_definition(self, definition=None):
+        """The AIE definition ``definition`` names (None: the run's, else ``"rome"``)."""
+        if definition is None:
+            definition = self.options.get("aie") or "rome"
+        if definition not in DEFINITIONS:
+            raise ValueError(f"definition must be 'rome' or 'per_prompt', got {definition!r}")
+        return definition
+
+    def summary(self, definition=None):
+        definition = self.aie_definition(definition)
+        if not isinstance(self._summary, dict):
+            self._summary = {}
+        if definition not in self._summary:
             if not self.results:
                 raise ValueError("summary: no prompt was traced (see .skipped and .malformed)")
             r0 = self.results[0]
             te = torch.tensor([r.clean_prob - r.corrupted_prob for r in self.results], dtype=torch.float64)
+            corrupted = sum(r.corrupted_prob for r in self.results) / len(self.results)
             total = {
                 "ate": float(te.mean()),
                 "ate_sem": float(te.std() / math.sqrt(len(te))) if len(te) > 1 else None,
                 "clean": sum(r.clean_prob for r in self.results) / len(self.results),
-                "corrupted": sum(r.corrupted_prob for r in self.results) / len(self.results),
+                "corrupted": corrupted,
             }
-            per = [(r.probs - r.corrupted_prob, r.probs, r.subject_positions) for r in self.results]
-            self._summary = class_average(
-                per, "p(target)", "trace", r0.streams, r0.layers, r0.window, r0.n_layers, total
+            if definition == "rome":  # every row against the mean corrupted p of all prompts
+                per = [(r.probs.double() - corrupted, r.probs, r.subject_positions) for r in self.results]
+            else:
+                per = [(r.probs - r.corrupted_prob, r.probs, r.subject_positions) for r in self.results]
+            self._summary[definition] = class_average(
+                per, "p(target)", "trace", r0.streams, r0.layers, r0.window, r0.n_layers, total, definition
             )
-        return self._summary
+        return self._summary[definition]
 
-    def plot(self, path=None, title=None, dpi=200):
-        """ROME's average heatmaps: :func:`plot_class_heatmaps` of :meth:`summary`."""
-        return plot_class_heatmaps(self.summary(), path=path, title=title, dpi=dpi)
+    def plot(self, path=None, title=None, dpi=200, definition=None):
+        """ROME's average heatmaps: ``plot_class_heatmaps`` of ``summary``."""
+        return plot_class_heatmaps(self.summary(definition), path=path, title=title, dpi=dpi)
 
-    def plot_lines(self, path=None, title=None, dpi=200):
-        """AIE by layer, one curve per token class and one panel per stream (:func:`plot_class_lines`)."""
-        return plot_class_lines(self.summary(), path=path, title=title, dpi=dpi)
+    def plot_lines(self, path=None, title=None, dpi=200, definition=None):
+        """AIE by layer, one curve per token class and one panel per stream (``plot_class_lines``)."""
+        return plot_class_lines(self.summary(definition), path=path, title=title, dpi=dpi)
 
     def __repr__(self):
         o = self.options
+        level = o.get("noise_level", float("nan"))
+        level = format(level, ".4g") if isinstance(level, (int, float)) else str(level)
+        level += ", replacing the subject" if o.get("replace") else ""
         lines = [
             f"FactsTraceResult: causal traces of {self._counts_line()}",
-            f"  {o.get('n_samples')} noise samples (noise {o.get('noise_level', float('nan')):.4g}), window "
+            f"  {o.get('n_samples')} noise samples (noise {level}), window "
             f"{o.get('window')}, streams {', '.join(o.get('streams', []))}",
         ]
         if self.results:
@@ -250,7 +284,7 @@ class FactsTraceResult(_FactsResult):
 
 
 class FactsPatchResult(_FactsResult):
-    """Patching sweeps of a dataset: ``results[i]`` is the :class:`SweepResult` of ``facts[i]``
+    """Patching sweeps of a dataset: ``results[i]`` is the ``SweepResult`` of ``facts[i]``
     (its source patched into its prompt, reading the target); ``.summary()`` the mean effects by
     ROME's token classes."""
 
@@ -308,7 +342,8 @@ def _xlabel(summary, stream):
 
 def _ylabel(summary):
     if summary.kind == "trace":
-        return f"AIE on {summary.quantity}"
+        short = {"rome": " (ROME)", "per_prompt": " (per prompt)"}.get(summary.definition, "")
+        return f"AIE{short} on {summary.quantity}"
     return f"mean effect on {summary.quantity}"
 
 
@@ -317,8 +352,9 @@ def _title(summary, title):
         return title
     if summary.kind == "trace":
         t = summary.total
+        how = f", {DEFINITIONS[summary.definition]}" if summary.definition in DEFINITIONS else ""
         return (
-            f"Average indirect effect on {summary.quantity} over {summary.n_prompts} prompts "
+            f"Average indirect effect on {summary.quantity} over {summary.n_prompts} prompts{how}\n"
             f"(ATE {t['ate']:.3f}: clean {t['clean']:.3f}, subject corrupted {t['corrupted']:.3f})"
         )
     return f"Mean effect of patching the source on {summary.quantity} over {summary.n_prompts} prompts"
@@ -415,7 +451,7 @@ def write_json(path, obj):
 
 
 def save_trace(stem, result, fact, extra=None):
-    """One prompt's :class:`CausalTraceResult` as ``stem.safetensors`` (the probabilities) and
+    """One prompt's ``CausalTraceResult`` as ``stem.safetensors`` (the probabilities) and
     ``stem.json`` (everything else, and the record); the JSON is written last, so its presence
     means the prompt is done."""
     from safetensors.torch import save_file
@@ -439,6 +475,7 @@ def save_trace(stem, result, fact, extra=None):
             "tokens",
             "target_text",
             "prompt",
+            "replace",
         )
     }
     meta.update(index=fact.index, line=fact.line, record=fact.record, **(extra or {}))
@@ -446,7 +483,7 @@ def save_trace(stem, result, fact, extra=None):
 
 
 def load_trace(stem):
-    """``(CausalTraceResult, meta)`` from :func:`save_trace`'s files."""
+    """``(CausalTraceResult, meta)`` from ``save_trace``'s files."""
     from safetensors.torch import load_file
 
     from fxvene.sweeps.results import CausalTraceResult
@@ -474,12 +511,14 @@ def load_trace(stem):
         tokens=meta["tokens"],
         target_text=meta["target_text"],
         prompt=meta["prompt"],
+        replace=bool(meta.get("replace", False)),
     )
     return res, meta
 
 
 __all__ = [
     "CLASSES",
+    "DEFINITIONS",
     "ClassSummary",
     "FactsTraceResult",
     "FactsPatchResult",
