@@ -90,12 +90,18 @@ _LAZY = {
     "SweepResult": "fxvene.sweeps.results",
     "CausalTraceResult": "fxvene.sweeps.results",
     "clear_graph_cache": "fxvene.graph.cache",
+    "placement_plan": "fxvene.graph.placement",
     "set_verbosity": "fxvene.graph.progress",
     "build_intervenable_model": "fxvene.api.intervenable",
     "CausalModel": "fxvene.causal.model",
     **{name: "fxvene.zoo.helpers" for name in _MODEL_HELPERS},
     "attribution_patching": "fxvene.methods.attribution",
     "path_patching": "fxvene.methods.path_patching",
+    "load_sae": "fxvene.interventions.sae",
+    "SAEIntervention": "fxvene.interventions.sae",
+    "SAEFeatures": "fxvene.interventions.sae",
+    "feature_sweep": "fxvene.sweeps.features",
+    "feature_attribution": "fxvene.sweeps.features",
 }
 
 __all__ = sorted(n for n in _LAZY if not n.startswith("_")) + ["__version__"]

@@ -1,6 +1,6 @@
 """Per-architecture component specs: data, not logic.
 
-A spec maps each pyvene component name to a :class:`Component`: the module path
+A spec maps each pyvene component name to a ``Component``: the module path
 (relative to the family's base model, ``{layer}`` filled in), the port (the module's
 ``input`` or ``output``), how to view it (``split3`` picks a third of a fused QKV
 projection, ``heads`` splits the last dim into heads), and the dimension expression
@@ -54,7 +54,7 @@ _DERIVED = weakref.WeakKeyDictionary()  # model -> (Family | None, prefix | None
 def family_for(model):
     """The family spec and path prefix for ``model``: the hand-written one naming its class (or a
     base class), else one derived from its module tree (``Family.derived``; see models/derive.py),
-    else ``(None, None)`` (:func:`why_underived` then says why)."""
+    else ``(None, None)`` (``why_underived`` then says why)."""
     fam, prefix = hand_family_for(model)
     if fam is not None or getattr(model, "config", None) is None:
         return fam, prefix

@@ -1,9 +1,9 @@
 """Component maps shared by the GPT-2-style families whose files are otherwise only data.
 
-:func:`separate_layout`: ``h.{i}`` blocks with separate ``q_proj``/``k_proj``/``v_proj`` and an output
-projection (GPT-Neo, GPT-J). :func:`fused_layout`: one fused q/k/v projection whose output ``split3``
-picks from by a :class:`~models.Component` ``fused`` layout (GPT-NeoX, Falcon, Phi-3). The Llama layout
-has its own :func:`models.llama.layout`. Each family file still names its paths and config fields.
+``separate_layout``: ``h.{i}`` blocks with separate ``q_proj``/``k_proj``/``v_proj`` and an output
+projection (GPT-Neo, GPT-J). ``fused_layout``: one fused q/k/v projection whose output ``split3``
+picks from by a ``Component`` ``fused`` layout (GPT-NeoX, Falcon, Phi-3). The Llama layout
+has its own ``models.llama.layout``. Each family file still names its paths and config fields.
 """
 
 from .spec import Component as _C

@@ -1,6 +1,6 @@
 """What the module tree cannot say about an attention module, read off its traced graph (block 0's):
-how a fused q/k/v projection's output is laid out (:func:`fused_layout`), and which projection is
-the query, key or value when their names do not say (:func:`projection_roles`).
+how a fused q/k/v projection's output is laid out (``fused_layout``), and which projection is
+the query, key or value when their names do not say (``projection_roles``).
 
 The module tree says a projection is fused (``qkv_proj``, ``query_key_value``, ``c_attn``, and
 ``(heads + 2 x kv_heads) x head_dim`` wide) but not how q, k and v lie in its output. The attention
@@ -14,7 +14,7 @@ first ops that consume it:
   (GPT-NeoX: one group per head), ``(G, per_group, head_dim)`` (Falcon), or ``(heads + 2, head_dim)``
   (Falcon multi-query: one group): ``"grouped"``.
 
-Anything else is not guessed: :class:`LayoutError` says what the graph showed.
+Anything else is not guessed: ``LayoutError`` says what the graph showed.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def projection_roles(model, attn, named):
     """``{"query": name, "key": name, "value": name}`` for the projections ``named`` (name -> module)
     inside ``attn``, from where their outputs go in its traced graph: the query and the key into the
     two operands of the product that feeds the softmax, the value into the product that the softmax
-    feeds (or the query/key/value operands of a fused attention kernel). Raises :class:`LayoutError`."""
+    feeds (or the query/key/value operands of a fused attention kernel). Raises ``LayoutError``."""
     names = list(named)
     gm, _ = _trace_with_inputs(model, attn, [named[n] for n in names])
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"][1:]
@@ -223,7 +223,7 @@ def _runs(users, width, rank):
 def fused_layout(model, attn, fused, heads, head_dim):
     """``(layout, n_kv)``: ``layout`` None (equal thirds), ``"sizes"`` or ``"grouped"`` for the fused
     projection module ``fused`` inside ``attn`` (block 0's attention of ``model``); ``n_kv`` the
-    key/value head (group) count. Raises :class:`LayoutError` with what the graph showed."""
+    key/value head (group) count. Raises ``LayoutError`` with what the graph showed."""
     gm, examples = _trace_with_inputs(model, attn, [fused])
     example = examples[0]
     width, rank = int(example.shape[-1]), example.dim()

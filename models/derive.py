@@ -7,7 +7,7 @@ block 0 the attention module and the MLP (by name, checked by the shapes of the 
 in them); inside the attention the query/key/value/output projections (by name, each checked by
 its shape against the head geometry the config gives: ``num_attention_heads`` / ``n_head`` /
 ``num_heads``, ``num_key_value_heads``, ``head_dim``), or one fused QKV projection; inside the
-MLP its activation module. The result is a :class:`~fxvene.models.Family` marked
+MLP its activation module. The result is a ``Family`` marked
 ``derived=True``; a component it cannot place is left out of ``components`` and its reason kept
 in ``missing`` (the error a user gets when asking for it), never guessed.
 
@@ -389,7 +389,7 @@ _ORDER = (
 
 
 def derive_family(model):
-    """The :class:`Family` derived for ``model`` (``derived=True``); raises :class:`DeriveError`
+    """The ``Family`` derived for ``model`` (``derived=True``); raises ``DeriveError``
     when the model has no decoder layout to read (no config, no blocks, no attention or MLP)."""
     cls = type(model).__name__
     config = getattr(model, "config", None)

@@ -6,7 +6,7 @@ q/o widths are ``num_attention_heads x head_dim`` and k/v widths ``num_key_value
 (GQA; pyvene HEAD 68fe7b8). ``attention_weight`` (the attention probabilities) needs eager attention.
 
 Llama, Mistral and Qwen2 are this family. The other families of the layout (Gemma, Gemma 2/3, OLMo,
-OLMo 2, Qwen3, Granite, Mixtral, Qwen2-MoE) have their own files that reuse :func:`layout`: every
+OLMo 2, Qwen3, Granite, Mixtral, Qwen2-MoE) have their own files that reuse ``layout``: every
 component there is the same module port, and the block output is still the decoder layer's output
 (extra norms such as Gemma 2's post-attention / post-feedforward norms or the q/k norms of Qwen3 and
 OLMo 2 sit inside the block, after the q/k projections pyvene reads).

@@ -1,5 +1,5 @@
-"""The types a family spec is made of (:class:`Component`, :class:`Family`) and pyvene's dimension
-expressions (:func:`eval_dim`)."""
+"""The types a family spec is made of (``Component``, ``Family``) and pyvene's dimension
+expressions (``eval_dim``)."""
 
 from __future__ import annotations
 

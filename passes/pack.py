@@ -7,7 +7,7 @@ example's cached keys/values (all positions) and over its own tokens, and an ext
 time, keeps each token to its own row (the cached positions before the row's start, and the row's
 own tokens up to itself).
 
-:func:`pack_attention` adds that mask to every attention of a segment of the chunk step graph: the
+``pack_attention`` adds that mask to every attention of a segment of the chunk step graph: the
 scores entering a softmax get ``+ fxv_pack_add`` (float, 0 or the dtype's minimum), an explicit
 ``scaled_dot_product_attention`` mask is combined with it (``& fxv_pack_keep`` for a boolean mask,
 ``+ fxv_pack_add`` for a float one). The graph's own mask stays: fed an all-ones attention mask it
@@ -15,7 +15,7 @@ is the causal mask of the lane (every token sees the cache and the lane's tokens
 which the extra mask only narrows.
 
 A segment is packable when every attention in it is found: as many softmax/SDPA ops as there are
-pairs of past keys/values concatenated with the new ones. Anything else raises :class:`PackError`
+pairs of past keys/values concatenated with the new ones. Anything else raises ``PackError``
 (the engine then keeps one group per start position).
 
 Pure function: the input GraphModule is not modified.

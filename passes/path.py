@@ -1,13 +1,13 @@
 """Path-patching pass (pure GraphModule -> GraphModule): rewire the edges into chosen receivers.
 
-:func:`rewire` replaces the value a site node gives to its users by another value fed at call
+``rewire`` replaces the value a site node gives to its users by another value fed at call
 time (placeholder ``<name>_value``), through a splice op ``module(x, value)`` that chooses which
 units come from ``value`` (e.g. one head's query columns) and which stay ``x``. For an ``input``
 port only the users inside ``region`` read the spliced value (the receiver module's input edge);
 for an ``output`` port every user does. Nothing else changes: every other edge still carries the
-original value, which is what :func:`fxvene.inspection.diff.diff` shows as the rewired users.
+original value, which is what ``fxvene.inspection.diff.diff`` shows as the rewired users.
 
-Path patching (:mod:`fxvene.methods.path_patching`) uses it twice: to freeze every attention output to the
+Path patching (``fxvene.methods.path_patching``) uses it twice: to freeze every attention output to the
 base run (senders from the source run) in the run that computes the receivers' inputs, and to feed
 those inputs to the receivers only, in the final run.
 """

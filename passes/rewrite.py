@@ -1,10 +1,10 @@
 """Rewrite passes: each takes a GraphModule and returns a new one (the input is not modified).
 
-* :func:`insert_interventions` puts a ``call_module`` node after a site node and rewires
+* ``insert_interventions`` puts a ``call_module`` node after a site node and rewires
   its users to the new value; per-call data (source slices, unit locations) arrive as new
   placeholders, so the rewritten graph is reusable across calls.
-* :func:`expose` adds site values (through an optional gather module) as extra outputs.
-* :func:`truncate` keeps only the outputs asked for and removes everything they do not need.
+* ``expose`` adds site values (through an optional gather module) as extra outputs.
+* ``truncate`` keeps only the outputs asked for and removes everything they do not need.
 
 A *site* here is ``(node_name, port, region_path)``: the node found by ``locate``; for an
 ``input`` port only the users inside ``region_path`` are rewired (a forward pre-hook changes
@@ -84,10 +84,11 @@ def insert_interventions(gm, requests):
     to the outputs (in list order) and no user is rewired.
 
     Requests at one node (several names of one tensor: block ``L``'s output and block ``L+1``'s
-    input) act in the order pyvene's hooks fire (:func:`_hook_order`), each on the value the
+    input) act in the order pyvene's hooks fire (``_hook_order``), each on the value the
     earlier ones left, as pyvene's in-place writes do: a tap reads the value before every write
     that comes after it, whatever names they use. A write reaches the node's users in its scope
-    (every user for an ``output`` port, those inside ``region`` for an ``input`` port).
+    (every user for an ``output`` port, those inside ``region`` for an ``input`` port), except those
+    its optional ``keep`` lists by node name.
     """
     new = copy_graph(gm)
     graph = new.graph
@@ -108,7 +109,8 @@ def insert_interventions(gm, requests):
     for j, req in _hook_order(requests, users, index):
         site = by_name[req["node"]]
         region = normalize_path(req["region"]) if req["port"] == "input" else None
-        scope = [u for u in users[req["node"]] if region is None or _in_region(u, region)]
+        keep = set(req.get("keep", ()))  # users this write must not reach (a tap listed before it, elsewhere)
+        scope = [u for u in users[req["node"]] if (region is None or _in_region(u, region)) and u.name not in keep]
         cur = reads.get((site, scope[0]), site) if scope else site
         phs = [by_name[ph_name] for ph_name in req.get("inputs", ())]
         new.add_submodule(req["name"], req["module"])

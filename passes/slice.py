@@ -6,7 +6,7 @@ on a model parameter: the residual stream, an MLP activation, ...) is what a lat
 be given to start there; its *light* part (attention masks, rotary tables, sizes: functions
 of the input ids / attention mask alone) is cheap and recomputed inside the segment.
 
-:func:`segment` turns ``[start, stop)`` into a GraphModule whose heavy inputs at ``start``
+``segment`` turns ``[start, stop)`` into a GraphModule whose heavy inputs at ``start``
 are placeholders named ``fxv_in_<node>`` and whose outputs are the heavy frontier at
 ``stop`` (or the graph's outputs when ``stop`` is None). Everything before ``start`` that
 only fed the heavy inputs is removed. This is how a sweep starts rows at the first layer they
@@ -82,7 +82,7 @@ def frontier(gm, at, heavy=None, with_shapes=False):
     """Heavy tensor values computed before node index ``at`` and used at or after it (graph order).
 
     With ``with_shapes=True`` also returns the heavy *non-tensor* values crossing the boundary
-    (sizes read off heavy tensors), which :func:`segment` recomputes from shape stand-ins."""
+    (sizes read off heavy tensors), which ``segment`` recomputes from shape stand-ins."""
     order = node_order(gm)
     shapes = []
     heavy = heavy_nodes(gm) if heavy is None else heavy

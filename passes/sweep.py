@@ -1,9 +1,9 @@
 """Sweep passes (pure GraphModule -> GraphModule).
 
-* :func:`readout` makes an output compute only what a metric reads: the unembedding of the
+* ``readout`` makes an output compute only what a metric reads: the unembedding of the
   last position (``(b, vocab)`` instead of ``(b, seq, vocab)``), or only the logits of a
   few token ids given at call time (placeholder ``fxv_tokens``: ``(b, k)``).
-* :func:`insert_selectors` puts a per-row selector op after site nodes: the op is called as
+* ``insert_selectors`` puts a per-row selector op after site nodes: the op is called as
   ``op(x, src, loc, on)`` with tensors fed through placeholders ``<name>_src``, ``<name>_loc``,
   ``<name>_on``, so row b of one batched forward applies sweep cell b (or nothing).
 """

@@ -32,10 +32,15 @@ CHECKED = {
     "test_sweep",
     "test_generation",
     "test_generate_options",
+    "test_generate_shapes",
     "test_attribution",
     "test_path_patching",
     "test_facts",
     "test_causal_model",
+    "test_offload",
+    "test_rome_noise",
+    "test_sae",
+    "test_train_alignment",
 }
 
 

@@ -12,6 +12,7 @@ SLOW_FILES = {
     "test_pyreft.py",
     "test_distributed.py",  # torchrun
     "test_trace_facts_cli.py",  # the command, interrupted and resumed
+    "test_offload_memory.py",  # a GPT-2-small-shape model half on disk, in a subprocess (~70 s)
 }
 
 

@@ -72,6 +72,7 @@ ALLOWED_TYPE_NAMES = frozenset(
         "PCARotatedSpaceIntervention",
         "AutoencoderIntervention",
         "JumpReLUAutoencoderIntervention",
+        "SAEIntervention",
         "LambdaIntervention",
     }
 )

@@ -2,7 +2,7 @@
 ones), the key-indexed intervention dict, and the checks of a representation that reads its
 source at another site (``source_layer`` / ``source_component``, fxvene extension).
 
-Split from :mod:`fxvene.api.intervenable` (which re-exports every name here).
+Split from ``fxvene.api.intervenable`` (which re-exports every name here).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _reads_elsewhere(rep):
 
 
 def _cross_site(traced, model, rep, i, site, axes):
-    """The source :class:`Site` of a representation that reads its source at another site (None
+    """The source ``Site`` of a representation that reads its source at another site (None
     where it reads the site it writes); refuses a site that does not exist or whose units are
     not as wide as the target's."""
     for field in EXTENSION_FIELDS:

@@ -10,6 +10,7 @@ from typing import Any
 from transformers.configuration_utils import PretrainedConfig
 
 from fxvene.interventions import VanillaIntervention
+from fxvene.models.aliases import is_alias, split_alias
 
 # Field order and defaults are part of the API: configs are also given as positional lists.
 # pyvene 0.1.8's 14 fields come first, in its order; fxvene's extensions are appended after
@@ -41,14 +42,29 @@ RepresentationLike = RepresentationConfig | list | tuple | dict
 
 
 def _as_representation(item: RepresentationLike) -> RepresentationConfig:
-    """A ``RepresentationConfig`` from itself, its fields in order, or a dict of fields."""
-    if isinstance(item, RepresentationConfig):
-        return item
+    """A ``RepresentationConfig`` from itself, its fields in order, or a dict of fields; a
+    TransformerLens hook name as ``component`` becomes the component and layer it names."""
     if isinstance(item, dict):
-        return RepresentationConfig(**item)
-    if isinstance(item, (list, tuple)):
-        return RepresentationConfig(*item)
-    raise ValueError(f"representations: {item!r} is not a RepresentationConfig, list or dict")
+        item = RepresentationConfig(**item)
+    elif isinstance(item, (list, tuple)) and not isinstance(item, RepresentationConfig):
+        item = RepresentationConfig(*item)
+    if not isinstance(item, RepresentationConfig):
+        raise ValueError(f"representations: {item!r} is not a RepresentationConfig, list or dict")
+    return _resolve_alias(item)
+
+
+def _resolve_alias(rep: RepresentationConfig) -> RepresentationConfig:
+    """``component=None`` takes the hook name of the intervention (a loaded SAE); a hook name such
+    as ``blocks.1.hook_resid_pre`` becomes ``component="block_input", layer=1``."""
+    comp = rep.component
+    if comp is None and isinstance(getattr(rep.intervention, "hook_name", None), str):
+        comp = rep.intervention.hook_name
+    if not is_alias(comp):
+        return rep if comp is rep.component else rep._replace(component=comp)
+    component, layer = split_alias(comp)
+    if rep.layer not in (0, layer):
+        raise ValueError(f"component {comp!r} names layer {layer} but layer={rep.layer!r}; give layer={layer} or 0")
+    return rep._replace(component=component, layer=layer)
 
 
 def _type_of(rep: RepresentationConfig, where: str) -> type | None:

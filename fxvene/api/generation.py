@@ -2,7 +2,7 @@
 
 How it runs
 -----------
-Generation runs one KV-cache *step graph* per model (:mod:`fxvene.graph.step_graphs`: ``torch.export`` of
+Generation runs one KV-cache *step graph* per model (``fxvene.graph.step_graphs``: ``torch.export`` of
 a small wrapper module around the Hugging Face model, on transformers 4.x and 5.x alike, cached
 per model and on disk): the **chunk** graph, ``(input_ids (b, S), attention_mask (b, P+S),
 position_ids (b, S), past_0 ... past_2L-1) -> (last logits, updated keys/values)``, with the past
@@ -11,10 +11,15 @@ keys/values as plain tensor inputs and outputs. The prompt forward runs it with 
 model whose chunk graph fails its checks gets separate prefill and decode exports.)
 
 Interventions are inserted into these graphs with the same passes and site ops as
-:meth:`IntervenableModel.forward` (``passes.rewrite.insert_interventions``, ``sites.SiteOp``), so each
+``IntervenableModel.forward`` (``passes.rewrite.insert_interventions``, ``sites.SiteOp``), so each
 new token costs **one single-token forward of the rewritten decode graph**, never a forward over the
 whole prefix. The decoding loop (greedy, sampling with HF's logits processors, eos / pad stopping,
-batches with left padding) lives here.
+batches with left padding) lives here. Beam search, several sequences per prompt and ``use_cache=False``
+run Hugging Face's own ``generate`` instead (what pyvene calls), with the model's forward replaced by the
+rewritten step graphs for the call (``fxvene.api.hf_loop``): each row HF makes (every beam) gets its example's
+locations, sources and subspaces; without the cache every forward runs the whole sequence, the first as the
+prompt forward and each later one as a decode step, so a decode-step location is a position of the whole
+sequence, as in pyvene.
 
 Which forwards an intervention acts on
 --------------------------------------
@@ -65,6 +70,7 @@ import torch
 import torch.nn as nn
 
 from fxvene.api import unit_checks as U
+from fxvene.api.hf_loop import clear_calls, expand_rows, hf_generate, set_calls
 from fxvene.api.planning import AdaptorSiteOp, engine_subspaces, gets_kwargs, preserved_rng
 from fxvene.graph.errors import known
 from fxvene.graph.sites import Gather, SiteOp, do_intervention, resolve_site
@@ -74,6 +80,7 @@ from fxvene.graph.step_graphs import (  # noqa: F401
     TF_MAJOR,
     CacheStep,
     StepGraph,
+    cache_mode,
     flat_cache,
     make_cache,
     position_ids_from_mask,
@@ -158,6 +165,8 @@ class GenSettings:
     return_dict: bool
     output_scores: bool
     output_logits: bool
+    expand: int = 1  # rows per prompt (beams, or sequences per prompt): > 1 runs HF's own loop (hf_generate)
+    use_cache: bool = True  # False: HF's own loop, each forward over the whole sequence (as pyvene's)
 
 
 def _as_list(x):
@@ -218,25 +227,11 @@ def settings(model, prompt_len, mask, kwargs):
                     f"generate: the generation config sets {k}={v!r}, which fxvene's loop does not support"
                 )
     cfg.update(kwargs)
-    if cfg["num_beams"] not in (None, 1):
+    beams, n_seq = int(cfg["num_beams"] or 1), int(cfg["num_return_sequences"] or 1)
+    if beams < 1 or n_seq < 1 or (beams > 1 and n_seq > beams):
         raise ValueError(
-            f"generate: num_beams={cfg['num_beams']} (beam search) is not supported: beam search reorders and copies "
-            "the rows of the KV cache at every step, while an intervention's per-example locations, sources and "
-            "subspaces are tied to the rows of the batch; use greedy decoding or sampling"
-        )
-    if cfg["num_return_sequences"] not in (None, 1):
-        raise ValueError("generate: num_return_sequences > 1 is not supported; repeat the prompt in the batch instead")
-    if cfg["use_cache"] is False:
-        # without the cache pyvene's decode steps re-run the whole sequence, so its locations (the default
-        # {"base": 0} included) hit prompt positions: other tokens than KV-cached decoding (docs/differences.md)
-        if "use_cache" in kwargs:
-            raise ValueError(
-                "generate: use_cache=False is not supported: fxvene decodes with the KV cache (pyvene without it "
-                "intervenes on other positions); drop use_cache=False"
-            )
-        raise ValueError(
-            "generate: the generation config sets use_cache=False, which fxvene does not support (it decodes "
-            "with the KV cache); pass use_cache=True"
+            f"generate: num_return_sequences={n_seq} with num_beams={beams}; both must be >= 1, and with beams "
+            "num_return_sequences <= num_beams"
         )
     if cfg["max_new_tokens"] is not None:
         max_new = int(cfg["max_new_tokens"])
@@ -307,6 +302,8 @@ def settings(model, prompt_len, mask, kwargs):
         return_dict=bool(cfg["return_dict_in_generate"]),
         output_scores=bool(cfg["output_scores"]),
         output_logits=bool(cfg["output_logits"]),
+        use_cache=bool(cfg["use_cache"]),
+        expand=beams if beams > 1 else n_seq,
     )
 
 
@@ -328,7 +325,7 @@ class Phase:
 
 
 def decode(prefill, dec, input_ids, mask, st, on_collect=None):
-    """Greedy / sampled decoding with a KV cache. ``prefill`` and ``dec`` are :class:`Phase`\\s; each
+    """Greedy / sampled decoding with a KV cache. ``prefill`` and ``dec`` are ``Phase``\\s; each
     new token runs ``dec.gm`` once on a one-token input. ``on_collect(phase, step, values)`` receives
     the collect outputs of each forward. Returns (sequences, scores, logits)."""
     b, S = input_ids.shape
@@ -340,11 +337,11 @@ def decode(prefill, dec, input_ids, mask, st, on_collect=None):
     seq = input_ids
     has_eos = st.eos is not None
     # prompt forward
-    _set_calls(prefill, None)
+    set_calls(prefill, None)
     try:
         flat = prefill.gm(input_ids, mask, pos, *prefill.past, **prefill.feeds)
     finally:
-        _clear_calls(prefill)
+        clear_calls(prefill)
     step = -1  # the prompt forward
     while True:
         logits = flat[0]
@@ -381,23 +378,12 @@ def decode(prefill, dec, input_ids, mask, st, on_collect=None):
         mask = torch.cat([mask, mask.new_ones(b, 1)], dim=-1)
         # as each line's generate: transformers 4 recounts the mask, 5 continues from the last position
         pos = mask.long().sum(-1, keepdim=True) - 1 if TF_MAJOR < 5 else pos[:, -1:] + 1
-        _set_calls(dec, step)
+        set_calls(dec, step)
         try:
             flat = dec.gm(nxt[:, None], mask, pos, *past, **dec.feeds)
         finally:
-            _clear_calls(dec)
+            clear_calls(dec)
     return seq, scores, raw
-
-
-def _set_calls(phase, step):
-    skip = step is not None and phase.steps is not None and step not in phase.steps
-    for name, call in phase.ops.items():
-        phase.gm.get_submodule(name).call = {"skip": True} if skip else call
-
-
-def _clear_calls(phase):
-    for name in phase.ops:
-        phase.gm.get_submodule(name).call = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +482,7 @@ def generate(
     decode_steps=None,
     **generate_kwargs,
 ):
-    """See :meth:`fxvene.IntervenableModel.generate` and this module's docstring."""
+    """See ``fxvene.IntervenableModel.generate`` and this module's docstring."""
     if intervene_on is not None and intervene_on not in INTERVENE_ON:
         raise ValueError(f"intervene_on must be one of {INTERVENE_ON} or None, got {intervene_on!r}")
     if intervene_on is not None and intervene_on_prompt:
@@ -527,6 +513,11 @@ def generate(
     device = input_ids.device
     st = settings(im.model, S, mask, generate_kwargs)
 
+    if not st.use_cache and intervene_on in ("decode", "all"):
+        raise ValueError(
+            f"generate: intervene_on={intervene_on!r} acts on each new token, which needs the KV cache; drop "
+            "use_cache=False (without the cache a decode forward runs the whole sequence, as in pyvene)"
+        )
     # -- which forwards each intervention acts on
     if intervene_on is None and not intervene_on_prompt and unit_locations is None:
         unit_locations = {"base": 0}  # pyvene: "we intervene on every generated token"
@@ -573,7 +564,8 @@ def generate(
             elif intervene_on_prompt:
                 when = {"prefill": bl}
             else:
-                _check_decode_loc(bl, unit, key)
+                if st.use_cache:  # without the cache a decode forward runs the whole sequence (pyvene)
+                    _check_decode_loc(bl, unit, key)
                 when = {"decode": bl}
         elif intervene_on == "prompt":
             when = {"prefill": bl}
@@ -583,7 +575,8 @@ def generate(
         else:
             when = {"prefill": bl, "decode": _pos_only(bl, unit)}
         src = slices.get(key)
-        if "decode" in when and src is not None and from_source and isinstance(src, torch.Tensor) and src.dim() >= 3:
+        one_token = "decode" in when and st.use_cache
+        if one_token and src is not None and from_source and isinstance(src, torch.Tensor) and src.dim() >= 3:
             units = src.shape[1] if unit == "pos" else src.shape[2] if unit == "h.pos" else None
             if units is not None and units != 1:
                 raise ValueError(
@@ -619,7 +612,17 @@ def generate(
         empty = pre_sg.empty(batch, device) if pre_sg.empty_past else []
 
         original = None
-        if output_original_output:
+        # beams or several sequences per prompt: HF's own loop (as pyvene's call), each row its example's data
+        hf_loop = st.expand > 1 or not st.use_cache
+        hf_base = {k: base_in[k] for k in ("input_ids", "attention_mask") if k in base} if hf_loop else None
+        if not st.use_cache and (dec_sg.traced is not pre_sg.traced or not pre_sg.empty_past):
+            raise ValueError(
+                f"generate: use_cache=False needs {type(im.model).__name__}'s KV-cache chunk graph, which it does "
+                "not have; pass use_cache=True"
+            )
+        if output_original_output and hf_base is not None:
+            original = im.model.generate(**hf_base, **generate_kwargs)
+        elif output_original_output:
             plain = (Phase(pre_sg.gm, {}, {}, [], past=empty), Phase(dec_sg.gm, {}, {}, []))
             seq0, sc0, lg0 = decode(*plain, input_ids, mask, st)
             original = _wrap(seq0, sc0, lg0, st)
@@ -633,11 +636,12 @@ def generate(
             for name, call in calls[phase].items():
                 call = dict(call)
                 call["full_outputs"] = im.full_intervention_outputs
+                call["subspaces"] = expand_rows(call.get("subspaces"), batch, st.expand)
                 ops[name] = call
             phases.append(
                 Phase(
                     gm,
-                    feeds,
+                    {k: expand_rows(v, batch, st.expand) for k, v in feeds.items()},
                     ops,
                     list(collect),
                     decode_steps if phase == "decode" else None,
@@ -654,12 +658,17 @@ def generate(
                 i = im.sorted_keys.index(key)
                 collected[key].append(
                     do_intervention(
-                        im.interventions[key], val, None, engine_subspaces(subs[i]) if subs is not None else None
+                        im.interventions[key],
+                        val,
+                        None,
+                        expand_rows(engine_subspaces(subs[i]), batch, st.expand) if subs is not None else None,
                     )
                 )
 
-        seq, sc, lg = decode(phases[0], phases[1], input_ids, mask, st, on_collect)
-    out = _wrap(seq, sc, lg, st)
+        if hf_base is not None:
+            out = hf_generate(im.model, phases[0], phases[1], hf_base, generate_kwargs, on_collect, st.use_cache)
+        else:
+            out = _wrap(*decode(phases[0], phases[1], input_ids, mask, st, on_collect), st)
     im.activations = {k: v for k, v in collected.items()}
     if im.return_collect_activations:
         flat = [t for k in im.sorted_keys if k in collected for t in collected[k]]

@@ -6,9 +6,10 @@ collect, which source groups run) picks a rewritten GraphModule from a cache; th
 truncated graph that stops after the last site they need and returns only gathered units.
 
 This module holds construction and ``forward``; the rest of the class comes from
-:mod:`fxvene.api.build` (keys, cross-site checks), :mod:`fxvene.api.planning`
-(call planning), :mod:`fxvene.api.sources` (source runs) and
-:mod:`fxvene.api.methods` (parameters, inspection, generate, save/load).
+``fxvene.api.build`` (keys, cross-site checks), ``fxvene.api.planning``
+(call planning), ``fxvene.api.sources`` (source runs) and
+``fxvene.api.methods`` (parameters, inspection, generate, save/load) and
+``fxvene.api.training`` (pyvene's train_alignment / eval_alignment).
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ from fxvene.api.planning import (  # noqa: F401  (re-exported)
     preserved_rng,
 )
 from fxvene.api.sources import SourceRuns
+from fxvene.api.training import AlignmentTraining
 from fxvene.graph import time_steps
 from fxvene.graph.errors import clip
+from fxvene.graph.offload import site_device
 from fxvene.graph.sites import do_intervention, resolve_site
 from fxvene.graph.tracing import TracingError
 from fxvene.interventions import CollectIntervention, LambdaIntervention
@@ -62,7 +65,7 @@ class IntervenableModelOutput(ModelOutput):
     collected_activations: Any | None = None
 
 
-class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
+class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, AlignmentTraining, nn.Module):
     """Wrap a Hugging Face model so pyvene configs run on a rewritten fx graph.
 
     ``tracer``: "auto" (HF's fx tracer where transformers has it, else torch.export),
@@ -96,7 +99,7 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
         self.model_type = type(model)
 
         try:
-            traced = self._traced(_construction_signature(model))
+            traced = self._traced(_construction_signature(model), training=False)
         except TracingError as e:
             raise V.unsupported(model, e) from None
         types_ = config.intervention_types
@@ -150,6 +153,9 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
                 intervention = V.check_built(itype(**meta), itype, f"representations[{i}].intervention_type")
                 if isinstance(intervention, types.FunctionType):
                     intervention = LambdaIntervention(intervention)
+            where = site_device(traced.gm, model, site.node)  # a dispatched model: the site's device
+            if where is not None and isinstance(intervention, nn.Module):
+                intervention.to(where)  # an intervention lives on the device of its site
             link = rep.intervention_link_key
             if link is not None:
                 if link in self._link_pointers:
@@ -276,6 +282,11 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
         for i, key in enumerate(self.sorted_keys):
             iv = self.interventions[key]
             if on_base is not None and key not in on_base:
+                if on_base and isinstance(iv, CollectIntervention):  # pyvene crashes here; never drop it silently
+                    raise ValueError(
+                        f"mode='serial': the CollectIntervention {key} is in an earlier group than the last one "
+                        "with a source, so it never sees the base run; put it in the last group"
+                    )
                 continue
             if isinstance(iv, CollectIntervention):
                 collect.append(key)
@@ -370,5 +381,5 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, nn.Module):
 
 
 def build_intervenable_model(config, model, **kwargs):
-    """pyvene's factory: an :class:`IntervenableModel` over ``model`` (no remote-model variant here)."""
+    """pyvene's factory: an ``IntervenableModel`` over ``model`` (no remote-model variant here)."""
     return IntervenableModel(config, model, **kwargs)

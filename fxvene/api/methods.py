@@ -1,9 +1,9 @@
 """IntervenableModel's parameters, training switches, inspection, generation and persistence:
-pyvene 0.1.8's public methods, most delegating to :mod:`fxvene.inspection.tables`, :mod:`fxvene.inspection.diff`,
-:mod:`fxvene.api.generation` and :mod:`fxvene.api.serialization`. :class:`ModelMethods` holds them for
-:class:`fxvene.api.intervenable.IntervenableModel`.
+pyvene 0.1.8's public methods, most delegating to ``fxvene.inspection.tables``, ``fxvene.inspection.diff``,
+``fxvene.api.generation`` and ``fxvene.api.serialization``. ``ModelMethods`` holds them for
+``fxvene.api.intervenable.IntervenableModel``.
 
-Split from :mod:`fxvene.api.intervenable`.
+Split from ``fxvene.api.intervenable``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from fxvene.interventions import TrainableIntervention
 
 class ModelMethods:
     """Parameters, train/eval, inspection, generate and save/load of
-    :class:`fxvene.api.intervenable.IntervenableModel` (a mixin)."""
+    ``fxvene.api.intervenable.IntervenableModel`` (a mixin)."""
 
     def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
         """pyvene 0.1.8's naming: ``<key>.<name>`` for trainable interventions' parameters, then
@@ -87,7 +87,7 @@ class ModelMethods:
     # ------------------------------------------------------------------ inspection (fxvene.inspection.tables, fxvene.inspection.diff)
 
     def sites(self, signature=None):
-        """Where each intervention acts: a list of :class:`fxvene.inspection.tables.SiteInfo` (node, module, shape, ...)."""
+        """Where each intervention acts: a list of ``fxvene.inspection.tables.SiteInfo`` (node, module, shape, ...)."""
         from fxvene.api.views import sites
 
         return sites(self, signature=signature)
@@ -99,13 +99,13 @@ class ModelMethods:
         return print_sites(self, file=file, signature=signature)
 
     def rewritten_graph(self, plan="base", group=0, signature=None, active=None, collect=None):
-        """``(traced, gm)``: the rewritten GraphModule a call runs; see :func:`fxvene.api.views.rewritten_graph`."""
+        """``(traced, gm)``: the rewritten GraphModule a call runs; see ``fxvene.api.views.rewritten_graph``."""
         from fxvene.api.views import rewritten_graph
 
         return rewritten_graph(self, plan=plan, group=group, signature=signature, active=active, collect=collect)
 
     def graph_diff(self, plan="base", group=0, signature=None, active=None, collect=None):
-        """The :class:`fxvene.inspection.diff.GraphDiff` from the traced model graph to :meth:`rewritten_graph`'s."""
+        """The ``fxvene.inspection.diff.GraphDiff`` from the traced model graph to ``rewritten_graph``'s."""
         from fxvene.api.views import intervenable_diff
 
         return intervenable_diff(self, plan=plan, group=group, signature=signature, active=active, collect=collect)
@@ -141,7 +141,7 @@ class ModelMethods:
         nothing. Without max_new_tokens / max_length the length is HF generate's default on each transformers
         line (20 new tokens). ``num_beams > 1`` and ``use_cache=False`` are refused (the cache rows beam search
         reorders carry per-example interventions; without the cache pyvene intervenes on prompt positions).
-        See :mod:`fxvene.api.generation`.
+        See ``fxvene.api.generation``.
         """
         from fxvene.api.generation import generate
 
@@ -163,7 +163,7 @@ class ModelMethods:
     # ---------------------------------------------------------------- save / load (fxvene/api/serialization.py)
     def save(self, save_directory, save_to_hf_hub=False, hf_repo_name="my-awesome-model", include_model=False):
         """Write ``config.json`` (pyvene 0.1.8's layout) and safetensors weights. Never pickle.
-        See :mod:`fxvene.api.serialization`."""
+        See ``fxvene.api.serialization``."""
         from fxvene.api.serialization import save
 
         return save(
@@ -183,7 +183,7 @@ class ModelMethods:
     ):
         """Rebuild from a directory saved by fxvene or pyvene 0.1.8 (``.bin`` files are read with
         ``torch.load(weights_only=True)``). ``custom_types``: user intervention classes the config may
-        name. See :mod:`fxvene.api.serialization`."""
+        name. See ``fxvene.api.serialization``."""
         from fxvene.api.serialization import load
 
         return load(
@@ -198,14 +198,14 @@ class ModelMethods:
         )
 
     def save_intervention(self, save_directory, include_model=True):
-        """Weights only (safetensors), no config. See :mod:`fxvene.api.serialization`."""
+        """Weights only (safetensors), no config. See ``fxvene.api.serialization``."""
         from fxvene.api.serialization import save_intervention
 
         return save_intervention(self, save_directory, include_model=include_model)
 
     def load_intervention(self, load_directory, include_model=True):
         """Load weights into the existing interventions in place (maps to the CPU, then to where each
-        intervention lives; never a hard-coded device). See :mod:`fxvene.api.serialization`."""
+        intervention lives; never a hard-coded device). See ``fxvene.api.serialization``."""
         from fxvene.api.serialization import load_intervention
 
         return load_intervention(self, load_directory, include_model=include_model)

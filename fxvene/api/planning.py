@@ -3,10 +3,11 @@
 The *structure* of a call (which interventions act, which collect, which source groups run) picks a
 rewritten GraphModule from the model's cache: the base graph with a site op (or a gather, for
 Collect) at each site, and truncated source graphs that stop after the last site a group reads and
-return only the gathered units. :class:`GraphPlanning` holds these methods for
-:class:`fxvene.api.intervenable.IntervenableModel`.
+return only the gathered units (in train mode a source graph runs the whole forward, so its dropouts
+draw what pyvene's full source run draws). Graphs are cached per model mode (train / eval). ``GraphPlanning`` holds these methods for
+``fxvene.api.intervenable.IntervenableModel``.
 
-Split from :mod:`fxvene.api.intervenable` (which re-exports the public helpers here).
+Split from ``fxvene.api.intervenable`` (which re-exports the public helpers here).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def gets_kwargs(intervention):
 
 
 class AdaptorSiteOp(SiteOp):
-    """A :class:`SiteOp` for ``as_adaptor=True``: the module's input, gathered at the same units as
+    """A ``SiteOp`` for ``as_adaptor=True``: the module's input, gathered at the same units as
     its output, reaches the intervention as the keyword argument ``args`` (pyvene 0.1.8)."""
 
     def forward(self, x, source=None, loc=None, module_input=None):
@@ -81,11 +82,17 @@ class AdaptorSiteOp(SiteOp):
 
 
 class GraphPlanning:
-    """The graph-building methods of :class:`fxvene.api.intervenable.IntervenableModel` (a mixin)."""
+    """The graph-building methods of ``fxvene.api.intervenable.IntervenableModel`` (a mixin)."""
 
-    def _traced(self, signature):
+    def _train_graphs(self):
+        """Whether calls run the train-mode graphs: the model is in train mode (``model.train()``,
+        ``enable_model_gradients``, ``IntervenableModel.train()``), so its dropout is live, as in pyvene."""
+        return bool(self.model.training)
+
+    def _traced(self, signature, training=None):
+        training = self._train_graphs() if training is None else training
         with preserved_rng():
-            traced = trace(self.model, signature, tracer=self.tracer)
+            traced = trace(self.model, signature, tracer=self.tracer, training=training)
         return time_steps.prepare(traced, self.model, getattr(self, "representations", None))
 
     def _site(self, traced, key, source_side=False):
@@ -101,7 +108,7 @@ class GraphPlanning:
         return site
 
     def _base_graph(self, sig, active, collect):
-        ck = ("base", sig, tuple(active), tuple(collect))
+        ck = ("base", sig, tuple(active), tuple(collect), self._train_graphs())
         if ck in self._graphs:
             return self._graphs[ck]
         traced = self._traced(sig)
@@ -112,6 +119,7 @@ class GraphPlanning:
     def _site_requests(self, traced, active, collect):
         """``insert_interventions`` requests of the keys in ``active`` (site ops) and ``collect`` (taps)."""
         reqs = []
+        own, keep = self._step_collects(traced, active, collect)
         for key in self.sorted_keys:
             if key not in active and key not in collect:
                 continue
@@ -126,6 +134,8 @@ class GraphPlanning:
                         key,
                         self.interventions[key],
                         collect=key in collect,
+                        own_stack=key in own,
+                        keep=keep.get(key, ()),
                     )
                 )
                 continue
@@ -158,6 +168,27 @@ class GraphPlanning:
                 )
         return reqs
 
+    def _step_collects(self, traced, active, collect):
+        """Unit ``t`` Collects listed before a setter at the same steps: those Collects (each reads its own
+        stack) and, per setter, the stacks it must leave alone, so a Collect sees what pyvene's does."""
+        t_keys = [k for k in self.sorted_keys if (k in active or k in collect) and self.representations[k].unit == "t"]
+        if len(t_keys) < 2:
+            return set(), {}
+        steps = {}
+        for k in t_keys:
+            rep = self.representations[k]
+            steps[k] = time_steps.resolve(traced, self.model, rep.component, rep.layer).nodes
+        own, keep = set(), {}
+        for n, c in enumerate(t_keys):
+            later = [s for s in t_keys[n + 1 :] if s in active and s not in collect and steps[s] == steps[c]]
+            if c not in collect or not later:
+                continue
+            own.add(c)
+            stack = time_steps.collect_stack(traced, self.model, self.representations[c], self.sorted_keys.index(c))
+            for s in later:
+                keep.setdefault(s, []).append(stack)
+        return own, keep
+
     def _site_call(self, key, sub, extra, **more):
         """The per-call data a site op reads (subspaces, keyword arguments as pyvene passes them)."""
         call = {
@@ -168,7 +199,7 @@ class GraphPlanning:
         return call
 
     def _source_graph(self, sig, keys, prior=()):
-        ck = ("source", sig, tuple(keys), tuple(prior))
+        ck = ("source", sig, tuple(keys), tuple(prior), self._train_graphs())
         if ck in self._graphs:
             return self._graphs[ck]
         traced = self._traced(sig)
@@ -198,7 +229,12 @@ class GraphPlanning:
             gm = insert_interventions(traced.gm, self._site_requests(traced, prior, ()) + taps)
         else:
             gm = expose(traced.gm, reqs)
-        gm = truncate(gm, list(range(n_out, n_out + len(reqs))))
+        if self._train_graphs():
+            # train mode: the whole forward runs, so its dropouts draw every random number pyvene's
+            # full source forward draws; the gathered values are the outputs after the model's
+            gm.meta["fxvene_skip_outputs"] = n_out
+        else:
+            gm = truncate(gm, list(range(n_out, n_out + len(reqs))))
         self._graphs[ck] = (traced, gm)
         return traced, gm
 

@@ -1,6 +1,6 @@
 """Saving and loading interventions without pickle.
 
-Layout of a directory written by :func:`save` (``IntervenableModel.save``)::
+Layout of a directory written by ``save`` (``IntervenableModel.save``)::
 
     config.json                      pyvene 0.1.8's layout: representations (positional lists),
                                      intervention_types ("<class '...'>"), mode, sorted_keys,
@@ -18,7 +18,7 @@ Differences from pyvene 0.1.8, all deliberate:
 * A directory written by pyvene (``config.json`` + ``intkey_*.bin``) loads through
   ``torch.load(weights_only=True)``, which refuses any pickle that would import or call code;
   such a file is reported as a ``ValueError`` naming it.
-* Intervention types are resolved through :func:`fxvene.api.basic_utils.get_type_from_string` (an
+* Intervention types are resolved through ``fxvene.api.basic_utils.get_type_from_string`` (an
   allow-list of built-in classes), then ``custom_types=[MyIntervention]``, then classes *already
   imported* (a module in ``sys.modules``) that subclass fxvene's ``Intervention`` - e.g.
   ``pyreft.interventions.LoreftIntervention`` once pyreft is imported. Nothing named in a file is
@@ -644,7 +644,7 @@ def save_intervention(intervenable, save_directory, include_model=True):
 
 
 def load_intervention(intervenable, load_directory, include_model=True):
-    """Load weights written by :func:`save_intervention` (or pyvene's ``intkey_*.bin``) into the
+    """Load weights written by ``save_intervention`` (or pyvene's ``intkey_*.bin``) into the
     existing interventions, in place (Parameter objects are kept, so optimizers stay valid)."""
     from fxvene.interventions import TrainableIntervention
 

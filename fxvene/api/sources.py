@@ -1,9 +1,9 @@
 """Source runs of IntervenableModel: parallel (each group's source run on its own) and serial
 (each group's setters act on the next group's source run), given source representations, and the
-``past_key_values`` of an intervened run (``use_cache=True``). :class:`SourceRuns` holds these
-methods for :class:`fxvene.api.intervenable.IntervenableModel`.
+``past_key_values`` of an intervened run (``use_cache=True``). ``SourceRuns`` holds these
+methods for ``fxvene.api.intervenable.IntervenableModel``.
 
-Split from :mod:`fxvene.api.intervenable`.
+Split from ``fxvene.api.intervenable``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from fxvene.graph.tracing import TracingError
 
 
 class SourceRuns:
-    """The source-run methods of :class:`fxvene.api.intervenable.IntervenableModel` (a mixin)."""
+    """The source-run methods of ``fxvene.api.intervenable.IntervenableModel`` (a mixin)."""
 
     def _run_source(self, call, g, keys, prior=(), prior_feeds=None, prior_calls=None):
-        """Run group ``g``'s source (of the :class:`fxvene.api.unit_checks.CheckedCall` ``call``) through
+        """Run group ``g``'s source (of the ``fxvene.api.unit_checks.CheckedCall`` ``call``) through
         its truncated graph; returns the values at ``keys``' sites. ``prior``: keys whose setters act on
         this run (serial mode), fed ``prior_feeds`` and called with ``prior_calls``."""
         traced, gm = self._source_graph(call.source_signatures[g], tuple(keys), tuple(prior))
@@ -41,7 +41,7 @@ class SourceRuns:
         finally:
             for op in ops:
                 op.call = {}
-        return dict(zip(keys, flat))
+        return dict(zip(keys, flat[gm.meta.get("fxvene_skip_outputs", 0) :]))
 
     def _parallel_sources(self, call):
         """Each group's source run on its own: the source values of every intervention that reads one."""
@@ -85,7 +85,7 @@ class SourceRuns:
 
     def _past_key_values(self, base_in, active, feeds, calls):
         """The intervened run's keys/values, as the model returns them (``use_cache=True``): the
-        prompt forward of the KV-cache step graph (:mod:`fxvene.graph.step_graphs`) with the same
+        prompt forward of the KV-cache step graph (``fxvene.graph.step_graphs``) with the same
         interventions, units and per-call data as the call's graph."""
         from fxvene.api.generation import step_graph_for
         from fxvene.graph.step_graphs import TF_MAJOR, make_cache, step_graph

@@ -1,7 +1,7 @@
 """Checks of one call's unit locations, unit widths and subspaces, before anything runs.
 
-A site's :class:`Axes` (what its units index, how wide one unit is) is worked out once, when the
-IntervenableModel is built; :func:`check_call` then checks every location against the length of
+A site's ``Axes`` (what its units index, how wide one unit is) is worked out once, when the
+IntervenableModel is built; ``check_call`` then checks every location against the length of
 the run it indexes (the base, or the source it reads) and the head count, unit counts against
 ``max_number_of_units`` for interventions whose weights fix their width, and subspaces against
 the intervention's dimension. Errors name the argument (``unit_locations (base side) of <key>``,
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fxvene.api import locations as L
-from fxvene.api.validation import check_inputs, is_abstract_component, lead_tensor
+from fxvene.api.validation import check_inputs, is_abstract_component, lead_tensor, sequence_length
 from fxvene.graph.sites import Axes
 from fxvene.graph.tracing import steps_signature
 
@@ -32,7 +32,7 @@ def _example_seq(traced):
 
 
 def site_axes(site, traced, model):
-    """The :class:`Axes` of ``site`` (a :class:`fxvene.graph.sites.Site`) in ``traced``."""
+    """The ``Axes`` of ``site`` (a ``fxvene.graph.sites.Site``) in ``traced``."""
     from fxvene.models import family_for
 
     shape = site.shape
@@ -112,7 +112,7 @@ def _check_range(t, size, kind, what, where):
 
 
 def check_index(t, unit, axes, seq, what, where):
-    """Bounds of one side's index tensor(s) (from :func:`fxvene.api.locations.to_index`)."""
+    """Bounds of one side's index tensor(s) (from ``fxvene.api.locations.to_index``)."""
     if t is None:
         return
     if unit == "h.pos":
@@ -348,13 +348,13 @@ def _check_extras(labels, extra, batch, seq, model=None):
 
 @dataclass
 class CheckedCall:
-    """One call of an IntervenableModel (``forward`` or ``generate``), checked once by :func:`check_call`.
+    """One call of an IntervenableModel (``forward`` or ``generate``), checked once by ``check_call``.
 
     The rest of the call reads everything from here: the checked base and source inputs and their
     graph signatures, the per-intervention unit locations (``src_locs``: where each reads its source;
     ``base_locs``: where it writes, on the base or, in serial mode, on the next group's source run,
     ``targets``), subspaces, source representations, the extra intervention keywords and labels.
-    :meth:`index` turns a location into its index tensor once; the checks made them already.
+    ``index`` turns a location into its index tensor once; the checks made them already.
     """
 
     base: dict
@@ -384,7 +384,7 @@ class CheckedCall:
 
 
 def check_base(im, base, what="base"):
-    """``(inputs, signature)`` of the base: the checked model inputs (:func:`fxvene.api.validation.check_inputs`)
+    """``(inputs, signature)`` of the base: the checked model inputs (``fxvene.api.validation.check_inputs``)
     and the signature of the graph that runs them (with the length, where the graph has one: a GRU)."""
     d, sig = check_inputs(base, what, im._vocab_size())
     return d, steps_signature(im.model, d, sig)
@@ -394,12 +394,12 @@ def check_call(
     im, base_in, signature, sources, unit_locations, source_representations, subspaces, labels=None, extra=None
 ):
     """Everything about one call that can be checked without running it, checked once into a
-    :class:`CheckedCall`: the sources (one per group, or one for all) and their inputs and batch, every
+    ``CheckedCall``: the sources (one per group, or one for all) and their inputs and batch, every
     unit location against the sequence / head count, unit counts against ``max_number_of_units`` for
     fixed-width interventions, source representations, subspaces, labels. ``base_in``/``signature``
-    come from :func:`check_base`."""
+    come from ``check_base``."""
     lead = lead_tensor(base_in)
-    batch, seq = lead.shape[0], lead.shape[1]
+    batch, seq = lead.shape[0], sequence_length(base_in)
     device = lead.device
     ngroups = len(im._groups)
     if sources is not None and not isinstance(sources, (list, tuple)):
@@ -455,7 +455,7 @@ def check_call(
         tseq, where = (
             (seq, "the base")
             if tgt in (None, "base")
-            else ((lead_tensor(src_in[tgt]).shape[1], f"sources[{tgt}]") if src_in[tgt] is not None else (None, None))
+            else ((sequence_length(src_in[tgt]), f"sources[{tgt}]") if src_in[tgt] is not None else (None, None))
         )
         bw = f"unit_locations (base side) of {key}"
         bt = call.index("base", i, unit, bw)
@@ -472,7 +472,7 @@ def check_call(
             sw = f"unit_locations (source side) of {key}"
             st = call.index("source", i, unit, sw)
             src_axes = getattr(im, "_source_axes", {}).get(key, axes)  # a source read at another site
-            check_index(st, unit, src_axes, lead_tensor(src).shape[1], sw, f"sources[{group_of[key]}]")
+            check_index(st, unit, src_axes, sequence_length(src), sw, f"sources[{group_of[key]}]")
             if bt is not None and _forward_owner(iv) not in (None, "LambdaIntervention"):
                 _check_pairing(st, bt, unit, batch, _flattens(iv), key)
         if srcreps is not None and key in srcreps:

@@ -1,9 +1,9 @@
 """Checks of what a user passes to an IntervenableModel, done before the model is touched or run.
 
-One place per concept: the model (:func:`check_model`), an intervention choice
-(:func:`check_intervention_type`, :func:`check_intervention`), model inputs (:func:`check_inputs`,
+One place per concept: the model (``check_model``), an intervention choice
+(``check_intervention_type``, ``check_intervention``), model inputs (``check_inputs``,
 also used by ``generate`` and the sweeps). The checks of one call's unit locations, widths and
-subspaces are in :mod:`fxvene.api.unit_checks`. Every failure is a ``ValueError`` or ``TypeError``
+subspaces are in ``fxvene.api.unit_checks``. Every failure is a ``ValueError`` or ``TypeError``
 that names the argument, what was given and what was expected; nothing is changed before it is
 raised.
 """
@@ -27,7 +27,8 @@ INPUT_KEYS = (
     "position_ids",
     "decoder_input_ids",
     "decoder_attention_mask",
-)  # the last two: encoder-decoder models (T5)
+    "pixel_values",
+)  # decoder_*: encoder-decoder models (T5); pixel_values: image models (ResNet, ConvNeXt, ViT)
 _ID_KEYS = ("input_ids", "token_type_ids", "position_ids", "decoder_input_ids")
 
 
@@ -251,6 +252,8 @@ def check_inputs(inputs, what, vocab_size=None, need=None):
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"{what}[{k!r}] must be a torch.Tensor, got {type(v).__name__}")
     lead = "input_ids" if "input_ids" in d else "inputs_embeds" if "inputs_embeds" in d else None
+    if lead is None and need is None and "pixel_values" in d:
+        return _checked_pixels(d, what)
     if lead is None or (need is not None and lead != need):
         raise ValueError(f"{what} needs {need!r}" if need else f"{what} needs 'input_ids' or 'inputs_embeds'")
     if "input_ids" in d and "inputs_embeds" in d:
@@ -297,11 +300,35 @@ def check_inputs(inputs, what, vocab_size=None, need=None):
     return d, d.signature
 
 
+def _checked_pixels(d, what):
+    """An image model's inputs: ``pixel_values`` (floating, (batch, channels, height, width)) alone."""
+    t = d["pixel_values"]
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{what}['pixel_values'] must be a floating tensor, got dtype {t.dtype}")
+    if t.dim() != 4 or 0 in t.shape:
+        raise ValueError(f"{what}['pixel_values'] must be a (batch, channels, height, width) tensor, got {_shape(t)}")
+    extra = sorted(k for k in d if k != "pixel_values")
+    if extra:
+        raise ValueError(f"{what}: an image model takes 'pixel_values' alone here, got also {extra}")
+    d = CheckedInputs(d)
+    d.signature = ("pixel_values",)
+    return d, d.signature
+
+
 class CheckedInputs(dict):
-    """Model inputs :func:`check_inputs` has passed (checking them again is a no-op)."""
+    """Model inputs ``check_inputs`` has passed (checking them again is a no-op)."""
 
     signature: tuple = ()
 
 
+def sequence_length(d):
+    """The positions of a call's inputs: the lead tensor's second dimension, or None for an image
+    (its positions, CLS + patches for a ViT, are the model's; they are checked when the graph runs)."""
+    image = "pixel_values" in d and "input_ids" not in d and "inputs_embeds" not in d
+    return None if image else lead_tensor(d).shape[1]
+
+
 def lead_tensor(d):
-    return d["input_ids"] if "input_ids" in d else d["inputs_embeds"]
+    if "input_ids" in d:
+        return d["input_ids"]
+    return d["inputs_embeds"] if "inputs_embeds" in d else d["pixel_values"]

@@ -1,7 +1,7 @@
-"""What an IntervenableModel's calls look like, without running them: its site table (:func:`sites`,
-:func:`print_sites`) and the rewritten graphs a call runs (:func:`rewritten_graph`, :func:`intervenable_diff`).
+"""What an IntervenableModel's calls look like, without running them: its site table (``sites``,
+``print_sites``) and the rewritten graphs a call runs (``rewritten_graph``, ``intervenable_diff``).
 
-The tables and diffs themselves are :mod:`fxvene.inspection`'s; this module reads the model's plan.
+The tables and diffs themselves are ``fxvene.inspection``'s; this module reads the model's plan.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from fxvene.inspection.tables import (
 
 
 def sites(intervenable, signature=None):
-    """The sites of ``intervenable``: one :class:`SiteInfo` per intervention key, in key order.
+    """The sites of ``intervenable``: one ``SiteInfo`` per intervention key, in key order.
 
     ``signature`` names the model inputs of the call the graph is traced for (default: the inputs
-    the model was built with, :func:`default_signature`). A time-step site (unit ``t``) lists
+    the model was built with, ``default_signature``). A time-step site (unit ``t``) lists
     step 0's node in ``node``, every step's in ``steps`` and the stacked steps' shape
     ``(batch, steps, dim)``.
     """
@@ -132,7 +132,7 @@ def rewritten_graph(intervenable, plan="base", group=0, signature=None, active=N
     of source group ``group`` (an index into the groups, in config order). Returns
     ``(traced, gm)``: the TracedGraph the rewrite started from and the rewritten GraphModule.
     ``signature``: the model inputs of the call (default: those the model was built with,
-    :func:`fxvene.inspection.tables.default_signature`).
+    ``fxvene.inspection.tables.default_signature``).
     """
     from fxvene.inspection.tables import default_signature
     from fxvene.interventions import CollectIntervention
@@ -164,7 +164,7 @@ def rewritten_graph(intervenable, plan="base", group=0, signature=None, active=N
 
 
 def intervenable_diff(intervenable, plan="base", group=0, signature=None, active=None, collect=None):
-    """:class:`GraphDiff` between the traced model graph and :func:`rewritten_graph`'s graph."""
+    """``GraphDiff`` between the traced model graph and ``rewritten_graph``'s graph."""
     traced, gm = rewritten_graph(intervenable, plan, group, signature, active, collect)
     if plan == "base":
         title = f"{type(intervenable.model).__name__} ({traced.frontend}): intervened base forward"

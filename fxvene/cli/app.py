@@ -11,7 +11,7 @@ small's shape, random weights) or ``demo`` (the model shipped in ``fxvene/zoo/de
 
 Errors print one line on stderr (``-v`` shows the traceback) and exit with status 1;
 usage errors exit with status 2. Arguments are checked before torch, transformers or the model
-load (:func:`check_args`: the model path, layer and component names, the config's JSON), so
+load (``check_args``: the model path, layer and component names, the config's JSON), so
 ``--help`` and most mistakes answer at once.
 """
 
@@ -137,7 +137,7 @@ def read_intervention_config(path):
 
 def precheck_config(path, fam, n_layers, model):
     """The parts of a ``--config`` file checkable without torch: JSON, its layout, component
-    names and layers (field names and intervention types are checked by :func:`load_config`)."""
+    names and layers (field names and intervention types are checked by ``load_config``)."""
     data, reps = read_intervention_config(path)
     for i, r in enumerate(reps):
         if not isinstance(r, dict):
@@ -194,7 +194,7 @@ def resolve_intervention_type(name, where="intervention_type"):
 
 
 def load_config(path):
-    """An :class:`~fxvene.IntervenableConfig` from pyvene-style JSON.
+    """An ``IntervenableConfig`` from pyvene-style JSON.
 
     ``{"representations": [{"layer": 3, "component": "block_output", "intervention_type":
     "VanillaIntervention"}, ...], "mode": "parallel", "intervention_types": ...}``; a bare list

@@ -7,7 +7,7 @@ itself (e.g. a scalar ``finfo.min``) as safetensors bytes in base64. No pickle, 
 code; loading reattaches the live model's own parameters and buffers (nothing of the model is ever
 copied to disk). Two forms:
 
-* ``"graph"``: the finished fx graph in fxvene's own format (:mod:`fxvene.graph.format`: nodes,
+* ``"graph"``: the finished fx graph in fxvene's own format (``fxvene.graph.format``: nodes,
   targets, arguments, shapes as plain data). The KV-cache step graphs are stored this way: a load
   builds the graph directly, without torch's deserialiser (the cost of a warm first call).
 * ``"program"``: the ``ExportedProgram``'s own JSON serialisation (``torch._export.serde``, the
@@ -24,7 +24,7 @@ debug-level log note and the graph is exported again.
 Writers write a temporary file in the cache directory and ``os.replace`` it into place, so a
 reader never sees a half-written entry and two processes exporting the same graph at once both
 leave a valid one. Location: ``$FXVENE_CACHE_DIR`` (default ``~/.cache/fxvene``);
-``FXVENE_CACHE=0`` turns the cache off. :func:`clear_graph_cache` (or ``fxvene cache clear``)
+``FXVENE_CACHE=0`` turns the cache off. ``clear_graph_cache`` (or ``fxvene cache clear``)
 empties it.
 """
 
@@ -121,7 +121,10 @@ def key_for(model, kind, signature):
     import transformers
 
     from fxvene._version import __version__
+    from fxvene.graph.offload import is_dispatched
 
+    if is_dispatched(model):  # weights outside the model (accelerate): its graphs are not cached
+        return None, None
     cfg = model.config
     try:
         cfg_json = json.loads(cfg.to_json_string(use_diff=False))
@@ -227,7 +230,7 @@ def save(key, about, ep, root, graph=None):
 
     ``graph``: the finished GraphModule fxvene made of ``ep`` (its ``meta`` names the model tensor
     each attribute aliases, ``fxvene_attr_sources``): stored in fxvene's own format
-    (:mod:`fxvene.graph.format`), which loads without torch's deserialiser; a graph that format does
+    (``fxvene.graph.format``), which loads without torch's deserialiser; a graph that format does
     not cover is stored as the exported program."""
     if key is None or not enabled():
         return None

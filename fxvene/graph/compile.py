@@ -10,7 +10,7 @@ values or in the batch size or sequence length reuse the compiled code: zero rec
 
 How the sizes stay dynamic (torch 2.13): ``dynamic=True`` alone specialises sizes 0 and 1, so a
 first call with batch 1 would compile a batch-1 graph and batch 2 would recompile. Before every
-call of a compiled graph, :func:`mark_dims` marks
+call of a compiled graph, ``mark_dims`` marks
 
 * the batch dimension (dim 0 of the model inputs, of the unit locations and of source activations
   computed by a source run) *unbacked*, one symbol shared by all of them
@@ -81,7 +81,7 @@ _MARKS = (
 
 
 def unmark(tensors):
-    """Remove the marks :func:`mark_dims` left on ``tensors`` (they may be the caller's own tensors,
+    """Remove the marks ``mark_dims`` left on ``tensors`` (they may be the caller's own tensors,
     which another ``torch.compile`` must not see as marked)."""
     for t in tensors:
         for a in _MARKS:
@@ -154,7 +154,7 @@ def compiled(gm, cache, options):
 
 
 def compile_graph(gm, options):
-    """``torch.compile(gm, **options)`` of :func:`compile_ready`'s form of ``gm``."""
+    """``torch.compile(gm, **options)`` of ``compile_ready``'s form of ``gm``."""
     ready = compile_ready(gm)
     if hasattr(ready, "real_recompile"):  # a lazy copy: generate its code now, not inside the first compiled call
         ready.real_recompile()

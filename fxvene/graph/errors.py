@@ -1,6 +1,6 @@
 """The graph runtime's errors (a leaf module: tracing and model I/O both raise them), and the two
-helpers that keep every fxvene message short (three lines, 300 characters at most): :func:`clip`
-(another library's message, cut to its first line) and :func:`known` (the names a bad one could be)."""
+helpers that keep every fxvene message short (three lines, 300 characters at most): ``clip``
+(another library's message, cut to its first line) and ``known`` (the names a bad one could be)."""
 
 import difflib
 import re

@@ -9,12 +9,12 @@ copied) or a small constant the trace created (returned separately, to be stored
 Loading builds the ``torch.fx.Graph`` directly: no ``torch.export`` deserialiser, no shape
 environment, no sympy, no Python code evaluated or unpickled. Call targets resolve only to
 registered operators (``torch.ops.<ns>``) or to whitelisted functions (``operator``, ``math``,
-``torch.sym_*``). Shape metadata (``node.meta["val"]``) becomes :class:`ShapeRecord` tensors whose
-sizes are ints and :class:`SymDim` (what fxvene's passes read of export's fake tensors: rank,
+``torch.sym_*``). Shape metadata (``node.meta["val"]``) becomes ``ShapeRecord`` tensors whose
+sizes are ints and ``SymDim`` (what fxvene's passes read of export's fake tensors: rank,
 dtype, device, which sizes are symbolic and which are the same), one per distinct shape.
 
 Submodules that are bodies of higher-order operators (export's ``wrap_with_autocast`` around
-Llama's rotary tables) are stored the same way, nested. :func:`dump` raises :class:`Unsupported`
+Llama's rotary tables) are stored the same way, nested. ``dump`` raises ``Unsupported``
 for a graph this format does not cover (call_module / call_method nodes, other targets, custom
 objects, large tensors that are not the model's); the cache then keeps torch's own serialisation.
 """
@@ -65,7 +65,7 @@ class SymDim:
 
 class ShapeRecord(torch.Tensor):
     """``node.meta["val"]`` of a loaded graph: a tensor without storage that has the value's dtype,
-    device and rank, and whose ``shape`` / ``size()`` / ``stride()`` hold ints and :class:`SymDim`
+    device and rank, and whose ``shape`` / ``size()`` / ``stride()`` hold ints and ``SymDim``
     (symbolic sizes). It stands for the value in metadata, as export's fake tensors do, at a
     fraction of their cost (no shape environment, no torch.export machinery); computing with it
     raises."""

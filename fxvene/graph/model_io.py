@@ -1,15 +1,15 @@
 """What a model takes and returns, for the tracer: nothing is assumed of ``forward`` beyond a lead
-input (``input_ids`` or ``inputs_embeds``).
+input (``input_ids`` or ``inputs_embeds``; ``pixel_values`` for an image model whose forward takes neither).
 
 * Inputs: the requested inputs the forward takes are traced; the others (the ``attention_mask`` every
   call carries, given to pyvene's MLP) stay placeholders of the graph that feed only
-  :func:`check_ignored_input`, which refuses a value the model would have needed (a padded mask).
+  ``check_ignored_input``, which refuses a value the model would have needed (a padded mask).
   ``use_cache=False`` is passed only where the forward takes it, ``return_dict`` never: the graph
   returns what the model returns by default, as pyvene's calls do.
 * Outputs: a ``ModelOutput``, a tuple of tensors (pyvene's MLP and GRU) or one tensor.
 * Fixed lengths: export unrolls a loop over time steps (pyvene's GRU), so such a graph holds one
-  sequence length. It is detected (:func:`fixed_length`), guarded (:func:`check_steps`) and traced
-  once per length: :func:`steps_signature` adds the length to a call's signature.
+  sequence length. It is detected (``fixed_length``), guarded (``check_steps``) and traced
+  once per length: ``steps_signature`` adds the length to a call's signature.
 """
 
 from __future__ import annotations
@@ -34,6 +34,15 @@ def forward_parameters(model):
     return frozenset(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
 
 
+def named_parameters(model):
+    """The inputs ``model.forward`` names (whether or not it also takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return frozenset()
+    return frozenset(n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
 def split_inputs(model, input_names):
     """``(taken, ignored)``: the requested inputs ``model.forward`` takes, and those it does not."""
     accepted = forward_parameters(model)
@@ -41,15 +50,22 @@ def split_inputs(model, input_names):
         return tuple(input_names), ()
     taken = tuple(n for n in input_names if n in accepted)
     ignored = tuple(n for n in input_names if n not in accepted)
-    lead = [n for n in input_names if n in ("input_ids", "inputs_embeds")]
+    lead = [n for n in input_names if n in LEADS]
     if lead and not any(n in accepted for n in lead):
         raise TracingError(f"{type(model).__name__}.forward takes no {lead[0]!r}; its inputs are {sorted(accepted)}")
     return taken, ignored
 
 
+LEADS = ("input_ids", "inputs_embeds", "pixel_values")  # what a call's first input can be
+
+
 def lead_input(model):
     """``"input_ids"`` where the model's forward takes token ids and it has input embeddings to look
-    them up in, else ``"inputs_embeds"`` (pyvene's MLP and GRU without ``include_emb``)."""
+    them up in, else ``"inputs_embeds"`` (pyvene's MLP and GRU without ``include_emb``); ``"pixel_values"``
+    for an image model whose forward takes neither (ResNet, ConvNeXt, ViT classifiers)."""
+    named = named_parameters(model)
+    if "pixel_values" in named and not named & {"input_ids", "inputs_embeds"}:
+        return "pixel_values"
     accepted = forward_parameters(model)
     if accepted is None:
         return "input_ids"
@@ -66,17 +82,43 @@ def lead_input(model):
 def construction_inputs(model):
     """The inputs an IntervenableModel traces with to resolve its sites: the lead input and the
     mask, plus ``decoder_input_ids`` for an encoder-decoder model (T5), in the order of a call's
-    signature (:data:`fxvene.api.validation.INPUT_KEYS`)."""
-    names = (lead_input(model), "attention_mask")
+    signature (``fxvene.api.validation.INPUT_KEYS``)."""
+    lead = lead_input(model)
+    if lead == "pixel_values":  # an image: no sequence, no mask
+        return (lead,)
+    names = (lead, "attention_mask")
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         names += ("decoder_input_ids",)
     return names
 
 
+def example_pixels(model, batch, generator, device, dtype):
+    """An example image batch ``(batch, num_channels, side, side)`` for tracing an image model: the
+    config's ``image_size`` where it has one (ViT's patch grid depends on it), else 64 pixels."""
+    cfg = model.config
+    side = getattr(cfg, "image_size", None) or 64
+    side = side[0] if isinstance(side, (list, tuple)) else side
+    channels = getattr(cfg, "num_channels", None) or 3
+    return torch.randn(batch, channels, int(side), int(side), generator=generator).to(device=device, dtype=dtype)
+
+
+def dynamic_dims(name, value):
+    """The dimensions export keeps symbolic for input ``name``: batch and sequence, and an image's
+    height and width (its channel count stays fixed)."""
+    from torch.export import Dim
+
+    if name == "pixel_values" and value.dim() == 4:
+        return {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
+    return {0: Dim.AUTO, 1: Dim.AUTO} if value.dim() >= 2 else ({0: Dim.AUTO} if value.dim() == 1 else None)
+
+
 def switches(model, **flags):
-    """``use_cache=False, return_dict=True`` (say), each only where the model's forward takes it."""
+    """``use_cache=False, return_dict=True`` (say), each only where the model's forward takes it: names it,
+    or takes ``**kwargs`` and names nothing (a wrapper); a flag that would only land in the ``**kwargs`` of
+    a forward that names its inputs (an image classifier of transformers 5) is left out."""
     accepted = forward_parameters(model)
-    return {k: v for k, v in flags.items() if accepted is None or k in accepted}
+    named = named_parameters(model)
+    return {k: v for k, v in flags.items() if k in named or (accepted is None and not named)}
 
 
 def flat_output(out):
@@ -114,7 +156,7 @@ def check_ignored_input(value, name, model_name):
 
 def add_ignored_inputs(gm, ignored, model_name):
     """Placeholders for the requested inputs the model does not take (callers pass them), each
-    feeding only :func:`check_ignored_input`."""
+    feeding only ``check_ignored_input``."""
     if not ignored:
         return gm
     graph = gm.graph

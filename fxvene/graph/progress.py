@@ -8,8 +8,8 @@ step has run for a second (so a long step is never silent and a quick one says n
 rest when it ends. Nested steps print only the
 outermost one. Silenced by the environment variable ``FXVENE_QUIET=1`` or
 ``fxvene.set_verbosity(0)``.
-Messages are not warnings: nothing here goes through :mod:`warnings` or :mod:`logging`.
-:func:`quiet_loggers` keeps the tracers' own log warnings (meant for their developers) away from the user.
+Messages are not warnings: nothing here goes through ``warnings`` or ``logging``.
+``quiet_loggers`` keeps the tracers' own log warnings (meant for their developers) away from the user.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Site resolution and the modules that rewritten graphs call at intervention sites.
 
-A :class:`Site` is where a (component, layer) lives in a traced graph: the fx node, the
+A ``Site`` is where a (component, layer) lives in a traced graph: the fx node, the
 port, the module path, and the view (a third of a fused QKV output, a split into heads).
-:class:`SiteOp` is the ``call_module`` target the insert pass puts after a site node: it
+``SiteOp`` is the ``call_module`` target the insert pass puts after a site node: it
 gathers the units of the live tensor, calls the intervention, and scatters the result back
-(functionally: the traced tensor is never written in place). :class:`Gather` is the
+(functionally: the traced tensor is never written in place). ``Gather`` is the
 expose pass's gather (source runs, Collect).
 """
 
@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from fxvene.graph.errors import clip, known
 from fxvene.models import eval_dim, family_for
+from fxvene.models.aliases import is_alias, split_alias
 from fxvene.passes.locate import PATTERNS, LocateError, is_tensor_node, module_input, module_output, normalize_path
 
 
@@ -60,9 +61,11 @@ def _parse_string_component(component):
 
 
 def resolve_site(traced, model, component, layer, moe_key=None):
-    """Resolve a pyvene component at ``layer`` to a :class:`Site` of ``traced``'s graph."""
+    """Resolve a pyvene component at ``layer`` to a ``Site`` of ``traced``'s graph."""
     if not isinstance(component, str):
         raise TypeError(f"component must be a str, got {type(component).__name__}")
+    if is_alias(component):  # a TransformerLens hook name: its layer is part of the name
+        component, layer = split_alias(component)
     gm = traced.gm
     config = model.config
     fam, prefix = family_for(model)

@@ -9,11 +9,11 @@ keys/values are plain tensor inputs and outputs.
   model itself when it is traced (torch.export specialises sizes 0 and 1 of an example).
 * **prefill** / **decode**: separate exports, used only for a model whose chunk graph cannot be
   traced or fails those checks. ``step_graph(model, "prefill")`` on a model with a working chunk
-  graph returns the chunk graph with ``empty_past`` set: call it with :meth:`StepGraph.inputs`.
+  graph returns the chunk graph with ``empty_past`` set: call it with ``StepGraph.inputs``.
 * **prefill_embeds**: the prompt forward on ``inputs_embeds (b, S, width)`` instead of ``input_ids``
   (no past), exported on request only: the keys/values of forward's ``use_cache=True`` on embeddings.
 
-Exported programs are kept in the on-disk graph cache (:mod:`fxvene.graph.cache`); a loaded one is
+Exported programs are kept in the on-disk graph cache (``fxvene.graph.cache``); a loaded one is
 checked exactly like a fresh export.
 """
 
@@ -31,6 +31,7 @@ import torch.nn as nn
 import transformers
 
 from fxvene.graph import cache as graph_cache
+from fxvene.graph import offload
 from fxvene.graph.errors import clip
 from fxvene.graph.progress import progress
 from fxvene.graph.tracing import TracedGraph, TracingError, export_graph
@@ -45,6 +46,11 @@ def _cache_mode(model):
     if TF_MAJOR >= 5:
         return "dynamic"
     return "legacy_cache" if getattr(model, "_supports_cache_class", False) else "tuple"
+
+
+def cache_mode(model):
+    """How ``model`` takes and returns its past keys/values (``make_cache``'s ``mode``)."""
+    return _cache_mode(model)
 
 
 _EXPORT_CACHE = None
@@ -213,7 +219,7 @@ class CacheStep(nn.Module):
 
 
 class CacheStepEmbeds(CacheStep):
-    """:class:`CacheStep` on ``inputs_embeds`` (b, S, width) instead of ``input_ids`` (the prefill_embeds graph)."""
+    """``CacheStep`` on ``inputs_embeds`` (b, S, width) instead of ``input_ids`` (the prefill_embeds graph)."""
 
     def forward(self, inputs_embeds, attention_mask, position_ids, past):
         return self._step({"inputs_embeds": inputs_embeds}, attention_mask, position_ids, past)
@@ -226,7 +232,7 @@ class StepGraph:
     attention/block regions have several escaping values.
 
     ``empty_past``: the graph is the chunk graph standing in for the prompt forward, so it takes
-    past tensors of length 0 (:meth:`inputs` adds them)."""
+    past tensors of length 0 (``inputs`` adds them)."""
 
     phase: str
     traced: TracedGraph
@@ -282,7 +288,7 @@ def _strip_prefix(graph, prefix="model"):
 def _examples(model, wrapper, phase):
     cfg = model.config
     vocab = int(getattr(cfg, "vocab_size", 16) or 16)
-    device = next(model.parameters()).device
+    device = offload.main_device(model)  # a dispatched model's offloaded weights sit on the meta device
     g = torch.Generator().manual_seed(0)
     b, s = 2, 5
     ids = torch.randint(0, vocab, (b, s), generator=g).to(device)
@@ -354,7 +360,10 @@ def _auto():
 def _export(wrapper, args, dyn, model, phase):
     with torch.no_grad():
         try:
-            return torch.export.export(wrapper, args, dynamic_shapes=dyn, strict=False)
+            # a dispatched model is exported on its structure (hooks set aside, weights and inputs on meta)
+            with offload.tracing_view(model, meta=True) as dispatched:
+                args = offload.to_meta(args) if dispatched else args
+                return torch.export.export(wrapper, args, dynamic_shapes=dyn, strict=False)
         except Exception as e:  # noqa: BLE001
             msg = clip(f"{type(e).__name__}: {e}", 130)
             raise TracingError(
@@ -398,19 +407,20 @@ def _export_step(model, phase):
 def _finish(ep, model, wrapper, phase, args, ref, from_cache=False):
     """The exported program as fxvene runs it, checked against the model (``ref``: its outputs on
     ``args``); raises TracingError if it does not reproduce the model."""
-    gm = ep.module()
+    gm = offload.rebind(ep.module(), wrapper)  # a dispatched model: its live weights, not the meta stand-ins
     graph = export_graph(gm)
     _strip_prefix(graph)
     graph.eliminate_dead_code()
     params, sources = set(), {}
     gm = fx.GraphModule(_flat_attrs(gm, graph, params, sources), graph, class_name=f"FxveneStep_{phase}")
+    gm = offload.finish(gm, model, {k: v.removeprefix("model.") for k, v in sources.items()})
     gm.meta["fxvene_param_attrs"] = frozenset(params)  # weights, for the slice passes (heavy values)
     gm.meta["fxvene_attr_sources"] = sources
     return _checked(gm, model, wrapper, phase, args, ref, from_cache)
 
 
 def _checked(gm, model, wrapper, phase, args, ref, from_cache=False):
-    """The finished step graph ``gm`` checked against the model (as :func:`_finish` says)."""
+    """The finished step graph ``gm`` checked against the model (as ``_finish`` says)."""
     graph = gm.graph
     with torch.no_grad():
         got = gm(*args[:3], *args[3])
@@ -443,7 +453,7 @@ def _check_chunk_edges(gm, wrapper, model):
     attention makes position ``t``'s logits and the keys/values of the first ``t`` positions the
     same as a forward over those positions alone."""
     vocab = int(getattr(model.config, "vocab_size", 16) or 16)
-    device = next(model.parameters()).device
+    device = offload.main_device(model)  # a dispatched model's offloaded weights sit on the meta device
     g = torch.Generator().manual_seed(1)
     b, n = 3, 5
     ids = torch.randint(0, vocab, (b, n), generator=g).to(device)

@@ -4,9 +4,9 @@ A recurrent model calls its cell once per time step, so a traced graph (torch.ex
 the loop) holds one copy of the cell per step; ``nn_module_stack`` names the k-th call of a
 module with the suffix ``@k``. As in pyvene, time step t of a component is the t-th call
 (counting from 0) of its module. Such a graph is traced for one sequence length
-(:func:`fxvene.graph.tracing.steps_signature` keys it by length).
+(``fxvene.graph.tracing.steps_signature`` keys it by length).
 
-A site with unit ``t`` is one node per step. Setters are one :class:`StepOp` per step (all
+A site with unit ``t`` is one node per step. Setters are one ``StepOp`` per step (all
 sharing the intervention and the per-call data of the first, ``fxv_site_{i}``): at step t, the
 examples whose unit locations list t take the intervention, with the source value of the step
 listed at the same place on the source side. Source runs and Collect read the steps stacked into
@@ -86,14 +86,14 @@ def step_node(gm, path, port, step):
 
 @dataclasses.dataclass(frozen=True)
 class StepSite:
-    """The per-step nodes of one (component, layer) and the :class:`fxvene.graph.sites.Site` of step 0."""
+    """The per-step nodes of one (component, layer) and the ``fxvene.graph.sites.Site`` of step 0."""
 
     site: object
     nodes: tuple  # node name per step
 
 
 def resolve(traced, model, component, layer):
-    """The :class:`StepSite` of a component of a recurrent model (``models/gru.py``) or of a string
+    """The ``StepSite`` of a component of a recurrent model (``models/gru.py``) or of a string
     component (``"gru.cells[0].output"``) in ``traced``'s graph."""
     from fxvene.graph.sites import Site, _parse_string_component
 
@@ -147,13 +147,16 @@ def axes(site):
     return Axes("seq", None, site.dim)
 
 
-def stacked(traced, step_site):
+def stacked(traced, step_site, tag=None):
     """Name of a node holding the steps' values stacked on dim 1, ``(batch, steps, width)``, added
     to ``traced.gm`` once (an unused stack is dropped by ``truncate``; setters inserted at the steps
-    rewire it, so it holds the intervened values)."""
+    rewire it, so it holds the intervened values). ``tag``: another stack of the same steps, for a
+    Collect that must not see the setters listed after it (``requests``)."""
     gm = traced.gm
     memo = traced.meta.setdefault("step_stacks", {})
-    if step_site.nodes in memo:
+    if (step_site.nodes, tag) in memo:
+        return memo[(step_site.nodes, tag)]
+    if tag is None and step_site.nodes in memo:
         return memo[step_site.nodes]
     by_name = {n.name: n for n in gm.graph.nodes}
     last = by_name[step_site.nodes[-1]]
@@ -168,7 +171,7 @@ def stacked(traced, step_site):
             (val.shape[0], len(step_site.nodes), *val.shape[1:]), dtype=val.dtype, device="meta"
         )
     gm.recompile()
-    memo[step_site.nodes] = node.name
+    memo[step_site.nodes if tag is None else (step_site.nodes, tag)] = node.name
     return node.name
 
 
@@ -226,9 +229,9 @@ class StepOp(nn.Module):
         return scatter(x, self.site, "pos", None, new)
 
 
-def setter_requests(step_site, i, key, intervention):
+def setter_requests(step_site, i, key, intervention, keep=()):
     """``insert_interventions`` requests for a setter at every step (names ``fxv_site_{i}``, then
-    ``fxv_site_{i}_t{t}``)."""
+    ``fxv_site_{i}_t{t}``); ``keep``: stacks of Collects listed before it, which it must not reach."""
     lead = StepOp(key, step_site.site, 0, intervention)
     reqs = []
     for t, node in enumerate(step_site.nodes):
@@ -241,6 +244,7 @@ def setter_requests(step_site, i, key, intervention):
                 port=step_site.site.port,
                 region=step_site.site.path,
                 inputs=[f"fxv_src_{i}", f"fxv_loc_{i}"],
+                keep=tuple(keep),
             )
         )
     return reqs
@@ -258,9 +262,17 @@ def prepare(traced, model, representations):
     return traced
 
 
-def requests(traced, model, rep, i, key, intervention, collect=False):
+def collect_stack(traced, model, rep, i):
+    """The stack a Collect (representation ``i``, unit ``t``) reads when setters at the same steps are
+    listed after it: its own, which those setters do not rewire (pyvene's Collect sees the value
+    before every later write)."""
+    return stacked(traced, resolve(traced, model, rep.component, rep.layer), tag=i)
+
+
+def requests(traced, model, rep, i, key, intervention, collect=False, own_stack=False, keep=()):
     """``insert_interventions`` requests of representation ``i`` (unit ``t``) in ``traced``'s graph:
-    a Collect tap on the stacked steps, or a setter at every step."""
+    a Collect tap on the stacked steps (``own_stack``: on ``collect_stack``), or a setter at every
+    step that leaves the stacks in ``keep`` alone."""
     from fxvene.graph.sites import Gather
 
     ss = resolve(traced, model, rep.component, rep.layer)
@@ -269,14 +281,14 @@ def requests(traced, model, rep, i, key, intervention, collect=False):
             dict(
                 name=f"fxv_collect_{i}",
                 module=Gather(ss.site, "pos", f"unit_locations (base side) of {key}"),
-                node=stacked(traced, ss),
+                node=stacked(traced, ss, tag=i if own_stack else None),
                 port="output",
                 region=ss.site.path,
                 inputs=[f"fxv_loc_{i}"],
                 collect=True,
             )
         ]
-    return setter_requests(ss, i, key, intervention)
+    return setter_requests(ss, i, key, intervention, keep)
 
 
 def source_request(traced, model, rep, i, key):

@@ -1,19 +1,23 @@
 """Tracing frontends: turn a Hugging Face model into a plain torch.fx GraphModule.
 
-Both frontends return a :class:`TracedGraph`: a ``GraphModule`` whose placeholders
+Both frontends return a ``TracedGraph``: a ``GraphModule`` whose placeholders
 are the model's keyword inputs (``input_ids``, ``attention_mask``, ...) and whose
 output is a flat tuple of tensors (``output_keys`` names them). The GraphModule
 shares the model's parameters: nothing is copied.
 
 Nothing is assumed of the model's ``forward`` beyond a lead input (``input_ids`` or
 ``inputs_embeds``): what it takes and returns, and graphs of one sequence length (a recurrent
-model's unrolled loop), are :mod:`fxvene.graph.model_io`'s. Models are traced in eval mode (dropout
-off, as pyvene's wrap leaves them); the user's module modes come back afterwards.
+model's unrolled loop), are ``fxvene.graph.model_io``'s. A model is traced in eval mode (dropout
+off, as pyvene's wrap leaves it) or, with ``training=True``, in train mode: that graph keeps every
+dropout as a random op drawing from torch's global generator in the model's own order (HF's fx
+tracer leaves ``nn.Dropout`` modules as module calls that read their live ``training`` flag; they
+become ``F.dropout`` calls of the graph's mode, or vanish in eval mode). The two modes are two
+graphs, cached apart; the user's module modes and random state come back afterwards.
 
 * ``hf_fx``: ``transformers.utils.fx.symbolic_trace`` (transformers 4.x only).
 * ``export``: ``torch.export.export(..., strict=False)`` with dynamic batch and
   sequence dimensions, then ``.module()`` with its pytree codegen removed.
-* ``auto``: decided up front from the model (:func:`choose_frontend`): ``hf_fx`` where transformers
+* ``auto``: decided up front from the model (``choose_frontend``): ``hf_fx`` where transformers
   has it, supports the model family and the model uses eager attention (HF's fx tracer gives wrong
   outputs for SDPA attention on transformers 4.47, e.g. GPT-2), else ``export``. Every traced graph
   is still checked against the model's own outputs; should the chosen frontend fail, the other one
@@ -21,9 +25,9 @@ off, as pyvene's wrap leaves them); the user's module modes come back afterwards
   pass through the user's filters; the error when both fail is two lines (``.attempts`` keeps each
   tracer's whole message).
 
-Exported graphs are kept in the on-disk graph cache (:mod:`fxvene.graph.cache`); a loaded graph
+Exported graphs are kept in the on-disk graph cache (``fxvene.graph.cache``); a loaded graph
 passes the same output check as a fresh one. Slow steps say what they do on stderr
-(:mod:`fxvene.graph.progress`); the tracers' own log chatter is kept from the user.
+(``fxvene.graph.progress``); the tracers' own log chatter is kept from the user.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
+from fxvene.graph import offload
 from fxvene.graph.errors import TracingError, clip
 from fxvene.graph.model_io import (  # noqa: F401  (construction_inputs, lead_input, steps_signature: public here too)
     FIXED_LENGTH,
@@ -45,6 +50,8 @@ from fxvene.graph.model_io import (  # noqa: F401  (construction_inputs, lead_in
     add_ignored_inputs,
     check_ignored_input,
     construction_inputs,
+    dynamic_dims,
+    example_pixels,
     fixed_length,
     flat_output,
     forward_parameters,
@@ -98,7 +105,7 @@ def _example_inputs(model, input_names, batch=2, seq=8):
     cfg = model.config
     vocab = getattr(cfg, "vocab_size", 16) or 16
     g = torch.Generator().manual_seed(0)
-    device = next(model.parameters()).device
+    device = offload.main_device(model)  # a dispatched model's offloaded weights sit on the meta device
     ex = {}
     for name in input_names:
         if name == "input_ids":
@@ -116,6 +123,8 @@ def _example_inputs(model, input_names, batch=2, seq=8):
                 ex[name] = torch.randint(0, getattr(cfg, "num_labels", 2) or 2, (batch,), generator=g).to(device)
             else:
                 ex[name] = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
+        elif name == "pixel_values":
+            ex[name] = example_pixels(model, batch, g, device, next(model.parameters()).dtype)
         elif name == "inputs_embeds":
             hidden = next(
                 (getattr(cfg, a) for a in ("hidden_size", "n_embd", "h_dim", "d_model") if getattr(cfg, a, None)), None
@@ -128,7 +137,7 @@ def _example_inputs(model, input_names, batch=2, seq=8):
 
 
 def _reference_output(model, example):
-    with torch.no_grad():
+    with torch.no_grad(), _seeded(model):
         out = model(**example, **switches(model, use_cache=False))  # the model's own output type, as pyvene returns it
     cls, keys, flat = flat_output(out)
     return cls, keys, flat
@@ -164,7 +173,7 @@ def _trace_hf_fx(model, input_names, example, out_keys):
     try:
         if use_cache is not None:  # else HF's tracer logs a warning and switches it off itself
             model.config.use_cache = False
-        with _quiet_logs():
+        with _quiet_logs(), offload.tracing_view(model):  # accelerate's hooks set aside (a dispatched model)
             gm = symbolic_trace(model, input_names=list(input_names))
     finally:  # leave the user's config as it was
         if use_cache is not None:
@@ -181,9 +190,29 @@ def _trace_hf_fx(model, input_names, example, out_keys):
         flat.append(ret[k])
     out_node.args = (tuple(flat),)
     graph.eliminate_dead_code()
+    _fix_dropouts(model, graph, model.training)
     gm = fx.GraphModule(model, graph, class_name="FxveneTraced")
+    gm = offload.finish(gm, model)  # a dispatched model: offloaded weights loaded where used
     _shape_prop(gm, example, input_names)
     return gm
+
+
+def _fix_dropouts(model, graph, training):
+    """Give the graph's ``nn.Dropout`` module calls the mode of the trace: in train mode an
+    ``F.dropout(x, p, training=True)`` call (the op the module runs, same random draws), in eval mode
+    nothing (the input passes through). Other dropout kinds stay module calls."""
+    for n in list(graph.nodes):
+        if n.op != "call_module":
+            continue
+        mod = model.get_submodule(n.target)
+        if type(mod) is not torch.nn.Dropout or len(n.args) != 1 or n.kwargs:
+            continue
+        if training:
+            n.op, n.target = "call_function", torch.nn.functional.dropout
+            n.kwargs = {"p": float(mod.p), "training": True, "inplace": bool(mod.inplace)}
+        else:
+            n.replace_all_uses_with(n.args[0])
+            graph.erase_node(n)
 
 
 def _quiet_logs():
@@ -198,19 +227,16 @@ def _quiet_logs():
 
 
 def _export_program(model, input_names, example):
-    from torch.export import Dim
-
-    dyn = {}
-    for k in input_names:
-        v = example[k]
-        dyn[k] = {0: Dim.AUTO, 1: Dim.AUTO} if v.dim() >= 2 else ({0: Dim.AUTO} if v.dim() == 1 else None)
+    dyn = {k: dynamic_dims(k, example[k]) for k in input_names}
     kwargs = dict(example)
     for k, v in switches(model, use_cache=False).items():
         kwargs[k] = v
         dyn[k] = None
     # under no_grad, `@torch.no_grad()` helpers (rotary embeddings) trace as plain ops instead of
     # set_grad_enabled higher-order submodules; the aten graph is the same and still differentiable
-    with torch.no_grad(), _quiet_logs():
+    # a dispatched model is exported on its structure: hooks set aside, weights and inputs on meta
+    with torch.no_grad(), _quiet_logs(), offload.tracing_view(model, meta=True) as dispatched:
+        kwargs = offload.to_meta(kwargs) if dispatched else kwargs
         return torch.export.export(model, (), kwargs, dynamic_shapes=dyn, strict=False)
 
 
@@ -231,7 +257,10 @@ def _trace_export(model, input_names, example, out_keys, ep=None):
         raise TracingError(f"export: {len(flat)} outputs, expected {len(out_keys)}")
     out_node.args = (tuple(flat[: len(out_keys)]),)
     graph.eliminate_dead_code()
-    new_gm = fx.GraphModule(gm, graph, class_name="FxveneTraced")
+    if offload.is_dispatched(model):  # the model's live tensors (the export ran on meta stand-ins)
+        new_gm = offload.finish(fx.GraphModule(offload.live_root(gm, graph, model), graph, "FxveneTraced"), model)
+    else:
+        new_gm = fx.GraphModule(gm, graph, class_name="FxveneTraced")
     return new_gm
 
 
@@ -286,11 +315,13 @@ def _attempt(model, frontend, input_names, example, out_keys, ref):
     if frontend == "hf_fx":
         with progress(f"tracing {name} with HF's fx tracer"):
             gm = _trace_hf_fx(model, input_names, example, out_keys)
-            _check(gm, example, out_keys, ref)
+            _check(gm, example, out_keys, ref, model)
         return gm, False
     from fxvene.graph import cache as graph_cache
 
     sig = {"inputs": list(input_names)}
+    if model.training:  # a train-mode graph (dropout live) is its own entry
+        sig["training"] = True
     if model in FIXED_LENGTH:  # a fixed-length graph: one entry per length
         sig["steps"] = int(next(iter(example.values())).shape[1])
     key, about = graph_cache.key_for(model, "forward", sig)
@@ -300,7 +331,7 @@ def _attempt(model, frontend, input_names, example, out_keys, ref):
             if ep is not None:
                 try:
                     gm = _trace_export(model, input_names, example, out_keys, ep=ep)
-                    _check(gm, example, out_keys, ref)
+                    _check(gm, example, out_keys, ref, model)
                     return gm, True
                 except Exception as e:  # noqa: BLE001 - a stale entry: export afresh
                     graph_cache.discard(key, f"failed its check: {type(e).__name__}: {e}"[:200])
@@ -308,35 +339,66 @@ def _attempt(model, frontend, input_names, example, out_keys, ref):
     with progress(f"exporting {name} with torch.export{later}"):
         ep = _export_program(model, input_names, example)
         gm = _trace_export(model, input_names, example, out_keys, ep=ep)
-        _check(gm, example, out_keys, ref)
+        _check(gm, example, out_keys, ref, model)
         graph_cache.save(key, about, ep, model)
     return gm, False
 
 
-def _check(gm, example, out_keys, ref):
-    with torch.no_grad():
+@contextlib.contextmanager
+def _seeded(model):
+    """A train-mode model's check run draws its dropout from a fixed seed (the reference forward and
+    the graph draw the same numbers); the caller's random state is kept."""
+    if not model.training:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
+def _check(gm, example, out_keys, ref, model=None):
+    with torch.no_grad(), _seeded(model if model is not None else gm):
         got = gm(**example)
     for k, g, r in zip(out_keys, got, ref):
         if not _tensor_equal(g, r):
             raise TracingError(f"traced output {k!r} differs from the model's")
 
 
-def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", check=True):
-    """Trace ``model`` once per (frontend, input names); later calls reuse the graph."""
+def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", check=True, training=False):
+    """Trace ``model`` once per (frontend, input names, mode); later calls reuse the graph.
+
+    ``training=False`` (default): the eval-mode graph, whatever mode the model is in. ``training=True``:
+    the train-mode graph, every dropout of the model live (its own cache entries)."""
     if tracer not in FRONTENDS:
         raise ValueError(f"tracer must be one of {FRONTENDS}, got {tracer!r}")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be True or False, got {training!r}")
     input_names = tuple(input_names)
-    per_model = _CACHE.setdefault(model, {})
+    per_model = _CACHE.setdefault(model if not training else _TrainKey.of(model), {})
     key = (tracer, input_names)
     if key in per_model:
         return per_model[key]
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()  # dropout off, as pyvene's wrap leaves the model; the user's modes come back after
+    model.train(training)  # the graph's mode; the user's modes (and random state) come back after
     try:
-        return _trace_new(model, input_names, tracer, per_model, key)
+        with torch.random.fork_rng(devices=[]) if training else contextlib.nullcontext():
+            return _trace_new(model, input_names, tracer, per_model, key)
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+class _TrainKey:
+    """The per-model key of a model's train-mode graphs in the trace cache (weakly held by the model)."""
+
+    _by_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, model):
+        k = cls._by_model.get(model)
+        if k is None:
+            k = cls._by_model[model] = cls()
+        return k
 
 
 def _trace_new(model, input_names, tracer, per_model, key):
@@ -412,7 +474,7 @@ def _failure(model, tracer, errors):
 @contextlib.contextmanager
 def _held_warnings():
     """Record the warnings a tracing attempt emits (whatever the user's filters say), for
-    :func:`_replay` once it succeeds; a failed attempt's warnings are dropped."""
+    ``_replay`` once it succeeds; a failed attempt's warnings are dropped."""
     with warnings.catch_warnings(record=True) as held:
         warnings.simplefilter("always")
         yield held

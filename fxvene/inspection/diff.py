@@ -1,7 +1,7 @@
 """Graph diffs: what a rewrite changed between the traced model graph and a rewritten graph.
 
-:func:`diff` compares two GraphModules by node name (the rewrite passes copy the graph,
-so every original node keeps its name) and returns a :class:`GraphDiff`:
+``diff`` compares two GraphModules by node name (the rewrite passes copy the graph,
+so every original node keeps its name) and returns a ``GraphDiff``:
 
 * ``added``: nodes only in the rewritten graph (intervention and collect nodes, the new
   placeholders that carry sources and unit locations, expose/gather nodes);
@@ -10,11 +10,11 @@ so every original node keeps its name) and returns a :class:`GraphDiff`:
   node instead of the site node; the output node when outputs were added or dropped).
 
 A diff renders as (a) text in the style of a unified diff over a per-node listing
-(:meth:`GraphDiff.text`; :meth:`GraphDiff.code_diff` diffs ``gm.code`` itself), (b) Graphviz
+(``GraphDiff.text``; ``GraphDiff.code_diff`` diffs ``gm.code`` itself), (b) Graphviz
 DOT text with changed nodes highlighted and nodes grouped by module
-(:meth:`GraphDiff.to_dot`; :func:`render_dot` calls the ``dot`` program if installed), and
+(``GraphDiff.to_dot``; ``render_dot`` calls the ``dot`` program if installed), and
 (c) a networkx ``DiGraph`` with ``status`` attributes on nodes and edges
-(:meth:`GraphDiff.to_networkx`).
+(``GraphDiff.to_networkx``).
 
 The graphs an IntervenableModel runs (the intervened base forward, or a truncated source run)
 come from ``fxvene.api.views.rewritten_graph``; ``IntervenableModel.graph_diff`` diffs them.
@@ -130,7 +130,7 @@ def node_line(node, gm=None):
 
 
 def node_listing(gm):
-    """The per-node listing :meth:`GraphDiff.text` diffs: one :func:`node_line` per node."""
+    """The per-node listing ``GraphDiff.text`` diffs: one ``node_line`` per node."""
     return [node_line(n, gm) for n in gm.graph.nodes]
 
 
@@ -251,7 +251,7 @@ class GraphDiff:
         return "\n".join(lines)
 
     def text(self, context=3, max_run=None):
-        """A unified diff of the per-node listings (see :func:`node_line`).
+        """A unified diff of the per-node listings (see ``node_line``).
 
         ``context``: unchanged lines around each change. ``max_run``: shorten runs of more
         than this many consecutive added/removed lines (a truncated source graph removes
@@ -544,7 +544,7 @@ def _collapse_runs(lines, max_run):
 
 
 def diff(old, new, title="", old_label="traced", new_label="rewritten"):
-    """Compare two GraphModules by node name; see :class:`GraphDiff`."""
+    """Compare two GraphModules by node name; see ``GraphDiff``."""
     for name, gm in (("old", old), ("new", new)):
         if not isinstance(gm, fx.GraphModule):
             raise TypeError(f"{name} must be a torch.fx.GraphModule, got {type(gm).__name__}")

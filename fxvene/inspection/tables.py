@@ -1,11 +1,11 @@
 """Where is each component? Site rows and component maps of a traced model.
 
-* :func:`component_table` lists every component of a model's family (``fxvene.models``)
+* ``component_table`` lists every component of a model's family (``fxvene.models``)
   at every layer (or one layer) with the node it resolves to. A component that does not
   resolve to exactly one node is listed with its candidates and the error.
-* :func:`row_from_site` / :func:`error_row` make the :class:`SiteInfo` rows that an
+* ``row_from_site`` / ``error_row`` make the ``SiteInfo`` rows that an
   IntervenableModel's site listing (``fxvene.api.views.sites``) is made of.
-* :func:`format_table` prints either as a plain text table.
+* ``format_table`` prints either as a plain text table.
 
 Shapes come from the traced graph's metadata (``node.meta["val"]``, filled by shape
 propagation on a small example input when the model was traced: batch 2, sequence 8).
@@ -179,7 +179,7 @@ def error_row(component, layer, traced, err, candidates, module=None, port=None,
 def component_table(model, tracer="auto", layer=None, components=None, signature=None):
     """Every component of ``model``'s family at every layer (or at ``layer``), resolved in its traced graph.
 
-    Returns a list of :class:`SiteInfo`, components in the family spec's order, layers ascending.
+    Returns a list of ``SiteInfo``, components in the family spec's order, layers ascending.
     Rows that did not resolve have ``error`` set and ``candidates`` listing the nodes found.
     """
     from fxvene.graph.tracing import trace
@@ -259,7 +259,7 @@ def _cell(row, col):
 
 
 def format_table(rows, columns=None, notes=True):
-    """A plain text table of :class:`SiteInfo` rows; unresolved rows get a footnote with candidates."""
+    """A plain text table of ``SiteInfo`` rows; unresolved rows get a footnote with candidates."""
     rows = list(rows)
     if columns is None:
         columns = SITE_COLUMNS if any(r.key is not None for r in rows) else TABLE_COLUMNS

@@ -9,7 +9,8 @@ they learn):
 * ``base``: ``Intervention``, the marker base classes, ``InterventionOutput``, ``LambdaIntervention``;
 * ``basic``: swaps, zero, collect, skip and noise in the native basis;
 * ``rotated``: learned rotations (DAS, boundless, sigmoid masks, low rank), PCA, the soft boundaries;
-* ``autoencoder``: latent-space swaps through an autoencoder or a JumpReLU SAE.
+* ``autoencoder``: latent-space swaps through an autoencoder or a JumpReLU SAE;
+* ``sae``: SAELens-format sparse autoencoders spliced into a site (``load_sae``), features as subspaces.
 
 Where fxvene differs from pyvene, it is a fix or an extension: per-example ``subspaces``
 apply per example on unflattened tensors too (pyvene uses their union); ``NoiseIntervention``
@@ -52,6 +53,7 @@ from fxvene.interventions.rotated import (
     SigmoidMaskIntervention,
     SigmoidMaskRotatedSpaceIntervention,
 )
+from fxvene.interventions.sae import SAEFeatures, SAEIntervention, load_sae
 from fxvene.interventions.swap import (
     _can_cast_tensor,
     _can_use_fast,
@@ -85,6 +87,9 @@ __all__ = [
     "NoiseIntervention",
     "AutoencoderIntervention",
     "JumpReLUAutoencoderIntervention",
+    "SAEIntervention",
+    "SAEFeatures",
+    "load_sae",
     "LambdaIntervention",
     "broadcast_tensor_v1",
     "broadcast_tensor_v2",

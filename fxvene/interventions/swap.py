@@ -14,7 +14,7 @@ Called directly on a 3-D ``base`` (pyvene's unit tests do this), a rectangular `
 one row per entry of dimension -2 (and not one per example) applies row ``i`` to position ``i`` of
 every example, as pyvene does; one row per example applies per example; any other count is a
 ``ValueError``. Where both counts are equal the direct call follows pyvene (per position). The
-engine marks the subspaces it passes (:class:`PerExampleSubspaces`): those are always per example.
+engine marks the subspaces it passes (``PerExampleSubspaces``): those are always per example.
 """
 
 from __future__ import annotations

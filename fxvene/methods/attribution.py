@@ -12,12 +12,12 @@ the rewrite inserts an *interpolation* op ``x + alpha * (src - x)`` with one ``a
 computes the base run exactly, and ``d metric / d alpha`` of a unit is the first-order estimate of
 patching that unit: one source forward (a truncated graph exposing the sites), one base forward
 and one backward give every cell. ``exact_top_k=k`` then re-runs the ``k`` cells with the largest
-estimated change exactly, as rows of the batched sweep engine (:mod:`fxvene.sweeps.engine`).
+estimated change exactly, as rows of the batched sweep engine (``fxvene.sweeps.engine``).
 
-The metric is read at the last position, as in :func:`fxvene.patching_sweep`: ``"logit_diff"``
+The metric is read at the last position, as in ``fxvene.patching_sweep``: ``"logit_diff"``
 (``tokens=[a, b]``: logit a - logit b), ``"logit"``, ``"prob"``, ``"logprob"`` (one column per
 token of ``tokens``), or a callable ``f(logits (batch, vocab)) -> (batch,)`` or ``(batch, k)``
-(differentiable). The result is a :class:`AttributionResult`, a :class:`~fxvene.SweepResult` whose
+(differentiable). The result is a ``AttributionResult``, a ``SweepResult`` whose
 ``values`` are the *estimated* patched metric (``base + estimate``) and whose ``exact`` tensor holds
 the exact values of the re-run cells (NaN elsewhere).
 """
@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from fxvene.graph.errors import known
+from fxvene.graph.modes import runs_in_eval_mode
 from fxvene.sweeps.results import SweepResult, span
 
 METRICS = ("logit_diff", "logit", "prob", "logprob")
@@ -70,7 +71,7 @@ class Metric:
 
 
 def make_metric(metric, tokens, model):
-    """A :class:`Metric` from ``metric`` (a name in :data:`METRICS` or a callable) and ``tokens``."""
+    """A ``Metric`` from ``metric`` (a name in ``METRICS`` or a callable) and ``tokens``."""
     V = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else None
     if callable(metric) and not isinstance(metric, str):
         if tokens is not None:
@@ -136,7 +137,7 @@ class Interpolate(nn.Module):
 
 
 def interpolation_graph(traced, sites):
-    """The traced graph with an :class:`Interpolate` op at every site (inputs ``fxv_src_j``,
+    """The traced graph with an ``Interpolate`` op at every site (inputs ``fxv_src_j``,
     ``fxv_alpha_j``): at ``alpha = 0`` it is the base run."""
     from fxvene.passes.rewrite import insert_interventions
 
@@ -166,7 +167,7 @@ def source_graph(traced, sites):
 class PerModelCache:
     """Graphs built for one model's traced graph, by key: an entry serves only while its model is alive
     and its traced graph is the same object (a re-trace builds again); cleared past ``size`` entries.
-    Shared by attribution and path patching (:mod:`fxvene.methods.path_patching`)."""
+    Shared by attribution and path patching (``fxvene.methods.path_patching``)."""
 
     def __init__(self, size=32):
         self._entries, self.size = {}, size
@@ -207,7 +208,7 @@ def _graphs(model, traced, keys):
 
 @dataclass(repr=False)
 class AttributionResult(SweepResult):
-    """A :class:`~fxvene.SweepResult` of *estimates*: ``values[component, layer, position, (head,)
+    """A ``SweepResult`` of *estimates*: ``values[component, layer, position, (head,)
     example, k]`` is ``base + (a_source - a_base) . grad`` for metric column ``k``; ``effects`` the
     estimated changes. ``exact``: the same shape, the exact patched metric of the cells re-run with
     ``exact_top_k`` (NaN elsewhere); ``forwards``: what the estimate cost (forwards, backwards)."""
@@ -278,6 +279,7 @@ class AttributionResult(SweepResult):
 # ------------------------------------------------------------------------------------ the method
 
 
+@runs_in_eval_mode
 def attribution_patching(
     model,
     base,
@@ -298,13 +300,13 @@ def attribution_patching(
     cell: ``(a_source - a_base) . d metric / d a`` at the base run, from one forward of each input
     and one backward per metric column (see the module docstring for how the graph is rewritten).
 
-    Same grid and conventions as :func:`fxvene.patching_sweep` (position p of the source into
+    Same grid and conventions as ``fxvene.patching_sweep`` (position p of the source into
     position p of the base; same-length prompts; a source batch of 1 or the base's). ``metric``:
     ``"logit_diff"`` with ``tokens=[a, b]``, ``"logit"``/``"prob"``/``"logprob"`` with ``tokens``
     (one column per token), or a callable of the last position's logits ``(batch, vocab)``.
     ``exact_top_k``: re-run the ``k`` cells with the largest estimated change (either way) exactly
     with the batched sweep engine; their values land in ``result.exact`` (``prefix``, ``max_rows``,
-    ``progress``: as in :func:`fxvene.patching_sweep`, for that re-run). Returns an :class:`AttributionResult`.
+    ``progress``: as in ``fxvene.patching_sweep``, for that re-run). Returns an ``AttributionResult``.
     """
     from fxvene.graph.tracing import trace
     from fxvene.models import family_for

@@ -16,7 +16,7 @@ TransformerLens's two-pass recipe, fxvene runs:
    (passes.path.rewire): only the receivers' chosen units (one head's query columns, ...) change;
    everything downstream of a receiver is recomputed.
 
-Steps 2 and 3 are rewrites of the traced graph, not hooks; :meth:`PathPatchingResult.graph_diff`
+Steps 2 and 3 are rewrites of the traced graph, not hooks; ``PathPatchingResult.graph_diff``
 shows the receiver run's rewired edges.
 
 Sites are tuples: ``("head", layer, head)``, ``("attn", layer)``, ``("mlp", layer)`` as senders;
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fxvene.graph.modes import runs_in_eval_mode
 from fxvene.methods.attribution import PerModelCache
 
 SENDER_KINDS = ("head", "attn", "mlp")
@@ -269,13 +270,14 @@ def _plain_run(collect, ids, mask):
     return out
 
 
+@runs_in_eval_mode
 def path_patching(model, base, source, senders, receivers, metric=None, tokens=None, freeze="heads", tracer="auto"):
     """Patch ``senders`` (from the ``source`` run) along their paths into ``receivers`` only; every
     other path sees the ``base`` run (module docstring). ``base`` and ``source``: tokenized inputs of
     the same length (a source batch of 1 or the base's). ``freeze``: ``"heads"`` (attention outputs
     frozen in the sender run, MLPs recomputed: TransformerLens / the IOI paper) or ``"all"`` (MLPs
-    frozen too: direct paths only). ``metric``/``tokens``: as in :func:`fxvene.attribution_patching`
-    (optional). Returns a :class:`PathPatchingResult` (last-position logits of the three runs, the
+    frozen too: direct paths only). ``metric``/``tokens``: as in ``fxvene.attribution_patching``
+    (optional). Returns a ``PathPatchingResult`` (last-position logits of the three runs, the
     metric, and the graph diff of the rewired receivers)."""
     from fxvene.graph.tracing import trace
     from fxvene.methods.attribution import make_metric

@@ -1,8 +1,8 @@
 """Dataset-level sweeps: ROME causal tracing and activation patching over many facts.
 
 ``pv.causal_trace(model, "facts.jsonl", tokenizer=tok)`` (or a list of records) lands here
-(:func:`trace_facts`); ``pv.patching_sweep(model, records, tokenizer=tok)`` with records that carry
-a ``"source"`` prompt lands in :func:`patch_facts`. Records are read by :mod:`fxvene.sweeps.facts`.
+(``trace_facts``); ``pv.patching_sweep(model, records, tokenizer=tok)`` with records that carry
+a ``"source"`` prompt lands in ``patch_facts``. Records are read by ``fxvene.sweeps.facts``.
 
 How the prompts run:
 
@@ -17,16 +17,16 @@ How the prompts run:
 * **bounded memory**: the rows of a batch run in chunks of ``max_rows`` whose readout is reduced
   to p(target) at once; ``batch_prompts`` and ``max_rows`` default to what fits a memory budget
   (``memory_budget``: bytes or "2GB"; default the model's own size, at least 256 MiB) by
-  :func:`plan_memory`'s estimate.
+  ``plan_memory``'s estimate.
 * **reproducible row groups**: the causal-prefix engine groups rows by start position; dataset sweeps
   fix the grouping (``row_groups=1``: one group per start position) instead of choosing it by timings
   measured in each process, so a resumed or sharded run computes bit for bit what a single run does,
   given the same thread count (``torch.set_num_threads``: the CPU's matrix-product kernel, and so its
   order of summation, can depend on it), device and library versions. A resumed run cuts the same
-  batches (:func:`plan_batches` ignores ``done``) and runs a batch with some prompts done whole: a
+  batches (``plan_batches`` ignores ``done``) and runs a batch with some prompts done whole: a
   prompt's last bits may depend on the shapes of its batch.
 * **sharded**: under ``torchrun`` (``torch.distributed``), batches are split across ranks
-  (:mod:`fxvene.sweeps.distributed`) and the per-prompt results gathered on rank 0 (other ranks return None).
+  (``fxvene.sweeps.distributed``) and the per-prompt results gathered on rank 0 (other ranks return None).
 """
 
 from __future__ import annotations
@@ -34,8 +34,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fxvene.graph.modes import runs_in_eval_mode
 from fxvene.sweeps import distributed
-from fxvene.sweeps.core import STREAMS, check_layers, check_trace_args, engine_for, trace_noise, window_layers
+from fxvene.sweeps.core import (
+    STREAMS,
+    check_layers,
+    check_trace_args,
+    engine_for,
+    resolve_noise,
+    token_lists,
+    window_layers,
+)
 from fxvene.sweeps.facts import Loaded, _device, load_facts, parse_bytes, predictions
 from fxvene.sweeps.facts_results import FactsPatchResult, FactsTraceResult
 
@@ -111,7 +120,8 @@ def _skip_reason(tokenizer, fact, pred):
 
 
 def _checked(model, facts, tokenizer, only_correct, source_field=None):
-    """Load the records, run the correctness check: (facts to run, skipped records, malformed)."""
+    """Load the records, run the correctness check: (facts to run, skipped records, malformed, all
+    usable facts)."""
     vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else None
     if isinstance(facts, Loaded):
         good, bad = facts  # already read (the command line reads them first)
@@ -142,7 +152,7 @@ def _checked(model, facts, tokenizer, only_correct, source_field=None):
             )
         else:
             run.append(f)
-    return run, skipped, bad
+    return run, skipped, bad, good
 
 
 def _bar(total, progress, desc):
@@ -180,6 +190,7 @@ def _run_batches(eng, todo, results, done, on_result, progress, ctx, desc):
 # ------------------------------------------------------------------------------------ causal tracing
 
 
+@runs_in_eval_mode
 def trace_facts(
     model,
     facts,
@@ -201,37 +212,55 @@ def trace_facts(
     row_groups=1,
     on_result=None,
     done=(),
+    replace=False,
+    noise_corpus=None,
 ):
     """ROME causal tracing over a dataset of facts (Meng et al. 2022, fig. 2): every prompt traced
-    as :func:`fxvene.causal_trace` traces one, plus the averages over prompts by token class.
+    as ``fxvene.causal_trace`` traces one, plus the averages over prompts by token class.
 
-    ``facts``: a JSONL path or a list of records (:mod:`fxvene.sweeps.facts`); text records need
-    ``tokenizer``. ``noise_level``: a float, None (3 x the standard deviation of the input embedding
-    matrix, as the one-prompt call) or ``"subjects"`` (ROME: 3 x the standard deviation of the
-    embeddings of the dataset's subject tokens). ``only_correct``: trace only the facts whose target
+    ``facts``: a JSONL path or a list of records (``fxvene.sweeps.facts``); text records need
+    ``tokenizer``. ``noise_level``: ROME's spellings as the one-prompt call (a number, None, ``"m"``,
+    ``"t<d>"``, ``"u<x>"``: ``fxvene.sweeps.core.parse_noise``), and ``"s<k>"`` as ROME computes it:
+    k x the std of the embeddings of each record's subject string tokenized on its own
+    (``tokenizer(subject)``; token records: the prompt's subject tokens), pooled over every usable
+    record, those the model gets wrong included; ``"subjects"`` (fxvene's older rule, kept): 3 x the std
+    of the subject tokens as they occur in the traced prompts. ``noise_corpus``: the texts (or token-id
+    lists) ``"m"`` and ``"t<d>"`` are fitted to (default: every usable record's prompt; ROME uses
+    wikitext). ``replace``: the noise replaces the subject's embeddings. ``only_correct``: trace only the facts whose target
     is the model's top prediction (ROME). ``batch_prompts``, ``max_rows``, ``memory_budget``: see
-    :func:`plan_memory`. ``row_groups``: positions per row group of the causal prefix (1: one group
+    ``plan_memory``. ``row_groups``: positions per row group of the causal prefix (1: one group
     per start position, reproducible; None: chosen by the engine's timings). ``on_result(fact,
     result)`` is called as each prompt finishes; ``done``: record indices not to run (already
-    done; a batch with any prompt not done runs whole, as in a run without ``done``). Returns a :class:`FactsTraceResult` (on rank 0 under ``torch.distributed``; None on
+    done; a batch with any prompt not done runs whole, as in a run without ``done``). Returns a ``FactsTraceResult`` (on rank 0 under ``torch.distributed``; None on
     the others)."""
     fam, streams = check_trace_args(model, streams, window, n_samples)
     if row_groups is not None and (not isinstance(row_groups, int) or isinstance(row_groups, bool) or row_groups < 1):
         raise ValueError(f"row_groups must be a positive int or None, got {row_groups!r}")
     n_layers = int(getattr(model.config, fam.n_layers))
     layers = check_layers(layers, n_layers)
-    run, skipped, bad = _checked(model, facts, tokenizer, only_correct)
-    emb = model.get_input_embeddings().weight.detach()
-    if noise_level is None:
-        noise_level = 3 * float(emb.float().std())
-    elif isinstance(noise_level, str):
-        if noise_level != "subjects":
-            raise ValueError(f"noise_level must be a float, None or 'subjects', got {noise_level!r}")
-        toks = torch.tensor([f.input_ids[p] for f in run for p in f.subject_positions], device=emb.device)
-        noise_level = 3 * float(emb[toks].float().std()) if len(toks) > 1 else 0.0  # (nothing to trace when empty)
-    elif not isinstance(noise_level, (int, float)) or isinstance(noise_level, bool):
-        raise ValueError(f"noise_level must be a float, None or 'subjects', got {noise_level!r}")
-    noise_level = float(noise_level)
+    run, skipped, bad, good = _checked(model, facts, tokenizer, only_correct)
+
+    def subjects():  # ROME: each subject string on its own; token records: the prompt's subject tokens
+        return [
+            list(tokenizer(f.subject)["input_ids"])
+            if isinstance(f.subject, str) and f.subject and tokenizer is not None
+            else [f.input_ids[p] for p in f.subject_positions]
+            for f in good
+        ]
+
+    noise = resolve_noise(
+        model,
+        noise_level,
+        replace,
+        subjects=subjects,
+        prompt_subjects=lambda: [[f.input_ids[p] for p in f.subject_positions] for f in run],
+        corpus=lambda: (
+            [f.input_ids for f in good]
+            if noise_corpus is None
+            else token_lists(noise_corpus, tokenizer, "noise_corpus")
+        ),
+        corpus_given=noise_corpus is not None,
+    )
 
     sites, site_index = [], {}
     for st in streams:
@@ -250,7 +279,10 @@ def trace_facts(
         n_samples=n_samples,
         window=window,
         seed=seed,
-        noise_level=noise_level,
+        noise_level=noise.level,
+        noise=noise_level if noise_level is None or isinstance(noise_level, str) else float(noise_level),
+        replace=replace,
+        noise_corpus=None if noise_corpus is None else len(noise_corpus),
         streams=streams,
         layers=layers,
         only_correct=only_correct,
@@ -273,7 +305,7 @@ def trace_facts(
                     window,
                     n_samples,
                     seed,
-                    noise_level,
+                    noise,
                     site_index,
                     max_rows_,
                 ),
@@ -302,9 +334,7 @@ def trace_facts(
     )
 
 
-def _trace_batch(
-    eng, model, batch, streams, layers, n_layers, window, n_samples, seed, noise_level, site_index, max_rows
-):
+def _trace_batch(eng, model, batch, streams, layers, n_layers, window, n_samples, seed, noise, site_index, max_rows):
     """One batch of same-length prompts as one sweep; returns a CausalTraceResult per prompt."""
     from fxvene.sweeps.results import CausalTraceResult
 
@@ -314,19 +344,23 @@ def _trace_batch(
     ids = torch.tensor([f.input_ids for f in batch], device=device)
     rep = ids.repeat_interleave(n, 0)
     mask = torch.ones_like(rep)
-    dim = model.get_input_embeddings().weight.shape[1]
+    emb = model.get_input_embeddings()
+    dim = emb.weight.shape[1]
     noises = {}
     for f in batch:
         k = len(f.subject_positions)
         if k not in noises:
-            noises[k] = trace_noise(n, k, dim, seed)
+            noises[k] = noise.draw(n, k, dim, seed)
+    with torch.no_grad():
+        embedded = [emb(ids[i, f.subject_positions]).double() for i, f in enumerate(batch)]
 
     def perturb(x):  # each prompt's subject gets the noise its own causal_trace call gives it
         x = x.clone()
         for i, f in enumerate(batch):
             subj = torch.tensor(f.subject_positions, device=x.device)
             rows = slice(i * n, (i + 1) * n)
-            part = x[rows][:, subj].double() + noises[len(f.subject_positions)].to(x.device) * noise_level
+            drawn = noises[len(f.subject_positions)].to(x.device)
+            part = noise.apply(x[rows][:, subj].double(), drawn, embedded[i].to(x.device))
             x[rows, subj] = part.to(x.dtype)
         return x
 
@@ -372,10 +406,11 @@ def _trace_batch(
                 window,
                 list(f.subject_positions),
                 t,
-                noise_level,
+                noise.level,
                 n,
                 input_ids=list(f.input_ids),
                 n_layers=n_layers,
+                replace=noise.replace,
             )
         )
     return out
@@ -384,6 +419,7 @@ def _trace_batch(
 # ------------------------------------------------------------------------------------ patching
 
 
+@runs_in_eval_mode
 def patch_facts(
     model,
     facts,
@@ -405,10 +441,10 @@ def patch_facts(
 ):
     """Activation patching over a dataset: each record's ``source`` prompt (same token length) is
     patched into its prompt at every component x layer x position, reading the target token
-    (``metric="prob"``: p(target); ``"logits"``: its logit). Each prompt's :class:`SweepResult`
+    (``metric="prob"``: p(target); ``"logits"``: its logit). Each prompt's ``SweepResult``
     equals ``patching_sweep(model, prompt, source, tokens=[target])`` (to float rounding); the
     summary averages the effects (value - unpatched) by ROME's token classes of the prompt's
-    subject. Options as :func:`trace_facts`."""
+    subject. Options as ``trace_facts``."""
     from fxvene.models import family_for
     from fxvene.sweeps.core import patching_rows
 
@@ -422,7 +458,7 @@ def patch_facts(
         raise ValueError(f"patching_sweep needs a model family fxvene knows; got {type(model).__name__}")
     n_layers = int(getattr(model.config, fam.n_layers))
     layers = check_layers(layers, n_layers)
-    run, skipped, bad = _checked(model, facts, tokenizer, only_correct, source_field=source_field)
+    run, skipped, bad, _ = _checked(model, facts, tokenizer, only_correct, source_field=source_field)
     sites = [(c, l) for c in components for l in layers]
     longest = max(f.n_tokens for f in run) if run else 1
     user_batch = batch_prompts

@@ -5,7 +5,7 @@
 Each rank holds its own copy of the model on its own device (``cuda:LOCAL_RANK`` with NCCL when
 CUDA is available, else the CPU with gloo), runs its share of the batches of prompts and sends its
 per-prompt results to rank 0 (``gather_object``). Batches are cut from the dataset alone
-(:func:`fxvene.sweeps.datasets.plan_batches`) and every batch computes the same numbers on any rank, so
+(``fxvene.sweeps.datasets.plan_batches``) and every batch computes the same numbers on any rank, so
 the gathered results are those of a single-process run. Nothing here opens sockets or spawns
 processes: torchrun starts the ranks and ``init_process_group`` (env://) connects them.
 
@@ -132,7 +132,7 @@ def broadcast(obj, ctx):
 
 
 def close(ctx):
-    """End a process group that :func:`context` started (a no-op otherwise)."""
+    """End a process group that ``context`` started (a no-op otherwise)."""
     global _CTX
     if ctx is not None and ctx.owned and ctx is _CTX:
         import torch.distributed as dist

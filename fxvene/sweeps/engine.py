@@ -1,12 +1,12 @@
 """The sweep engine: one model's traced graph cut into segments at the sweep sites, run as rows.
 
 What it computes less of, and how (readout, layer-start reuse, causal prefix, position-wise tail,
-per-row selectors), is told in :mod:`fxvene.sweeps.sweep`, which holds the public ``patching_sweep`` and
-``causal_trace``. Here: the per-row selector op (:class:`SweepSite`), the engine that builds the
-segments once per (model, sites) (:class:`SweepEngine`), caches a base run at every cut
-(:meth:`SweepEngine.prepare`, :meth:`SweepEngine.prepare_pair`) and runs the rows
-(:meth:`SweepEngine.run_rows`): packed in lanes (:mod:`fxvene.sweeps.packing`) where it can, else in
-start-position groups chosen by expected cost (:mod:`fxvene.sweeps.groups`).
+per-row selectors), is told in ``fxvene.sweeps.sweep``, which holds the public ``patching_sweep`` and
+``causal_trace``. Here: the per-row selector op (``SweepSite``), the engine that builds the
+segments once per (model, sites) (``SweepEngine``), caches a base run at every cut
+(``SweepEngine.prepare``, ``SweepEngine.prepare_pair``) and runs the rows
+(``SweepEngine.run_rows``): packed in lanes (``fxvene.sweeps.packing``) where it can, else in
+start-position groups chosen by expected cost (``fxvene.sweeps.groups``).
 """
 
 from __future__ import annotations
@@ -398,7 +398,7 @@ class SweepEngine(RowGroups):
 
     @torch.no_grad()
     def run_rows(self, base, source, rows, tokens=None, max_rows=None, progress=None):
-        """Run sweep rows. ``base``/``source``: dicts from :meth:`prepare` (ids, mask, cached
+        """Run sweep rows. ``base``/``source``: dicts from ``prepare`` (ids, mask, cached
         values, batch). ``rows``: dict of int64 arrays ``sample`` (R,) (the base/source example
         of the row), ``loc`` (R, n_sites) (positions; -1: site off), ``head`` (R, n_sites).
         Returns the readout for every row, in row order.
@@ -406,7 +406,7 @@ class SweepEngine(RowGroups):
         With the causal prefix (``self.prefix``) a row whose first patched position is ``p`` runs
         only positions ``p ...``, attending over the base run's cached keys/values of ``0 .. p-1``
         (positions before ``p`` are the base run's at every layer: nothing there changes); rows
-        are packed in lanes (:mod:`fxvene.sweeps.packing`) or grouped by ``p``."""
+        are packed in lanes (``fxvene.sweeps.packing``) or grouped by ``p``."""
         sample = torch.as_tensor(rows["sample"], dtype=torch.long)
         loc = torch.as_tensor(rows["loc"], dtype=torch.long)
         head = torch.as_tensor(rows["head"], dtype=torch.long) if rows.get("head") is not None else None
@@ -448,7 +448,7 @@ class SweepEngine(RowGroups):
         return self._prepared(ids, mask, *self.cache(ids, mask, perturb, tokens))
 
     def prepare_pair(self, base, source, perturb=None, tokens=None):
-        """:meth:`prepare` of ``base`` (``perturb`` edits its rows only) and of ``source`` (the same
+        """``prepare`` of ``base`` (``perturb`` edits its rows only) and of ``source`` (the same
         length) in one cache run: every layer's weights are read once for both."""
         b_ids, b_mask = ids_mask(base, "base")
         s_ids, s_mask = ids_mask(source, "source")
@@ -500,7 +500,7 @@ class SweepEngine(RowGroups):
     pack = True  # pack rows in lanes where the engine can (fxvene/sweeps/packing.py); False: start-position groups
     pack_note = None  # why the segments could not be packed
     last_packed = None  # whether the last run_rows packed its rows
-    offset_quantum = None  # positions per row group (None: chosen by expected cost, :meth:`plan`)
+    offset_quantum = None  # positions per row group (None: chosen by expected cost, ``plan``)
 
 
 _PACKED_FAMILIES = ("gpt2", "llama")

@@ -7,12 +7,12 @@ A record is a dict (or one line of a JSONL file) in one of two forms:
   occurrence in the prompt; the target must be exactly one token, its leading space included);
 * tokens: ``{"input_ids": [...], "subject_positions": [1, 2], "target_token": 559}`` (no tokenizer).
 
-Any other keys (``"id"``, ``"relation"``, ...) are kept in :attr:`Fact.record`. A malformed record
+Any other keys (``"id"``, ``"relation"``, ...) are kept in ``Fact.record``. A malformed record
 (not a JSON object, a missing field, a subject that is not in the prompt, a target that is not one
-token, ...) is not fatal: :func:`load_facts` returns it as a :class:`Malformed` with its line number
+token, ...) is not fatal: ``load_facts`` returns it as a ``Malformed`` with its line number
 (1-based, in the file or the list) and the reason, and the sweep goes on without it.
 
-:func:`predictions` runs the plain model on every prompt (one batched forward per prompt length):
+``predictions`` runs the plain model on every prompt (one batched forward per prompt length):
 what it predicts, and p(target). ROME traces only the facts the model gets right; so do the
 dataset sweeps unless told otherwise.
 """
@@ -64,7 +64,7 @@ class Malformed:
 
 
 class Loaded(NamedTuple):
-    """What :func:`load_facts` returns: the usable facts and the malformed records (unpacks as a pair;
+    """What ``load_facts`` returns: the usable facts and the malformed records (unpacks as a pair;
     the sweeps take it in place of a path or a list of records)."""
 
     facts: list
@@ -115,8 +115,8 @@ def read_records(facts):
 
 
 def load_facts(facts, tokenizer=None, vocab_size=None, source_field=None):
-    """Read and check records: returns ``Loaded(facts, malformed)``, lists of :class:`Fact` and
-    :class:`Malformed`. ``tokenizer`` is needed for text records; ``vocab_size`` bounds token ids.
+    """Read and check records: returns ``Loaded(facts, malformed)``, lists of ``Fact`` and
+    ``Malformed``. ``tokenizer`` is needed for text records; ``vocab_size`` bounds token ids.
     ``source_field``: also read a source prompt (patching datasets), of the same token length."""
     facts_out, bad = [], []
     for index, (line, rec, why) in enumerate(read_records(facts)):

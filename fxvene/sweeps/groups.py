@@ -1,12 +1,14 @@
 """Sweep rows in start-position groups: the path of engines that cannot pack their rows in lanes
-(:mod:`fxvene.sweeps.packing`: compiled engines, head sites, padded prompts, families whose attention the
+(``fxvene.sweeps.packing``: compiled engines, head sites, padded prompts, families whose attention the
 packing pass does not know, fixed ``offset_quantum``).
 
 Rows are grouped by start position: a group starts at the first position of its rows, the rest
 recompute a few unchanged positions (exact either way). Every segment call has a fixed cost (op
 dispatch, streaming a layer's weights through thin matmuls) that more groups pay more often; fewer
-groups recompute more positions. :class:`RowGroups` (a base class of the engine) measures both once per
-engine and picks the group width with the lowest expected cost.
+groups recompute more positions. ``RowGroups`` (a base class of the engine) measures both once per
+engine and picks the group width with the lowest expected cost. A model with offloaded weights
+(accelerate's disk or CPU offload) runs one group per chunk instead: every segment call reads its layers'
+weights from the offload folder, so each chunk reads each weight once.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fxvene.graph.offload import offloaded_weights
 from fxvene.graph.sites import gather, site_view
 
 
 class RowGroups:
-    """The grouped path of :meth:`SweepEngine.run_rows` (a base class of the engine)."""
+    """The grouped path of ``SweepEngine.run_rows`` (a base class of the engine)."""
 
     def _run_groups(self, base, source, sample, loc, head, entry, tokens, max_rows, progress):
         R, seq = sample.shape[0], base["ids"].shape[1]
@@ -29,7 +32,12 @@ class RowGroups:
             # way). ``q`` is chosen by expected cost (``plan``): every segment call has a fixed cost
             # (op dispatch, streaming the layer's weights through thin matmuls) that more groups pay
             # more often; ``q = seq`` is one group of full-length rows.
-            q = self.offset_quantum or (-(-seq // 8) if self.compiled else self.plan(offset, entry, seq, base))
+            if self.offset_quantum:
+                q = self.offset_quantum
+            elif offloaded_weights(self.model):  # accelerate reads these per segment call: one group, one read
+                q = seq
+            else:
+                q = -(-seq // 8) if self.compiled else self.plan(offset, entry, seq, base)
             if q > 1:
                 offset = offset // q * q
             self.last_quantum = q
@@ -140,7 +148,7 @@ class RowGroups:
     def plan(self, first_pos, entry, seq, base):
         """The group width ``q`` (positions per row group) with the lowest expected cost among
         1, 2, seq/8, seq/4, seq/2 and seq (one group: full-length rows). Cost model: a segment call
-        costs ``call + token * rows * positions`` (:meth:`_costs`, measured once per engine)."""
+        costs ``call + token * rows * positions`` (``_costs``, measured once per engine)."""
         fp, en = first_pos.numpy(), entry.numpy()
         key = (seq, bool(self._tail_ok), fp.tobytes(), en.tobytes())
         plans = self.__dict__.setdefault("_plans", {})

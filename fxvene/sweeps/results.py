@@ -1,5 +1,5 @@
-"""What sweeps return: :class:`SweepResult` (patching grids), :class:`CausalTraceResult` (ROME
-causal tracing), and :func:`plot_causal_trace`, the heatmaps of a causal trace.
+"""What sweeps return: ``SweepResult`` (patching grids), ``CausalTraceResult`` (ROME
+causal tracing), and ``plot_causal_trace``, the heatmaps of a causal trace.
 
 Both results print as a short summary (shape, axes, strongest cells), list their strongest
 cells with ``.top(k)`` and become a long-form table with ``.to_dataframe()`` (pandas, when
@@ -192,6 +192,13 @@ class SweepResult:
 # ------------------------------------------------------------------------------------ causal tracing
 
 
+def noise_text(result, fmt):
+    """``result.noise_level`` as text (a number in ``fmt``, or ROME's spelling), ``replacing`` noted."""
+    level = result.noise_level
+    text = format(level, fmt) if isinstance(level, (int, float)) else str(level)
+    return text + (", replacing the subject" if getattr(result, "replace", False) else "")
+
+
 @dataclass(repr=False)
 class CausalTraceResult:
     """``probs[stream, position, layer]``: p(target) with the subject corrupted and the clean
@@ -208,13 +215,14 @@ class CausalTraceResult:
     window: int
     subject_positions: list
     target_token: int
-    noise_level: float
+    noise_level: float | str  # the Gaussian's std, or ROME's spelling of other noise ("m", "t3", "u0.5")
     n_samples: int
     input_ids: list | None = None  # the prompt's token ids (for labels: plot_causal_trace(tokenizer=...))
     n_layers: int | None = None  # the model's layer count (where windows are clipped)
     tokens: list | None = None  # the prompt's tokens as text, one per position of the prompt (.decode)
     target_text: str | None = None  # the target token as text, e.g. " Seattle" (.decode)
     prompt: str | None = None  # the prompt as text (.decode)
+    replace: bool = False  # the subject's embeddings replaced by the noise (not added to it)
 
     def decode(self, tokenizer):
         """Fill ``tokens`` and ``target_text`` from ``tokenizer``; returns the result."""
@@ -307,7 +315,7 @@ class CausalTraceResult:
         lines = [
             head,
             f"  clean {self.clean_prob:.4f}, subject corrupted {self.corrupted_prob:.4f} "
-            f"(subject {subj}; noise {self.noise_level:.4g}, {self.n_samples} sample{'s' if self.n_samples != 1 else ''})",
+            f"(subject {subj}; noise {noise_text(self, '.4g')}, {self.n_samples} sample{'s' if self.n_samples != 1 else ''})",
             f"  probs [{len(self.streams)} streams x {len(self.positions)} positions x {len(self.layers)} layers]: "
             f"{streams}; positions {span(self.positions)}; layers {span(self.layers)}",
         ]
@@ -357,7 +365,7 @@ def _prompt(result, tokenizer):
 
 
 def plot_causal_trace(result, tokens=None, path=None, title=None, tokenizer=None, dpi=200):
-    """Draw a :class:`CausalTraceResult` as ROME's figure (Meng et al. 2022): one heatmap per
+    """Draw a ``CausalTraceResult`` as ROME's figure (Meng et al. 2022): one heatmap per
     stream — "hidden state", "MLP", "attention" — of p(target) with the subject corrupted and
     the clean state restored at each (token, layer); windowed panels are labelled with their
     window. Colour bars are labelled with the quantity (``p(" Seattle")``) and start at the
@@ -422,7 +430,7 @@ def plot_causal_trace(result, tokens=None, path=None, title=None, tokenizer=None
     first = title if title is not None else (f'"{prompt}"' if prompt else None)
     stats = (
         f"{quantity}: clean {result.clean_prob:.3f}, subject corrupted {result.corrupted_prob:.3f} "
-        f"(subject tokens marked *; noise {result.noise_level:.3g}, {result.n_samples} sample{'s' if result.n_samples != 1 else ''})"
+        f"(subject tokens marked *; noise {noise_text(result, '.3g')}, {result.n_samples} sample{'s' if result.n_samples != 1 else ''})"
     )
     fig.suptitle((f"{first}\n" if first else "") + stats, fontsize=9)
     fig.tight_layout()

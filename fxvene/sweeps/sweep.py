@@ -34,8 +34,8 @@ the same boundaries). Rows are chunked to ``max_rows``; a tqdm bar shows on long
 
 The base (corrupted) and source (clean) runs are one cache call (``SweepEngine.prepare_pair``).
 This module holds the public functions; the engine (segments, caching, selectors) is
-:mod:`fxvene.sweeps.engine`, its two ways of running rows :mod:`fxvene.sweeps.packing` and
-:mod:`fxvene.sweeps.groups`.
+``fxvene.sweeps.engine``, its two ways of running rows ``fxvene.sweeps.packing`` and
+``fxvene.sweeps.groups``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fxvene.graph.modes import runs_in_eval_mode
 from fxvene.models import family_for
 from fxvene.sweeps.core import (
     STREAMS,
@@ -51,14 +52,16 @@ from fxvene.sweeps.core import (
     check_trace_args,
     engine_for,
     patching_rows,
+    resolve_noise,
     token_ids,
-    trace_noise,
+    token_lists,
     window_layers,
 )
 from fxvene.sweeps.engine import ids_mask, position_pair
 from fxvene.sweeps.results import CausalTraceResult
 
 
+@runs_in_eval_mode
 def patching_sweep(
     model,
     base,
@@ -93,7 +96,7 @@ def patching_sweep(
     reused for every later prompt, length and grid (prefix or not).
 
     Many prompts: ``base`` a JSONL path or a list of records (prompt, subject, target and a
-    ``source`` prompt of the same length) runs :func:`fxvene.sweeps.datasets.patch_facts` (keyword
+    ``source`` prompt of the same length) runs ``fxvene.sweeps.datasets.patch_facts`` (keyword
     options there: ``tokenizer``, ``only_correct``, ``batch_prompts``, ``memory_budget``, ...).
     """
     from fxvene.sweeps.facts import is_dataset
@@ -169,6 +172,7 @@ def patching_sweep(
         )
 
 
+@runs_in_eval_mode
 def causal_trace(
     model,
     inputs,
@@ -186,21 +190,29 @@ def causal_trace(
     compile=False,
     tracer="auto",
     prefix="auto",
+    replace=False,
+    noise_corpus=None,
+    tokenizer=None,
     **dataset,
 ):
     """ROME causal tracing (Meng et al. 2022; pyvene's Causal_Tracing tutorial), batched.
 
-    The subject tokens' embeddings (the input of block 0) get Gaussian noise
-    ``noise_level * N(0, 1)`` (``n_samples`` draws, ``RandomState(seed)``); for every stream,
-    position and layer the clean state is restored: ``block_output`` at that layer,
-    ``mlp_activation``/``attention_output`` at the window of ``window`` layers around it
-    (``window_layers``). ``noise_level`` defaults to 3 x the standard deviation of the input
-    embedding matrix. With ``n_samples=1, seed=1, noise_level=PYVENE_NOISE_LEVEL`` and 4 subject
-    tokens this is exactly pyvene's tutorial loop. ``prefix``, ``compile``, ``max_rows``: as in
-    :func:`patching_sweep`.
+    The subject tokens' embeddings (the input of block 0) get noise (``n_samples`` draws,
+    ``RandomState(seed)``); for every stream, position and layer the clean state is restored:
+    ``block_output`` at that layer, ``mlp_activation``/``attention_output`` at the window of ``window``
+    layers around it (``window_layers``). ``noise_level`` takes ROME's spellings
+    (``fxvene.sweeps.core.parse_noise``): a number (Gaussian of that std); None (3 x the std of the
+    input embedding matrix); ``"s<k>"`` (k x the std of the subject's embeddings: here, one prompt
+    without a subject string, the prompt's subject tokens; ``"subjects"`` is ``"s3"`` of them);
+    ``"m"`` (a multivariate Gaussian fitted to the embeddings of ``noise_corpus``, texts with
+    ``tokenizer`` or token-id lists, default this prompt); ``"t<d>"`` (its draws scaled as a Student-t
+    of d degrees); ``"u<x>"`` (uniform in [-x, x]). ``replace=True``: the subject's token embeddings
+    are replaced by the noise instead of added to it. With ``n_samples=1, seed=1,
+    noise_level=PYVENE_NOISE_LEVEL`` and 4 subject tokens this is exactly pyvene's tutorial loop.
+    ``prefix``, ``compile``, ``max_rows``: as in ``patching_sweep``.
 
     Many prompts: ``inputs`` a JSONL path or a list of records (prompt, subject, target) runs
-    :func:`fxvene.sweeps.datasets.trace_facts` — every prompt traced as here, ROME's averages by token
+    ``fxvene.sweeps.datasets.trace_facts`` — every prompt traced as here, ROME's averages by token
     class, only the facts the model gets right (keyword options there: ``tokenizer``,
     ``only_correct``, ``batch_prompts``, ``memory_budget``, ...; ``noise_level="subjects"``).
     """
@@ -232,6 +244,9 @@ def causal_trace(
             compile=compile,
             tracer=tracer,
             prefix=prefix,
+            replace=replace,
+            noise_corpus=noise_corpus,
+            tokenizer=tokenizer,
             **dataset,
         )
     if dataset:
@@ -253,10 +268,18 @@ def causal_trace(
     if not isinstance(target_token, (int, np.integer)) or not 0 <= int(target_token) < V:
         raise ValueError(f"target_token must be a token id in [0, {V}), got {target_token!r}")
     target_token = int(target_token)
-    emb = model.get_input_embeddings().weight
-    if noise_level is None:
-        noise_level = 3 * float(emb.detach().float().std())
-    noise_level = float(noise_level)
+    prompt_ids = ids[0].tolist()
+    subject_ids = [[prompt_ids[p] for p in subj]]
+    noise = resolve_noise(
+        model,
+        noise_level,
+        replace,
+        subjects=lambda: subject_ids,
+        prompt_subjects=lambda: subject_ids,
+        corpus=lambda: [prompt_ids] if noise_corpus is None else token_lists(noise_corpus, tokenizer, "noise_corpus"),
+        corpus_given=noise_corpus is not None,
+    )
+    emb = model.get_input_embeddings()
 
     sites, site_index = [], {}
     for st in streams:
@@ -264,12 +287,14 @@ def causal_trace(
             site_index[(st, l)] = len(sites)
             sites.append((st, l))
     eng = engine_for(model, sites, tracer, False, compile, prefix)
-    noise = trace_noise(n_samples, len(subj), emb.shape[1], seed)
+    draws = noise.draw(n_samples, len(subj), emb.weight.shape[1], seed)
     subj_t = torch.tensor(subj)
+    with torch.no_grad():
+        embedded = emb(ids[0, subj_t].to(emb.weight.device)).double()
 
     def perturb(x):
         x = x.clone()
-        part = x[:, subj_t].double() + noise.to(x.device) * noise_level
+        part = noise.apply(x[:, subj_t].double(), draws.to(x.device), embedded.to(x.device))
         x[:, subj_t] = part.to(x.dtype)
         return x
 
@@ -305,10 +330,11 @@ def causal_trace(
         window,
         subj,
         target_token,
-        noise_level,
+        noise.level,
         n_samples,
         input_ids=ids[0].tolist(),
         n_layers=n_layers,
+        replace=noise.replace,
     )
 
 

@@ -8,7 +8,7 @@ hub repositories, e.g. ``"gpt2"``), so a local checkpoint needs no network. GPT-
 config to eager attention, as pyvene does (its ``attention_weight`` component needs it).
 
 The toy-model helpers build fxvene's implementations of pyvene's MLP and GRU
-(:mod:`fxvene.zoo.toy_models`) from a config; ``tokenizer_name`` optionally loads a tokenizer.
+(``fxvene.zoo.toy_models``) from a config; ``tokenizer_name`` optionally loads a tokenizer.
 """
 
 from __future__ import annotations
@@ -180,20 +180,20 @@ def _toy(cls, config, config_cls, tokenizer_name, cache_dir, helper):
 
 
 def create_mlp_classifier(config, tokenizer_name=None, cache_dir=None):
-    """pyvene's MLP classifier (:class:`fxvene.zoo.toy_models.MLPForClassification`) from an :class:`MLPConfig`."""
+    """pyvene's MLP classifier (``fxvene.zoo.toy_models.MLPForClassification``) from an ``MLPConfig``."""
     return _toy(MLPForClassification, config, MLPConfig, tokenizer_name, cache_dir, "create_mlp_classifier")
 
 
 def create_gru(config, tokenizer_name=None, cache_dir=None):
-    """pyvene's bare GRU (:class:`fxvene.zoo.toy_models.GRUModel`) from a :class:`GRUConfig`."""
+    """pyvene's bare GRU (``fxvene.zoo.toy_models.GRUModel``) from a ``GRUConfig``."""
     return _toy(GRUModel, config, GRUConfig, tokenizer_name, cache_dir, "create_gru")
 
 
 def create_gru_lm(config, tokenizer_name=None, cache_dir=None):
-    """pyvene's GRU language model (:class:`fxvene.zoo.toy_models.GRULMHeadModel`) from a :class:`GRUConfig`."""
+    """pyvene's GRU language model (``fxvene.zoo.toy_models.GRULMHeadModel``) from a ``GRUConfig``."""
     return _toy(GRULMHeadModel, config, GRUConfig, tokenizer_name, cache_dir, "create_gru_lm")
 
 
 def create_gru_classifier(config, tokenizer_name=None, cache_dir=None):
-    """pyvene's GRU classifier (:class:`fxvene.zoo.toy_models.GRUForClassification`) from a :class:`GRUConfig`."""
+    """pyvene's GRU classifier (``fxvene.zoo.toy_models.GRUForClassification``) from a ``GRUConfig``."""
     return _toy(GRUForClassification, config, GRUConfig, tokenizer_name, cache_dir, "create_gru_classifier")
