@@ -11,7 +11,7 @@ model's unrolled loop), are ``fxvene.graph.model_io``'s. A model is traced in ev
 off, as pyvene's wrap leaves it) or, with ``training=True``, in train mode: that graph keeps every
 dropout as a random op drawing from torch's global generator in the model's own order (HF's fx
 tracer leaves ``nn.Dropout`` modules as module calls that read their live ``training`` flag; they
-become ``F.dropout`` calls of the graph's mode, or vanish in eval mode). The two modes are two
+become ``F.dropout`` calls of the graph's mode, passing their input through in eval mode). The two modes are two
 graphs, cached apart; the user's module modes and random state come back afterwards.
 
 * ``hf_fx``: ``transformers.utils.fx.symbolic_trace`` (transformers 4.x only).
@@ -200,19 +200,18 @@ def _trace_hf_fx(model, input_names, example, out_keys):
 def _fix_dropouts(model, graph, training):
     """Give the graph's ``nn.Dropout`` module calls the mode of the trace: in train mode an
     ``F.dropout(x, p, training=True)`` call (the op the module runs, same random draws), in eval mode
-    nothing (the input passes through). Other dropout kinds stay module calls."""
+    ``training=False`` (the input passes through; the node keeps its module path for sites). Other
+    dropout kinds stay module calls."""
     for n in list(graph.nodes):
         if n.op != "call_module":
             continue
         mod = model.get_submodule(n.target)
         if type(mod) is not torch.nn.Dropout or len(n.args) != 1 or n.kwargs:
             continue
-        if training:
-            n.op, n.target = "call_function", torch.nn.functional.dropout
-            n.kwargs = {"p": float(mod.p), "training": True, "inplace": bool(mod.inplace)}
-        else:
-            n.replace_all_uses_with(n.args[0])
-            graph.erase_node(n)
+        # the node stays (its module path is a site: GPT-2's attention_output is attn.resid_dropout's output);
+        # in eval mode F.dropout(training=False) passes its input through
+        n.op, n.target = "call_function", torch.nn.functional.dropout
+        n.kwargs = {"p": float(mod.p), "training": bool(training), "inplace": bool(mod.inplace)}
 
 
 def _quiet_logs():
