@@ -110,7 +110,13 @@ def insert_interventions(gm, requests):
         site = by_name[req["node"]]
         region = normalize_path(req["region"]) if req["port"] == "input" else None
         keep = set(req.get("keep", ()))  # users this write must not reach (a tap listed before it, elsewhere)
-        scope = [u for u in users[req["node"]] if (region is None or _in_region(u, region)) and u.name not in keep]
+        # an input-port write stays in its module, but the step stack of a time-step site (fxvene's own
+        # node, which getters and Collects of that site read) sees it, as pyvene's in-place pre-hook does
+        scope = [
+            u
+            for u in users[req["node"]]
+            if (region is None or _in_region(u, region) or u.meta.get("fxvene") == "time_steps") and u.name not in keep
+        ]
         cur = reads.get((site, scope[0]), site) if scope else site
         phs = [by_name[ph_name] for ph_name in req.get("inputs", ())]
         new.add_submodule(req["name"], req["module"])

@@ -1,0 +1,316 @@
+"""Property-based differential test against pyvene 0.1.8 (issue 23 item 6, issue 28's widened space).
+
+Hypothesis draws a forward call -- model family, one or two representations (component, layer, unit,
+intervention type, a function intervention among them), positions and heads per batch row, groups,
+parallel or serial mode, subspaces, batch size, padding side, source inputs or
+``source_representations``, ``input_ids`` or ``inputs_embeds`` -- and the test asserts that fxvene's
+logits and collected activations equal pyvene's (1e-5, float32), or that both raise. The space leaves
+out what docs/differences.md lists as deliberate differences (Collect in a group that gets a source,
+several interventions in one serial group, GQA-wide Llama ``key_output``/``value_output``, GRU batches
+above one or steps left unlisted, per-example subspaces). ``scripts/property_search.py`` runs the same
+property with many more examples and a random seed; what it finds goes into ``FOUND`` as an ``@example``.
+"""
+
+import pytest
+import torch
+from _tiny import make_tiny
+
+import fxvene as fv
+
+pv = pytest.importorskip("pyvene")
+hyp = pytest.importorskip("hypothesis")
+st = pytest.importorskip("hypothesis.strategies")
+
+HIDDEN = 32  # every tiny transformer of _tiny.py
+HEADS = 4
+VOCAB = 64
+
+# component -> units; head components take "h" and "h.pos", the rest "pos"
+_POS = ["block_input", "block_output", "mlp_input", "mlp_output", "mlp_activation", "attention_input"]
+_POS += ["attention_output", "attention_value_output"]
+_QKV = ["query_output", "key_output", "value_output"]
+_HEAD_QKV = ["head_query_output", "head_key_output", "head_value_output"]
+COMPONENTS = {
+    "gpt2": _POS + _QKV + ["head_attention_value_output"] + _HEAD_QKV,
+    # Llama's key_output/value_output are GQA-wide in fxvene and hidden-wide in pyvene (a listed difference)
+    "llama": _POS + ["query_output", "head_attention_value_output"] + _HEAD_QKV,
+    "gpt_neox": _POS + ["head_attention_value_output"],
+    # pyvene maps GPT-Neo's q/k/v/out_proj at h[i].attn.*, but HF nests them at h[i].attn.attention.*:
+    # pyvene raises AttributeError for every such component (fxvene runs them), so they are left out
+    "gpt_neo": _POS[:-1],
+    "mlp": ["block_input", "block_output", "mlp_activation"],
+    "gru": ["cell_input", "cell_output", "reset_gate_output", "update_gate_output", "new_gate_output"],
+}
+FAMILIES = list(COMPONENTS)
+SOURCE_FREE = ["Zero", "Collect", "Noise"]
+WITH_SOURCE = ["Vanilla", "Addition", "Subtraction", "LowRankRotatedSpace", "Function"]
+
+
+def _function(base, source):
+    """A function intervention (pyvene calls it with the source's units; issue 28 item 3)."""
+    return base * 0.5 + source
+
+
+MLP_CFG = dict(h_dim=8, n_layer=2, pdrop=0.0, num_classes=3)
+GRU_CFG = dict(h_dim=6, n_layer=2)
+
+_BUILT = {}
+
+
+def _build(lib, family):
+    if family == "mlp":
+        cfg = fv.MLPConfig(**MLP_CFG) if lib is fv else pv.models.mlp.modelings_mlp.MLPConfig(**MLP_CFG)
+        torch.manual_seed(11)
+        return lib.create_mlp_classifier(cfg)[2].eval()
+    if family == "gru":
+        torch.manual_seed(4)
+        return lib.create_gru_classifier(lib.GRUConfig(**GRU_CFG))[2].eval()
+    return make_tiny(family)
+
+
+def models(family):
+    """(fxvene's model, pyvene's model): one seed, two objects, as pyvene removes the hooks of a model it wraps."""
+    if family not in _BUILT:
+        _BUILT[family] = (_build(fv, family), _build(pv, family))
+    return _BUILT[family]
+
+
+def _head_count(family, comp):
+    return 2 if family == "llama" and comp in ("head_key_output", "head_value_output") else HEADS
+
+
+@st.composite
+def _rep(draw, family, n, b, kinds):
+    comp = draw(st.sampled_from(COMPONENTS[family]))
+    layer = draw(st.integers(0, 1))
+    if family == "gru" and comp == "cell_input":
+        # cell 1's input is cell 0's state, which pyvene's pre-hook overwrites in place, so the write reaches
+        # cell 0's later steps too ("Input-port patches change only what the module sees" in the differences)
+        layer = 0
+    t = draw(st.sampled_from(kinds))
+    unit = (
+        "t" if family == "gru" else ("pos" if not comp.startswith("head_") else draw(st.sampled_from(["h", "h.pos"])))
+    )
+    if t == "Noise" and (unit != "pos" or family in ("mlp",)):
+        t = "Zero"  # pyvene's noise is a fixed (1, 4, dim) buffer: four positions of a "pos" unit only
+    k = 4 if t == "Noise" else (1 if family in ("mlp", "gru") else draw(st.integers(1, 2)))
+    rows = lambda hi: st.lists(st.integers(0, hi - 1), min_size=k, max_size=k, unique=True)  # noqa: E731
+
+    def locs():
+        if family == "gru":  # pyvene is right at "t" only when every step is listed (a listed difference)
+            return [list(range(n))] * b
+        if unit == "pos":
+            return [draw(rows(n)) for _ in range(b)]
+        heads = [draw(rows(_head_count(family, comp))) for _ in range(b)]
+        return heads if unit == "h" else [heads, [draw(rows(n)) for _ in range(b)]]
+
+    # max_number_of_units: pyvene flattens a Collect over its units, so it needs k; Noise acts per unit
+    nunits = 1 if t == "Noise" else k
+    return dict(comp=comp, layer=layer, unit=unit, type=t, k=k, nunits=nunits, base=locs(), src=locs())
+
+
+@st.composite
+def cases(draw, family=None):
+    """A forward call of ``family`` (drawn among FAMILIES when None), as a plain dict."""
+    family = family or draw(st.sampled_from(FAMILIES))
+    # the GRU's graph is unrolled over time steps: one export per length, so it gets one length
+    seq = 5 if family == "gru" else draw(st.integers(5, 7))
+    transformer = family not in ("mlp", "gru")
+    b = 1 if family == "gru" else draw(st.integers(1, 3))
+    mode = draw(st.sampled_from(["parallel", "serial"]))
+    nrep = draw(st.integers(1, 2))
+    n = 1 if family == "mlp" else seq
+    kinds = WITH_SOURCE if mode == "serial" else WITH_SOURCE + SOURCE_FREE
+    reps = [draw(_rep(family, n, b, kinds)) for _ in range(nrep)]
+    needs = [r["type"] in WITH_SOURCE for r in reps]
+    grouped = mode == "parallel" and nrep == 2 and needs[0] == needs[1] and draw(st.booleans())
+    # source_representations need a width (a function intervention has none)
+    widths = all(r["type"] != "Function" for r in reps)
+    reprs = mode == "parallel" and not grouped and all(needs) and widths and draw(st.booleans())
+    plain = [r["type"] in ("Vanilla", "Addition", "Subtraction") for r in reps]
+    subspace = None
+    if all(plain) and draw(st.booleans()):
+        subspace = draw(st.lists(st.integers(0, 3), min_size=1, max_size=3, unique=True))
+    return dict(
+        family=family,
+        batch=b,
+        seq=seq,
+        mode=mode,
+        reps=reps,
+        grouped=grouped,
+        source_representations=reprs,
+        subspace=subspace,
+        embeds=transformer and draw(st.booleans()),
+        padding=draw(st.sampled_from([None, "left", "right"])) if transformer else None,
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def _inputs(case, g):
+    b, n = case["batch"], case["seq"]
+    if case["family"] == "mlp":
+        return {"inputs_embeds": torch.randn(b, 1, MLP_CFG["h_dim"], generator=g)}
+    if case["family"] == "gru":
+        return {"inputs_embeds": torch.randn(b, n, GRU_CFG["h_dim"], generator=g)}
+    x = (
+        {"inputs_embeds": torch.randn(b, n, HIDDEN, generator=g)}
+        if case["embeds"]
+        else {"input_ids": torch.randint(3, VOCAB, (b, n), generator=g)}
+    )
+    # always a mask (all ones without padding): one export per family and input kind, not two
+    mask = torch.ones(b, n, dtype=torch.long)
+    if case["padding"]:
+        for row in range(1, b):
+            pad = int(torch.randint(0, 3, (1,), generator=g))
+            if pad:
+                mask[row, slice(0, pad) if case["padding"] == "left" else slice(n - pad, n)] = 0
+    x["attention_mask"] = mask
+    return x
+
+
+def _clone(x):
+    return {k: v.clone() for k, v in x.items()}  # pyvene writes input-port patches into the caller's tensors
+
+
+def _run(lib, model, case):
+    """return_dict output of ``case`` through ``lib`` (fxvene or pyvene)."""
+    g = torch.Generator().manual_seed(case["seed"])
+    reps = []
+    for i, r in enumerate(case["reps"]):
+        kw = dict(low_rank_dimension=2) if r["type"] == "LowRankRotatedSpace" else {}
+        if r["type"] == "Function":
+            kw["intervention"] = _function
+        else:
+            kw["intervention_type"] = getattr(lib, r["type"] + "Intervention")
+        group = 0 if case["grouped"] else i
+        reps.append(
+            lib.RepresentationConfig(
+                layer=r["layer"],
+                component=r["comp"],
+                unit=r["unit"],
+                max_number_of_units=r["nunits"],
+                group_key=group,
+                **kw,
+            )
+        )
+    torch.manual_seed(case["seed"])  # the trainable interventions' initial weights
+    im = lib.IntervenableModel(lib.IntervenableConfig(representations=reps, mode=case["mode"]), model)
+    base = _inputs(case, g)
+    needs = [r["type"] in WITH_SOURCE for r in case["reps"]]
+    ngroups = 1 if case["grouped"] else len(reps)
+    kw = {}
+    if case["subspace"] is not None:
+        kw["subspaces"] = [[case["subspace"]] * case["batch"] for _ in reps]
+    if case["mode"] == "serial":
+        srcs = [_inputs(case, g) for _ in range(ngroups)]
+        ul = {}
+        for i, r in enumerate(case["reps"]):
+            ul[f"source_{i}->" + (f"source_{i + 1}" if i + 1 < len(reps) else "base")] = ([r["src"]], [r["base"]])
+        return im(base=_clone(base), sources=[_clone(s) for s in srcs], unit_locations=ul, return_dict=True, **kw)
+    if not any(needs):
+        return im(base=_clone(base), unit_locations={"base": [r["base"] for r in case["reps"]]}, return_dict=True)
+    if case["source_representations"]:
+        vals = []
+        for r, iv in zip(case["reps"], im.interventions.values()):
+            dim = (iv[0] if isinstance(iv, tuple) else iv).embed_dim
+            units = (r["k"], r["k"]) if r["unit"] == "h.pos" else (len(r["base"][0]),)
+            vals.append(torch.randn(case["batch"], *units, dim, generator=g))
+        ul = {"base": [r["base"] for r in case["reps"]]}
+        return im(base=_clone(base), unit_locations=ul, source_representations=vals, return_dict=True, **kw)
+    srcs = [_inputs(case, g) if (needs[0] if case["grouped"] else needs[i]) else None for i in range(ngroups)]
+    src_locs = [r["src"] if need else None for r, need in zip(case["reps"], needs)]
+    ul = {"sources->base": (src_locs, [r["base"] for r in case["reps"]])}
+    sources = [None if s is None else _clone(s) for s in srcs]
+    return im(base=_clone(base), sources=sources, unit_locations=ul, return_dict=True, **kw)
+
+
+def _outputs(res):
+    out = res.intervened_outputs
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    collected = res.collected_activations or []
+    flat = []
+    for c in collected:
+        flat.extend(c if isinstance(c, (list, tuple)) else [c])
+    return logits, flat
+
+
+def _outcome(lib, model, case):
+    try:
+        return _outputs(_run(lib, model, case))
+    except Exception as e:  # noqa: BLE001 - "both raise" is an outcome of the property
+        return e
+
+
+def _event(what):
+    """A line of ``--hypothesis-show-statistics`` (a no-op when ``check`` is called outside a test)."""
+    if hyp.currently_in_test_context():
+        hyp.event(what)
+
+
+def _said(outcome):
+    return repr(outcome)[:300] if isinstance(outcome, Exception) else "ran"
+
+
+def check(case):
+    """The property: fxvene's outputs are pyvene's, or both raise."""
+    ours, theirs = models(case["family"])
+    ref = _outcome(pv, theirs, case)
+    got = _outcome(fv, ours, case)
+    if isinstance(ref, Exception) or isinstance(got, Exception):
+        assert isinstance(ref, Exception) and isinstance(got, Exception), (
+            f"only one raised: pyvene {_said(ref)}, fxvene {_said(got)}"
+        )
+        _event(f"both raised: pyvene {type(ref).__name__}, fxvene {type(got).__name__}")
+        return
+    _event(f"compared {case['family']}")
+    (gl, gc), (rl, rc) = got, ref
+    torch.testing.assert_close(gl, rl, atol=1e-5, rtol=1e-5)
+    assert len(gc) == len(rc), f"collected {len(gc)} tensors, pyvene {len(rc)}"
+    for a, b in zip(gc, rc):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+SETTINGS = dict(derandomize=True, deadline=None, max_examples=24, suppress_health_check=list(hyp.HealthCheck))
+
+
+def _every_step(comp, t="Vanilla"):
+    steps = [[0, 1, 2, 3, 4]]
+    return dict(comp=comp, layer=0, unit="t", type=t, k=1, nunits=1, base=steps, src=steps)
+
+
+_CALL = dict(grouped=False, source_representations=False, subspace=None, embeds=False, padding=None, seed=0)
+_GRU = dict(_CALL, family="gru", batch=1, seq=5)
+
+# calls a search found where fxvene and pyvene differed, kept as regression cases of their family's test:
+# (case, None) must pass; (case, reason) is a known fxvene bug, an expected failure until it is fixed.
+# Differences that are pyvene bugs or listed in docs/differences.md are left out of the space above.
+FOUND = [
+    # a read of a GRU cell_input after a write there at the same steps (a serial source getter, a Collect)
+    # saw the clean steps: passes.rewrite scoped an input-port write to the cell, and the step stack the
+    # readers tap lies outside it; pyvene's pre-hook writes in place, so its readers see the write
+    (dict(_GRU, mode="serial", reps=[_every_step("cell_input")] * 2), None),
+    (dict(_GRU, mode="parallel", reps=[_every_step("cell_input"), _every_step("cell_input", "Collect")]), None),
+]
+
+
+def _property(family):
+    """The property over ``family``'s calls (one test per family, so each gets its share of examples)."""
+
+    @hyp.settings(**SETTINGS)
+    @hyp.given(case=cases(family))
+    def test(case):
+        check(case)
+
+    for case, bug in FOUND:
+        if case["family"] == family:
+            ex = hyp.example(case=case)
+            test = (ex.xfail(reason=bug, raises=AssertionError) if bug else ex)(test)
+    return test
+
+
+test_gpt2 = _property("gpt2")
+test_llama = _property("llama")
+test_gpt_neox = _property("gpt_neox")
+test_gpt_neo = _property("gpt_neo")
+test_mlp = _property("mlp")
+test_gru = _property("gru")
