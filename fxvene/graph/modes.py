@@ -9,6 +9,7 @@ model, runs the call with the whole model in eval mode, and gives every module i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 import weakref
@@ -25,6 +26,19 @@ def in_train_mode(model):
         return any(m.training for m in modules())
     except TypeError:
         return False
+
+
+@contextlib.contextmanager
+def model_mode(model, training):
+    """Put the whole ``model`` in train (``training=True``) or eval mode for the block, then give every
+    module its own mode back (a user's mix of train and eval modules survives)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train(training)
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def _tell_once(model, what):
@@ -53,15 +67,10 @@ def runs_in_eval_mode(fn):
         if not in_train_mode(model):
             return fn(*args, **kwargs)
         _tell_once(model, what)
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
+        with model_mode(model, False):
             return fn(*args, **kwargs)
-        finally:
-            for m, mode in modes:
-                m.training = mode
 
     return wrapper
 
 
-__all__ = ["in_train_mode", "runs_in_eval_mode"]
+__all__ = ["in_train_mode", "model_mode", "runs_in_eval_mode"]

@@ -61,6 +61,7 @@ from fxvene.graph.model_io import (  # noqa: F401  (construction_inputs, lead_in
     steps_signature,
     switches,
 )
+from fxvene.graph.modes import model_mode
 from fxvene.graph.progress import progress, quiet_loggers
 
 FRONTENDS = ("auto", "hf_fx", "export")
@@ -377,14 +378,9 @@ def trace(model, input_names=("input_ids", "attention_mask"), tracer="auto", che
     key = (tracer, input_names)
     if key in per_model:
         return per_model[key]
-    modes = [(m, m.training) for m in model.modules()]
-    model.train(training)  # the graph's mode; the user's modes (and random state) come back after
-    try:
-        with torch.random.fork_rng(devices=[]) if training else contextlib.nullcontext():
-            return _trace_new(model, input_names, tracer, per_model, key)
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    # the graph's mode; the user's modes (and random state) come back after
+    with model_mode(model, training), torch.random.fork_rng(devices=[]) if training else contextlib.nullcontext():
+        return _trace_new(model, input_names, tracer, per_model, key)
 
 
 class _TrainKey:
