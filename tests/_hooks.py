@@ -102,6 +102,24 @@ def capture(store, key=None):
     return fn
 
 
+def collect_config(sites):
+    """An IntervenableConfig that collects each ``(component, layer)`` of ``sites`` in one forward (unit
+    ``h`` for the ``head_*`` components, ``pos`` otherwise)."""
+    import fxvene as pv
+
+    return pv.IntervenableConfig(
+        representations=[
+            pv.RepresentationConfig(
+                layer=layer,
+                component=c,
+                unit="h" if c.startswith("head_") else "pos",
+                intervention_type=pv.CollectIntervention,
+            )
+            for c, layer in sites
+        ]
+    )
+
+
 def head_view(t, n_heads):
     """(batch, seq, heads * d) -> (batch, heads, seq, d); a view where ``t`` is contiguous."""
     b, s, w = t.shape

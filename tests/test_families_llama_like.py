@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from _hooks import capture, cli_components, head_view, hooks
+from _hooks import capture, cli_components, collect_config, head_view, hooks
 from _matrix import cell
 from _tiny import AVAILABLE, make_tiny
 
@@ -146,17 +146,7 @@ def test_sequence_classifier_sites_equal_hooks(family):
     (pooled at each row's last non-pad token) equal HF's, and components collect the hooked tensors."""
     model = model_for(family, "seq_cls")
     comps = ["block_output", "head_query_output", "mlp_output"]
-    cfg = pv.IntervenableConfig(
-        representations=[
-            pv.RepresentationConfig(
-                layer=L,
-                component=c,
-                unit="h" if c.startswith("head_") else "pos",
-                intervention_type=pv.CollectIntervention,
-            )
-            for c in comps
-        ]
-    )
+    cfg = collect_config([(c, L) for c in comps])
     inputs = _inputs(13)
     inputs["input_ids"][0, -2:] = model.config.pad_token_id  # right padding: pooled before the pads
     inputs["attention_mask"][0, -2:] = 0
@@ -198,17 +188,7 @@ def test_collect_every_component_equals_hooks(family):
     attention_weight equals HF's attention probabilities (eager)."""
     model = model_for(family)
     sites = [(c, layer) for layer in (0, 1) for c in list(hand_table(model, layer)) + ["attention_weight"]]
-    cfg = pv.IntervenableConfig(
-        representations=[
-            pv.RepresentationConfig(
-                layer=layer,
-                component=c,
-                unit="h" if c.startswith("head_") else "pos",
-                intervention_type=pv.CollectIntervention,
-            )
-            for c, layer in sites
-        ]
-    )
+    cfg = collect_config(sites)
     im = pv.IntervenableModel(cfg, model)
     inputs = _inputs(11, pad=2)
     (_, collected), _ = im(base=inputs)

@@ -203,20 +203,10 @@ def _vit_table(model, layer):
 def test_vit_collect_every_component_equals_hooks(vit):
     """One forward on two 16-pixel images collects every component of the ViT family at both layers; each
     equals the HF module's hooked tensor (head views (batch, heads, CLS + 16 patches, head_dim))."""
-    from _hooks import capture, head_view, hooks
+    from _hooks import capture, collect_config, head_view, hooks
 
     sites = [(c, layer) for layer in (0, 1) for c in _vit_table(vit, layer)]
-    cfg = pv.IntervenableConfig(
-        representations=[
-            pv.RepresentationConfig(
-                layer=layer,
-                component=c,
-                unit="h" if c.startswith("head_") else "pos",
-                intervention_type=pv.CollectIntervention,
-            )
-            for c, layer in sites
-        ]
-    )
+    cfg = collect_config(sites)
     base, _ = _images(6, side=16, batch=2)
     (_, collected), _ = pv.IntervenableModel(cfg, vit)(base=base)
     store = {}
