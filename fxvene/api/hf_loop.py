@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from fxvene.graph.step_graphs import cache_mode, flat_cache, make_cache
+from fxvene.graph.step_graphs import cache_mode, flat_cache, make_cache, position_ids_from_mask
 
 
 def set_calls(phase, step):
@@ -56,7 +56,7 @@ class _HFStep:
         if attention_mask is None:
             attention_mask = input_ids.new_ones(input_ids.shape[0], (past[0].shape[-2] if past else 0) + S)
         if position_ids is None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)[:, -S:]
+            position_ids = position_ids_from_mask(attention_mask)[:, -S:]
         if not past:  # the prompt, or any forward without the cache: an empty past of the rows HF passes
             past = [t.new_zeros(input_ids.shape[0], *t.shape[1:]) for t in self.phases[0].past]
         set_calls(phase, None if first else self.step)
