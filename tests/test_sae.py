@@ -461,5 +461,11 @@ def test_bad_input(tmp_path, sae_dir):
         pv.feature_sweep(None, {"input_ids": torch.zeros(1, 3, dtype=torch.long)}, pv.load_sae(sae_dir), edit="patch")
     with pytest.raises(ValueError, match="features: 40 is not a feature"):
         pv.feature_sweep(None, {"input_ids": torch.zeros(1, 3, dtype=torch.long)}, pv.load_sae(sae_dir), [40])
+    with pytest.raises(ValueError, match="max_rows must be a positive int or None, got 0"):
+        pv.feature_sweep(None, {"input_ids": torch.zeros(1, 3, dtype=torch.long)}, pv.load_sae(sae_dir), max_rows=0)
+    with pytest.raises(ValueError, match="top_k must be an int in 1..32 or None, got True"):
+        pv.load_sae(sae_dir).collect(top_k=True)
+    with pytest.raises(TypeError, match="sae must be an SAEIntervention"):
+        pv.SAEFeatures(None)
     with pytest.raises(ValueError, match="needs a source run"):
         pv.load_sae(sae_dir, edit="patch")(torch.zeros(1, 2, D_IN))

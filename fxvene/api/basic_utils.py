@@ -73,6 +73,7 @@ ALLOWED_TYPE_NAMES = frozenset(
         "AutoencoderIntervention",
         "JumpReLUAutoencoderIntervention",
         "SAEIntervention",
+        "SAEFeatures",
         "LambdaIntervention",
     }
 )

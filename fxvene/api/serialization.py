@@ -287,6 +287,7 @@ def _has_state(intervention):
     return (
         isinstance(intervention, TrainableIntervention)
         or getattr(intervention, "source_representation", None) is not None
+        or bool(getattr(intervention, "saves_state", False))  # e.g. SAEFeatures: a collector holding an SAE
     )
 
 
@@ -604,7 +605,7 @@ def load(
             and not isinstance(iv, (ZeroIntervention, SourcelessIntervention))
             and bool(reps[i].hidden_source_representation)
         )
-        if isinstance(iv, TrainableIntervention) or wants_source:
+        if isinstance(iv, TrainableIntervention) or wants_source or bool(getattr(iv, "saves_state", False)):
             if path is None:
                 raise MissingFileError(
                     f"{load_directory!r}: no weights for intervention {key!r} (intkey_{key}.safetensors)"

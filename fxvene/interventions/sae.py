@@ -49,22 +49,15 @@ CFG_NAME, WEIGHTS_NAME, NPZ_NAME = "cfg.json", "sae_weights.safetensors", "param
 RESIDUAL_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 # TransformerLens centres writing weights only for LayerNorm models; these families use RMSNorm
 _RMS_NORM_MODELS = ("llama", "gemma", "mistral", "qwen", "olmo", "phi-3", "mixtral", "granite")
-_SETTINGS = (
-    "architecture",
-    "d_in",
-    "d_sae",
-    "k",
-    "apply_b_dec_to_input",
-    "normalize_activations",
-    "rescale_acts_by_decoder_norm",
-    "center",
-    "hook_name",
-    "error",
-    "detach_error",
-    "edit",
-    "value",
-    "features",
+_SETTINGS = tuple(
+    "architecture d_in d_sae k apply_b_dec_to_input normalize_activations rescale_acts_by_decoder_norm center "
+    "hook_name error detach_error edit value features".split()
 )
+
+
+def _check_top_k(top_k, d_sae):
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 0 < top_k <= d_sae):
+        raise ValueError(f"top_k must be an int in 1..{d_sae} or None, got {top_k!r}")
 
 
 def _check_edit(edit, value):
@@ -323,16 +316,34 @@ class SAEIntervention(TrainableIntervention, LocalistRepresentationIntervention)
 
 class SAEFeatures(CollectIntervention):
     """Collects an SAE's feature activations at its site: (batch, positions, d_sae), only the
-    ``subspaces`` columns when given, or ``(values, indices)`` of the ``top_k`` largest."""
+    ``subspaces`` columns when given, or ``(values, indices)`` of the ``top_k`` largest.
+
+    Saved with its SAE (weights and settings) and ``top_k`` by ``IntervenableModel.save``; when
+    ``load`` rebuilds it without an SAE, a placeholder of the site's width takes the saved one's
+    shape, weights and settings as its state dict is loaded."""
+
+    saves_state = True  # IntervenableModel.save writes its state dict although it trains nothing
 
     def __init__(self, sae: SAEIntervention | None = None, top_k: int | None = None, **kwargs: Any) -> None:
+        embed_dim = kwargs.pop("embed_dim", None)  # the site's width: only for a placeholder SAE
         super().__init__(**kwargs)
+        if sae is None and isinstance(embed_dim, int) and embed_dim > 0:
+            sae = SAEIntervention(embed_dim, kwargs.get("low_rank_dimension") or 1)
         if not isinstance(sae, SAEIntervention):
             raise TypeError(f"sae must be an SAEIntervention (pv.load_sae), got {type(sae).__name__}")
-        if top_k is not None and (not isinstance(top_k, int) or not 0 < top_k <= sae.d_sae):
-            raise ValueError(f"top_k must be an int in 1..{sae.d_sae} or None, got {top_k!r}")
+        _check_top_k(top_k, sae.d_sae)
         self.sae, self.top_k = sae, top_k
-        self.hook_name = sae.hook_name  # so that component=None takes the SAE's site here too
+
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(list(json.dumps({"top_k": self.top_k}).encode()), dtype=torch.uint8)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.top_k = json.loads(bytes(state.tolist()).decode())["top_k"]
+
+    @property
+    def hook_name(self) -> str | None:
+        """The SAE's hook name, so that ``component=None`` takes the SAE's site here too."""
+        return self.sae.hook_name
 
     def __str__(self) -> str:
         return f"SAEFeatures(top_k={self.top_k})"
