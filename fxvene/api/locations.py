@@ -122,6 +122,8 @@ def to_index(locs, unit, batch_size, device, what):
         lens = {len(r) for r in locs}
         if len(lens) != 1:
             raise ValueError(f"{what}: every example must list the same number of units, got lengths {sorted(lens)}")
+        if any(u is None for row in locs for u in row):
+            raise TypeError(f"{what}: None among the unit indices (None stands for a whole intervention), got {locs!r}")
         t = torch.tensor(locs, dtype=torch.long, device=device)
     if t.shape[0] != batch_size:
         raise ValueError(f"{what}: {t.shape[0]} per-example entries for a batch of {batch_size}")
