@@ -11,6 +11,7 @@ SLOW_FILES = {
     "test_compat_suite.py",  # pyvene 0.1.8's own suite
     "test_pyreft.py",
     "test_distributed.py",  # torchrun
+    "test_pipeline.py",  # torchrun, pipeline stages
     "test_trace_facts_cli.py",  # the command, interrupted and resumed
     "test_offload_memory.py",  # a GPT-2-small-shape model half on disk, in a subprocess (~70 s)
 }
