@@ -6,8 +6,8 @@ pyvene 0.1.8's hook-based run: the original-output forward, each source forward 
 forward, an intervention's own dropout where it is called. Under one ``torch.manual_seed`` (eager, CPU,
 float32) the outputs and the random state after the call equal pyvene's, for GPT-2, Llama, GPT-NeoX and
 T5 with non-zero dropout, in parallel and serial mode; back in eval mode they equal pyvene's eval-mode numbers. Sweeps run in eval
-mode and say so once. (``compile=True`` in train mode is not exercised here: its random numbers are
-inductor's; see docs/differences.md.)
+mode and say so once. (``compile=True`` in train mode: tests/test_fidelity_more.py, on torch.compile's cheap "eager" backend;
+inductor's random numbers are its own, see docs/differences.md.)
 """
 
 import pytest

@@ -19,7 +19,9 @@ run Hugging Face's own ``generate`` instead (what pyvene calls), with the model'
 rewritten step graphs for the call (``fxvene.api.hf_loop``): each row HF makes (every beam) gets its example's
 locations, sources and subspaces; without the cache every forward runs the whole sequence, the first as the
 prompt forward and each later one as a decode step, so a decode-step location is a position of the whole
-sequence, as in pyvene.
+sequence, as in pyvene. ``token_type_ids`` in ``base`` (models that take them, GPT-2) run the chunk graph
+exported with token types as its last input (``step_graph(model, "chunk_tt")``); each new token gets the
+prompt's last column, as HF generate extends them.
 
 Which forwards an intervention acts on
 --------------------------------------
@@ -64,7 +66,7 @@ the collector acted on (per key, in ``sorted_keys`` order).
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -324,10 +326,12 @@ class Phase:
     past: list = field(default_factory=list)  # prefill only: the empty past of the chunk graph
 
 
-def decode(prefill, dec, input_ids, mask, st, on_collect=None):
+def decode(prefill, dec, input_ids, mask, st, on_collect=None, types=None):
     """Greedy / sampled decoding with a KV cache. ``prefill`` and ``dec`` are ``Phase``\\s; each
     new token runs ``dec.gm`` once on a one-token input. ``on_collect(phase, step, values)`` receives
-    the collect outputs of each forward. Returns (sequences, scores, logits)."""
+    the collect outputs of each forward. ``types``: the prompt's token_type_ids (graphs of the chunk_tt
+    step); each new token gets the prompt's last column, as HF generate extends them. Returns (sequences,
+    scores, logits)."""
     b, S = input_ids.shape
     device = input_ids.device
     n_kv = None
@@ -336,10 +340,11 @@ def decode(prefill, dec, input_ids, mask, st, on_collect=None):
     pos = position_ids_from_mask(mask)
     seq = input_ids
     has_eos = st.eos is not None
+    tt = {} if types is None else {"token_type_ids": types}
     # prompt forward
     set_calls(prefill, None)
     try:
-        flat = prefill.gm(input_ids, mask, pos, *prefill.past, **prefill.feeds)
+        flat = prefill.gm(input_ids, mask, pos, *prefill.past, **tt, **prefill.feeds)
     finally:
         clear_calls(prefill)
     step = -1  # the prompt forward
@@ -375,12 +380,14 @@ def decode(prefill, dec, input_ids, mask, st, on_collect=None):
         if done or unfinished.max() == 0:
             break
         step += 1
+        if types is not None:
+            tt = {"token_type_ids": types[:, -1:]}
         mask = torch.cat([mask, mask.new_ones(b, 1)], dim=-1)
         # as each line's generate: transformers 4 recounts the mask, 5 continues from the last position
         pos = mask.long().sum(-1, keepdim=True) - 1 if TF_MAJOR < 5 else pos[:, -1:] + 1
         set_calls(dec, step)
         try:
-            flat = dec.gm(nxt[:, None], mask, pos, *past, **dec.feeds)
+            flat = dec.gm(nxt[:, None], mask, pos, *past, **tt, **dec.feeds)
         finally:
             clear_calls(dec)
     return seq, scores, raw
@@ -500,10 +507,23 @@ def generate(
                 f"generated token), got {decode_steps!r}"
             )
         decode_steps = steps
+    if getattr(getattr(im.model, "config", None), "is_encoder_decoder", False):  # T5, BART, Whisper
+        raise ValueError(
+            f"generate: {type(im.model).__name__} is an encoder-decoder; generate with interventions runs "
+            "decoder-only models for now (call the IntervenableModel with decoder_input_ids instead)"
+        )
     base_in, sig = U.check_base(im, base)
-    extra_inputs = [k for k in base_in if k not in ("input_ids", "attention_mask")]
+    extra_inputs = [k for k in base_in if k not in ("input_ids", "attention_mask", "token_type_ids")]
     if extra_inputs:
-        raise ValueError(f"base: generate takes input_ids (and attention_mask), got also {extra_inputs}")
+        raise ValueError(
+            f"base: generate takes input_ids (and attention_mask, token_type_ids), got also {extra_inputs}"
+        )
+    types = base_in.get("token_type_ids")
+    if types is not None and "token_type_ids" not in inspect.signature(im.model.forward).parameters:
+        raise ValueError(
+            f"base['token_type_ids']: {type(im.model).__name__} takes no token_type_ids; pass input_ids and "
+            "attention_mask only"
+        )
     input_ids, mask = base_in["input_ids"], base_in["attention_mask"].to(base_in["input_ids"].device)
     if input_ids.dtype not in (torch.long, torch.int32, torch.int64):
         raise TypeError(f"base['input_ids'] must be an integer tensor, got {input_ids.dtype}")
@@ -607,14 +627,19 @@ def generate(
 
     with torch.no_grad():
         with preserved_rng():
-            pre_sg = step_graph(im.model, "prefill")
-            dec_sg = step_graph(im.model, "decode")
+            if types is None:
+                pre_sg = step_graph(im.model, "prefill")
+                dec_sg = step_graph(im.model, "decode")
+            else:  # the chunk graph with token types as its last input; empty past for the prompt
+                dec_sg = step_graph(im.model, "chunk_tt")
+                pre_sg = replace(dec_sg, phase="prefill", empty_past=True)
         empty = pre_sg.empty(batch, device) if pre_sg.empty_past else []
 
         original = None
         # beams or several sequences per prompt: HF's own loop (as pyvene's call), each row its example's data
         hf_loop = st.expand > 1 or not st.use_cache
-        hf_base = {k: base_in[k] for k in ("input_ids", "attention_mask") if k in base} if hf_loop else None
+        hf_keys = ("input_ids", "attention_mask", "token_type_ids")
+        hf_base = {k: base_in[k] for k in hf_keys if k in base} if hf_loop else None
         if not st.use_cache and (dec_sg.traced is not pre_sg.traced or not pre_sg.empty_past):
             raise ValueError(
                 f"generate: use_cache=False needs {type(im.model).__name__}'s KV-cache chunk graph, which it does "
@@ -624,7 +649,7 @@ def generate(
             original = im.model.generate(**hf_base, **generate_kwargs)
         elif output_original_output:
             plain = (Phase(pre_sg.gm, {}, {}, [], past=empty), Phase(dec_sg.gm, {}, {}, []))
-            seq0, sc0, lg0 = decode(*plain, input_ids, mask, st)
+            seq0, sc0, lg0 = decode(*plain, input_ids, mask, st, types=types)
             original = _wrap(seq0, sc0, lg0, st)
 
         im.full_intervention_outputs = []
@@ -668,7 +693,7 @@ def generate(
         if hf_base is not None:
             out = hf_generate(im.model, phases[0], phases[1], hf_base, generate_kwargs, on_collect, st.use_cache)
         else:
-            out = _wrap(*decode(phases[0], phases[1], input_ids, mask, st, on_collect), st)
+            out = _wrap(*decode(phases[0], phases[1], input_ids, mask, st, on_collect, types), st)
     im.activations = {k: v for k, v in collected.items()}
     if im.return_collect_activations:
         flat = [t for k in im.sorted_keys if k in collected for t in collected[k]]

@@ -36,7 +36,15 @@ class _HFStep:
         self.phases, self.mode, self.on_collect, self.cached = (prefill, dec), mode, on_collect, cached
         self.step = -2
 
-    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        token_type_ids=None,
+        **kwargs,
+    ):
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         if kwargs.get("inputs_embeds") is not None:
@@ -59,9 +67,11 @@ class _HFStep:
             position_ids = position_ids_from_mask(attention_mask)[:, -S:]
         if not past:  # the prompt, or any forward without the cache: an empty past of the rows HF passes
             past = [t.new_zeros(input_ids.shape[0], *t.shape[1:]) for t in self.phases[0].past]
+        # token types (a chunk_tt graph): HF slices and extends them per step, as for the plain model
+        tt = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         set_calls(phase, None if first else self.step)
         try:
-            flat = phase.gm(input_ids, attention_mask, position_ids, *past, **phase.feeds)
+            flat = phase.gm(input_ids, attention_mask, position_ids, *past, **tt, **phase.feeds)
         finally:
             clear_calls(phase)
         n_kv = len(flat) - 1 - len(phase.collect)

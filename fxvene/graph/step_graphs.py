@@ -12,6 +12,8 @@ keys/values are plain tensor inputs and outputs.
   graph returns the chunk graph with ``empty_past`` set: call it with ``StepGraph.inputs``.
 * **prefill_embeds**: the prompt forward on ``inputs_embeds (b, S, width)`` instead of ``input_ids``
   (no past), exported on request only: the keys/values of forward's ``use_cache=True`` on embeddings.
+* **chunk_tt**: the chunk graph with ``token_type_ids (b, S)`` as a last input, exported on request only
+  (``generate`` with token types, for models that take them, GPT-2 among them).
 
 Exported programs are kept in the on-disk graph cache (``fxvene.graph.cache``); a loaded one is
 checked exactly like a fresh export.
@@ -225,6 +227,15 @@ class CacheStepEmbeds(CacheStep):
         return self._step({"inputs_embeds": inputs_embeds}, attention_mask, position_ids, past)
 
 
+class CacheStepTypes(CacheStep):
+    """``CacheStep`` with the model's ``token_type_ids`` (b, S) as a last input (the chunk_tt graph)."""
+
+    def forward(self, input_ids, attention_mask, position_ids, past, token_type_ids):
+        return self._step(
+            {"input_ids": input_ids, "token_type_ids": token_type_ids}, attention_mask, position_ids, past
+        )
+
+
 @dataclass
 class StepGraph:
     """A traced KV-cache step graph. ``traced.gm`` runs; ``locate`` is the same graph truncated to
@@ -304,6 +315,10 @@ def _examples(model, wrapper, phase):
         except Exception as e:  # noqa: BLE001 - no usable input embeddings
             raise TracingError(f"{type(model).__name__} has no input embeddings to trace inputs_embeds with") from e
         return (embeds, mask, pos, []), ({0: _auto(), 1: _auto()},) * 3 + ([],)
+    if phase == "chunk_tt":  # the chunk example, with token types 0/1 for the new tokens
+        (ids, mask, pos, past), dyn = _examples(model, CacheStep(model), "chunk")
+        types = torch.randint(0, 2, tuple(ids.shape), generator=g).to(device)
+        return (ids, mask, pos, past, types), (*dyn, {0: _auto(), 1: _auto()})
     if phase == "chunk":
         # a 3-token chunk after a 2-token past, batch 4: every size distinct, so none is unified with another
         b, P = 4, 2
@@ -374,7 +389,7 @@ def _export(wrapper, args, dyn, model, phase):
 
 def _export_step(model, phase):
     """Export (or load from the graph cache) and check the ``phase`` step graph of ``model``."""
-    wrapper = CacheStepEmbeds(model) if phase == "prefill_embeds" else CacheStep(model)
+    wrapper = {"prefill_embeds": CacheStepEmbeds, "chunk_tt": CacheStepTypes}.get(phase, CacheStep)(model)
     args, dyn = _examples(model, wrapper, phase)
     with torch.no_grad():
         ref = wrapper(*args)
@@ -423,17 +438,17 @@ def _checked(gm, model, wrapper, phase, args, ref, from_cache=False):
     """The finished step graph ``gm`` checked against the model (as ``_finish`` says)."""
     graph = gm.graph
     with torch.no_grad():
-        got = gm(*args[:3], *args[3])
+        got = gm(*args[:3], *args[3], *args[4:])
     if len(got) != len(ref) or not all(
         a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=1e-4) for a, b in zip(got, ref)
     ):
         raise TracingError(f"the traced {phase} step of {type(model).__name__} does not reproduce the model")
     names = tuple(n.target for n in graph.nodes if n.op == "placeholder")
     _check_dynamic(graph, phase, model)
-    if phase == "chunk" and not from_cache:
+    if phase in ("chunk", "chunk_tt") and not from_cache:
         # a stored entry passed these checks when it was exported (the cache key covers the model's
         # config, the library versions and this file); a load is checked on the example above
-        _check_chunk_edges(gm, wrapper, model)
+        _check_chunk_edges(gm, wrapper, model, types=phase == "chunk_tt")
     n_kv = len(ref) - 1
     out_keys = ("logits",) + tuple(f"past_{i}" for i in range(n_kv))
     traced = TracedGraph(gm=gm, frontend="export", input_names=names, output_keys=out_keys, output_cls=tuple)
@@ -444,14 +459,14 @@ def _checked(gm, model, wrapper, phase, args, ref, from_cache=False):
     return StepGraph(phase=phase, traced=traced, locate=locate, n_kv=n_kv, past_shapes=shapes, from_cache=from_cache)
 
 
-def _check_chunk_edges(gm, wrapper, model):
+def _check_chunk_edges(gm, wrapper, model, types=False):
     """The chunk graph is traced at a 3-token chunk after a 2-token past; sweeps also run it with no
     past (the whole prompt), a one-token past and one-token chunks. torch.export specialises sizes 0
     and 1 of an example, so those edges are checked against the model itself (the runtime asserts
     of the exported program are stripped, so a specialised graph would otherwise run silently).
     One forward of the model over 5 tokens (all logits, its cache) gives every reference: causal
     attention makes position ``t``'s logits and the keys/values of the first ``t`` positions the
-    same as a forward over those positions alone."""
+    same as a forward over those positions alone. ``types``: the graph takes token_type_ids (chunk_tt)."""
     vocab = int(getattr(model.config, "vocab_size", 16) or 16)
     device = offload.main_device(model)  # a dispatched model's offloaded weights sit on the meta device
     g = torch.Generator().manual_seed(1)
@@ -459,6 +474,8 @@ def _check_chunk_edges(gm, wrapper, model):
     ids = torch.randint(0, vocab, (b, n), generator=g).to(device)
     mask = torch.ones_like(ids)
     pos = torch.arange(n, device=device).expand(b, -1)
+    tt = torch.randint(0, 2, (b, n), generator=g).to(device) if types else None
+    more = {"token_type_ids": tt} if types else {}
     with torch.no_grad():
         # the model's own forward (no past: the window needs no placing), with a cache of every position
         out = model(
@@ -468,12 +485,14 @@ def _check_chunk_edges(gm, wrapper, model):
             use_cache=True,
             return_dict=True,
             past_key_values=make_cache([], _cache_mode(model)),
+            **more,
         )
         logits, kv = out.logits, flat_cache(out.past_key_values)
         for past_len, new_len in ((0, 3), (0, 1), (1, 3), (4, 1)):
             t = past_len + new_len
             ref = (logits[:, t - 1], *[x[:, :, :t] for x in kv])
-            got = gm(ids[:, past_len:t], mask[:, :t], pos[:, past_len:t], *[x[:, :, :past_len] for x in kv])
+            chunk = [tt[:, past_len:t]] if types else []
+            got = gm(ids[:, past_len:t], mask[:, :t], pos[:, past_len:t], *[x[:, :, :past_len] for x in kv], *chunk)
             if len(got) != len(ref) or not all(
                 a.shape == r.shape and torch.allclose(a, r, atol=1e-4, rtol=1e-4) for a, r in zip(got, ref)
             ):
@@ -489,9 +508,9 @@ def _check_dynamic(graph, phase, model):
     phs = {n.target: n for n in graph.nodes if n.op == "placeholder"}
     lead = "inputs_embeds" if phase == "prefill_embeds" else "input_ids"
     want = [(lead, 0, "batch size"), ("attention_mask", 1, "sequence length")]
-    if phase in ("prefill", "chunk", "prefill_embeds"):
+    if phase in ("prefill", "chunk", "prefill_embeds", "chunk_tt"):
         want.append((lead, 1, "prompt length"))
-    if phase in ("decode", "chunk"):
+    if phase in ("decode", "chunk", "chunk_tt"):
         want.append(("past_0", 2, "past length"))
     for name, dim, what in want:
         val = phs[name].meta.get("val") if name in phs else None
@@ -507,11 +526,12 @@ _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def step_graph(model, phase):
     """The (cached) KV-cache step graph of ``model`` for ``phase`` ('prefill', 'decode', 'chunk',
-    'prefill_embeds'); re-made if its parameters moved. One export serves the first three: 'prefill' and
+    'prefill_embeds', 'chunk_tt'); re-made if its parameters moved. One export serves the first three: 'prefill' and
     'decode' return the chunk graph (prefill with ``empty_past``) unless it cannot be traced or fails its
-    checks, in which case they get their own exports. 'prefill_embeds' is always its own export."""
-    if phase not in ("prefill", "decode", "chunk", "prefill_embeds"):
-        raise ValueError(f"phase must be 'prefill', 'decode', 'chunk' or 'prefill_embeds', got {phase!r}")
+    checks, in which case they get their own exports. 'prefill_embeds' and 'chunk_tt' (the chunk graph with
+    the model's ``token_type_ids`` as its last input, for generate) are always their own exports."""
+    if phase not in ("prefill", "decode", "chunk", "prefill_embeds", "chunk_tt"):
+        raise ValueError(f"phase must be 'prefill', 'decode', 'chunk', 'prefill_embeds' or 'chunk_tt', got {phase!r}")
     p = next(model.parameters())
     key = (p.device, p.dtype, p.data_ptr())
     per = _STEPS.setdefault(model, {})
