@@ -289,6 +289,30 @@ def test_grouped_source_representations(fx, ref, as_dict):
         pim(BASE, source_representations=psrcreps, unit_locations=ul)
 
 
+def test_one_source_representation_with_a_collect(fx, ref):
+    """One tensor as ``source_representations`` feeds every intervention that takes a source; a Collect in
+    the same config reads the clean base. An explicit tensor for the Collect is a ValueError; pyvene crashes
+    on both calls."""
+    v = torch.linspace(-1, 1, D)
+    want_collect = _read(ref, _block(ref, 0), BASE)[:, 1:2]
+    want = _edits_at(ref, {(1, 2): lambda r: r + v})
+    reps = lambda lib: [  # noqa: E731
+        dict(layer=0, component="block_output", intervention_type=lib.CollectIntervention),
+        dict(layer=1, component="block_output", intervention_type=lib.AdditionIntervention),
+    ]
+    ul = {"sources->base": (None, [[[1]], [[2]]])}
+    im = fv.IntervenableModel(_cfg(fv, reps(fv)), fx)
+    (_, collected), out = im(BASE, source_representations=v.view(1, 1, D), unit_locations=ul)
+    assert len(collected) == 1 and _close(collected[0], want_collect)
+    assert _close(out.logits, want)
+    with pytest.raises(ValueError, match="CollectIntervention reads the base and takes no source"):
+        im(BASE, source_representations=[v.view(1, 1, D), v.view(1, 1, D)], unit_locations=ul)
+    with pytest.raises(AttributeError, match="'Tensor' object has no attribute 'append'"):
+        pv.IntervenableModel(_cfg(pv, reps(pv)), _gpt2())(
+            BASE, source_representations=v.view(1, 1, D), unit_locations=ul
+        )
+
+
 # ------------------------------------------------------------------ 17, 18: generate
 
 GEN = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
