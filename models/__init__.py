@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import weakref
 
-from .spec import Component, Family, eval_dim  # the spec types, re-exported
+from .spec import Component, Family, config_value, eval_dim  # the spec types, re-exported
 
 _FAMILIES = None
 

@@ -1,5 +1,5 @@
-"""The types a family spec is made of (``Component``, ``Family``) and pyvene's dimension
-expressions (``eval_dim``)."""
+"""The types a family spec is made of (``Component``, ``Family``), pyvene's dimension
+expressions (``eval_dim``) and config look-ups through sub-configs (``config_value``)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ class Family:
     n_layers: str  # config attribute giving the layer count
     derived: bool = False  # True: derived from the model's module tree (models/derive.py), not hand-written
     missing: dict = field(default_factory=dict)  # derived only: component name -> why it could not be placed
+    # False: bidirectional attention (an encoder): a patch at a position changes the positions before it too
+    causal: bool = True
 
 
 def eval_dim(expr, config):
@@ -61,10 +63,24 @@ def eval_dim(expr, config):
     return None
 
 
+def config_value(config, name, default=None):
+    """``config.<name>``, where ``name`` may be a dotted path into a sub-config (``text_config.hidden_size``:
+    a vision-language model's language stack)."""
+    for part in name.strip().split("."):
+        config = getattr(config, part, None)
+        if config is None:
+            return default
+    return config
+
+
 def _attr(config, name):
     name = name.strip()
     if name.isdigit():
         return int(name)
+    if "." in name:  # a sub-config's attribute (``kv_dim`` included)
+        head, _, last = name.rpartition(".")
+        sub = config_value(config, head)
+        return None if sub is None else _attr(sub, last)
     if name == "kv_dim":  # GQA: k/v projections are num_key_value_heads * head_dim wide
         heads = getattr(config, "num_attention_heads", None)
         kv = getattr(config, "num_key_value_heads", None) or heads

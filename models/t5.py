@@ -37,4 +37,5 @@ FAMILY = Family(
     prefixes={"T5Model": "", "T5ForConditionalGeneration": "", "T5EncoderModel": ""},
     components=COMPONENTS,
     n_layers="num_layers",
+    causal=False,  # bidirectional self-attention (the T5 encoder, ViT)
 )

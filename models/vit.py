@@ -63,4 +63,5 @@ FAMILY = Family(
     prefixes={"ViTModel": "", "ViTForImageClassification": "vit.", "ViTForMaskedImageModeling": "vit."},
     components=layout(_new_layout()),
     n_layers="num_hidden_layers",
+    causal=False,  # bidirectional self-attention (the T5 encoder, ViT)
 )

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -52,6 +54,21 @@ def _is_cast(x):
     return (x.op == "call_function" and x.target in _CASTS) or (x.op == "call_method" and x.target == "to")
 
 
+_ADDS = {operator.add, torch.add, torch.ops.aten.add.Tensor}
+
+
+def _bias_add(gm, node):
+    """``(linear node, bias node)`` of ``linear(h, W) + b``, a separate bias parameter added after a
+    bias-free unembedding (ESM's LM head), or None."""
+    if not (isinstance(node, fx.Node) and node.op == "call_function" and node.target in _ADDS and len(node.args) == 2):
+        return None
+    lin, b = node.args
+    if not (isinstance(lin, fx.Node) and isinstance(b, fx.Node) and b.op == "get_attr" and not node.kwargs):
+        return None
+    parts = _linear_parts(gm, lin)
+    return (lin, b) if parts is not None and parts[2] is None else None
+
+
 def _last_position_head(gm, node, position=-1):
     """The linear behind an output that is ``lm_head(...)`` under dtype casts and (a step graph's,
     ``position=-1``) last-position indexing ``select(slice(...), 1, -1)``; and the casts, outermost first."""
@@ -77,6 +94,10 @@ def readout(gm, output_index=0, position=-1, tokens=False):
     out = next(n for n in graph.nodes if n.op == "output")
     values = list(out.args[0])
     head = values[output_index]
+    added = _bias_add(new, head)
+    if added is not None:
+        add_node = head
+        head, bias_node = added
     parts = _linear_parts(new, head) if isinstance(head, fx.Node) else None
     casts = []
     if parts is None and isinstance(head, fx.Node):
@@ -90,6 +111,8 @@ def readout(gm, output_index=0, position=-1, tokens=False):
             f"{getattr(head, 'target', '')}); this model has no LM head fxvene can slice"
         )
     hidden, weight, bias = parts
+    if added is not None:
+        bias = bias_node
     with graph.inserting_before(head):
         sel = graph.call_function(torch.select, (hidden, 1, position))
         if not tokens:
@@ -97,6 +120,8 @@ def readout(gm, output_index=0, position=-1, tokens=False):
                 logits = graph.call_module(head.target, (sel,))
             else:
                 logits = graph.call_function(head.target, (sel, *head.args[1:]), dict(head.kwargs))
+            if added is not None:  # the separate bias, added as the graph adds it
+                logits = graph.call_function(add_node.target, (logits, bias_node))
         else:
             last_ph = [n for n in graph.nodes if n.op == "placeholder"][-1]
             with graph.inserting_after(last_ph):

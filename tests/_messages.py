@@ -25,6 +25,7 @@ MAX_LINES = 3
 
 CHECKED = {
     "test_bad_input",
+    "test_families_vl",
     "test_errors",
     "test_messages",
     "test_save_load",
@@ -41,6 +42,9 @@ CHECKED = {
     "test_rome_noise",
     "test_sae",
     "test_train_alignment",
+    "test_families_encdec",
+    "test_pipeline",
+    "test_families_encoders",
 }
 
 

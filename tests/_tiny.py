@@ -103,3 +103,108 @@ def make_tiny(model_type, head="causal_lm", seed=0, attn="eager", **overrides):
     torch.manual_seed(seed)
     cfg = tiny_config(model_type, attn=attn, **overrides)
     return _HEADS[head].from_config(cfg, attn_implementation=attn).eval()
+
+
+# encoder-decoders (tests/test_families_encdec.py): 2 + 2 layers, d_model 16, 4 heads, vocab 64, dropout off;
+# Whisper: 8 mel bins, 16 input frames (8 encoder positions after its stride-2 convolution)
+_ENCDEC_COMMON = dict(
+    vocab_size=64,
+    d_model=16,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=32,
+    decoder_ffn_dim=32,
+    dropout=0.0,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    bos_token_id=0,
+    pad_token_id=1,
+    eos_token_id=2,
+    decoder_start_token_id=2,
+)
+ENCDEC = {
+    "bart": dict(_ENCDEC_COMMON, max_position_embeddings=64, forced_eos_token_id=None),
+    "whisper": dict(
+        _ENCDEC_COMMON,
+        num_mel_bins=8,
+        max_source_positions=8,
+        max_target_positions=32,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+    ),
+}
+
+
+def make_encdec(model_type, head="seq2seq", seed=0, attn="eager"):
+    """A seeded tiny BART or Whisper (``head="seq2seq"``: ...ForConditionalGeneration; ``"base"``: the bare
+    model) with random weights, in eval mode."""
+    from transformers import AutoModelForSeq2SeqLM, AutoModelForSpeechSeq2Seq
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(model_type, **ENCDEC[model_type])
+    cfg._attn_implementation = attn
+    if head == "base":
+        cls = AutoModel
+    else:
+        cls = AutoModelForSpeechSeq2Seq if model_type == "whisper" else AutoModelForSeq2SeqLM
+    return cls.from_config(cfg, attn_implementation=attn).eval()
+
+
+# ------------------------------------------------------------------------ encoders (BERT, RoBERTa, ESM)
+
+ENCODER = dict(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    pad_token_id=1,
+)
+TINY_ENCODERS = {
+    "bert": ENCODER,
+    "roberta": ENCODER,
+    # ESM-2's layout: rotary positions, no token dropout; token 3 is the mask
+    "esm": dict(ENCODER, mask_token_id=3, position_embedding_type="rotary", token_dropout=False),
+}
+_ENCODER_HEADS = {
+    "masked_lm": "AutoModelForMaskedLM",
+    "seq_cls": "AutoModelForSequenceClassification",
+    "base": "AutoModel",
+}
+
+
+def make_encoder(model_type, head="masked_lm", seed=0, attn="eager"):
+    """A seeded tiny BERT / RoBERTa / ESM (``TINY_ENCODERS``): masked LM, sequence classifier or base model."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(model_type, **TINY_ENCODERS[model_type])
+    cfg._attn_implementation = attn
+    return getattr(transformers, _ENCODER_HEADS[head]).from_config(cfg, attn_implementation=attn).eval()
+
+
+# ------------------------------------------------------------------------ vision-language (LLaVA)
+
+IMAGE_TOKEN = 63  # LLaVA's image placeholder: the last id of the tiny vocab
+LLAVA_VISION = dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=8, patch_size=2
+)
+
+
+def make_llava(seed=0, attn="eager"):
+    """A seeded tiny LLaVA: a 2-layer CLIP vision tower (8-pixel images, 2-pixel patches: 16 image tokens, CLS
+    dropped) whose last layer feeds the projector, and the Llama-layout text model of ``LLAMA_LIKE``."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    text = AutoConfig.for_model("llama", **{**COMMON, **LLAMA_LIKE})
+    vision = AutoConfig.for_model("clip_vision_model", **LLAVA_VISION)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, vision_feature_layer=-1)
+    cfg.image_seq_length = 16
+    cfg._attn_implementation = attn
+    return LlavaForConditionalGeneration(cfg).eval()

@@ -18,6 +18,7 @@ from fxvene.api import locations as L
 from fxvene.api.validation import check_inputs, is_abstract_component, lead_tensor, sequence_length
 from fxvene.graph.sites import Axes
 from fxvene.graph.tracing import steps_signature
+from fxvene.interventions import CollectIntervention
 
 # ------------------------------------------------------------------------------------ sites
 
@@ -452,10 +453,11 @@ def check_call(
         iv, rep, axes = im.interventions[key], im.representations[key], im._axes[key]
         unit = rep.unit
         tgt = targets[i]
+        comp = rep.component  # an encoder-decoder's decoder components count the decoder's positions
         tseq, where = (
-            (seq, "the base")
+            (sequence_length(base_in, comp), "the base")
             if tgt in (None, "base")
-            else ((sequence_length(src_in[tgt]), f"sources[{tgt}]") if src_in[tgt] is not None else (None, None))
+            else ((sequence_length(src_in[tgt], comp), f"sources[{tgt}]") if src_in[tgt] is not None else (None, None))
         )
         bw = f"unit_locations (base side) of {key}"
         bt = call.index("base", i, unit, bw)
@@ -472,7 +474,7 @@ def check_call(
             sw = f"unit_locations (source side) of {key}"
             st = call.index("source", i, unit, sw)
             src_axes = getattr(im, "_source_axes", {}).get(key, axes)  # a source read at another site
-            check_index(st, unit, src_axes, sequence_length(src), sw, f"sources[{group_of[key]}]")
+            check_index(st, unit, src_axes, sequence_length(src, comp), sw, f"sources[{group_of[key]}]")
             if bt is not None and _forward_owner(iv) not in (None, "LambdaIntervention"):
                 _check_pairing(st, bt, unit, batch, _flattens(iv), key)
         if srcreps is not None and key in srcreps:
@@ -486,17 +488,28 @@ def _source_representations(im, srcreps):
     """``source_representations`` as a dict by intervention key (a tensor for all, a list, or a dict)."""
     if srcreps is None:
         return None
+    collects = {k for k in im.sorted_keys if isinstance(im.interventions[k], CollectIntervention)}
+    if isinstance(srcreps, torch.Tensor):  # one tensor for every intervention that takes a source
+        return {k: srcreps for k in im.sorted_keys if k not in collects}
     if isinstance(srcreps, dict):
         for k in srcreps:
             if k not in im.representations:
                 raise ValueError(f"source_representations: unknown intervention key {k!r}; keys: {im.sorted_keys}")
-        return dict(srcreps)
-    if isinstance(srcreps, (list, tuple)):
+        given = dict(srcreps)
+    elif isinstance(srcreps, (list, tuple)):
         if len(srcreps) != len(im.sorted_keys):
             raise ValueError(
                 f"source_representations: got {len(srcreps)} tensors for {len(im.sorted_keys)} interventions"
             )
-        return {k: v for k, v in zip(im.sorted_keys, srcreps) if v is not None}
-    if isinstance(srcreps, torch.Tensor):
-        return {k: srcreps for k in im.sorted_keys}
-    raise TypeError("source_representations must be a tensor, a list of tensors or a dict keyed by intervention key")
+        given = {k: v for k, v in zip(im.sorted_keys, srcreps) if v is not None}
+    else:
+        raise TypeError(
+            "source_representations must be a tensor, a list of tensors or a dict keyed by intervention key"
+        )
+    for k in given:
+        if k in collects:
+            raise ValueError(
+                f"source_representations for {k}: a CollectIntervention reads the base and takes no source; "
+                "give None in its place"
+            )
+    return given

@@ -22,13 +22,15 @@ from fxvene.graph.tracing import TracingError
 INPUT_KEYS = (
     "input_ids",
     "inputs_embeds",
+    "input_features",
     "attention_mask",
     "token_type_ids",
     "position_ids",
     "decoder_input_ids",
     "decoder_attention_mask",
     "pixel_values",
-)  # decoder_*: encoder-decoder models (T5); pixel_values: image models (ResNet, ConvNeXt, ViT)
+)  # decoder_*: encoder-decoder models (T5); pixel_values: image models (ResNet, ConvNeXt, ViT);
+# input_features: speech encoder-decoders (Whisper)
 _ID_KEYS = ("input_ids", "token_type_ids", "position_ids", "decoder_input_ids")
 
 
@@ -254,6 +256,8 @@ def check_inputs(inputs, what, vocab_size=None, need=None):
     lead = "input_ids" if "input_ids" in d else "inputs_embeds" if "inputs_embeds" in d else None
     if lead is None and need is None and "pixel_values" in d:
         return _checked_pixels(d, what)
+    if lead is None and need is None and "input_features" in d:
+        return _checked_features(d, what)
     if lead is None or (need is not None and lead != need):
         raise ValueError(f"{what} needs {need!r}" if need else f"{what} needs 'input_ids' or 'inputs_embeds'")
     if "input_ids" in d and "inputs_embeds" in d:
@@ -315,20 +319,57 @@ def _checked_pixels(d, what):
     return d, d.signature
 
 
+def _checked_features(d, what):
+    """A speech encoder-decoder's inputs (Whisper): ``input_features`` (floating, (batch, mel bins,
+    frames)) and the decoder's ``decoder_input_ids`` / ``decoder_attention_mask``."""
+    t = d["input_features"]
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{what}['input_features'] must be a floating tensor, got dtype {t.dtype}")
+    if t.dim() != 3 or 0 in t.shape:
+        raise ValueError(f"{what}['input_features'] must be a (batch, mel bins, frames) tensor, got {_shape(t)}")
+    extra = sorted(k for k in d if k not in ("input_features", "decoder_input_ids", "decoder_attention_mask"))
+    if extra:
+        raise ValueError(f"{what}: 'input_features' goes with 'decoder_input_ids' only here, got also {extra}")
+    dec = d.get("decoder_input_ids")
+    if dec is not None and (dec.dtype.is_floating_point or dec.dtype == torch.bool or dec.dim() != 2):
+        raise TypeError(f"{what}['decoder_input_ids'] must be an integer (batch, seq) tensor, got {dec.dtype}")
+    d = CheckedInputs(d)
+    d.signature = tuple(k for k in INPUT_KEYS if k in d)
+    return d, d.signature
+
+
 class CheckedInputs(dict):
     """Model inputs ``check_inputs`` has passed (checking them again is a no-op)."""
 
     signature: tuple = ()
 
 
-def sequence_length(d):
+def sequence_length(d, component=None):
     """The positions of a call's inputs: the lead tensor's second dimension, or None for an image
-    (its positions, CLS + patches for a ViT, are the model's; they are checked when the graph runs)."""
-    image = "pixel_values" in d and "input_ids" not in d and "inputs_embeds" not in d
+    (its positions, CLS + patches for a ViT, are the model's; they are checked when the graph runs).
+    An encoder-decoder's ``component`` picks the stack: a ``decoder_*`` component counts the decoder's
+    tokens (its cross-attention keys/values the encoder's), a module path is not checked here."""
+    if "decoder_input_ids" in d and component is not None:
+        if not is_abstract_component(component):
+            return None
+        if component.startswith("decoder_") and not _over_encoder(component):
+            return d["decoder_input_ids"].shape[1]
+    image = ("pixel_values" in d or "input_features" in d) and "input_ids" not in d and "inputs_embeds" not in d
     return None if image else lead_tensor(d).shape[1]
+
+
+def _over_encoder(component):
+    """A decoder cross-attention's keys/values (and their head views): computed from the encoder's output."""
+    return (
+        "cross_attention" in component
+        and component.endswith(("key_output", "value_output"))
+        and ("attention_value_output" not in component)
+    )
 
 
 def lead_tensor(d):
     if "input_ids" in d:
         return d["input_ids"]
-    return d["inputs_embeds"] if "inputs_embeds" in d else d["pixel_values"]
+    if "inputs_embeds" in d:
+        return d["inputs_embeds"]
+    return d["input_features"] if "input_features" in d else d["pixel_values"]

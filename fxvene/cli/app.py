@@ -258,14 +258,14 @@ def list_supported(out):
 
 def cmd_components(args, out):
     from fxvene.graph.tracing import trace
-    from fxvene.inspection.tables import component_table, describe, format_table
+    from fxvene.inspection.tables import component_table, default_signature, describe, format_table
 
     model = load_model(args.model)
     rows = component_table(model, tracer=args.tracer, layer=args.layer, components=args.component or None)
     if args.json:
         print(json.dumps([_jsonable(r.as_dict()) for r in rows], indent=1), file=out)
         return 0
-    traced = trace(model, ("input_ids", "attention_mask"), tracer=args.tracer)
+    traced = trace(model, default_signature(model), tracer=args.tracer)  # Whisper: input_features
     print(describe(model, traced) + " | shapes on an example input of batch 2, sequence 8", file=out)
     from fxvene.models import derive, family_for
 

@@ -90,7 +90,38 @@ def load_model_dir(path):
 
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise CLIError(f"model directory {path!r} has no config.json")
-    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+    cls = _saved_encoder_decoder_class(path) or _saved_encoder_class(path) or AutoModelForCausalLM
+    return cls.from_pretrained(path, local_files_only=True).eval()
+
+
+def _saved_encoder_decoder_class(path):
+    """The class an encoder-decoder directory was saved from (``config.json``'s ``architectures``), else None:
+    ``AutoModelForCausalLM`` would load only the decoder of a BART or Whisper checkpoint."""
+    import json
+
+    import transformers
+
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    names = cfg.get("architectures") or []
+    if not cfg.get("is_encoder_decoder") or not names:
+        return None
+    return getattr(transformers, names[0], None)
+
+
+def _saved_encoder_class(path):
+    """The class a bidirectional encoder directory (BERT, RoBERTa, ESM: a family with ``causal=False``) was
+    saved from, else None: ``AutoModelForCausalLM`` would load BERT as a decoder and has no ESM class."""
+    import json
+
+    import transformers
+
+    from fxvene.models import families
+
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        names = json.load(f).get("architectures") or []
+    encoders = {n for fam in families() if not fam.causal for n in fam.prefixes}
+    return getattr(transformers, names[0], None) if names and names[0] in encoders else None
 
 
 def load_model(spec):

@@ -14,6 +14,7 @@ input (``input_ids`` or ``inputs_embeds``; ``pixel_values`` for an image model w
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import weakref
 
@@ -56,7 +57,7 @@ def split_inputs(model, input_names):
     return taken, ignored
 
 
-LEADS = ("input_ids", "inputs_embeds", "pixel_values")  # what a call's first input can be
+LEADS = ("input_ids", "inputs_embeds", "pixel_values", "input_features")  # what a call's first input can be
 
 
 def lead_input(model):
@@ -64,8 +65,9 @@ def lead_input(model):
     them up in, else ``"inputs_embeds"`` (pyvene's MLP and GRU without ``include_emb``); ``"pixel_values"``
     for an image model whose forward takes neither (ResNet, ConvNeXt, ViT classifiers)."""
     named = named_parameters(model)
-    if "pixel_values" in named and not named & {"input_ids", "inputs_embeds"}:
-        return "pixel_values"
+    for lead in ("pixel_values", "input_features"):  # input_features: a speech model (Whisper)
+        if lead in named and not named & {"input_ids", "inputs_embeds"}:
+            return lead
     accepted = forward_parameters(model)
     if accepted is None:
         return "input_ids"
@@ -86,20 +88,64 @@ def construction_inputs(model):
     lead = lead_input(model)
     if lead == "pixel_values":  # an image: no sequence, no mask
         return (lead,)
+    if lead == "input_features":  # a speech encoder-decoder: frames, then the decoder's ids
+        return (lead, "decoder_input_ids")
     names = (lead, "attention_mask")
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         names += ("decoder_input_ids",)
+    if lead == "input_ids" and image_tokens(model) is not None:  # LLaVA: text with its image spliced in
+        names += ("pixel_values",)
     return names
+
+
+def image_tokens(model):
+    """``(token id, tokens per image)`` for a model that splices image features into its text at
+    placeholder tokens (LLaVA), else None."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or "pixel_values" not in named_parameters(model):
+        return None
+    token = getattr(cfg, "image_token_id", None)
+    token = getattr(cfg, "image_token_index", None) if token is None else token
+    if token is None:
+        return None
+    from fxvene.models.llava import image_token_count
+
+    count = image_token_count(cfg)
+    return None if count is None else (int(token), count)
+
+
+def example_ids(model, batch, seq, generator, device):
+    """Example token ids ``(batch, seq)``; for a model with image tokens (LLaVA) two text tokens, one
+    image's placeholder tokens, then text (the sequence is lengthened to hold them)."""
+    cfg = model.config
+    vocab = getattr(cfg, "vocab_size", None) or getattr(getattr(cfg, "text_config", None), "vocab_size", None) or 16
+    spec = image_tokens(model)
+    seq = seq if spec is None else max(seq, spec[1] + 4)
+    ids = torch.randint(0, int(vocab), (batch, seq), generator=generator)
+    if spec is not None:
+        token, count = spec
+        ids[ids == token] = (token + 1) % int(vocab)
+        ids[:, 2 : 2 + count] = token
+    return ids.to(device)
 
 
 def example_pixels(model, batch, generator, device, dtype):
     """An example image batch ``(batch, num_channels, side, side)`` for tracing an image model: the
     config's ``image_size`` where it has one (ViT's patch grid depends on it), else 64 pixels."""
     cfg = model.config
+    cfg = cfg if getattr(cfg, "image_size", None) else getattr(cfg, "vision_config", None) or cfg  # LLaVA, BLIP
     side = getattr(cfg, "image_size", None) or 64
     side = side[0] if isinstance(side, (list, tuple)) else side
     channels = getattr(cfg, "num_channels", None) or 3
     return torch.randn(batch, channels, int(side), int(side), generator=generator).to(device=device, dtype=dtype)
+
+
+def example_features(model, batch, generator, device, dtype):
+    """An example ``input_features`` batch ``(batch, num_mel_bins, 2 * max_source_positions)`` (the frame
+    count Whisper's encoder requires)."""
+    cfg = model.config
+    frames = 2 * int(getattr(cfg, "max_source_positions", 1500))
+    return torch.randn(batch, int(cfg.num_mel_bins), frames, generator=generator).to(device=device, dtype=dtype)
 
 
 def dynamic_dims(name, value):
@@ -109,6 +155,8 @@ def dynamic_dims(name, value):
 
     if name == "pixel_values" and value.dim() == 4:
         return {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
+    if name == "input_features":  # the frame count is fixed by the model (Whisper checks it)
+        return {0: Dim.AUTO}
     return {0: Dim.AUTO, 1: Dim.AUTO} if value.dim() >= 2 else ({0: Dim.AUTO} if value.dim() == 1 else None)
 
 
@@ -119,6 +167,22 @@ def switches(model, **flags):
     accepted = forward_parameters(model)
     named = named_parameters(model)
     return {k: v for k, v in flags.items() if k in named or (accepted is None and not named)}
+
+
+@contextlib.contextmanager
+def text_cache_off(model):
+    """``use_cache`` off in the model's ``text_config`` while it is traced: a wrapper whose forward takes the
+    flag only through ``**kwargs`` (LLaVA on transformers 5) would otherwise return its language model's
+    cache."""
+    text = getattr(getattr(model, "config", None), "text_config", None)
+    before = getattr(text, "use_cache", None)
+    if before is not None:
+        text.use_cache = False
+    try:
+        yield
+    finally:
+        if before is not None:
+            text.use_cache = before
 
 
 def flat_output(out):

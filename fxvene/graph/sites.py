@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from fxvene.graph.errors import clip, known
-from fxvene.models import eval_dim, family_for
+from fxvene.models import config_value, eval_dim, family_for
 from fxvene.models.aliases import is_alias, split_alias
 from fxvene.passes.locate import PATTERNS, LocateError, is_tensor_node, module_input, module_output, normalize_path
 
@@ -90,7 +90,7 @@ def resolve_site(traced, model, component, layer, moe_key=None):
                 raise ValueError(f"component {component!r} of {type(model).__name__} (derived map): {why}")
             names = sorted(fam.components)
             raise ValueError(f"unknown component {component!r} for {type(model).__name__}; {known(component, names)}")
-        n_layers = getattr(config, fam.n_layers)
+        n_layers = config_value(config, fam.n_layers)
         if not isinstance(layer, int) or isinstance(layer, bool):
             raise TypeError(f"layer must be an int, got {type(layer).__name__}")
         if not 0 <= layer < n_layers:
@@ -100,7 +100,7 @@ def resolve_site(traced, model, component, layer, moe_key=None):
         port = spec.port
         split3 = spec.split3
         if spec.heads is not None and spec.heads != "layout":
-            n_heads = int(getattr(config, spec.heads, None) or config.num_attention_heads)
+            n_heads = int(config_value(config, spec.heads) or config.num_attention_heads)
         dim = eval_dim(spec.dim, config)
         if spec.needs == "eager":
             impl = getattr(config, "_attn_implementation", "eager")

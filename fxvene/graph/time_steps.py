@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from fxvene.graph.errors import known
-from fxvene.models import eval_dim, family_for
+from fxvene.models import config_value, eval_dim, family_for
 from fxvene.passes.locate import is_tensor_node, normalize_path
 
 _CALL = re.compile(r"@(\d+)$")
@@ -108,7 +108,7 @@ def resolve(traced, model, component, layer):
         if fam is None or component not in fam.components:
             names = sorted(fam.components) if fam is not None else []
             raise ValueError(f"unknown component {component!r} for {type(model).__name__}; {known(component, names)}")
-        n_layers = getattr(config, fam.n_layers)
+        n_layers = config_value(config, fam.n_layers)
         if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n_layers:
             raise ValueError(f"layer {layer!r} is out of range for {type(model).__name__} with {n_layers} layers")
         spec = fam.components[component]

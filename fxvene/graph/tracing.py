@@ -51,6 +51,8 @@ from fxvene.graph.model_io import (  # noqa: F401  (construction_inputs, lead_in
     check_ignored_input,
     construction_inputs,
     dynamic_dims,
+    example_features,
+    example_ids,
     example_pixels,
     fixed_length,
     flat_output,
@@ -60,9 +62,11 @@ from fxvene.graph.model_io import (  # noqa: F401  (construction_inputs, lead_in
     split_inputs,
     steps_signature,
     switches,
+    text_cache_off,
 )
 from fxvene.graph.modes import model_mode
 from fxvene.graph.progress import progress, quiet_loggers
+from fxvene.models.llava import batch_free_features
 
 FRONTENDS = ("auto", "hf_fx", "export")
 NO_HF_FX = "not in this transformers (HF's fx tracer: 4.x only)"
@@ -110,7 +114,8 @@ def _example_inputs(model, input_names, batch=2, seq=8):
     ex = {}
     for name in input_names:
         if name == "input_ids":
-            ex[name] = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
+            ex[name] = example_ids(model, batch, seq, g, device)
+            seq = ex[name].shape[1]  # lengthened for a model's image tokens (LLaVA)
         elif name == "decoder_input_ids":  # an encoder-decoder's decoder side: its own length
             ex[name] = torch.randint(0, vocab, (batch, seq - 3), generator=g).to(device)
         elif name == "decoder_attention_mask":
@@ -126,6 +131,8 @@ def _example_inputs(model, input_names, batch=2, seq=8):
                 ex[name] = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
         elif name == "pixel_values":
             ex[name] = example_pixels(model, batch, g, device, next(model.parameters()).dtype)
+        elif name == "input_features":
+            ex[name] = example_features(model, batch, g, device, next(model.parameters()).dtype)
         elif name == "inputs_embeds":
             hidden = next(
                 (getattr(cfg, a) for a in ("hidden_size", "n_embd", "h_dim", "d_model") if getattr(cfg, a, None)), None
@@ -235,7 +242,13 @@ def _export_program(model, input_names, example):
     # under no_grad, `@torch.no_grad()` helpers (rotary embeddings) trace as plain ops instead of
     # set_grad_enabled higher-order submodules; the aten graph is the same and still differentiable
     # a dispatched model is exported on its structure: hooks set aside, weights and inputs on meta
-    with torch.no_grad(), _quiet_logs(), offload.tracing_view(model, meta=True) as dispatched:
+    with (
+        torch.no_grad(),
+        _quiet_logs(),
+        text_cache_off(model),
+        batch_free_features(model),
+        offload.tracing_view(model, meta=True) as dispatched,
+    ):
         kwargs = offload.to_meta(kwargs) if dispatched else kwargs
         return torch.export.export(model, (), kwargs, dynamic_shapes=dyn, strict=False)
 

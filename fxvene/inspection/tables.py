@@ -21,7 +21,7 @@ import torch
 
 from fxvene.graph.errors import known
 from fxvene.graph.sites import resolve_site
-from fxvene.models import family_for
+from fxvene.models import config_value, family_for
 from fxvene.passes.locate import PATTERNS, LocateError, module_input, module_output
 
 DEFAULT_SIGNATURE = ("input_ids", "attention_mask")
@@ -192,7 +192,7 @@ def component_table(model, tracer="auto", layer=None, components=None, signature
             f"model: {type(model).__name__} has no component map in fxvene.models; pass a class "
             "`fxvene components --list` names"
         )
-    n_layers = int(getattr(model.config, fam.n_layers))
+    n_layers = int(config_value(model.config, fam.n_layers))
     if layer is None:
         layers = list(range(n_layers))
     else:
@@ -299,7 +299,7 @@ def format_table(rows, columns=None, notes=True):
 def describe(model, traced=None):
     """One header line: the model class, family, layers and frontend."""
     fam, _ = family_for(model)
-    n_layers = getattr(model.config, fam.n_layers, None) if fam is not None else None
+    n_layers = config_value(model.config, fam.n_layers) if fam is not None else None
     parts = [type(model).__name__]
     if fam is not None:
         parts.append(f"family {fam.name}, {n_layers} layers")

@@ -21,7 +21,9 @@ STREAMS = TRACE_STREAMS  # ROME's three panels as pyvene names them; each family
 _ENGINES = {}
 
 
-def engine_for(model, sites, tracer, tokens, compile, prefix="auto"):
+def engine_for(model, sites, tracer, tokens, compile, prefix="auto", position=-1, seq=None):
+    """The sweep engine of ``model`` for these sites and options, built once and reused. ``seq``: the
+    call's length, for a model whose graph is traced per length (ESM's rotary tables on transformers 4)."""
     import weakref
 
     ckey = compile
@@ -29,12 +31,28 @@ def engine_for(model, sites, tracer, tokens, compile, prefix="auto"):
         ckey = tuple(
             sorted((k, v if isinstance(v, (str, int, float, bool, type(None))) else id(v)) for k, v in compile.items())
         )
-    key = (id(model), tuple(sites), tracer, tokens, ckey, prefix)
-    hit = _ENGINES.get(key)
-    if hit is not None and hit[0]() is model:
-        return hit[1]
-    eng = SweepEngine(model, sites, tracer=tracer, tokens=tokens, compile=compile, prefix=prefix)
-    _ENGINES[key] = (weakref.ref(model), eng)
+    key = (id(model), tuple(sites), tracer, tokens, ckey, prefix, position)
+    steps = None
+    for _ in range(2):
+        hit = _ENGINES.get(key)
+        if hit is not None and hit[0]() is model:
+            eng = hit[1]
+        else:
+            eng = SweepEngine(
+                model,
+                sites,
+                tracer=tracer,
+                tokens=tokens,
+                compile=compile,
+                prefix=prefix,
+                position=position,
+                steps=steps,
+            )
+            _ENGINES[key] = (weakref.ref(model), eng)
+        fixed = eng.traced.meta.get("steps")
+        if seq is None or fixed is None or fixed == seq:
+            return eng
+        steps, key = int(seq), key + (int(seq),)  # a graph of another length: the engine of this one
     return eng
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from fxvene.graph.modes import runs_in_eval_mode
+from fxvene.models import config_value
 from fxvene.sweeps import distributed
 from fxvene.sweeps.core import (
     STREAMS,
@@ -236,7 +237,7 @@ def trace_facts(
     fam, streams = check_trace_args(model, streams, window, n_samples)
     if row_groups is not None and (not isinstance(row_groups, int) or isinstance(row_groups, bool) or row_groups < 1):
         raise ValueError(f"row_groups must be a positive int or None, got {row_groups!r}")
-    n_layers = int(getattr(model.config, fam.n_layers))
+    n_layers = int(config_value(model.config, fam.n_layers))
     layers = check_layers(layers, n_layers)
     run, skipped, bad, good = _checked(model, facts, tokenizer, only_correct)
 
@@ -445,7 +446,7 @@ def patch_facts(
     equals ``patching_sweep(model, prompt, source, tokens=[target])`` (to float rounding); the
     summary averages the effects (value - unpatched) by ROME's token classes of the prompt's
     subject. Options as ``trace_facts``."""
-    from fxvene.models import family_for
+    from fxvene.models import config_value, family_for
     from fxvene.sweeps.core import patching_rows
 
     if isinstance(components, str):
@@ -456,7 +457,7 @@ def patch_facts(
     fam, _ = family_for(model)
     if fam is None:
         raise ValueError(f"patching_sweep needs a model family fxvene knows; got {type(model).__name__}")
-    n_layers = int(getattr(model.config, fam.n_layers))
+    n_layers = int(config_value(model.config, fam.n_layers))
     layers = check_layers(layers, n_layers)
     run, skipped, bad, _ = _checked(model, facts, tokenizer, only_correct, source_field=source_field)
     sites = [(c, l) for c in components for l in layers]

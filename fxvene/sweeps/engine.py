@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fxvene.graph.model_io import STEPS
 from fxvene.graph.sites import gather, resolve_site, scatter, slot_columns
 from fxvene.graph.tracing import TracingError, trace
-from fxvene.models import family_for
+from fxvene.models import config_value, family_for
 from fxvene.passes.rewrite import expose
 from fxvene.passes.slice import boundary_after, node_order, segment
 from fxvene.passes.sweep import insert_selectors, readout
@@ -85,9 +86,24 @@ class SweepEngine(RowGroups):
 
     ``sites``: list of ``(component, layer)``. ``tokens``: readout only the logits of token ids
     given at run time (``(b, k)``); else the full vocabulary at the last position (``(b, V)``).
+    ``position``: the position read out (-1: the last; another one, e.g. a masked LM's masked token,
+    runs without the position-wise tail). ``steps``: trace the graph for this sequence length (a model
+    whose graph has one length; see ``engine_for``). A family with bidirectional attention (``Family.causal``
+    False: BERT, ESM) runs without the causal prefix: a patch changes the positions before it too.
     """
 
-    def __init__(self, model, sites, tracer="auto", tokens=False, tail=True, compile=False, prefix="auto"):
+    def __init__(
+        self,
+        model,
+        sites,
+        tracer="auto",
+        tokens=False,
+        tail=True,
+        compile=False,
+        prefix="auto",
+        position=-1,
+        steps=None,
+    ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if prefix not in ("auto", True, False):
@@ -96,7 +112,9 @@ class SweepEngine(RowGroups):
         if fam is None:
             raise ValueError(f"sweeps need a model family fxvene knows (GPT-2, Llama, ...); got {type(model).__name__}")
         self.model = model
-        self.n_layers = int(getattr(model.config, fam.n_layers))
+        self.n_layers = int(config_value(model.config, fam.n_layers))
+        self.position = int(position)
+        tail = tail and self.position == -1
         # the causal prefix needs the chunk step graph (export, with past keys/values as inputs)
         step = None
         self.prefix_note = None
@@ -105,7 +123,14 @@ class SweepEngine(RowGroups):
             from fxvene.graph.compile import compile_options
 
             copts = compile_options(compile)  # True or a dict of torch.compile options (TypeError otherwise)
-        if prefix is not False and tracer == "hf_fx":
+        if prefix is not False and (not fam.causal or self.position != -1):
+            why = f"{type(model).__name__} attends both ways: a patch changes the positions before it too"
+            if fam.causal:
+                why = f"the readout reads position {self.position}, not the last"
+            if prefix is True:
+                raise ValueError(f"prefix=True needs causal attention read at the last position; {why}")
+            self.prefix_note = why
+        elif prefix is not False and tracer == "hf_fx":
             if prefix is True:
                 raise ValueError(
                     "prefix=True needs the chunk step graph, which is traced with torch.export: "
@@ -121,10 +146,11 @@ class SweepEngine(RowGroups):
                 if prefix is True:
                     raise ValueError(f"prefix=True: {e}") from e
                 self.prefix_note = str(e)
-        traced = step.locate if step is not None else trace(model, ("input_ids", "attention_mask"), tracer=tracer)
+        names = ("input_ids", "attention_mask") + (() if steps is None else (f"{STEPS}{int(steps)}",))
+        traced = step.locate if step is not None else trace(model, names, tracer=tracer)
         self.traced = traced
         self.step = step
-        gm = readout(traced.gm, 0, -1, tokens=tokens)
+        gm = readout(traced.gm, 0, self.position, tokens=tokens)
         self.tokens = tokens
         self.sites = [resolve_site(traced, model, c, l) for c, l in sites]
         self.site_keys = list(sites)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from fxvene.graph.modes import runs_in_eval_mode
-from fxvene.models import family_for
+from fxvene.models import config_value, family_for
 from fxvene.sweeps.core import (
     STREAMS,
     check_layers,
@@ -59,6 +59,16 @@ from fxvene.sweeps.core import (
 )
 from fxvene.sweeps.engine import ids_mask, position_pair
 from fxvene.sweeps.results import CausalTraceResult
+
+
+def _refuse_encoder_decoder(model, what):
+    """The sweep engine cuts a decoder-only graph (its chunk step graph, the LM head's readout): an
+    encoder-decoder (T5, BART, Whisper) gets a ValueError that says so."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise ValueError(
+            f"model: {what} runs decoder-only models; {type(model).__name__} is an encoder-decoder (patch it "
+            "per cell with IntervenableModel and decoder_input_ids)"
+        )
 
 
 @runs_in_eval_mode
@@ -101,6 +111,7 @@ def patching_sweep(
     """
     from fxvene.sweeps.facts import is_dataset
 
+    _refuse_encoder_decoder(model, "patching_sweep")
     if is_dataset(base):
         for name, v in (("source", source), ("positions", positions), ("heads", heads), ("tokens", tokens)):
             if v is not None:
@@ -134,13 +145,13 @@ def patching_sweep(
         raise ValueError(f"metric must be 'logits' or 'prob', got {metric!r}")
     b_ids, _, s_ids, _ = position_pair(base, source, "sweeps patch")
     fam, _ = family_for(model)
-    n_layers = int(getattr(model.config, fam.n_layers)) if fam is not None else 0
+    n_layers = int(config_value(model.config, fam.n_layers)) if fam is not None else 0
     layers = check_layers(layers, n_layers)
     positions = check_positions(positions, b_ids.shape[1], "positions")
     tok = token_ids(tokens, model)
     readout_tokens = tok is not None and metric == "logits"
     sites = [(c, l) for c in components for l in layers]
-    eng = engine_for(model, sites, tracer, readout_tokens, compile, prefix)
+    eng = engine_for(model, sites, tracer, readout_tokens, compile, prefix, seq=b_ids.shape[1])
     head_comp = [eng.sites[i].n_heads is not None for i in range(len(sites))]
     if any(head_comp) and not all(head_comp):
         raise ValueError("components: mix head components (head_*) and whole components in separate sweeps")
@@ -193,6 +204,7 @@ def causal_trace(
     replace=False,
     noise_corpus=None,
     tokenizer=None,
+    target_position=None,
     **dataset,
 ):
     """ROME causal tracing (Meng et al. 2022; pyvene's Causal_Tracing tutorial), batched.
@@ -211,6 +223,10 @@ def causal_trace(
     noise_level=PYVENE_NOISE_LEVEL`` and 4 subject tokens this is exactly pyvene's tutorial loop.
     ``prefix``, ``compile``, ``max_rows``: as in ``patching_sweep``.
 
+    ``target_position``: the position whose predicted token is ``target_token`` (default: the last, the
+    next-token prediction of a causal LM). A masked LM (BERT, RoBERTa, ESM) predicts the token at a masked
+    position: pass that position; an encoder needs it (its last position predicts itself).
+
     Many prompts: ``inputs`` a JSONL path or a list of records (prompt, subject, target) runs
     ``fxvene.sweeps.datasets.trace_facts`` — every prompt traced as here, ROME's averages by token
     class, only the facts the model gets right (keyword options there: ``tokenizer``,
@@ -218,11 +234,13 @@ def causal_trace(
     """
     from fxvene.sweeps.facts import is_dataset
 
+    _refuse_encoder_decoder(model, "causal_trace")
     if is_dataset(inputs):
         for name, v in (
             ("subject_positions", subject_positions),
             ("target_token", target_token),
             ("positions", positions),
+            ("target_position", target_position),
         ):
             if v is not None:
                 raise ValueError(
@@ -261,9 +279,20 @@ def causal_trace(
     seq = ids.shape[1]
     fam, streams = check_trace_args(model, streams, window, n_samples)
     subj = check_positions(subject_positions, seq, "subject_positions")
-    n_layers = int(getattr(model.config, fam.n_layers))
+    n_layers = int(config_value(model.config, fam.n_layers))
     layers = check_layers(layers, n_layers)
     positions = check_positions(positions, seq, "positions")
+    read_at = -1
+    if target_position is not None:
+        if not isinstance(target_position, (int, np.integer)) or isinstance(target_position, bool):
+            raise TypeError(f"target_position must be one position (an int), got {target_position!r}")
+        read_at = check_positions(target_position, seq, "target_position")
+        read_at = -1 if read_at[0] == seq - 1 else read_at[0]
+    elif not fam.causal:
+        raise ValueError(
+            f"target_position: {type(model).__name__} attends both ways; give the position whose token is "
+            "the target (the masked one)"
+        )
     V = model.get_output_embeddings().weight.shape[0]
     if not isinstance(target_token, (int, np.integer)) or not 0 <= int(target_token) < V:
         raise ValueError(f"target_token must be a token id in [0, {V}), got {target_token!r}")
@@ -286,7 +315,7 @@ def causal_trace(
         for l in range(n_layers):
             site_index[(st, l)] = len(sites)
             sites.append((st, l))
-    eng = engine_for(model, sites, tracer, False, compile, prefix)
+    eng = engine_for(model, sites, tracer, False, compile, prefix, read_at, seq=seq)
     draws = noise.draw(n_samples, len(subj), emb.weight.shape[1], seed)
     subj_t = torch.tensor(subj)
     with torch.no_grad():
