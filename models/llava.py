@@ -14,10 +14,9 @@ Module paths follow the installed transformers: transformers 4 nests ``language_
 """
 
 import contextlib
-from importlib.metadata import distribution, version
 
 from .llama import layout as llama_layout
-from .spec import Component, Family
+from .spec import Component, Family, transformers_source_has
 
 _C = Component
 TEXT = "text_config."
@@ -27,11 +26,7 @@ VISION = "vision_config."
 def _new_layout():
     """True where the installed transformers' LLaVA has a ``LlavaModel`` (transformers 5), read from the
     source file without importing transformers."""
-    try:
-        src = distribution("transformers").locate_file("transformers/models/llava/modeling_llava.py").read_text()
-    except Exception:  # noqa: BLE001 - an unusual install: decide by the line
-        return int(version("transformers").split(".")[0]) >= 5
-    return "class LlavaModel(" in src
+    return transformers_source_has("models/llava/modeling_llava.py", "class LlavaModel(")
 
 
 def _text(new):

@@ -4,6 +4,7 @@ expressions (``eval_dim``) and config look-ups through sub-configs (``config_val
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.metadata import distribution, version
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,14 @@ def _attr(config, name):
         hd = getattr(config, "head_dim", None) or config.hidden_size // heads
         return kv * hd
     return getattr(config, name, None)
+
+
+def transformers_source_has(module_file, marker):
+    """Whether the installed transformers' ``module_file`` (e.g. ``models/vit/modeling_vit.py``) contains
+    ``marker``: how a family whose module paths changed between transformers 4 and 5 picks its layout,
+    without importing transformers. An unusual install (no readable source) decides by the major version."""
+    try:
+        src = distribution("transformers").locate_file(f"transformers/{module_file}").read_text()
+    except Exception:  # noqa: BLE001 - an unusual install: decide by the line
+        return int(version("transformers").split(".")[0]) >= 5
+    return marker in src

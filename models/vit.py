@@ -9,9 +9,7 @@ dropout is off in eval mode). The module paths follow the installed transformers
 ``output.dense``; transformers 5 names ``layers.{i}.attention.q_proj`` and ``mlp.fc1 / activation_fn / fc2``.
 """
 
-from importlib.metadata import distribution, version
-
-from .spec import Component, Family
+from .spec import Component, Family, transformers_source_has
 
 _C = Component
 HEAD_DIM = "hidden_size/num_attention_heads"
@@ -20,11 +18,7 @@ HEAD_DIM = "hidden_size/num_attention_heads"
 def _new_layout():
     """True where the installed transformers' ViT has ``layers`` and ``mlp`` (transformers 5); read from
     the source file without importing transformers."""
-    try:
-        src = distribution("transformers").locate_file("transformers/models/vit/modeling_vit.py").read_text()
-    except Exception:  # noqa: BLE001 - an unusual install: decide by the line
-        return int(version("transformers").split(".")[0]) >= 5
-    return "class ViTMLP" in src
+    return transformers_source_has("models/vit/modeling_vit.py", "class ViTMLP")
 
 
 def layout(new):
