@@ -185,7 +185,7 @@ def cases(draw, family=None):
     if how == "link" and mode == "serial":
         how = "same"  # pyvene reuses a linked value left over from the source run (a listed difference)
     if how == "link" and family == "gru":
-        how = "same"  # linked GRU cell_input writes at every step give other numbers than pyvene's (not analysed)
+        how = "same"  # pyvene's links over GRU steps differ from the same pair unlinked (a listed difference)
     if how == "alias" and family not in ALIASES:
         how = "same"
     if how == "alias":
@@ -455,3 +455,14 @@ test_gpt_neo = _property("gpt_neo")
 test_mlp = _property("mlp")
 test_gru = _property("gru")
 test_t5 = _property("t5")
+
+
+def test_gru_linked_pair_is_the_unlinked_pair():
+    """Over the GRU's steps a linked pair of Additions at one site gives what the same pair unlinked gives
+    in pyvene (b + s1 + s2 at the step); pyvene's linked pair differs there (docs/differences.md)."""
+    ours, theirs = models("gru")
+    r = dict(comp="cell_input", layer=0, unit="t", type="Addition", k=1, nunits=1, base=[[2]], src=[[2]])
+    linked, unlinked = (dict(_GRU, mode="parallel", reps=[dict(r), dict(r)], link=link) for link in (True, False))
+    want = _outcome(pv, theirs, unlinked)[0]
+    torch.testing.assert_close(_outcome(fv, ours, linked)[0], want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(_outcome(pv, theirs, linked)[0], want, atol=1e-4)
