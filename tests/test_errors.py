@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from transformers import ElectraConfig, ElectraModel
 
 import fxvene as pv
 
@@ -23,11 +23,12 @@ def test_unknown_component(gpt2):
 
 
 def test_unknown_model_type_needs_string_component():
-    bert = BertModel(
-        BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=30)
+    # ELECTRA: no hand-written map, and its feed-forward is split over two children (nothing is derived)
+    electra = ElectraModel(
+        ElectraConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=30)
     ).eval()
     with pytest.raises(ValueError, match="no component map"):
-        pv.IntervenableModel(_cfg(layer=0, component="block_output"), bert)
+        pv.IntervenableModel(_cfg(layer=0, component="block_output"), electra)
 
 
 def test_layer_out_of_range(gpt2):

@@ -65,6 +65,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(facts, reference, tmp_pa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a user's terminal delivers it: a test session launched in the background (CI runs its two
+        # transformers lines with `&`) has SIGINT ignored, and a child would inherit that and never stop
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     try:
