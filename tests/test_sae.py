@@ -12,6 +12,7 @@ from _hooks import hooks
 from safetensors.torch import load_file, save_file
 
 import fxvene as pv
+from fxvene.models.aliases import place
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "sae")
 CASES = (
@@ -347,10 +348,15 @@ def test_collect_feature_activations(gpt2, ids, sae_dir):
 
 def test_aliases_name_the_same_sites(gpt2, ids):
     store = {}
-    for path, port, key in (("transformer.h.2.mlp", "output", "mlp"), ("transformer.h.0", "output", "post")):
+    places = (("transformer.h.2.mlp", "output", "mlp"), ("transformer.h.0", "output", "post"))
+    for path, port, key in places + (("transformer.h.1.ln_2", "input", "mid"),):
         with torch.no_grad(), hooks(gpt2, [(path, port, grab(store, key))]):
             gpt2(input_ids=ids)
-    for name, key in (("blocks.2.hook_mlp_out", "mlp"), ("blocks.0.hook_resid_post", "post")):
+    for name, key in (
+        ("blocks.2.hook_mlp_out", "mlp"),
+        ("blocks.0.hook_resid_post", "post"),
+        ("blocks.1.hook_resid_mid", "mid"),
+    ):
         im = pv.IntervenableModel(pv.RepresentationConfig(component=name, intervention=pv.CollectIntervention()), gpt2)
         (_, got), _ = im({"input_ids": ids})
         torch.testing.assert_close(got[0], store[key])
@@ -440,7 +446,7 @@ def test_feature_attribution_equals_hooked_gradients(gpt2, ids, sae_dir):
 # ---------------------------------------------------------------------- bad input
 
 
-def test_bad_input(tmp_path, sae_dir):
+def test_bad_input(tmp_path, sae_dir, gpt2):
     with pytest.raises(ValueError, match="edit must be one of"):
         pv.load_sae(sae_dir, edit="boost")
     with pytest.raises(ValueError, match="needs value"):
@@ -453,10 +459,17 @@ def test_bad_input(tmp_path, sae_dir):
         pv.load_sae(3)
     with pytest.raises(ValueError, match="unknown hook 'hook_foo'; known: hook_resid_pre"):
         pv.IntervenableConfig(pv.RepresentationConfig(component="blocks.1.hook_foo"))
-    with pytest.raises(ValueError, match="has no fxvene component; use .*h\\[2\\].ln_2.input"):
-        pv.IntervenableConfig(pv.RepresentationConfig(component="blocks.2.hook_resid_mid"))
     with pytest.raises(ValueError, match="names layer 1 but layer=3"):
         pv.IntervenableConfig(pv.RepresentationConfig(3, "blocks.1.hook_resid_pre"))
+    with pytest.raises(ValueError, match="no known place in a gptj model; use .*h\\[2\\].ln_2.input"):
+        place("blocks.2.hook_resid_mid", "gptj", "transformer.")  # parallel attention and MLP: no resid_mid
+    with pytest.raises(ValueError, match="'mlp.hook_post' has no single place in a mixtral model"):
+        place("blocks.0.mlp.hook_post", "mixtral", "model.")
+    with pytest.raises(
+        ValueError, match="source_component 'blocks.0.hook_resid_post' names layer 0 but source_layer=2"
+    ):
+        rep = pv.RepresentationConfig(1, "block_output", source_component="blocks.0.hook_resid_post", source_layer=2)
+        pv.IntervenableModel(rep, gpt2)
     with pytest.raises(ValueError, match="source: give a source prompt with edit='patch'"):
         pv.feature_sweep(None, {"input_ids": torch.zeros(1, 3, dtype=torch.long)}, pv.load_sae(sae_dir), edit="patch")
     with pytest.raises(ValueError, match="features: 40 is not a feature"):

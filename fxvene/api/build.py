@@ -12,7 +12,7 @@ import torch.nn as nn
 from fxvene.api import unit_checks as U
 from fxvene.api.configuration import EXTENSION_FIELDS
 from fxvene.graph.errors import clip
-from fxvene.graph.sites import resolve_site
+from fxvene.graph.sites import place_component, resolve_site
 
 
 class _LegacyHandle:
@@ -51,6 +51,24 @@ def _representation_key(rep, counter):
 
 
 _UNITS = ("pos", "h", "h.pos", "t")
+
+
+def placed(rep, model, i):
+    """``rep`` with TransformerLens hook names (``component``, ``source_component``) replaced by the
+    sites they mean in ``model``'s family; the config keeps the names as written."""
+    comp, layer = place_component(model, rep.component, rep.layer)
+    rep = rep._replace(component=comp, layer=layer)
+    src = rep.source_component
+    if isinstance(src, str):
+        where, at = place_component(model, src, rep.source_layer)
+        if where != src:
+            if rep.source_layer not in (None, at):
+                raise ValueError(
+                    f"representations[{i}].source_component {src!r} names layer {at} but source_layer="
+                    f"{rep.source_layer!r}; give source_layer={at} or None"
+                )
+            rep = rep._replace(source_component=where, source_layer=at)
+    return rep
 
 
 # ------------------------------------------------------------------ patching from a different site

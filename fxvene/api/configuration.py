@@ -10,7 +10,7 @@ from typing import Any
 from transformers.configuration_utils import PretrainedConfig
 
 from fxvene.interventions import VanillaIntervention
-from fxvene.models.aliases import is_alias, split_alias
+from fxvene.models.aliases import check_alias, is_alias
 
 # Field order and defaults are part of the API: configs are also given as positional lists.
 # pyvene 0.1.8's 14 fields come first, in its order; fxvene's extensions are appended after
@@ -43,7 +43,7 @@ RepresentationLike = RepresentationConfig | list | tuple | dict
 
 def _as_representation(item: RepresentationLike) -> RepresentationConfig:
     """A ``RepresentationConfig`` from itself, its fields in order, or a dict of fields; a
-    TransformerLens hook name as ``component`` becomes the component and layer it names."""
+    TransformerLens hook name as ``component`` is checked and gives the layer (``_resolve_alias``)."""
     if isinstance(item, dict):
         item = RepresentationConfig(**item)
     elif isinstance(item, (list, tuple)) and not isinstance(item, RepresentationConfig):
@@ -54,17 +54,18 @@ def _as_representation(item: RepresentationLike) -> RepresentationConfig:
 
 
 def _resolve_alias(rep: RepresentationConfig) -> RepresentationConfig:
-    """``component=None`` takes the hook name of the intervention (a loaded SAE); a hook name such
-    as ``blocks.1.hook_resid_pre`` becomes ``component="block_input", layer=1``."""
+    """``component=None`` takes the hook name of the intervention (a loaded SAE). A hook name such as
+    ``blocks.1.hook_resid_pre`` is checked and gives the layer (``layer=1``) but stays as written: the
+    site it means depends on the model's family, so the IntervenableModel places it."""
     comp = rep.component
     if comp is None and isinstance(getattr(rep.intervention, "hook_name", None), str):
         comp = rep.intervention.hook_name
     if not is_alias(comp):
         return rep if comp is rep.component else rep._replace(component=comp)
-    component, layer = split_alias(comp)
+    _, layer = check_alias(comp)
     if rep.layer not in (0, layer):
         raise ValueError(f"component {comp!r} names layer {layer} but layer={rep.layer!r}; give layer={layer} or 0")
-    return rep._replace(component=component, layer=layer)
+    return rep._replace(component=comp, layer=layer)
 
 
 def _type_of(rep: RepresentationConfig, where: str) -> type | None:

@@ -38,6 +38,7 @@ from fxvene.api.build import (  # noqa: F401  (re-exported)
     _reads_elsewhere,
     _representation_key,
     _source_where,
+    placed,
 )
 from fxvene.api.configuration import EXTENSION_FIELDS, IntervenableConfig, RepresentationConfig
 from fxvene.api.methods import ModelMethods
@@ -114,6 +115,7 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, AlignmentTraini
         self._intervention_reverse_link = {}
         self._axes = {}
         self._source_axes = {}  # keys that read their source at another site (fxvene extension)
+        self._as_written = {}  # key -> the representation as the config spells it (saved so)
         counter = {}
         any_group = False
         for i, rep in enumerate(config.representations):
@@ -121,6 +123,7 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, AlignmentTraini
                 raise ValueError(f"representations[{i}].unit must be one of {_UNITS}, got {rep.unit!r}")
             if not isinstance(rep.max_number_of_units, int) or rep.max_number_of_units < 1:
                 raise ValueError(f"representations[{i}].max_number_of_units must be a positive int")
+            written, rep = rep, placed(rep, model, i)  # TransformerLens names: the family's site
             key, legacy = _representation_key(rep, counter)
             site = (
                 time_steps.resolve(traced, model, rep.component, rep.layer).site
@@ -164,6 +167,7 @@ class IntervenableModel(GraphPlanning, SourceRuns, ModelMethods, AlignmentTraini
                     self._link_pointers[link] = intervention
                 self._intervention_reverse_link[key] = f"link#{link}"
             self.representations[key] = rep
+            self._as_written[key] = written
             self.interventions[key] = intervention
             self._axes[key] = time_steps.axes(site) if rep.unit == "t" else U.site_axes(site, traced, model)
             src_site = _cross_site(traced, model, rep, i, site, self._axes[key])

@@ -358,8 +358,10 @@ def save(intervenable, save_directory, save_to_hf_hub=False, hf_repo_name="my-aw
             raise TypeError(
                 f"intervention {k!r} is a function (LambdaIntervention); only intervention classes can be saved"
             )
+    written = getattr(intervenable, "_as_written", {})  # TransformerLens names stay as the config spells them
     reps = [
-        _serialize_representation(intervenable.representations[k], iv, i) for i, (k, iv) in enumerate(zip(keys, ivs))
+        _serialize_representation(written.get(k, intervenable.representations[k]), iv, i)
+        for i, (k, iv) in enumerate(zip(keys, ivs))
     ]
     config = {
         "representations": reps,

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from fxvene.graph.errors import clip, known
 from fxvene.models import config_value, eval_dim, family_for
-from fxvene.models.aliases import is_alias, split_alias
+from fxvene.models.aliases import is_alias, place
 from fxvene.passes.locate import PATTERNS, LocateError, is_tensor_node, module_input, module_output, normalize_path
 
 
@@ -60,12 +60,21 @@ def _parse_string_component(component):
     )
 
 
+def place_component(model, component, layer):
+    """``(component, layer)``, where a TransformerLens hook name (``blocks.3.mlp.hook_post``) becomes the
+    site it means in ``model``'s family (models/aliases.py): a component, or a module path ending in
+    ``.input`` / ``.output``. Other spellings come back as given."""
+    if not is_alias(component):
+        return component, layer
+    fam, prefix = family_for(model)
+    return place(component, None if fam is None else fam.name, prefix or "")
+
+
 def resolve_site(traced, model, component, layer, moe_key=None):
     """Resolve a pyvene component at ``layer`` to a ``Site`` of ``traced``'s graph."""
     if not isinstance(component, str):
         raise TypeError(f"component must be a str, got {type(component).__name__}")
-    if is_alias(component):  # a TransformerLens hook name: its layer is part of the name
-        component, layer = split_alias(component)
+    component, layer = place_component(model, component, layer)  # a TransformerLens name has its layer
     gm = traced.gm
     config = model.config
     fam, prefix = family_for(model)

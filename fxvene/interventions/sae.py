@@ -176,7 +176,9 @@ class SAEIntervention(TrainableIntervention, LocalistRepresentationIntervention)
 
     # ------------------------------------------------------------------ SAELens's encode / decode
 
-    def _follow(self, x: torch.Tensor) -> None:
+    def follow(self, x: torch.Tensor) -> None:
+        """Move the SAE to the device of ``x`` and, for a floating ``x``, to its dtype (an SAE lives
+        where its site does)."""
         if self.W_enc.device != x.device or (x.is_floating_point() and self.W_enc.dtype != x.dtype):
             self.to(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
 
@@ -194,7 +196,10 @@ class SAEIntervention(TrainableIntervention, LocalistRepresentationIntervention)
             x = (x - shift) / (scale + 1e-5)
         return x, (mu, scale, shift)
 
-    def _encode(self, x):
+    def encode_with_context(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """``(activations, context)`` of ``x`` (given in the SAE's dtype): the context is what the input's
+        centring / normalisation removed (mean, scale, shift; None where unused), for
+        ``decode_with_context``. Unlike ``encode``, nothing is kept on the SAE."""
         x, ctx = self._norm_in(x)
         if self.apply_b_dec_to_input:
             x = x - self.b_dec
@@ -212,7 +217,9 @@ class SAEIntervention(TrainableIntervention, LocalistRepresentationIntervention)
             return torch.zeros_like(pre).scatter(-1, idx, vals.relu()), ctx
         return torch.relu(pre), ctx
 
-    def _decode(self, acts, ctx):
+    def decode_with_context(self, acts: torch.Tensor, ctx: tuple) -> torch.Tensor:
+        """The reconstruction of ``acts`` with the context ``encode_with_context`` gave for the same
+        positions (its tensors may be indexed alike)."""
         if self.architecture == "topk" and self.rescale_acts_by_decoder_norm:
             acts = acts / self.W_dec.norm(dim=-1)
         y = acts @ self.W_dec + self.b_dec
@@ -226,7 +233,7 @@ class SAEIntervention(TrainableIntervention, LocalistRepresentationIntervention)
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations of ``x`` (..., d_in) -> (..., d_sae), in the SAE's dtype. Like SAELens,
         it keeps the input's normalisation for the next ``decode``."""
-        acts, self._ctx = self._encode(x.to(self.W_enc.dtype))
+        acts, self._ctx = self.encode_with_context(x.to(self.W_enc.dtype))
         return acts
 
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
@@ -237,7 +244,7 @@ class SAEIntervention(TrainableIntervention, LocalistRepresentationIntervention)
             if self.center or self.normalize_activations in ("constant_norm_rescale", "layer_norm"):
                 raise ValueError("decode: this SAE centres or normalises its input; call encode(x) first")
             ctx = (None, None, None)
-        return self._decode(acts, ctx)
+        return self.decode_with_context(acts, ctx)
 
     # ------------------------------------------------------------------ the splice
 
@@ -248,7 +255,7 @@ class SAEIntervention(TrainableIntervention, LocalistRepresentationIntervention)
         if edit == "patch":
             if source is None:
                 raise ValueError("edit='patch' needs a source run (sources=...) to read features from")
-            return self._encode(source.to(acts.dtype))[0]
+            return self.encode_with_context(source.to(acts.dtype))[0]
         v = torch.as_tensor(value, dtype=acts.dtype, device=acts.device)
         if v.dim() == 1 and v.numel() != self.d_sae:
             if self.features is None or v.numel() != len(self.features):
@@ -270,16 +277,16 @@ class SAEIntervention(TrainableIntervention, LocalistRepresentationIntervention)
         return _do_intervention_by_swap(acts.clone(), self._targets(acts, source), "interchange", None, subspaces)
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
-        self._follow(base)
+        self.follow(base)
         x = base.to(self.W_enc.dtype)
-        acts, ctx = self._encode(x)
+        acts, ctx = self.encode_with_context(x)
         record = getattr(self, "record_features", None)
         if isinstance(record, list):  # feature attribution: the activations as a leaf to differentiate
             acts = acts.detach().requires_grad_(True)
             record.append(acts)
-        out = self._decode(self._edited(acts, source, subspaces), ctx)
+        out = self.decode_with_context(self._edited(acts, source, subspaces), ctx)
         if self.error:
-            err = x - self._decode(acts, ctx)
+            err = x - self.decode_with_context(acts, ctx)
             out = out + (err.detach() if self.detach_error else err)
         return out.to(base.dtype)
 
@@ -349,8 +356,8 @@ class SAEFeatures(CollectIntervention):
         return f"SAEFeatures(top_k={self.top_k})"
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
-        self.sae._follow(base)
-        acts = self.sae._encode(base.to(self.sae.W_enc.dtype))[0]
+        self.sae.follow(base)
+        acts = self.sae.encode_with_context(base.to(self.sae.W_enc.dtype))[0]
         if subspaces is not None:
             acts = _do_intervention_by_swap(acts, None, "collect", None, subspaces)
         if self.top_k is not None:

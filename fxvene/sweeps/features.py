@@ -22,9 +22,8 @@ import torch
 from fxvene.api.configuration import IntervenableConfig, RepresentationConfig
 from fxvene.api.intervenable import IntervenableModel
 from fxvene.graph.modes import runs_in_eval_mode
-from fxvene.graph.sites import site_view
+from fxvene.graph.sites import place_component, site_view
 from fxvene.interventions.sae import SAEIntervention
-from fxvene.models.aliases import is_alias, split_alias
 from fxvene.sweeps.core import check_positions, engine_for, index_list, token_ids
 
 
@@ -91,7 +90,7 @@ def feature_sweep(
         ids,
         src,
         sae,
-        _site(sae, component, layer),
+        _site(model, sae, component, layer),
         rows,
         token_ids(tokens, model),
         max_rows,
@@ -102,11 +101,11 @@ def feature_sweep(
     return out.reshape(len(features), len(positions), -1)
 
 
-def _site(sae, component, layer):
+def _site(model, sae, component, layer):
     comp = component if component is not None else sae.hook_name
     if comp is None:
         raise ValueError("component: this SAE has no hook name; give component= and layer=")
-    return split_alias(comp) if isinstance(comp, str) and is_alias(comp) else (comp, layer)
+    return place_component(model, comp, layer)  # a TransformerLens name: the site it means in this family
 
 
 def _run_rows(model, ids, src, sae, site_key, rows, tok, max_rows, tracer="auto", prefix="auto", compile=False):
@@ -124,10 +123,12 @@ def _run_rows(model, ids, src, sae, site_key, rows, tok, max_rows, tracer="auto"
             b, s = eng.prepare_pair({"input_ids": ids}, {"input_ids": src}, tokens=tok)
         full = b["cache"][i][node]
         x = site_view(full, site)[0]
-        sae._follow(x)
-        acts, ctx = sae._encode(x.to(sae.W_enc.dtype))
-        err = x.to(acts.dtype) - sae._decode(acts, ctx)
-        s_acts = None if s is None else sae._encode(site_view(s["cache"][i][node], site)[0].to(acts.dtype))[0]
+        sae.follow(x)
+        acts, ctx = sae.encode_with_context(x.to(sae.W_enc.dtype))
+        err = x.to(acts.dtype) - sae.decode_with_context(acts, ctx)
+        s_acts = (
+            None if s is None else sae.encode_with_context(site_view(s["cache"][i][node], site)[0].to(acts.dtype))[0]
+        )
         # one "source example" per feature: its rows' edited values, at their positions
         feats = sorted({f for f, _ in rows})
         slot = {f: u for u, f in enumerate(feats)}
@@ -137,7 +138,7 @@ def _run_rows(model, ids, src, sae, site_key, rows, tok, max_rows, tracer="auto"
         new = acts[p_r].clone()
         n = torch.arange(len(rows))
         new[n, f_r] = 0 if s_acts is None else s_acts[p_r, f_r]
-        vals = sae._decode(new, tuple(None if c is None else c[p_r] for c in ctx)) + err[p_r]
+        vals = sae.decode_with_context(new, tuple(None if c is None else c[p_r] for c in ctx)) + err[p_r]
         values = full.expand((len(feats),) + tuple(full.shape[1:])).clone()
         site_view(values, site)[u_r, p_r] = vals.to(values.dtype)
         cache = [{} for _ in eng.segments]
@@ -166,7 +167,7 @@ def feature_attribution(model, inputs, sae, target, k=10, component=None, layer=
         raise ValueError(f"k must be a positive int, got {k!r}")
     _check_rows(max_rows)
     ids = _ids(inputs, "inputs")
-    site_key = _site(sae, component, layer)
+    site_key = _site(model, sae, component, layer)
     saved = (sae.edit, sae.value, sae.features, sae.error)
     sae.set_edit(None)
     sae.error = True
