@@ -14,6 +14,7 @@ SLOW_FILES = {
     "test_pipeline.py",  # torchrun, pipeline stages
     "test_trace_facts_cli.py",  # the command, interrupted and resumed
     "test_offload_memory.py",  # a GPT-2-small-shape model half on disk, in a subprocess (~70 s)
+    "test_bench_gpu.py",  # benchmarks/gpu.py --device cpu --quick, in a subprocess
 }
 
 
