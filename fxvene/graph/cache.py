@@ -14,8 +14,9 @@ copied to disk). Two forms:
   JSON part of ``torch.export.save``): forward graphs, and any graph the own format does not cover.
 
 The key is a hash of: the model class, its config (``to_json_string``), attention implementation,
-dtype and device kind, the versions of torch, transformers and fxvene (and a hash of the fxvene
-sources that build the graph), the graph kind (forward / KV-cache step) and its input signature.
+dtype and device kind, the classes of tensor-subclass weights (quantised models), the versions of
+torch, transformers and fxvene (and a hash of the fxvene sources that build the graph), the graph
+kind (forward / KV-cache step) and its input signature.
 
 Every load is validated by its caller exactly like a fresh trace (the graph's outputs against the
 model's own on example inputs); an entry that fails (stale, corrupt, truncated) is deleted with a
@@ -147,8 +148,22 @@ def key_for(model, kind, signature):
         "fxvene_sources": _source_hash(),
         "signature": signature,
     }
+    kinds = _tensor_kinds(model)
+    if kinds:  # tensor-subclass weights (torchao's Int8Tensor ...): a graph of its own
+        about["tensor_kinds"] = kinds
     blob = json.dumps(about, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32], about
+
+
+def _tensor_kinds(model):
+    """The classes of ``model``'s parameters and buffers that are tensor subclasses (sorted names; none
+    for plain weights): an export flattens such weights into their inner tensors, so a quantised model
+    and the plain model of the same config have different graphs."""
+    import torch
+
+    plain = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
+    found = {type(t) for t in (*model.parameters(), *model.buffers()) if type(t) not in plain}
+    return sorted(f"{c.__module__}.{c.__qualname__}" for c in found)
 
 
 def _path(key):

@@ -66,6 +66,7 @@ from fxvene.graph.model_io import (  # noqa: F401  (construction_inputs, lead_in
 )
 from fxvene.graph.modes import model_mode
 from fxvene.graph.progress import progress, quiet_loggers
+from fxvene.graph.sharded import check_not_sharded
 from fxvene.models.llava import batch_free_features
 
 FRONTENDS = ("auto", "hf_fx", "export")
@@ -410,6 +411,7 @@ class _TrainKey:
 
 
 def _trace_new(model, input_names, tracer, per_model, key):
+    check_not_sharded(model)  # tensor-parallel (DTensor) weights: a clear ValueError, before any forward
     steps = [int(str(k)[len(STEPS) :]) for k in input_names if str(k).startswith(STEPS)]
     input_names = tuple(k for k in input_names if not str(k).startswith(STEPS))
     if tracer == "auto":
