@@ -347,14 +347,10 @@ def _cli_example(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_generate_and_sweeps_refuse_encoder_decoders_clearly(family):
-    """Generation with interventions and the sweeps run decoder-only step graphs; an encoder-decoder gets a
-    ValueError that says so (not an error from deep inside the model or a wrong readout)."""
+def test_sweeps_refuse_encoder_decoders_clearly(family):
+    """The sweeps run decoder-only step graphs; an encoder-decoder gets a ValueError that says so (not an error
+    from deep inside the model or a wrong readout). Generation runs them: tests/test_generate_encdec.py."""
     model = model_for(family)
-    im = pv.IntervenableModel(_cfg("decoder_block_output", pv.ZeroIntervention), model)
-    base = {k: v for k, v in _inputs(family, 5).items() if k != "decoder_input_ids"}
-    with pytest.raises(ValueError, match="encoder-decoder"):
-        im.generate(base, max_new_tokens=3)
     full, src = _inputs(family, 5), _inputs(family, 6)
     with pytest.raises(ValueError, match="encoder-decoder"):
         pv.patching_sweep(model, full, src, components=("decoder_block_output",))

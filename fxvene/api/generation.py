@@ -23,6 +23,9 @@ sequence, as in pyvene. ``token_type_ids`` in ``base`` (models that take them, G
 exported with token types as its last input (``step_graph(model, "chunk_tt")``); each new token gets the
 prompt's last column, as HF generate extends them.
 
+Encoder-decoders (T5, BART, Whisper) take another path, ``fxvene.api.encdec_generation``: HF's loop over
+the rewritten whole-model graph, with the decoder rules below applied to the decoder's tokens.
+
 Which forwards an intervention acts on
 --------------------------------------
 ``intervene_on=None`` (the default) follows pyvene 0.1.8 exactly (reference section 5.3):
@@ -72,6 +75,7 @@ import torch
 import torch.nn as nn
 
 from fxvene.api import unit_checks as U
+from fxvene.api.encdec_generation import generate_encdec
 from fxvene.api.hf_loop import clear_calls, expand_rows, hf_generate, set_calls
 from fxvene.api.planning import AdaptorSiteOp, engine_subspaces, gets_kwargs, preserved_rng
 from fxvene.graph.errors import known
@@ -508,9 +512,19 @@ def generate(
             )
         decode_steps = steps
     if getattr(getattr(im.model, "config", None), "is_encoder_decoder", False):  # T5, BART, Whisper
-        raise ValueError(
-            f"generate: {type(im.model).__name__} is an encoder-decoder; generate with interventions runs "
-            "decoder-only models for now (call the IntervenableModel with decoder_input_ids instead)"
+        return generate_encdec(
+            im,
+            base,
+            sources,
+            unit_locations,
+            source_representations,
+            intervene_on_prompt,
+            subspaces,
+            output_original_output,
+            intervention_additional_kwargs,
+            intervene_on,
+            decode_steps,
+            generate_kwargs,
         )
     base_in, sig = U.check_base(im, base)
     extra_inputs = [k for k in base_in if k not in ("input_ids", "attention_mask", "token_type_ids")]
