@@ -26,6 +26,7 @@ MAX_LINES = 3
 CHECKED = {
     "test_bad_input",
     "test_families_vl",
+    "test_vl_trace",
     "test_errors",
     "test_messages",
     "test_save_load",
@@ -43,6 +44,7 @@ CHECKED = {
     "test_sae",
     "test_train_alignment",
     "test_families_encdec",
+    "test_generate_encdec",
     "test_pipeline",
     "test_families_encoders",
 }

@@ -21,7 +21,7 @@ from fxvene.graph.model_io import STEPS
 from fxvene.graph.sites import gather, resolve_site, scatter, slot_columns
 from fxvene.graph.tracing import TracingError, trace
 from fxvene.models import config_value, family_for
-from fxvene.passes.rewrite import expose
+from fxvene.passes.rewrite import expose, truncate
 from fxvene.passes.slice import boundary_after, node_order, segment
 from fxvene.passes.sweep import insert_selectors, readout
 from fxvene.sweeps.groups import RowGroups, _bar
@@ -90,6 +90,8 @@ class SweepEngine(RowGroups):
     runs without the position-wise tail). ``steps``: trace the graph for this sequence length (a model
     whose graph has one length; see ``engine_for``). A family with bidirectional attention (``Family.causal``
     False: BERT, ESM) runs without the causal prefix: a patch changes the positions before it too.
+    ``images``: the graph also takes ``pixel_values`` (LLaVA: the image spliced into the text), read by the
+    part before the first block only; no causal prefix (the chunk step graph takes no image).
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class SweepEngine(RowGroups):
         prefix="auto",
         position=-1,
         steps=None,
+        images=False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -114,6 +117,7 @@ class SweepEngine(RowGroups):
         self.model = model
         self.n_layers = int(config_value(model.config, fam.n_layers))
         self.position = int(position)
+        self.images = bool(images)
         tail = tail and self.position == -1
         # the causal prefix needs the chunk step graph (export, with past keys/values as inputs)
         step = None
@@ -130,6 +134,10 @@ class SweepEngine(RowGroups):
             if prefix is True:
                 raise ValueError(f"prefix=True needs causal attention read at the last position; {why}")
             self.prefix_note = why
+        elif prefix is not False and self.images:
+            if prefix is True:
+                raise ValueError("prefix=True: the chunk step graph takes no image (pixel_values); use prefix='auto'")
+            self.prefix_note = "pixel_values: the chunk step graph takes no image"
         elif prefix is not False and tracer == "hf_fx":
             if prefix is True:
                 raise ValueError(
@@ -146,11 +154,14 @@ class SweepEngine(RowGroups):
                 if prefix is True:
                     raise ValueError(f"prefix=True: {e}") from e
                 self.prefix_note = str(e)
-        names = ("input_ids", "attention_mask") + (() if steps is None else (f"{STEPS}{int(steps)}",))
+        names = ("input_ids", "attention_mask") + (("pixel_values",) if self.images else ())
+        names += () if steps is None else (f"{STEPS}{int(steps)}",)
         traced = step.locate if step is not None else trace(model, names, tracer=tracer)
         self.traced = traced
         self.step = step
         gm = readout(traced.gm, 0, self.position, tokens=tokens)
+        if self.images:  # LLaVA also returns its image features, cut before the first block: the logits only
+            gm = truncate(gm, [0])
         self.tokens = tokens
         self.sites = [resolve_site(traced, model, c, l) for c, l in sites]
         self.site_keys = list(sites)
@@ -290,6 +301,8 @@ class SweepEngine(RowGroups):
         also takes position ids and the keys/values of positions ``< start`` (``kv``: the rows' cached
         keys/values, or None for an empty past)."""
         kw = {"input_ids": ids, "attention_mask": mask}
+        if self.images:  # read before the first block only (``cache`` feeds the images there)
+            kw["pixel_values"] = None
         if self.step is not None:
             n, s = ids.shape
             kw["position_ids"] = torch.arange(start, start + s, device=ids.device).expand(n, s)
@@ -388,11 +401,16 @@ class SweepEngine(RowGroups):
         return torch.empty((), dtype=dtype).expand((rows, seq) + rest)
 
     @torch.no_grad()
-    def cache(self, input_ids, attention_mask, perturb=None, tokens=None):
+    def cache(self, input_ids, attention_mask, perturb=None, tokens=None, pixel_values=None):
         """Run the plain model through every segment; returns (values per segment, readout, keys/values
         per layer (step graphs; else None)). ``perturb(x)`` edits the first block's input (noise)
-        before the blocks run."""
-        out = self.pre.fn(**self._feeds(self.pre, input_ids, attention_mask, 0, None, tokens))
+        before the blocks run. ``pixel_values``: the images of an ``images`` engine."""
+        feeds = self._feeds(self.pre, input_ids, attention_mask, 0, None, tokens)
+        if self.images:
+            if pixel_values is None:
+                raise ValueError("inputs: this sweep splices images into the text; give 'pixel_values'")
+            feeds["pixel_values"] = pixel_values
+        out = self.pre.fn(**feeds)
         values = {self.start_node: out[0]}
         self._record(values)
         if perturb is not None:
@@ -471,7 +489,7 @@ class SweepEngine(RowGroups):
 
     def prepare(self, inputs, perturb=None, tokens=None):
         ids, mask = ids_mask(inputs, "inputs")
-        return self._prepared(ids, mask, *self.cache(ids, mask, perturb, tokens))
+        return self._prepared(ids, mask, *self.cache(ids, mask, perturb, tokens, inputs.get("pixel_values")))
 
     def prepare_pair(self, base, source, perturb=None, tokens=None):
         """``prepare`` of ``base`` (``perturb`` edits its rows only) and of ``source`` (the same
@@ -483,7 +501,9 @@ class SweepEngine(RowGroups):
             return self.prepare(base, perturb, tokens), self.prepare(source, None, tokens)
         ids, mask = torch.cat([b_ids, s_ids]), torch.cat([b_mask, s_mask])
         edit = None if perturb is None else (lambda x: torch.cat([perturb(x[:nb]), x[nb:]]))
-        cache, final, kv = self.cache(ids, mask, edit, tokens)
+        px = [d.get("pixel_values") for d in (base, source)]
+        px = torch.cat(px) if self.images and px[0] is not None and px[1] is not None else None
+        cache, final, kv = self.cache(ids, mask, edit, tokens, px)
 
         def part(v, lo, hi):
             return v[lo:hi] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == N else v

@@ -58,6 +58,7 @@ from fxvene.sweeps.core import (
     window_layers,
 )
 from fxvene.sweeps.engine import ids_mask, position_pair
+from fxvene.sweeps.image_noise import image_noise, image_pixels
 from fxvene.sweeps.results import CausalTraceResult
 
 
@@ -223,6 +224,10 @@ def causal_trace(
     noise_level=PYVENE_NOISE_LEVEL`` and 4 subject tokens this is exactly pyvene's tutorial loop.
     ``prefix``, ``compile``, ``max_rows``: as in ``patching_sweep``.
 
+    Vision-language (LLaVA): with ``pixel_values`` in ``inputs`` the noise goes to the spliced image features
+    at the subject positions (image tokens, ``pv.image_token_positions``), by default 3 x their std
+    (``fxvene.sweeps.image_noise``); ``pv.image_patch_trace`` lays the cells out over the patch grid.
+
     ``target_position``: the position whose predicted token is ``target_token`` (default: the last, the
     next-token prediction of a causal LM). A masked LM (BERT, RoBERTa, ESM) predicts the token at a masked
     position: pass that position; an encoder needs it (its last position predicts itself).
@@ -299,15 +304,21 @@ def causal_trace(
     target_token = int(target_token)
     prompt_ids = ids[0].tolist()
     subject_ids = [[prompt_ids[p] for p in subj]]
-    noise = resolve_noise(
-        model,
-        noise_level,
-        replace,
-        subjects=lambda: subject_ids,
-        prompt_subjects=lambda: subject_ids,
-        corpus=lambda: [prompt_ids] if noise_corpus is None else token_lists(noise_corpus, tokenizer, "noise_corpus"),
-        corpus_given=noise_corpus is not None,
-    )
+    pixels = image_pixels(model, inputs, ids)  # LLaVA: the noise goes on the spliced image features
+    if pixels is None:
+        noise = resolve_noise(
+            model,
+            noise_level,
+            replace,
+            subjects=lambda: subject_ids,
+            prompt_subjects=lambda: subject_ids,
+            corpus=lambda: (
+                [prompt_ids] if noise_corpus is None else token_lists(noise_corpus, tokenizer, "noise_corpus")
+            ),
+            corpus_given=noise_corpus is not None,
+        )
+    else:
+        noise, perturb = image_noise(model, ids, subj, noise_level, replace, noise_corpus is not None, n_samples, seed)
     emb = model.get_input_embeddings()
 
     sites, site_index = [], {}
@@ -315,17 +326,18 @@ def causal_trace(
         for l in range(n_layers):
             site_index[(st, l)] = len(sites)
             sites.append((st, l))
-    eng = engine_for(model, sites, tracer, False, compile, prefix, read_at, seq=seq)
-    draws = noise.draw(n_samples, len(subj), emb.weight.shape[1], seed)
-    subj_t = torch.tensor(subj)
-    with torch.no_grad():
-        embedded = emb(ids[0, subj_t].to(emb.weight.device)).double()
+    eng = engine_for(model, sites, tracer, False, compile, prefix, read_at, seq=seq, images=pixels is not None)
+    if pixels is None:
+        draws = noise.draw(n_samples, len(subj), emb.weight.shape[1], seed)
+        subj_t = torch.tensor(subj)
+        with torch.no_grad():
+            embedded = emb(ids[0, subj_t].to(emb.weight.device)).double()
 
-    def perturb(x):
-        x = x.clone()
-        part = noise.apply(x[:, subj_t].double(), draws.to(x.device), embedded.to(x.device))
-        x[:, subj_t] = part.to(x.dtype)
-        return x
+        def perturb(x):
+            x = x.clone()
+            part = noise.apply(x[:, subj_t].double(), draws.to(x.device), embedded.to(x.device))
+            x[:, subj_t] = part.to(x.dtype)
+            return x
 
     cells = [(si, pi, li) for si in range(len(streams)) for pi in range(len(positions)) for li in range(len(layers))]
     R = len(cells) * n_samples
@@ -337,9 +349,11 @@ def causal_trace(
         for l in lays:
             loc[c * n_samples : (c + 1) * n_samples, site_index[(st, l)]] = positions[pi]
     with eng.compiling():
+        px = {} if pixels is None else {"pixel_values": pixels}
         base, clean = eng.prepare_pair(
-            {"input_ids": ids.expand(n_samples, seq), "attention_mask": mask.expand(n_samples, seq)},
-            {"input_ids": ids, "attention_mask": mask},
+            {"input_ids": ids.expand(n_samples, seq), "attention_mask": mask.expand(n_samples, seq)}
+            | {k: v.repeat(n_samples, 1, 1, 1) for k, v in px.items()},
+            {"input_ids": ids, "attention_mask": mask, **px},
             perturb=perturb,
         )
         out = eng.run_rows(
