@@ -119,6 +119,14 @@ def add_parser(sub, builtins):
     )
     sp.add_argument("--compile", action="store_true", help="torch.compile the graph segments")
     sp.add_argument(
+        "--pipeline",
+        type=int,
+        default=1,
+        metavar="K",
+        help="split the model into K pipeline stages over the torchrun processes (a model directory; "
+        "W processes: W/K replicas of K stages)",
+    )
+    sp.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -155,7 +163,11 @@ def check(args):
         raise CLIError(f"--out {args.out!r}: directory {parent!r} does not exist")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CLIError(f"--out {args.out!r} is a file, expected a run directory")
-    for opt in ("samples", "window", "batch_prompts", "max_rows", "threads"):
+    if args.pipeline > 1 and not os.path.isdir(args.model):
+        raise CLIError(f"--pipeline {args.pipeline}: --model must be a model directory, got {args.model!r}")
+    if args.pipeline > 1 and args.compile:
+        raise CLIError("--pipeline runs eager graph segments: drop --compile")
+    for opt in ("samples", "window", "batch_prompts", "max_rows", "threads", "pipeline"):
         v = getattr(args, opt)
         if v is not None and v < 1:
             raise CLIError(f"--{opt.replace('_', '-')} must be >= 1, got {v}")
@@ -391,8 +403,17 @@ def _run(args, out, opts, ctx):
     from fxvene.sweeps.facts_results import FactsTraceResult, load_trace, save_trace, write_json
 
     rank = 0 if ctx is None else ctx.rank
-    model = load_model(args.model)
-    if ctx is not None and torch.cuda.is_available():
+    k = args.pipeline
+    if k > 1:
+        from fxvene.sweeps.pipeline import pipeline_model
+
+        if ctx is None or ctx.world % k:
+            world = 1 if ctx is None else ctx.world
+            raise CLIError(f"--pipeline {k}: run under torchrun with a multiple of {k} processes, got {world}")
+        model = pipeline_model(args.model, k)  # this rank's stage; sweeps run each segment on its stage
+    else:
+        model = load_model(args.model)
+    if ctx is not None and torch.cuda.is_available() and k == 1:
         model = model.to(distributed.device())
     tok = _tokenizer(args.model)
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -413,6 +434,8 @@ def _run(args, out, opts, ctx):
         "options": opts,
         "settings": settings(model),
     }
+    if k > 1:
+        info["settings"]["pipeline"] = k
     err, warning, session = _start_run(args.out, info, len(done)) if rank == 0 else (None, None, 0)
     err, session = distributed.broadcast((err, session), ctx)
     if err:
@@ -421,6 +444,8 @@ def _run(args, out, opts, ctx):
     written = [0]
 
     def write(f, res):
+        if rank % k:
+            return  # the stages of a replica hold the same results: its first stage writes them
         if stall and written[0] >= stall:
             from safetensors.torch import save_file
 

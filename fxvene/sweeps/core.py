@@ -21,9 +21,10 @@ STREAMS = TRACE_STREAMS  # ROME's three panels as pyvene names them; each family
 _ENGINES = {}
 
 
-def engine_for(model, sites, tracer, tokens, compile, prefix="auto", position=-1, seq=None):
+def engine_for(model, sites, tracer, tokens, compile, prefix="auto", position=-1, seq=None, images=False):
     """The sweep engine of ``model`` for these sites and options, built once and reused. ``seq``: the
-    call's length, for a model whose graph is traced per length (ESM's rotary tables on transformers 4)."""
+    call's length, for a model whose graph is traced per length (ESM's rotary tables on transformers 4).
+    ``images``: the graph takes ``pixel_values`` too (LLaVA, ``SweepEngine``)."""
     import weakref
 
     ckey = compile
@@ -31,14 +32,15 @@ def engine_for(model, sites, tracer, tokens, compile, prefix="auto", position=-1
         ckey = tuple(
             sorted((k, v if isinstance(v, (str, int, float, bool, type(None))) else id(v)) for k, v in compile.items())
         )
-    key = (id(model), tuple(sites), tracer, tokens, ckey, prefix, position)
+    key = (id(model), tuple(sites), tracer, tokens, ckey, prefix, position) + (("images",) if images else ())
     steps = None
     for _ in range(2):
         hit = _ENGINES.get(key)
         if hit is not None and hit[0]() is model:
             eng = hit[1]
         else:
-            eng = SweepEngine(
+            make = getattr(model, "fxvene_sweep_engine", None) or SweepEngine  # pipeline stages: their own
+            eng = make(
                 model,
                 sites,
                 tracer=tracer,
@@ -47,6 +49,7 @@ def engine_for(model, sites, tracer, tokens, compile, prefix="auto", position=-1
                 prefix=prefix,
                 position=position,
                 steps=steps,
+                **({"images": True} if images else {}),
             )
             _ENGINES[key] = (weakref.ref(model), eng)
         fixed = eng.traced.meta.get("steps")

@@ -75,18 +75,34 @@ def device():
     return torch.device("cpu")
 
 
+_STAGES = 1
+
+
+def set_stages(k):
+    """Pipeline stages per replica (``fxvene.sweeps.pipeline``): ranks ``r // k`` form one replica, whose
+    ranks all run the same batches; results are gathered from each replica's first stage."""
+    global _STAGES
+    _STAGES = int(k)
+
+
+def _stages(ctx):
+    return _STAGES if _STAGES > 1 and ctx.world % _STAGES == 0 else 1
+
+
 def shard(batches, ctx):
-    """This rank's batches. Batches go to the rank with the least work so far (work: prompts x
-    tokens^2), largest first, ties to the lower rank: the same split on every rank, no messages."""
+    """This rank's batches. Batches go to the replica (a rank, or a group of pipeline stages) with the least
+    work so far (work: prompts x tokens^2), largest first, ties to the lower one: the same split on every
+    rank, no messages."""
     if ctx is None:
         return batches
-    load = [0] * ctx.world
+    k = _stages(ctx)
+    load = [0] * (ctx.world // k)
     mine = []
     order = sorted(range(len(batches)), key=lambda i: (-_work(batches[i]), i))
     for i in order:
-        r = min(range(ctx.world), key=lambda k: (load[k], k))
+        r = min(range(len(load)), key=lambda j: (load[j], j))
         load[r] += _work(batches[i])
-        if r == ctx.rank:
+        if r == ctx.rank // k:
             mine.append(i)
     return [batches[i] for i in sorted(mine)]
 
@@ -102,7 +118,8 @@ def gather(results, ctx):
         return results
     import torch.distributed as dist
 
-    local = {k: _to_cpu(v) for k, v in results.items()}
+    # the stages of a replica hold the same results: its first stage sends them
+    local = {} if ctx.rank % _stages(ctx) else {k: _to_cpu(v) for k, v in results.items()}
     parts = [None] * ctx.world if ctx.rank == 0 else None
     dist.gather_object(local, parts, dst=0)
     if ctx.rank != 0:
@@ -155,4 +172,4 @@ def _to_cpu(v):
     return v
 
 
-__all__ = ["context", "device", "shard", "gather", "barrier", "broadcast", "close", "launched", "Context"]
+__all__ = ["context", "device", "set_stages", "shard", "gather", "barrier", "broadcast", "close", "launched", "Context"]

@@ -17,6 +17,9 @@ batch is one message). Every rank calls the model with the same arguments (SPMD)
 With W processes and K stages, ranks ``r // K`` form a data-parallel replica and ``r % K`` is the
 stage (``--pipeline 2`` under 4 processes: two replicas of two stages).
 
+Sweeps (``causal_trace``, ``patching_sweep``, the dataset sweeps) of a stage model (``pipeline_model``)
+run the sweep engine's segments on their stages' ranks: ``fxvene.sweeps.pipeline_sweeps``.
+
 Why not ``torch.distributed.pipelining``: its ``pipeline()`` re-traces the model into its own
 stage modules (fxvene's sites and rewrites live in fxvene's graph, and each call's graph differs:
 interventions, Collect taps, truncated source runs), and ``PipelineStage`` expects fixed input and
@@ -37,6 +40,7 @@ from fxvene.graph.sites import resolve_site
 from fxvene.models import family_for
 from fxvene.passes.slice import node_order, segment
 from fxvene.sweeps import distributed as D
+from fxvene.sweeps.pipeline_sweeps import Pipe
 
 _IN = "fxv_in_"
 
@@ -331,13 +335,31 @@ def stage_group(k):
     return ctx, ctx.rank % k, list(range(first, first + k)), groups[ctx.rank // k]
 
 
+def pipeline_model(path, k, model_class=None, **load_kwargs):
+    """This rank's stage of ``k`` stages of the checkpoint in ``path`` (under torchrun), for sweeps:
+    ``causal_trace``, ``patching_sweep`` and the dataset sweeps of it, called with the same arguments on
+    every rank, run each segment on its stage's rank (``fxvene.sweeps.pipeline_sweeps``) and return the
+    one-process result on every rank (dataset sweeps: on rank 0). ``load_kwargs`` go to ``from_pretrained``."""
+    model, _ = _stage_model(path, k, model_class, load_kwargs)
+    return model
+
+
+def _stage_model(path, k, model_class, load_kwargs):
+    ctx, stage, ranks, group = stage_group(k)
+    model, stages = load_stage(path, k, stage, device=D.device(), model_class=model_class, **(load_kwargs or {}))
+    pipe = Pipe(stages, stage, ranks, group, D.device())
+    model.fxvene_sweep_engine = pipe.engine  # what fxvene.sweeps.core.engine_for builds for this model
+    D.set_stages(k)  # dataset sweeps: one replica of k stages runs each batch
+    return model, pipe
+
+
 def pipeline_intervenable(config, path, k, model_class=None, load_kwargs=None, **kwargs):
     """This rank's ``PipelineIntervenableModel`` for ``k`` stages of the checkpoint in ``path`` (under
     torchrun). Stage ``rank % k`` is loaded on this rank's device (``cuda:LOCAL_RANK`` or the CPU);
-    ``load_kwargs`` go to ``from_pretrained``, ``kwargs`` to ``IntervenableModel``."""
-    ctx, stage, ranks, group = stage_group(k)
-    model, stages = load_stage(path, k, stage, device=D.device(), model_class=model_class, **(load_kwargs or {}))
-    return PipelineIntervenableModel(config, model, stages, stage, ranks, group=group, **kwargs)
+    ``load_kwargs`` go to ``from_pretrained``, ``kwargs`` to ``IntervenableModel``. Its ``model`` takes
+    sweeps as ``pipeline_model``'s does."""
+    model, p = _stage_model(path, k, model_class, load_kwargs)
+    return PipelineIntervenableModel(config, model, p.stages, p.stage, p.ranks, group=p.group, **kwargs)
 
 
 def held_bytes(model):
@@ -352,6 +374,7 @@ __all__ = [
     "held_bytes",
     "load_stage",
     "pipeline_intervenable",
+    "pipeline_model",
     "stage_device_map",
     "stage_group",
     "stage_layers",
