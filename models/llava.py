@@ -85,8 +85,10 @@ def layout(new):
 
 def image_token_count(config):
     """How many placeholder tokens one image fills in LLaVA's text: one per patch of the vision tower
-    (plus CLS where ``vision_feature_select_strategy`` is ``"full"``); None where the count depends on the
-    image (LLaVA-NeXT's tiles)."""
+    (plus CLS where ``vision_feature_select_strategy`` is ``"full"``; Gemma 3: ``mm_tokens_per_image``);
+    None where the count depends on the image (LLaVA-NeXT's tiles)."""
+    if getattr(config, "model_type", None) == "gemma3":  # Gemma 3 pools each image to a fixed token count
+        return int(config.mm_tokens_per_image)
     if getattr(config, "model_type", None) != "llava":
         return None
     vc = config.vision_config

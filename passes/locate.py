@@ -71,7 +71,20 @@ def _is_param(node):
 
 def _escaping(nodes):
     inside = set(nodes)
-    return [n for n in nodes if is_tensor_node(n) and not _is_param(n) and any(u not in inside for u in n.users)]
+    out = [n for n in nodes if is_tensor_node(n) and not _is_param(n) and any(u not in inside for u in n.users)]
+    if len(out) > 1:  # a cast of an outside tensor the module merely passed on is not its product
+        kept = [n for n in out if not _cast_of_outside(n, inside)]
+        out = kept or out
+    return out
+
+
+def _cast_of_outside(node, inside):
+    """Whether ``node`` is a dtype/device cast of a tensor made outside the region (BLIP's text layers cast the
+    attention masks they are given; the next layer reads the cast, which then looks like an output)."""
+    if node.op not in ("call_function", "call_method") or _target_name(node) not in ("to", "_to_copy"):
+        return False
+    src = node.args[0] if node.args else None
+    return hasattr(src, "op") and src not in inside
 
 
 def output_candidates(gm, path):

@@ -208,3 +208,83 @@ def make_llava(seed=0, attn="eager"):
     cfg.image_seq_length = 16
     cfg._attn_implementation = attn
     return LlavaForConditionalGeneration(cfg).eval()
+
+
+# ------------------------------------------------------------------------ BLIP (question answering, ITM)
+
+BLIP_TEXT = dict(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=2,
+    sep_token_id=3,
+)
+# the answer decoder cross-attends to the text encoder through key/value layers sized for the vision width:
+# BLIP needs the two widths equal (768 in the released checkpoints)
+# (BLIP's vision config initialises its weights with std 1e-10: random weights need the usual 0.02)
+BLIP_VISION = dict(
+    hidden_size=32,
+    intermediate_size=40,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=8,
+    patch_size=2,
+    initializer_range=0.02,
+)
+
+
+def make_blip(head="qa", seed=0, attn="eager"):
+    """A seeded tiny BLIP: ``head="qa"`` BlipForQuestionAnswering, ``"itm"`` BlipForImageTextRetrieval; 2 text
+    layers (hidden 32, 4 heads), a 2-layer vision tower over 8-pixel images in 2-pixel patches (CLS + 16
+    patches), vocab 64. ``image_text_hidden_size`` and ``projection_dim`` equal the text widths, so pyvene
+    0.1.8's dimension table (which reads them) gives the tensors' widths."""
+    from transformers import BlipConfig, BlipForImageTextRetrieval, BlipForQuestionAnswering
+
+    torch.manual_seed(seed)
+    cfg = BlipConfig(
+        text_config=BLIP_TEXT,
+        vision_config=BLIP_VISION,
+        projection_dim=BLIP_TEXT["intermediate_size"],
+        image_text_hidden_size=BLIP_TEXT["hidden_size"],
+    )
+    cfg._attn_implementation = attn
+    cls = BlipForQuestionAnswering if head == "qa" else BlipForImageTextRetrieval
+    return cls(cfg).eval()
+
+
+# ------------------------------------------------------------------------ Gemma 3 image-text (transformers 5)
+
+GEMMA3_IMAGE_TOKEN = 63  # the placeholder: the last id of the tiny vocab (62, 61: begin / end of image)
+GEMMA3_VISION = dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=4
+)
+
+
+def make_gemma3_vl(seed=0, attn="eager"):
+    """A seeded tiny Gemma3ForConditionalGeneration: a 2-layer SigLIP tower over 16-pixel images in 4-pixel
+    patches (16 patches, pooled to 4 image tokens) and the Gemma 3 text model of ``TINY["gemma3_text"]``."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    text = AutoConfig.for_model("gemma3_text", **{**COMMON, **TINY["gemma3_text"]})
+    vision = AutoConfig.for_model("siglip_vision_model", **GEMMA3_VISION)
+    cfg = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        image_token_index=GEMMA3_IMAGE_TOKEN,
+        boi_token_index=62,
+        eoi_token_index=61,
+    )
+    cfg._attn_implementation = attn
+    model = Gemma3ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # HF starts the image projection at zero: every image would give the same tokens
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.2)
+    return model

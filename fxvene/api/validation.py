@@ -354,17 +354,22 @@ def sequence_length(d, component=None):
             return None
         if component.startswith("decoder_") and not _over_encoder(component):
             return d["decoder_input_ids"].shape[1]
+    if "pixel_values" in d and component is not None and _over_image(component):
+        return None  # a vision tower's patches (LLaVA, BLIP), or BLIP's text-to-image cross-attention keys
     image = ("pixel_values" in d or "input_features" in d) and "input_ids" not in d and "inputs_embeds" not in d
     return None if image else lead_tensor(d).shape[1]
 
 
+def _over_image(component):
+    """A component whose positions are an image's (CLS + patches): the vision tower's, and the keys/values of
+    a text stack's cross-attention to the image (BLIP's unprefixed ``cross_attention_*``)."""
+    return component.startswith("vision_") or (component.startswith("cross_attention_") and _over_encoder(component))
+
+
 def _over_encoder(component):
     """A decoder cross-attention's keys/values (and their head views): computed from the encoder's output."""
-    return (
-        "cross_attention" in component
-        and component.endswith(("key_output", "value_output"))
-        and ("attention_value_output" not in component)
-    )
+    _, cross, rest = component.partition("cross_attention_")
+    return bool(cross) and rest in ("key_output", "value_output", "head_key_output", "head_value_output")
 
 
 def lead_tensor(d):

@@ -95,6 +95,10 @@ def construction_inputs(model):
         names += ("decoder_input_ids",)
     if lead == "input_ids" and image_tokens(model) is not None:  # LLaVA: text with its image spliced in
         names += ("pixel_values",)
+    elif lead == "input_ids" and "pixel_values" in named_parameters(model):  # BLIP: text beside an image
+        if "decoder_input_ids" in named_parameters(model) and "decoder_input_ids" not in names:
+            names += ("decoder_input_ids",)  # BLIP's question answering: the answer decoder's ids
+        names += ("pixel_values",)
     return names
 
 
