@@ -96,20 +96,49 @@ def cache(tmp_path, monkeypatch):
     return d
 
 
-def test_second_process_loads_from_cache_and_matches_hf(cache):
-    first, err1 = _result(_child(cache))
-    assert not first["chunk_from_cache"] and not first["forward_from_cache"]
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One empty cache directory, two child processes exporting into it at the same time, then a third
+    process that finds both graphs there: ``(directory, [writer results], reader result)``. The process
+    tests below and the entry tests further down share this one set of exports."""
+    d = tmp_path_factory.mktemp("shared") / "graphs"
+    writers = [_result(p)[0] for p in [_child(d), _child(d)]]
+    reader, _ = _result(_child(d))
+    return d, writers, reader
+
+
+def test_second_process_loads_from_cache_and_matches_hf(shared):
+    cache, writers, reader = shared
+    # the directory was empty: each graph was exported by a writer (the one that finished later may
+    # already have found the other's entry), and the process after them loads both
+    for graph in ("chunk_from_cache", "forward_from_cache"):
+        assert not all(w[graph] for w in writers), writers
     assert len(list(cache.glob("*.fxgraph.json"))) == 2
-    second, _ = _result(_child(cache))
-    assert second["chunk_from_cache"] and second["forward_from_cache"]
-    for r in (first, second):
+    assert reader["chunk_from_cache"] and reader["forward_from_cache"]
+    for r in (*writers, reader):
         assert r["chunk_diff"] < 1e-4 and r["forward_diff"] < 1e-4, r
 
 
-def test_cache_holds_json_only_no_pickle_no_weights(cache):
+def test_concurrent_writers_leave_a_valid_entry(shared):
+    cache, writers, _ = shared
+    for r in writers:
+        assert r["chunk_diff"] < 1e-4 and r["forward_diff"] < 1e-4
+    files = _files(cache)
+    assert len(files) == 2 and all(p.name.endswith(".fxgraph.json") for p in files)  # no temp files left
     model = _model()
-    SG.step_graph(model, "chunk")
-    tracing.trace(model, tracer="export")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FXVENE_CACHE_DIR", str(cache))
+    mp.delenv("FXVENE_CACHE", raising=False)
+    try:
+        assert SG.step_graph(model, "chunk").from_cache
+        assert tracing.trace(model, tracer="export").meta["from_cache"]
+    finally:
+        mp.undo()
+
+
+def test_cache_holds_json_only_no_pickle_no_weights(shared):
+    cache = shared[0]
+    model = _model()
     files = _files(cache)
     assert files and all(p.name.endswith(".fxgraph.json") for p in files)  # nothing else: no .pt, no temp files
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -183,13 +212,12 @@ def _corrupt_shapes(path):
 
 
 @pytest.mark.parametrize("corrupt", [_corrupt_truncate, _corrupt_semantics, _corrupt_code])
-def test_corrupt_entry_is_detected_and_re_exported(cache, corrupt, caplog, capfd, monkeypatch):
+def test_corrupt_entry_is_detected_and_re_exported(cache, good_entry, corrupt, caplog, capfd, monkeypatch):
     import logging
 
     from fxvene.graph import progress
 
-    SG.step_graph(_model(), "chunk")
-    (entry,) = cache.glob("*.fxgraph.json")
+    entry = _put(cache, good_entry)
     corrupt(entry)
     model = _model()  # a new model object: nothing in memory, the file is all there is
     monkeypatch.setattr(progress, "_LEVEL", 1)
@@ -212,33 +240,17 @@ def test_corrupt_entry_is_detected_and_re_exported(cache, corrupt, caplog, capfd
     assert again.from_cache
 
 
-def test_concurrent_writers_leave_a_valid_entry(cache):
-    procs = [_child(cache), _child(cache)]
-    for p in procs:
-        r, _ = _result(p)
-        assert r["chunk_diff"] < 1e-4 and r["forward_diff"] < 1e-4
-    files = _files(cache)
-    assert len(files) == 2 and all(p.name.endswith(".fxgraph.json") for p in files)  # no temp files left
-    model = _model()
-    assert SG.step_graph(model, "chunk").from_cache
-    assert tracing.trace(model, tracer="export").meta["from_cache"]
-
-
-def test_clear_and_info(cache):
+def test_clear_and_info(cache, good_entry, monkeypatch):
     assert graph_cache.cache_info()["entries"] == 0
-    SG.step_graph(_model(), "chunk")
+    _put(cache, good_entry)
     info = graph_cache.cache_info()
     assert info["dir"] == str(cache) and info["entries"] == 1 and info["graphs"][0]["kind"] == "step:chunk"
     assert "GPT2LMHeadModel" in info["graphs"][0]["model"]
     assert graph_cache.clear_graph_cache() == 1
     assert list(cache.iterdir()) == []
-    assert not SG.step_graph(_model(), "chunk").from_cache
-
-
-def test_disabled_cache_writes_nothing(cache, monkeypatch):
-    monkeypatch.setenv("FXVENE_CACHE", "0")
-    SG.step_graph(_model(), "chunk")
-    assert not cache.exists() or list(cache.iterdir()) == []
+    monkeypatch.setattr(SG, "_export", _no_export)  # nothing to load any more: the next call exports
+    with pytest.raises(tracing.TracingError, match="export disabled"):
+        SG.step_graph(_model(), "chunk")
 
 
 def test_key_changes_with_what_the_graph_depends_on():
@@ -255,8 +267,9 @@ def test_key_changes_with_what_the_graph_depends_on():
     assert graph_cache.key_for(m.to(torch.float64), "step:chunk", {"phase": "chunk"})[0] != k0
 
 
-def test_one_export_serves_prefill_decode_and_chunk(monkeypatch):
-    """Generation and sweeps share the chunk graph: a process exports one KV-cache graph."""
+def test_one_export_serves_prefill_decode_and_chunk(cache, monkeypatch):
+    """Generation and sweeps share the chunk graph: a process exports one KV-cache graph. With the
+    cache disabled (``FXVENE_CACHE=0``) that export writes nothing to the cache directory."""
     calls = []
     orig = SG._export
 
@@ -272,6 +285,7 @@ def test_one_export_serves_prefill_decode_and_chunk(monkeypatch):
     finally:
         SG._export = orig
     assert calls == ["chunk"]
+    assert not cache.exists() or list(cache.iterdir()) == []  # the disabled cache wrote nothing
     assert pre.empty_past and pre.gm is chunk.gm and dec.gm is chunk.gm
     ids = torch.randint(0, 3000, (2, 5), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
@@ -280,10 +294,10 @@ def test_one_export_serves_prefill_decode_and_chunk(monkeypatch):
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_cache_cli(cache, capsys):
+def test_cache_cli(cache, good_entry, capsys):
     from fxvene.cli.app import main
 
-    SG.step_graph(_model(), "chunk")
+    _put(cache, good_entry)
     assert main(["cache", "info"]) == 0
     out = capsys.readouterr().out
     assert str(cache) in out and "1 graph" in out and "step:chunk" in out
@@ -322,22 +336,22 @@ def test_first_export_says_what_it_does(cache, capfd, monkeypatch):
     monkeypatch.setattr(progress, "_LEVEL", 1)
     orig = progress.progress
     monkeypatch.setattr(SG, "progress", lambda what, **k: orig(what, delay=0))
-    SG.step_graph(_model(), "chunk")
+    assert not SG.step_graph(_model(), "chunk").from_cache  # an empty cache: exported
     err = capfd.readouterr().err
     assert "fxvene: exporting GPT2LMHeadModel with a KV cache" in err and "done in" in err
-    SG.step_graph(_model(), "chunk")
+    assert SG.step_graph(_model(), "chunk").from_cache
     err = capfd.readouterr().err
     assert "fxvene: loading the KV-cache graph of GPT2LMHeadModel from the graph cache" in err
 
 
-def test_top_level_names(cache):
+def test_top_level_names(cache, good_entry):
     import fxvene as pv
 
     assert pv.clear_graph_cache is graph_cache.clear_graph_cache
     from fxvene.graph import progress
 
     assert pv.set_verbosity is progress.set_verbosity
-    SG.step_graph(_model(), "chunk")
+    _put(cache, good_entry)
     assert pv.clear_graph_cache() == 1
 
 
@@ -355,18 +369,24 @@ def _corrupt_key(path):
 
 
 @pytest.fixture(scope="module")
-def good_entry(tmp_path_factory):
-    """One valid step-graph entry (file name, bytes), exported once for the rejection tests."""
-    d = tmp_path_factory.mktemp("entry")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FXVENE_CACHE_DIR", str(d))
-    mp.delenv("FXVENE_CACHE", raising=False)
-    try:
-        SG.step_graph(_model(), "chunk")
-    finally:
-        mp.undo()
-    (entry,) = d.glob("*.fxgraph.json")
+def good_entry(shared):
+    """One valid step-graph entry (file name, bytes): the one the child processes wrote."""
+    (entry,) = [
+        p for p in shared[0].glob("*.fxgraph.json") if json.loads(p.read_text())["about"]["kind"] == "step:chunk"
+    ]
     return entry.name, entry.read_bytes()
+
+
+def _put(cache, entry):
+    """Write ``entry`` (file name, bytes) into the cache directory; its path."""
+    name, raw = entry
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / name).write_bytes(raw)
+    return cache / name
+
+
+def _no_export(*a, **k):
+    raise tracing.TracingError("export disabled by the test")
 
 
 @pytest.mark.parametrize(
@@ -377,15 +397,9 @@ def test_mismatched_entry_is_rejected_never_used(cache, good_entry, corrupt, why
     unavailable, the call fails loudly instead of returning a graph from the bad entry."""
     import logging
 
-    name, raw = good_entry
-    cache.mkdir(parents=True, exist_ok=True)
-    (cache / name).write_bytes(raw)
+    name = _put(cache, good_entry).name
     corrupt(cache / name)
-
-    def no_export(*a, **k):
-        raise tracing.TracingError("export disabled by the test")
-
-    monkeypatch.setattr(SG, "_export", no_export)
+    monkeypatch.setattr(SG, "_export", _no_export)
     with caplog.at_level(logging.DEBUG, logger="fxvene.graph.cache"):
         with pytest.raises(tracing.TracingError, match="export disabled"):
             SG.step_graph(_model(), "chunk")

@@ -204,9 +204,25 @@ def _pyvene_trace_cell(model, stream, layer, pos, window, n_layers, prompt=PROMP
     return torch.softmax(out.logits[0, -1], -1)[TARGET].item()
 
 
+TRACE_STREAMS = ("block_output", "mlp_activation", "attention_output")
+
+
+@pytest.fixture(scope="module")
+def pyvene_trace(gpt4):
+    """pyvene 0.1.8's causal trace of PROMPT on ``gpt4``, one IntervenableModel per cell (streams x
+    positions x layers, window 3): the reference of every causal-trace test below that traces the same
+    prompt with the same seed (per frontend, compiled), computed once."""
+    ref = np.zeros((3, 6, 4))
+    for si, st in enumerate(TRACE_STREAMS):
+        for p in range(6):
+            for l in range(4):
+                ref[si, p, l] = _pyvene_trace_cell(gpt4, st, l, p, 3, 4)
+    return ref
+
+
 @cell("gpt2", "causal_trace")
 @pytest.mark.parametrize("frontend", frontends())
-def test_causal_trace_equals_pyvene_loop(gpt4, frontend):
+def test_causal_trace_equals_pyvene_loop(gpt4, frontend, pyvene_trace):
     r = causal_trace(
         gpt4,
         {"input_ids": PROMPT},
@@ -220,12 +236,8 @@ def test_causal_trace_equals_pyvene_loop(gpt4, frontend):
         progress=False,
     )
     assert r.probs.shape == (3, 6, 4)
-    ref = np.zeros((3, 6, 4))
-    for si, st in enumerate(r.streams):
-        for p in range(6):
-            for l in range(4):
-                ref[si, p, l] = _pyvene_trace_cell(gpt4, st, l, p, 3, 4)
-    np.testing.assert_allclose(r.probs.numpy(), ref, atol=1e-4)
+    assert tuple(r.streams) == TRACE_STREAMS
+    np.testing.assert_allclose(r.probs.numpy(), pyvene_trace, atol=1e-4)
     clean = torch.softmax(_hf_logits(gpt4, PROMPT)[0, -1], -1)[TARGET].item()
     assert abs(r.clean_prob - clean) < 1e-6
     # restoring the last layer's block output at the last position restores the clean output
@@ -575,7 +587,7 @@ def test_inductor_prefix_sweep_one_row_reaches_the_tail_equals_pyvene():
         torch.testing.assert_close(r.values[0, 0, pi], ref, atol=1e-5, rtol=1e-5)
 
 
-def test_compiled_causal_trace_with_prefix_equals_pyvene_loop(gpt4):
+def test_compiled_causal_trace_with_prefix_equals_pyvene_loop(gpt4, pyvene_trace):
     import torch._dynamo
 
     torch._dynamo.reset()
@@ -592,9 +604,5 @@ def test_compiled_causal_trace_with_prefix_equals_pyvene_loop(gpt4):
         compile={"backend": "eager"},
         progress=False,
     )
-    ref = np.zeros((3, 6, 4))
-    for si, st in enumerate(r.streams):
-        for p in range(6):
-            for l in range(4):
-                ref[si, p, l] = _pyvene_trace_cell(gpt4, st, l, p, 3, 4)
-    np.testing.assert_allclose(r.probs.numpy(), ref, atol=1e-4)
+    assert tuple(r.streams) == TRACE_STREAMS
+    np.testing.assert_allclose(r.probs.numpy(), pyvene_trace, atol=1e-4)
