@@ -30,7 +30,6 @@ import copy
 import math
 import os
 import signal
-import statistics
 import sys
 import time
 import warnings
@@ -38,6 +37,7 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from generate import timeit  # noqa: E402  (median per call, interleaved, after a warm-up: one copy)
 
 SECTIONS = ("sweep", "patch", "das", "generate")
 LOGIT_STD = 2.0
@@ -117,21 +117,6 @@ def ids(b, s, seed, vocab):
 def sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-
-
-def timeit(fns, reps, dev):
-    """Median seconds per call of each function, the calls interleaved, after one warm-up call each."""
-    for fn in fns.values():
-        fn()
-    ts = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            sync(dev)
-            t0 = time.perf_counter()
-            fn()
-            sync(dev)
-            ts[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in ts.items()}
 
 
 def _vm_hwm_mib():
